@@ -1,0 +1,1 @@
+//! inplace-upgrade: upgrade container images of running pods in place.
