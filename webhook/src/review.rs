@@ -1,0 +1,221 @@
+//! AdmissionReview v1 on the wire: decoding with typed errors, and response encoding.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use kube::core::{
+    DynamicObject, Status, TypeMeta,
+    admission::{self, AdmissionResponse},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{AdmissionRequest, Error, Result};
+
+const API_VERSION: &str = admission::META_API_VERSION_V1;
+const KIND: &str = admission::META_KIND;
+
+/// The envelope as received. Type fields are optional here so that a missing or wrong
+/// `apiVersion`/`kind` is reported as such instead of as a generic shape error.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IncomingReview {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    request: Option<admission::AdmissionRequest<DynamicObject>>,
+}
+
+/// Decodes an AdmissionReview v1 body.
+///
+/// `content_type` is the request's `Content-Type` header, if any. Every failure is a typed
+/// [`Error`] whose message names the problem; nothing here panics on any input.
+pub fn decode_review(content_type: Option<&str>, body: &[u8]) -> Result<AdmissionRequest> {
+    check_content_type(content_type)?;
+    let review: IncomingReview =
+        serde_json::from_slice(body).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => Error::NotAdmissionReview(err),
+            _ => Error::InvalidJson(err),
+        })?;
+    let api_version = review.api_version.unwrap_or_default();
+    let kind = review.kind.unwrap_or_default();
+    if api_version != API_VERSION || kind != KIND {
+        return Err(Error::WrongReviewType { api_version, kind });
+    }
+    let mut request = review.request.ok_or(Error::MissingRequest)?;
+    request.types = TypeMeta { api_version, kind };
+    Ok(request)
+}
+
+fn check_content_type(content_type: Option<&str>) -> Result<()> {
+    let Some(content_type) = content_type else {
+        return Err(Error::UnsupportedContentType {
+            content_type: String::new(),
+        });
+    };
+    // Parameters such as `charset=utf-8` are fine; the media type itself must be JSON.
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedContentType {
+            content_type: content_type.to_owned(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutgoingReview<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: OutgoingResponse<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutgoingResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    audit_annotations: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
+}
+
+/// Encodes a response as an AdmissionReview v1 body.
+///
+/// The patch goes out base64-encoded, as the API's `[]byte` field is documented; kube-core's
+/// own serializer writes it as an array of numbers, which the API server happens to accept
+/// but no other client or reader expects.
+pub fn encode_response(response: &AdmissionResponse) -> Result<Vec<u8>> {
+    let status_is_empty = response.result.message.is_empty()
+        && response.result.reason.is_empty()
+        && response.result.code == 0;
+    let review = OutgoingReview {
+        api_version: API_VERSION,
+        kind: KIND,
+        response: OutgoingResponse {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: (!(response.allowed && status_is_empty)).then_some(&response.result),
+            patch: response
+                .patch
+                .as_ref()
+                .map(|patch| base64::engine::general_purpose::STANDARD.encode(patch)),
+            patch_type: response.patch.as_ref().map(|_| "JSONPatch"),
+            audit_annotations: &response.audit_annotations,
+            warnings: response.warnings.as_ref().filter(|w| !w.is_empty()),
+        },
+    };
+    serde_json::to_vec(&review).map_err(Error::EncodeResponse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+        "request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
+        "resource":{"group":"","version":"v1","resource":"pods"},"namespace":"dev",
+        "operation":"CREATE","userInfo":{},"object":{"apiVersion":"v1","kind":"Pod",
+        "metadata":{"name":"p"}},"dryRun":true}}"#;
+
+    #[test]
+    fn decodes_a_minimal_review() {
+        let req = decode_review(Some("application/json; charset=utf-8"), MINIMAL.as_bytes())
+            .expect("valid review");
+        assert_eq!(req.uid, "u-1");
+        assert_eq!(req.kind.kind, "Pod");
+        assert_eq!(req.namespace.as_deref(), Some("dev"));
+        assert!(req.dry_run);
+        assert_eq!(req.types.api_version, API_VERSION);
+    }
+
+    #[test]
+    fn classifies_each_malformation() {
+        let json = Some("application/json");
+        let cases: Vec<(Option<&str>, &str, &str)> = vec![
+            (None, MINIMAL, "unsupported_content_type"),
+            (Some("text/plain"), MINIMAL, "unsupported_content_type"),
+            (
+                Some("application/jsonx"),
+                MINIMAL,
+                "unsupported_content_type",
+            ),
+            (json, "{not json", "invalid_json"),
+            (json, "", "invalid_json"),
+            (json, "[1,2]", "not_admission_review"),
+            (
+                json,
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#,
+                "not_admission_review",
+            ),
+            (
+                json,
+                r#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#,
+                "wrong_review_type",
+            ),
+            (
+                json,
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#,
+                "wrong_review_type",
+            ),
+            (json, r#"{"request":null}"#, "wrong_review_type"),
+            (
+                json,
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "missing_request",
+            ),
+        ];
+        for (content_type, body, expected) in cases {
+            let err = decode_review(content_type, body.as_bytes()).expect_err(body);
+            assert_eq!(err.metric_label(), expected, "body {body:?}: {err}");
+            assert!(err.status_code().is_client_error(), "{err}");
+        }
+    }
+
+    #[test]
+    fn encodes_patch_as_base64_and_omits_empty_status() {
+        let req = decode_review(Some("application/json"), MINIMAL.as_bytes()).expect("valid");
+        let patch: json_patch::Patch =
+            serde_json::from_str(r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#)
+                .expect("patch");
+        let response = AdmissionResponse::from(&req)
+            .with_patch(patch)
+            .expect("serializable");
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_response(&response).expect("encodes")).expect("json");
+        assert_eq!(body["apiVersion"], API_VERSION);
+        assert_eq!(body["kind"], KIND);
+        assert_eq!(body["response"]["uid"], "u-1");
+        assert_eq!(body["response"]["allowed"], true);
+        assert_eq!(body["response"]["patchType"], "JSONPatch");
+        assert!(body["response"].get("status").is_none());
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(body["response"]["patch"].as_str().expect("string"))
+            .expect("base64");
+        let decoded: serde_json::Value = serde_json::from_slice(&decoded).expect("patch json");
+        assert_eq!(decoded[0]["op"], "add");
+    }
+
+    #[test]
+    fn encodes_denial_with_message_and_warnings() {
+        let req = decode_review(Some("application/json"), MINIMAL.as_bytes()).expect("valid");
+        let mut response = AdmissionResponse::from(&req).deny("no, because");
+        response.warnings = Some(vec!["careful".into()]);
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_response(&response).expect("encodes")).expect("json");
+        assert_eq!(body["response"]["allowed"], false);
+        assert_eq!(body["response"]["status"]["message"], "no, because");
+        assert_eq!(body["response"]["warnings"][0], "careful");
+        assert!(body["response"].get("patch").is_none());
+    }
+}

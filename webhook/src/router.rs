@@ -1,0 +1,254 @@
+//! The axum [`Router`] that serves AdmissionReview requests, separate from any socket so
+//! tests can drive it with `tower::ServiceExt::oneshot`.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kube::core::{
+    Status,
+    admission::{AdmissionResponse, Operation},
+};
+use tracing::{Instrument, field::Empty};
+
+use crate::{
+    AdmissionRequest, Error, WebhookMetrics,
+    metrics::{LatencyLabels, RequestLabels},
+    review::{decode_review, encode_response},
+};
+
+/// Largest request body accepted by default: 8 MiB.
+///
+/// The API server accepts objects of up to 3 MiB (its request body limit), and an UPDATE
+/// review carries both `object` and `oldObject` plus the envelope, so a legitimate review
+/// stays under ~7 MiB. axum's 2 MB default would refuse large but valid objects (for
+/// example a ConfigMap-sized annotation); 8 MiB leaves headroom and still refuses garbage.
+pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What the domain implements: decide one admission request.
+///
+/// The call is synchronous on purpose: an admission decision should come from in-memory
+/// state, never from an API call per request. It must have no side effects when
+/// `request.dry_run` is true. The transport copies the request's `uid` into the response, so
+/// a handler cannot answer for the wrong request.
+pub trait AdmissionHandler: Send + Sync + 'static {
+    fn review(&self, request: &AdmissionRequest) -> AdmissionResponse;
+}
+
+impl<F> AdmissionHandler for F
+where
+    F: Fn(&AdmissionRequest) -> AdmissionResponse + Send + Sync + 'static,
+{
+    fn review(&self, request: &AdmissionRequest) -> AdmissionResponse {
+        self(request)
+    }
+}
+
+struct Route {
+    path: String,
+    handler: Box<dyn AdmissionHandler>,
+    metrics: WebhookMetrics,
+    body_limit: usize,
+}
+
+/// Builds the admission [`Router`]: one POST route per handler.
+pub struct AdmissionRouter {
+    routes: Vec<(String, Box<dyn AdmissionHandler>)>,
+    metrics: WebhookMetrics,
+    body_limit: usize,
+}
+
+impl AdmissionRouter {
+    pub fn new(metrics: WebhookMetrics) -> Self {
+        Self {
+            routes: Vec::new(),
+            metrics,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Serves `handler` at `path` (for example `/mutate-pods`).
+    pub fn handler(mut self, path: impl Into<String>, handler: impl AdmissionHandler) -> Self {
+        self.routes.push((path.into(), Box::new(handler)));
+        self
+    }
+
+    /// Overrides [`DEFAULT_BODY_LIMIT`].
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// # Panics
+    /// If a path is registered twice or does not start with `/` (axum's rule): a programming
+    /// error at start-up, never a reaction to a request.
+    pub fn into_router(self) -> Router {
+        let known: Arc<[String]> = self.routes.iter().map(|(path, _)| path.clone()).collect();
+        let mut router = Router::new();
+        for (path, handler) in self.routes {
+            let route = Arc::new(Route {
+                path: path.clone(),
+                handler,
+                metrics: self.metrics.clone(),
+                body_limit: self.body_limit,
+            });
+            router = router.route(
+                &path,
+                post(move |headers: HeaderMap, body: Body| admit(route, headers, body)),
+            );
+        }
+        router.fallback(move |uri: Uri| {
+            let known = known.clone();
+            async move {
+                let err = Error::UnknownPath {
+                    path: uri.path().to_owned(),
+                };
+                let mut message = err.to_string();
+                message.push_str(&format!("; served paths: {}", known.join(", ")));
+                error_response(err.status_code(), message)
+            }
+        })
+    }
+}
+
+async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "admission",
+        route = %route.path,
+        uid = Empty,
+        kind = Empty,
+        namespace = Empty,
+        name = Empty,
+        operation = Empty,
+        dry_run = Empty,
+    );
+    let (operation, outcome) = review(&route, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed();
+    let _entered = span.enter();
+    let result = match &outcome {
+        Ok((_, allowed)) => {
+            let result = if *allowed { "allowed" } else { "denied" };
+            tracing::debug!(
+                result,
+                latency_us = elapsed.as_micros() as u64,
+                "admission reviewed"
+            );
+            result
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, reason = err.metric_label(), "admission request failed");
+            "error"
+        }
+    };
+    route
+        .metrics
+        .latency
+        .get_or_create(&LatencyLabels {
+            route: route.path.clone(),
+            operation: operation.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    route
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.path.clone(),
+            operation,
+            result,
+        })
+        .inc();
+    match outcome {
+        Ok((body, _)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(err) => error_response(err.status_code(), err.to_string()),
+    }
+}
+
+/// Returns the operation label and either the encoded response with its `allowed` flag or the
+/// error to answer with.
+async fn review(
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+) -> (String, Result<(Vec<u8>, bool), Error>) {
+    let bytes = match read_body(headers, body, route.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(err) => return ("unknown".to_owned(), Err(err)),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let request = match decode_review(content_type.as_deref(), &bytes) {
+        Ok(request) => request,
+        Err(err) => return ("unknown".to_owned(), Err(err)),
+    };
+    drop(bytes);
+    let operation = operation_label(&request);
+    let span = tracing::Span::current();
+    span.record("uid", request.uid.as_str());
+    span.record("kind", request.kind.kind.as_str());
+    span.record("namespace", request.namespace.as_deref().unwrap_or(""));
+    span.record("name", request.name.as_str());
+    span.record("operation", operation.as_str());
+    span.record("dry_run", request.dry_run);
+
+    let outcome = catch_unwind(AssertUnwindSafe(|| route.handler.review(&request)))
+        .map_err(|_| Error::HandlerPanicked {
+            uid: request.uid.clone(),
+        })
+        .and_then(|mut response| {
+            response.uid.clone_from(&request.uid);
+            let allowed = response.allowed;
+            encode_response(&response).map(|body| (body, allowed))
+        });
+    (operation, outcome)
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().into()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::BodyTooLarge { limit })
+        }
+        Err(err) => Err(Error::ReadBody(err)),
+    }
+}
+
+fn operation_label(request: &AdmissionRequest) -> String {
+    match request.operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+    .to_owned()
+}
+
+/// An error answer: the HTTP status says what class of failure it is, and the body is an
+/// AdmissionReview whose status message names the problem, readable by people and programs.
+fn error_response(status: StatusCode, message: String) -> Response {
+    let mut response = AdmissionResponse::invalid(&message);
+    response.result = Status::failure(&message, status.canonical_reason().unwrap_or("Error"))
+        .with_code(status.as_u16());
+    let body = encode_response(&response).unwrap_or_else(|_| message.into_bytes());
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
