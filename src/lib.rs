@@ -7,9 +7,15 @@
 //! thin edges around it and most behaviour is proven by fast tests.
 
 pub mod annotation;
+pub mod classify;
 pub mod image;
+pub mod patch;
 pub mod policy;
+pub mod state;
 pub mod target;
+
+#[cfg(test)]
+mod testutil;
 
 /// Annotation on a Deployment, StatefulSet, DaemonSet, ReplicaSet or Namespace naming the
 /// targets: `inplace-upgrade: <container>=<image>[,<container>=<image>…]`.
@@ -39,6 +45,8 @@ pub enum Error {
     Target(#[from] target::TargetError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
 impl Error {
@@ -49,6 +57,7 @@ impl Error {
             Error::Image(_) => "image",
             Error::Target(_) => "target",
             Error::Policy(_) => "policy",
+            Error::State(_) => "state",
         }
     }
 }
