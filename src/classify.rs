@@ -430,11 +430,21 @@ mod tests {
         classify(&pod(kind, spec_image, st), &expect, ts(now))
     }
 
+    /// name, was running at the patch, spec image, status, seconds after the patch, expected.
+    type Case = (
+        &'static str,
+        bool,
+        &'static str,
+        Option<Status>,
+        i64,
+        ContainerState,
+    );
+
     #[test]
     fn every_container_state() {
         use ContainerState as S;
         for kind in [ContainerKind::Container, ContainerKind::NativeSidecar] {
-            let cases: Vec<(&str, bool, &str, Option<Status>, i64, S)> = vec![
+            let cases: Vec<Case> = vec![
                 ("no status yet", true, NEW, None, 10, S::NotRestarted),
                 (
                     "old container still running",
