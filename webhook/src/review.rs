@@ -33,6 +33,19 @@ struct IncomingReview {
 /// [`Error`] whose message names the problem; nothing here panics on any input.
 pub fn decode_review(content_type: Option<&str>, body: &[u8]) -> Result<AdmissionRequest> {
     check_content_type(content_type)?;
+    // serde accepts a JSON array for a struct, so `[]` would otherwise decode as an empty
+    // review; an AdmissionReview is always an object.
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|byte| *byte != b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(err) => Error::InvalidJson(err),
+                Ok(_) => Error::NotAdmissionReview(serde::de::Error::custom(
+                    "expected a JSON object with apiVersion, kind and request",
+                )),
+            },
+        );
+    }
     let review: IncomingReview =
         serde_json::from_slice(body).map_err(|err| match err.classify() {
             serde_json::error::Category::Data => Error::NotAdmissionReview(err),
@@ -153,6 +166,9 @@ mod tests {
             (json, "{not json", "invalid_json"),
             (json, "", "invalid_json"),
             (json, "[1,2]", "not_admission_review"),
+            (json, " []", "not_admission_review"),
+            (json, "null", "not_admission_review"),
+            (json, "[1,", "invalid_json"),
             (
                 json,
                 r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#,
