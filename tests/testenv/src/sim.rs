@@ -1,0 +1,1372 @@
+//! The simulated kubelet's per-pod state machine: pure, no I/O.
+//!
+//! [`PodSim::advance`] takes the latest Pod from the API and the current time, applies every
+//! transition that is due (container starts, readiness, crashes, image-change restarts,
+//! termination) and returns the Events kubelet would record; [`PodSim::status_patch`] renders
+//! the kubelet-owned part of `status`; [`PodSim::next_deadline`] says when to call again.
+//! The I/O loop in `kubelet.rs` does nothing else than feed it and write what it returns.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{Value, json};
+
+use crate::image::{ImageRef, Injected, injected};
+
+/// Annotation prefix for per-pod overrides of [`Delays`], e.g.
+/// `sim.inplace-upgrade.io/restart-delay-ms: "2000"`.
+pub const ANNOTATION_PREFIX: &str = "sim.inplace-upgrade.io/";
+
+/// How long the simulated runtime takes for each step. Every one can be overridden per pod by
+/// an annotation `sim.inplace-upgrade.io/<name>-delay-ms` (milliseconds), where `<name>` is
+/// `pull`, `restart`, `readiness`, `termination`, `crash`, `init` or `backoff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delays {
+    /// Image pull before a container's first start (`pull`).
+    pub pull: Duration,
+    /// From killing a container whose image changed (or whose back-off was reset by a spec
+    /// change) to the new container running (`restart`).
+    pub restart: Duration,
+    /// From running to ready, for containers with a readinessProbe or startupProbe
+    /// (`readiness`). Without a probe a container is ready as soon as it runs (kubelet's rule).
+    pub readiness: Duration,
+    /// Upper bound from deletion to containers stopped; `deletionGracePeriodSeconds` bounds
+    /// it further (`termination`).
+    pub termination: Duration,
+    /// How long a `crashloop` container runs before it exits 1 (`crash`).
+    pub crash: Duration,
+    /// How long a run-to-completion init container runs (`init`).
+    pub init: Duration,
+    /// First back-off after a crash or failed pull; doubles each time up to 8× (`backoff`).
+    pub backoff: Duration,
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            pull: ms(200),
+            restart: ms(300),
+            readiness: ms(300),
+            termination: ms(200),
+            crash: ms(300),
+            init: ms(100),
+            backoff: ms(500),
+        }
+    }
+}
+
+impl Delays {
+    /// These delays with the pod's `sim.inplace-upgrade.io/*-delay-ms` annotations applied.
+    /// Unparsable values are ignored (a pod must not break the simulated node).
+    pub fn for_pod(&self, pod: &Pod) -> Self {
+        let mut d = *self;
+        let Some(annotations) = pod.metadata.annotations.as_ref() else {
+            return d;
+        };
+        for (key, value) in annotations {
+            let Some(name) = key
+                .strip_prefix(ANNOTATION_PREFIX)
+                .and_then(|k| k.strip_suffix("-delay-ms"))
+            else {
+                continue;
+            };
+            let Ok(ms) = value.trim().parse::<u64>() else {
+                continue;
+            };
+            let v = Duration::from_millis(ms);
+            match name {
+                "pull" => d.pull = v,
+                "restart" => d.restart = v,
+                "readiness" => d.readiness = v,
+                "termination" => d.termination = v,
+                "crash" => d.crash = v,
+                "init" => d.init = v,
+                "backoff" => d.backoff = v,
+                _ => {}
+            }
+        }
+        d
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        self.backoff * 2u32.pow(failures.min(3))
+    }
+}
+
+/// A point in time, on both clocks: the monotonic one for deadlines, the wall one for the
+/// timestamps written into status.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: DateTime<Utc>,
+}
+
+impl Now {
+    pub fn current() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+}
+
+/// An Event the kubelet records about the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEvent {
+    /// `Normal` or `Warning`.
+    pub type_: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    /// `spec.containers{name}` or `spec.initContainers{name}`.
+    pub field_path: Option<String>,
+}
+
+/// What [`PodSim::advance`] asks the I/O loop to do besides writing status.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub events: Vec<SimEvent>,
+    /// Containers are stopped after a graceful deletion: delete the pod with grace 0.
+    pub delete: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Run-to-completion init container.
+    Init,
+    /// Native sidecar: init container with `restartPolicy: Always`.
+    Sidecar,
+    Regular,
+}
+
+#[derive(Clone, Debug)]
+struct Terminated {
+    exit_code: i32,
+    reason: &'static str,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+}
+
+/// One container the runtime created.
+#[derive(Clone, Debug)]
+struct Instance {
+    id: String,
+    image: String,
+    image_id: String,
+    started_at: DateTime<Utc>,
+    ready: bool,
+    started: bool,
+    terminated: Option<Terminated>,
+}
+
+impl Instance {
+    fn running(&self) -> bool {
+        self.terminated.is_none()
+    }
+}
+
+/// What happens to a container next, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Waiting for earlier init containers.
+    Idle,
+    /// Pulls (if needed) and starts the spec image at the deadline.
+    Start(Instant),
+    /// `ErrImagePull` turns into `ImagePullBackOff` at the deadline.
+    PullBackOff(Instant),
+    /// Becomes ready (and started) at the deadline.
+    Ready(Instant),
+    /// Exits 1 at the deadline.
+    Crash(Instant),
+    /// Exits 0 at the deadline (run-to-completion init container).
+    Complete(Instant),
+    /// Nothing scheduled.
+    Done,
+}
+
+impl Step {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Step::Start(t)
+            | Step::PullBackOff(t)
+            | Step::Ready(t)
+            | Step::Crash(t)
+            | Step::Complete(t) => Some(t),
+            Step::Idle | Step::Done => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ContainerSim {
+    name: String,
+    kind: Kind,
+    /// The image of the current attempt: what is running, or being pulled.
+    target: String,
+    probed: bool,
+    startup_probe: bool,
+    instance: Option<Instance>,
+    /// The instance before `instance`, once it terminated (`lastState`).
+    previous: Option<(String, String, String, Terminated)>,
+    restart_count: i32,
+    step: Step,
+    /// kubelet's "reason cache": the last start failure, shown as the waiting reason until a
+    /// start succeeds or the spec changes.
+    waiting: Option<(&'static str, String)>,
+    failures: u32,
+}
+
+impl ContainerSim {
+    fn new(c: &Container, kind: Kind) -> Self {
+        Self {
+            name: c.name.clone(),
+            kind,
+            target: c.image.clone().unwrap_or_default(),
+            probed: c.readiness_probe.is_some(),
+            startup_probe: c.startup_probe.is_some(),
+            instance: None,
+            previous: None,
+            restart_count: 0,
+            step: Step::Idle,
+            waiting: None,
+            failures: 0,
+        }
+    }
+
+    fn field_path(&self) -> String {
+        match self.kind {
+            Kind::Regular => format!("spec.containers{{{}}}", self.name),
+            Kind::Init | Kind::Sidecar => format!("spec.initContainers{{{}}}", self.name),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.instance.as_ref().is_some_and(|i| i.ready)
+    }
+
+    fn completed(&self) -> bool {
+        self.instance
+            .as_ref()
+            .and_then(|i| i.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    }
+
+    /// Whether init containers after this one may start.
+    fn lets_next_start(&self) -> bool {
+        match self.kind {
+            Kind::Init => self.completed(),
+            Kind::Sidecar => self
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.running() && i.started),
+            Kind::Regular => true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Condition {
+    status: bool,
+    reason: Option<String>,
+    message: Option<String>,
+    last_transition: DateTime<Utc>,
+}
+
+/// The simulated kubelet's view of one pod.
+#[derive(Clone, Debug)]
+pub struct PodSim {
+    uid: String,
+    pod_ip: String,
+    host_ip: String,
+    start_time: Option<DateTime<Utc>>,
+    containers: Vec<ContainerSim>,
+    conditions: BTreeMap<&'static str, Condition>,
+    initialized: bool,
+    terminating: Option<Instant>,
+    terminated: bool,
+    next_instance: u64,
+}
+
+const OWNED_CONDITIONS: [&str; 4] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+];
+
+impl PodSim {
+    pub fn new(pod: &Pod, pod_ip: String, host_ip: String) -> Self {
+        let spec = pod.spec.as_ref();
+        let mut containers = Vec::new();
+        for c in spec
+            .and_then(|s| s.init_containers.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let kind = if c.restart_policy.as_deref() == Some("Always") {
+                Kind::Sidecar
+            } else {
+                Kind::Init
+            };
+            containers.push(ContainerSim::new(c, kind));
+        }
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+            containers.push(ContainerSim::new(c, Kind::Regular));
+        }
+        Self {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            pod_ip,
+            host_ip,
+            start_time: None,
+            containers,
+            conditions: BTreeMap::new(),
+            initialized: false,
+            terminating: None,
+            terminated: false,
+            next_instance: 0,
+        }
+    }
+
+    pub fn pod_ip(&self) -> &str {
+        &self.pod_ip
+    }
+
+    /// When [`advance`](Self::advance) has something to do next, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let steps = self.containers.iter().filter_map(|c| c.step.deadline());
+        steps
+            .chain(self.terminating.filter(|_| !self.terminated))
+            .min()
+    }
+
+    /// Applies everything due at `now` for the pod as the API currently has it.
+    pub fn advance(&mut self, pod: &Pod, delays: &Delays, now: Now) -> Outcome {
+        let mut out = Outcome::default();
+        if self.start_time.is_none() {
+            self.start_time = Some(now.wall);
+        }
+        let pod_label = pod_label(pod);
+        if pod.metadata.deletion_timestamp.is_some() && self.terminating.is_none() {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .map_or(delays.termination, |s| {
+                    Duration::from_secs(s.max(0).unsigned_abs())
+                });
+            self.terminating = Some(now.mono + delays.termination.min(grace));
+            for c in &mut self.containers {
+                c.step = Step::Done;
+                if c.instance.as_ref().is_some_and(Instance::running) {
+                    out.events.push(event(
+                        c,
+                        "Normal",
+                        "Killing",
+                        format!("Stopping container {}", c.name),
+                    ));
+                }
+            }
+        }
+        if let Some(at) = self.terminating {
+            if !self.terminated && at <= now.mono {
+                self.terminated = true;
+                for c in &mut self.containers {
+                    if let Some(i) = c.instance.as_mut().filter(|i| i.running()) {
+                        terminate(i, 0, "Completed", now.wall);
+                    }
+                }
+                out.delete = true;
+            }
+            return out;
+        }
+        self.apply_spec_changes(pod, delays, now, &mut out);
+        // Each pass may unblock the next init container; loop until nothing is due.
+        loop {
+            let mut changed = false;
+            let mut may_start = true;
+            let all_init_done = self
+                .containers
+                .iter()
+                .filter(|c| c.kind != Kind::Regular)
+                .all(ContainerSim::lets_next_start);
+            if all_init_done {
+                self.initialized = true;
+            }
+            for idx in 0..self.containers.len() {
+                let allowed = match self.containers[idx].kind {
+                    Kind::Init | Kind::Sidecar => may_start,
+                    Kind::Regular => self.initialized,
+                };
+                changed |=
+                    self.step_container(idx, allowed, pod, &pod_label, delays, now, &mut out);
+                let c = &self.containers[idx];
+                if c.kind != Kind::Regular && !c.lets_next_start() {
+                    may_start = false;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A changed image restarts that container only; other spec changes are ignored.
+    fn apply_spec_changes(&mut self, pod: &Pod, delays: &Delays, now: Now, out: &mut Outcome) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let images = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .map(|c| (c.name.as_str(), c.image.as_deref().unwrap_or_default()));
+        for (name, image) in images {
+            let Some(c) = self.containers.iter_mut().find(|c| c.name == name) else {
+                continue;
+            };
+            if c.target == image {
+                continue;
+            }
+            // kubelet never re-runs a run-to-completion init container that has completed.
+            if c.kind == Kind::Init && c.completed() {
+                continue;
+            }
+            c.target = image.to_owned();
+            c.waiting = None;
+            c.failures = 0;
+            match c.step {
+                Step::Idle => {}
+                _ => {
+                    if c.instance.as_ref().is_some_and(Instance::running) {
+                        out.events.push(event(
+                            c,
+                            "Normal",
+                            "Killing",
+                            format!("Container {} definition changed, will be restarted", c.name),
+                        ));
+                    }
+                    if let Some(i) = c.instance.as_mut().filter(|i| i.running()) {
+                        terminate(i, 0, "Completed", now.wall);
+                    }
+                    let wait = if c.instance.is_some() {
+                        delays.restart
+                    } else {
+                        delays.pull
+                    };
+                    c.step = Step::Start(now.mono + wait);
+                }
+            }
+        }
+    }
+
+    /// Applies what is due for one container; true when something changed.
+    #[allow(clippy::too_many_arguments)]
+    fn step_container(
+        &mut self,
+        idx: usize,
+        allowed: bool,
+        pod: &Pod,
+        pod_label: &str,
+        delays: &Delays,
+        now: Now,
+        out: &mut Outcome,
+    ) -> bool {
+        let restart_on_failure =
+            pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+        let id = self.container_id(idx);
+        let c = &mut self.containers[idx];
+        match c.step {
+            Step::Idle if allowed => {
+                out.events.push(event(
+                    c,
+                    "Normal",
+                    "Pulling",
+                    format!("Pulling image \"{}\"", c.target),
+                ));
+                c.step = Step::Start(now.mono + delays.pull);
+                true
+            }
+            Step::Start(at) if at <= now.mono => {
+                start(c, id, delays, now, out);
+                true
+            }
+            Step::PullBackOff(at) if at <= now.mono => {
+                c.waiting = Some((
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{}\"", c.target),
+                ));
+                out.events.push(event(
+                    c,
+                    "Normal",
+                    "BackOff",
+                    format!("Back-off pulling image \"{}\"", c.target),
+                ));
+                out.events.push(event(
+                    c,
+                    "Warning",
+                    "Failed",
+                    "Error: ImagePullBackOff".to_owned(),
+                ));
+                c.step = Step::Start(now.mono + delays.backoff(c.failures));
+                true
+            }
+            Step::Ready(at) if at <= now.mono => {
+                if let Some(i) = c.instance.as_mut() {
+                    i.ready = true;
+                    i.started = true;
+                }
+                c.step = Step::Done;
+                true
+            }
+            Step::Crash(at) if at <= now.mono => {
+                if let Some(i) = c.instance.as_mut() {
+                    terminate(i, 1, "Error", now.wall);
+                }
+                c.failures += 1;
+                // Sidecars restart whatever the pod's restartPolicy (they have their own: Always).
+                if restart_on_failure || c.kind == Kind::Sidecar {
+                    let backoff = delays.backoff(c.failures - 1);
+                    let message = format!(
+                        "back-off {} restarting failed container={} pod={pod_label}",
+                        human(backoff),
+                        c.name
+                    );
+                    out.events.push(event(
+                        c,
+                        "Warning",
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {pod_label}",
+                            c.name
+                        ),
+                    ));
+                    c.waiting = Some(("CrashLoopBackOff", message));
+                    c.step = Step::Start(now.mono + backoff);
+                } else {
+                    c.step = Step::Done;
+                }
+                true
+            }
+            Step::Complete(at) if at <= now.mono => {
+                if let Some(i) = c.instance.as_mut() {
+                    terminate(i, 0, "Completed", now.wall);
+                    // kubelet reports a successfully completed init container as ready.
+                    i.ready = true;
+                }
+                c.step = Step::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn container_id(&mut self, idx: usize) -> String {
+        self.next_instance += 1;
+        let seed = format!(
+            "{}/{}/{}",
+            self.uid, self.containers[idx].name, self.next_instance
+        );
+        let sum = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+        format!("containerd://{}", crate::image::hex(sum.as_ref()))
+    }
+
+    /// The kubelet-owned part of the pod's status as a strategic-merge patch for
+    /// `pods/status`: phase, the four kubelet conditions (merged by type, so conditions of
+    /// other writers such as readiness gates are untouched), IPs, start time, container
+    /// statuses. `metadata.uid` makes it a precondition, as kubelet does.
+    pub fn status_patch(&mut self, pod: &Pod, now: Now) -> Value {
+        self.update_conditions(pod, now);
+        let has_init = self.containers.iter().any(|c| c.kind != Kind::Regular);
+        let mut init_statuses = Vec::new();
+        let mut statuses = Vec::new();
+        for c in &self.containers {
+            let s = container_status(c, has_init);
+            if c.kind == Kind::Regular {
+                statuses.push(s);
+            } else {
+                init_statuses.push(s);
+            }
+        }
+        let conditions: Vec<Value> = OWNED_CONDITIONS
+            .iter()
+            .filter_map(|t| self.conditions.get(t).map(|c| (t, c)))
+            .map(|(t, c)| {
+                let mut v = json!({
+                    "type": t,
+                    "status": if c.status { "True" } else { "False" },
+                    "lastProbeTime": null,
+                    "lastTransitionTime": ts(c.last_transition),
+                });
+                if let Some(r) = &c.reason {
+                    v["reason"] = json!(r);
+                }
+                if let Some(m) = &c.message {
+                    v["message"] = json!(m);
+                }
+                v
+            })
+            .collect();
+        let mut status = json!({
+            "phase": self.phase(pod),
+            "conditions": conditions,
+            "hostIP": self.host_ip,
+            "hostIPs": [{"ip": self.host_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
+            "containerStatuses": statuses,
+        });
+        if let Some(t) = self.start_time {
+            status["startTime"] = json!(ts(t));
+        }
+        if has_init {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
+        if let Some(g) = pod.metadata.generation {
+            status["observedGeneration"] = json!(g);
+        }
+        json!({"metadata": {"uid": self.uid}, "status": status})
+    }
+
+    fn phase(&self, pod: &Pod) -> &'static str {
+        let regular: Vec<&ContainerSim> = self
+            .containers
+            .iter()
+            .filter(|c| c.kind == Kind::Regular)
+            .collect();
+        let exits: Option<Vec<i32>> = regular
+            .iter()
+            .map(|c| {
+                c.instance
+                    .as_ref()
+                    .and_then(|i| i.terminated.as_ref())
+                    .map(|t| t.exit_code)
+            })
+            .collect();
+        let never = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+        if let Some(exits) = exits.filter(|e| !e.is_empty()) {
+            let pending_restart = regular.iter().any(|c| matches!(c.step, Step::Start(_)));
+            if self.terminated || (never && !pending_restart) {
+                return if exits.iter().all(|e| *e == 0) {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                };
+            }
+        }
+        if self.initialized && regular.iter().any(|c| c.instance.is_some()) {
+            "Running"
+        } else {
+            "Pending"
+        }
+    }
+
+    fn update_conditions(&mut self, pod: &Pod, now: Now) {
+        let unready: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| c.kind != Kind::Init && !c.ready())
+            .map(|c| c.name.as_str())
+            .collect();
+        let incomplete: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| c.kind != Kind::Regular && !c.lets_next_start())
+            .map(|c| c.name.as_str())
+            .collect();
+        let containers_ready = unready.is_empty() && !self.terminated;
+        let not_ready = || {
+            let msg = format!("containers with unready status: [{}]", unready.join(" "));
+            (Some("ContainersNotReady".to_owned()), Some(msg))
+        };
+        let gate_problem = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .into_iter()
+            .flatten()
+            .find_map(|g| {
+                let t = &g.condition_type;
+                let found = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| &c.type_ == t));
+                match found {
+                    None => Some(format!(
+                        "corresponding condition of pod readiness gate \"{t}\" does not exist."
+                    )),
+                    Some(c) if c.status != "True" => Some(format!(
+                        "the status of pod readiness gate \"{t}\" is not \"True\", but {}",
+                        c.status
+                    )),
+                    Some(_) => None,
+                }
+            });
+        let init = if self.initialized {
+            (true, None, None)
+        } else {
+            let msg = format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            );
+            (
+                false,
+                Some("ContainersNotInitialized".to_owned()),
+                Some(msg),
+            )
+        };
+        let (cr_reason, cr_msg) = if containers_ready {
+            (None, None)
+        } else {
+            not_ready()
+        };
+        let ready = match (&gate_problem, containers_ready) {
+            (_, false) => (false, cr_reason.clone(), cr_msg.clone()),
+            (Some(m), true) => (
+                false,
+                Some("ReadinessGatesNotReady".to_owned()),
+                Some(m.clone()),
+            ),
+            (None, true) => (true, None, None),
+        };
+        let sandbox = !self.terminated;
+        self.set_condition("PodReadyToStartContainers", (sandbox, None, None), now);
+        self.set_condition("Initialized", init, now);
+        self.set_condition(
+            "ContainersReady",
+            (containers_ready, cr_reason, cr_msg),
+            now,
+        );
+        self.set_condition("Ready", ready, now);
+    }
+
+    /// `lastTransitionTime` moves only when the status flips.
+    fn set_condition(
+        &mut self,
+        type_: &'static str,
+        (status, reason, message): (bool, Option<String>, Option<String>),
+        now: Now,
+    ) {
+        let last_transition = match self.conditions.get(type_) {
+            Some(old) if old.status == status => old.last_transition,
+            _ => now.wall,
+        };
+        self.conditions.insert(
+            type_,
+            Condition {
+                status,
+                reason,
+                message,
+                last_transition,
+            },
+        );
+    }
+}
+
+/// Starts the container's target image now, or fails the way the image says.
+fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut Outcome) {
+    let image = c.target.clone();
+    let parsed = match ImageRef::parse(&image) {
+        Ok(p) => p,
+        Err(e) => {
+            c.waiting = Some((
+                "InvalidImageName",
+                format!("Failed to apply default image tag \"{image}\": {e}"),
+            ));
+            out.events.push(event(
+                c,
+                "Warning",
+                "InspectFailed",
+                format!("Failed to apply default image tag \"{image}\": {e}"),
+            ));
+            out.events.push(event(
+                c,
+                "Warning",
+                "Failed",
+                "Error: InvalidImageName".to_owned(),
+            ));
+            c.step = Step::Done;
+            return;
+        }
+    };
+    let injection = injected(&image);
+    if injection == Injected::FailPull {
+        let message = format!(
+            "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+        );
+        out.events
+            .push(event(c, "Warning", "Failed", message.clone()));
+        out.events.push(event(
+            c,
+            "Warning",
+            "Failed",
+            "Error: ErrImagePull".to_owned(),
+        ));
+        c.waiting = Some(("ErrImagePull", message));
+        c.failures += 1;
+        c.step = Step::PullBackOff(now.mono + delays.backoff(c.failures - 1));
+        return;
+    }
+    out.events.push(event(
+        c,
+        "Normal",
+        "Pulled",
+        format!(
+            "Successfully pulled image \"{image}\" in {}",
+            human(delays.pull)
+        ),
+    ));
+    out.events.push(event(
+        c,
+        "Normal",
+        "Created",
+        format!("Created container: {}", c.name),
+    ));
+    out.events.push(event(
+        c,
+        "Normal",
+        "Started",
+        format!("Started container {}", c.name),
+    ));
+    if let Some(old) = c.instance.take() {
+        if let Some(t) = old.terminated {
+            c.previous = Some((old.id, old.image, old.image_id, t));
+        }
+        c.restart_count += 1;
+    }
+    let probed = c.probed || c.startup_probe;
+    c.instance = Some(Instance {
+        id,
+        image,
+        image_id: parsed.image_id(),
+        started_at: now.wall,
+        ready: false,
+        started: !c.startup_probe,
+        terminated: None,
+    });
+    c.waiting = None;
+    c.step = match (c.kind, injection) {
+        (_, Injected::CrashLoop) => Step::Crash(now.mono + delays.crash),
+        (Kind::Init, _) => Step::Complete(now.mono + delays.init),
+        (_, Injected::NeverReady) => Step::Done,
+        (_, _) if probed => Step::Ready(now.mono + delays.readiness),
+        _ => {
+            if let Some(i) = c.instance.as_mut() {
+                i.ready = true;
+            }
+            Step::Done
+        }
+    };
+}
+
+fn terminate(i: &mut Instance, exit_code: i32, reason: &'static str, at: DateTime<Utc>) {
+    i.ready = false;
+    i.started = false;
+    i.terminated = Some(Terminated {
+        exit_code,
+        reason,
+        started_at: i.started_at,
+        finished_at: at,
+    });
+}
+
+fn container_status(c: &ContainerSim, has_init: bool) -> Value {
+    let default_waiting = if has_init {
+        "PodInitializing"
+    } else {
+        "ContainerCreating"
+    };
+    let terminated = |id: &str, t: &Terminated| {
+        json!({"terminated": {
+            "containerID": id,
+            "exitCode": t.exit_code,
+            "reason": t.reason,
+            "startedAt": ts(t.started_at),
+            "finishedAt": ts(t.finished_at),
+        }})
+    };
+    let mut last_state = match &c.previous {
+        Some((id, _, _, t)) => terminated(id, t),
+        None => json!({}),
+    };
+    let (image, image_id, state) = match &c.instance {
+        None => {
+            let (reason, message) = c
+                .waiting
+                .clone()
+                .unwrap_or((default_waiting, String::new()));
+            let mut w = json!({"reason": reason});
+            if !message.is_empty() {
+                w["message"] = json!(message);
+            }
+            (c.target.clone(), String::new(), json!({"waiting": w}))
+        }
+        Some(i) => {
+            let state = match (&i.terminated, &c.waiting) {
+                (None, _) => json!({"running": {"startedAt": ts(i.started_at)}}),
+                (Some(t), Some((reason, message))) => {
+                    // Like kubelet: the dead container becomes lastState, the failure the
+                    // waiting reason.
+                    last_state = terminated(&i.id, t);
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
+                (Some(t), None) => terminated(&i.id, t),
+            };
+            (i.image.clone(), i.image_id.clone(), state)
+        }
+    };
+    let mut s = json!({
+        "name": c.name,
+        "image": image,
+        "imageID": image_id,
+        "ready": c.ready(),
+        "started": c.instance.as_ref().is_some_and(|i| i.running() && i.started),
+        "restartCount": c.restart_count,
+        "state": state,
+        "lastState": last_state,
+    });
+    if let Some(i) = &c.instance {
+        s["containerID"] = json!(i.id);
+    }
+    s
+}
+
+fn event(c: &ContainerSim, type_: &'static str, reason: &'static str, message: String) -> SimEvent {
+    SimEvent {
+        type_,
+        reason,
+        message,
+        field_path: Some(c.field_path()),
+    }
+}
+
+fn pod_label(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// Kubernetes timestamps are RFC 3339 with second precision.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn human(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Harness {
+        sim: PodSim,
+        pod: Pod,
+        now: Now,
+        delays: Delays,
+        events: Vec<SimEvent>,
+        status: Value,
+        deleted: bool,
+    }
+
+    impl Harness {
+        fn new(pod: Value) -> Self {
+            let pod: Pod = serde_json::from_value(pod).unwrap();
+            let mut h = Self {
+                sim: PodSim::new(&pod, "10.128.0.7".into(), "172.20.0.2".into()),
+                pod,
+                now: Now::current(),
+                delays: Delays::default(),
+                events: Vec::new(),
+                status: Value::Null,
+                deleted: false,
+            };
+            h.pass();
+            h
+        }
+
+        fn pass(&mut self) {
+            let out = self
+                .sim
+                .advance(&self.pod, &self.delays.for_pod(&self.pod), self.now);
+            self.events.extend(out.events);
+            self.deleted |= out.delete;
+            self.status = self.sim.status_patch(&self.pod, self.now)["status"].clone();
+        }
+
+        /// Jumps the clock to the next deadline and advances; false when none is left.
+        fn tick(&mut self) -> bool {
+            let Some(d) = self.sim.next_deadline() else {
+                return false;
+            };
+            let step = d.saturating_duration_since(self.now.mono);
+            self.now = Now {
+                mono: d,
+                wall: self.now.wall + chrono::Duration::from_std(step).unwrap(),
+            };
+            self.pass();
+            true
+        }
+
+        /// Ticks until `f` holds; panics (this is a test) after 50 steps.
+        fn until(&mut self, what: &str, f: impl Fn(&Value) -> bool) {
+            for _ in 0..50 {
+                if f(&self.status) {
+                    return;
+                }
+                if !self.tick() {
+                    break;
+                }
+            }
+            panic!("never reached: {what}; status {}", self.status);
+        }
+
+        fn set_image(&mut self, list: &str, idx: usize, image: &str) {
+            let mut v = serde_json::to_value(&self.pod).unwrap();
+            v["spec"][list][idx]["image"] = json!(image);
+            self.pod = serde_json::from_value(v).unwrap();
+            self.pass();
+        }
+
+        fn set_status_condition(&mut self, type_: &str, status: &str) {
+            let mut v = serde_json::to_value(&self.pod).unwrap();
+            v["status"] = json!({"conditions": [{"type": type_, "status": status}]});
+            self.pod = serde_json::from_value(v).unwrap();
+            self.pass();
+        }
+
+        fn condition(&self, type_: &str) -> Value {
+            self.status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == type_)
+                .cloned()
+                .unwrap()
+        }
+
+        fn reasons(&self) -> Vec<&'static str> {
+            self.events.iter().map(|e| e.reason).collect()
+        }
+    }
+
+    fn pod(spec: Value) -> Value {
+        json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "generation": 1}, "spec": spec})
+    }
+
+    fn app(name: &str, image: &str) -> Value {
+        json!({"name": name, "image": image})
+    }
+
+    fn cs<'a>(status: &'a Value, list: &str, name: &str) -> &'a Value {
+        status[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+    }
+
+    fn ready(s: &Value) -> bool {
+        s["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    }
+
+    #[test]
+    fn container_without_probe_is_ready_once_running() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
+        assert_eq!(h.status["phase"], "Pending");
+        assert_eq!(
+            cs(&h.status, "containerStatuses", "a")["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
+        h.until("Ready", ready);
+        let c = cs(&h.status, "containerStatuses", "a");
+        assert_eq!(h.status["phase"], "Running");
+        assert_eq!(c["image"], "nginx:1");
+        assert!(
+            c["imageID"]
+                .as_str()
+                .unwrap()
+                .starts_with("docker.io/library/nginx@sha256:")
+        );
+        assert!(
+            c["containerID"]
+                .as_str()
+                .unwrap()
+                .starts_with("containerd://")
+        );
+        assert_eq!(c["started"], true);
+        assert_eq!(h.status["podIP"], "10.128.0.7");
+        assert_eq!(h.status["observedGeneration"], 1);
+        assert_eq!(h.reasons(), ["Pulling", "Pulled", "Created", "Started"]);
+    }
+
+    #[test]
+    fn readiness_probe_delays_ready() {
+        let mut c = app("a", "nginx:1");
+        c["readinessProbe"] = json!({"httpGet": {"port": 80}});
+        let mut h = Harness::new(pod(json!({"containers": [c]})));
+        h.until("running", |s| {
+            cs(s, "containerStatuses", "a")["state"]["running"].is_object()
+        });
+        assert_eq!(cs(&h.status, "containerStatuses", "a")["ready"], false);
+        assert!(!ready(&h.status));
+        h.until("Ready", ready);
+    }
+
+    #[test]
+    fn ready_honours_readiness_gates_and_keeps_transition_times() {
+        let mut p = pod(
+            json!({"containers": [app("a", "nginx:1")], "readinessGates": [{"conditionType": "x.io/ready"}]}),
+        );
+        p["status"] = json!({});
+        let mut h = Harness::new(p);
+        h.until("ContainersReady", |s| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "ContainersReady" && c["status"] == "True")
+        });
+        let r = h.condition("Ready");
+        assert_eq!(r["status"], "False");
+        assert_eq!(r["reason"], "ReadinessGatesNotReady");
+        assert!(
+            r["message"].as_str().unwrap().contains("does not exist"),
+            "{r}"
+        );
+        let containers_ready_since = h.condition("ContainersReady")["lastTransitionTime"].clone();
+
+        h.now.wall += chrono::Duration::seconds(5);
+        h.set_status_condition("x.io/ready", "False");
+        assert!(
+            h.condition("Ready")["message"]
+                .as_str()
+                .unwrap()
+                .contains("but False")
+        );
+        h.now.wall += chrono::Duration::seconds(5);
+        h.set_status_condition("x.io/ready", "True");
+        assert!(ready(&h.status));
+        let since = h.condition("Ready")["lastTransitionTime"].clone();
+        assert_eq!(
+            h.condition("ContainersReady")["lastTransitionTime"],
+            containers_ready_since
+        );
+        // Never own the gate's condition.
+        assert!(
+            h.status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["type"] != "x.io/ready")
+        );
+
+        h.now.wall += chrono::Duration::seconds(5);
+        h.pass();
+        assert_eq!(h.condition("Ready")["lastTransitionTime"], since);
+        h.set_status_condition("x.io/ready", "False");
+        assert!(!ready(&h.status));
+        assert_ne!(h.condition("Ready")["lastTransitionTime"], since);
+    }
+
+    #[test]
+    fn image_change_restarts_only_that_container() {
+        let mut h = Harness::new(pod(
+            json!({"containers": [app("a", "nginx:1"), app("b", "redis:7")]}),
+        ));
+        h.until("Ready", ready);
+        let old_a = cs(&h.status, "containerStatuses", "a")["containerID"].clone();
+        let old_b = cs(&h.status, "containerStatuses", "b")["containerID"].clone();
+        h.events.clear();
+        h.set_image("containers", 0, "nginx:2");
+        let a = cs(&h.status, "containerStatuses", "a");
+        assert_eq!(a["ready"], false);
+        assert_eq!(a["state"]["terminated"]["containerID"], old_a);
+        assert_eq!(h.reasons(), ["Killing"]);
+        assert!(h.events[0].message.contains("definition changed"));
+        assert!(!ready(&h.status));
+        h.until("Ready again", ready);
+        let a = cs(&h.status, "containerStatuses", "a");
+        assert_ne!(a["containerID"], old_a);
+        assert_eq!(a["image"], "nginx:2");
+        assert_eq!(a["restartCount"], 1);
+        assert_eq!(a["lastState"]["terminated"]["containerID"], old_a);
+        let b = cs(&h.status, "containerStatuses", "b");
+        assert_eq!(b["containerID"], old_b);
+        assert_eq!(b["restartCount"], 0);
+        assert_eq!(h.status["podIP"], "10.128.0.7");
+    }
+
+    #[test]
+    fn retagged_digest_keeps_image_id_but_restarts() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "proxy:1.0--d1")]})));
+        h.until("Ready", ready);
+        let before = cs(&h.status, "containerStatuses", "a").clone();
+        h.set_image("containers", 0, "proxy:stable--d1");
+        h.until("Ready again", ready);
+        let after = cs(&h.status, "containerStatuses", "a");
+        assert_eq!(after["imageID"], before["imageID"]);
+        assert_ne!(after["containerID"], before["containerID"]);
+        assert_eq!(after["image"], "proxy:stable--d1");
+    }
+
+    #[test]
+    fn init_containers_run_in_order_and_sidecars_keep_running() {
+        let mut sidecar = app("istio-proxy", "proxyv2:1");
+        sidecar["restartPolicy"] = json!("Always");
+        sidecar["readinessProbe"] = json!({"httpGet": {"port": 15021}});
+        let mut h = Harness::new(pod(json!({
+            "initContainers": [app("istio-init", "proxyv2:1"), sidecar],
+            "containers": [app("app", "nginx:1")],
+        })));
+        assert_eq!(
+            cs(&h.status, "containerStatuses", "app")["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
+        assert_eq!(h.condition("Initialized")["status"], "False");
+        h.until("istio-init completed", |s| {
+            cs(s, "initContainerStatuses", "istio-init")["state"]["terminated"]["reason"]
+                == "Completed"
+        });
+        // The sidecar had not started while istio-init ran.
+        let started: Vec<_> = h
+            .events
+            .iter()
+            .filter(|e| e.reason == "Started")
+            .map(|e| e.field_path.clone().unwrap())
+            .collect();
+        assert_eq!(started, ["spec.initContainers{istio-init}"]);
+        h.until("Ready", ready);
+        let init = cs(&h.status, "initContainerStatuses", "istio-init");
+        assert_eq!(init["ready"], true);
+        assert_eq!(init["state"]["terminated"]["exitCode"], 0);
+        let proxy = cs(&h.status, "initContainerStatuses", "istio-proxy");
+        assert!(proxy["state"]["running"].is_object());
+        assert_eq!(proxy["ready"], true);
+        assert_eq!(h.condition("Initialized")["status"], "True");
+
+        let old = proxy["containerID"].clone();
+        let app_id = cs(&h.status, "containerStatuses", "app")["containerID"].clone();
+        let init_id = init["containerID"].clone();
+        h.set_image("initContainers", 1, "proxyv2:2");
+        assert!(
+            !ready(&h.status),
+            "a restarting sidecar makes the pod unready"
+        );
+        h.until("Ready again", ready);
+        let proxy = cs(&h.status, "initContainerStatuses", "istio-proxy");
+        assert_ne!(proxy["containerID"], old);
+        assert_eq!(proxy["restartCount"], 1);
+        assert_eq!(
+            cs(&h.status, "containerStatuses", "app")["containerID"],
+            app_id
+        );
+        assert_eq!(
+            cs(&h.status, "initContainerStatuses", "istio-init")["containerID"],
+            init_id
+        );
+    }
+
+    #[test]
+    fn fail_pull_alternates_err_image_pull_and_back_off() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:fail-pull")]})));
+        let reason = |s: &Value| {
+            cs(s, "containerStatuses", "a")["state"]["waiting"]["reason"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        h.until("ErrImagePull", |s| {
+            reason(s).as_deref() == Some("ErrImagePull")
+        });
+        h.until("ImagePullBackOff", |s| {
+            reason(s).as_deref() == Some("ImagePullBackOff")
+        });
+        h.until("ErrImagePull again", |s| {
+            reason(s).as_deref() == Some("ErrImagePull")
+        });
+        assert_eq!(h.status["phase"], "Pending");
+        // A fixed image recovers without waiting for the back-off.
+        h.set_image("containers", 0, "nginx:1");
+        h.until("Ready", ready);
+    }
+
+    #[test]
+    fn crashloop_restarts_with_back_off() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "app:crashloop")]})));
+        let c = |s: &Value| cs(s, "containerStatuses", "a").clone();
+        h.until("CrashLoopBackOff", |s| {
+            c(s)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        });
+        assert_eq!(c(&h.status)["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(c(&h.status)["lastState"]["terminated"]["reason"], "Error");
+        h.until("restartCount 2", |s| c(s)["restartCount"] == 2);
+        assert!(h.reasons().contains(&"BackOff"));
+        assert!(!ready(&h.status));
+    }
+
+    #[test]
+    fn never_ready_runs_but_is_never_ready() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "app:never-ready")]})));
+        h.until("running", |s| {
+            cs(s, "containerStatuses", "a")["state"]["running"].is_object()
+        });
+        while h.tick() {}
+        assert_eq!(cs(&h.status, "containerStatuses", "a")["ready"], false);
+        assert!(!ready(&h.status));
+        assert_eq!(h.status["phase"], "Running");
+    }
+
+    #[test]
+    fn invalid_reference_is_invalid_image_name() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "Not A Valid:ref")]})));
+        h.until("InvalidImageName", |s| {
+            cs(s, "containerStatuses", "a")["state"]["waiting"]["reason"] == "InvalidImageName"
+        });
+    }
+
+    #[test]
+    fn graceful_deletion_stops_containers_then_deletes() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
+        h.until("Ready", ready);
+        let mut v = serde_json::to_value(&h.pod).unwrap();
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        v["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        h.pod = serde_json::from_value(v).unwrap();
+        h.events.clear();
+        h.pass();
+        assert_eq!(h.reasons(), ["Killing"]);
+        assert!(!h.deleted);
+        h.until("terminated", |s| {
+            cs(s, "containerStatuses", "a")["state"]["terminated"].is_object()
+        });
+        assert!(h.deleted);
+        assert_eq!(h.status["phase"], "Succeeded");
+        assert!(!ready(&h.status));
+    }
+
+    #[test]
+    fn delays_come_from_annotations() {
+        let p: Pod = serde_json::from_value(json!({"metadata": {"annotations": {
+            "sim.inplace-upgrade.io/restart-delay-ms": "2500",
+            "sim.inplace-upgrade.io/readiness-delay-ms": "oops",
+        }}}))
+        .unwrap();
+        let d = Delays::default().for_pod(&p);
+        assert_eq!(d.restart, Duration::from_millis(2500));
+        assert_eq!(d.readiness, Delays::default().readiness);
+    }
+}
