@@ -275,6 +275,14 @@ async fn denial_carries_the_handlers_message() {
     assert!(body["response"].get("patch").is_none());
 }
 
+type MalformedCase = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test]
 async fn malformed_reviews_get_a_client_error_naming_the_problem() {
     let h = harness();
@@ -286,7 +294,8 @@ async fn malformed_reviews_get_a_client_error_naming_the_problem() {
         false,
     ))
     .expect("json");
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    // (what, Content-Type, body, expected status, text the message must contain)
+    let cases: Vec<MalformedCase> = vec![
         ("no content type", None, valid.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
         ("wrong content type", Some("application/yaml"), valid.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/yaml"),
         ("invalid JSON", Some("application/json"), b"{\"apiVersion\": ".to_vec(), StatusCode::BAD_REQUEST, "not valid JSON"),
