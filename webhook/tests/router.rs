@@ -537,3 +537,98 @@ async fn readyz_follows_the_certificate_and_healthz_is_always_up() {
         "{text}"
     );
 }
+
+mod span_capture {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+
+    use tracing::{
+        Subscriber,
+        field::{Field, Visit},
+        span::{Attributes, Id, Record},
+    };
+    use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
+
+    /// Fields recorded on spans named `admission`, by span id.
+    #[derive(Clone, Default)]
+    pub struct Capture(pub Arc<Mutex<HashMap<u64, HashMap<String, String>>>>);
+
+    struct Fields<'a>(&'a mut HashMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+            if attrs.metadata().name() == "admission" {
+                let mut spans = self.0.lock().expect("capture lock");
+                attrs.record(&mut Fields(spans.entry(id.into_u64()).or_default()));
+            }
+        }
+        fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            let mut spans = self.0.lock().expect("capture lock");
+            if let Some(fields) = spans.get_mut(&id.into_u64()) {
+                values.record(&mut Fields(fields));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_gets_a_span_with_its_identity() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let capture = span_capture::Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let h = harness();
+    let mut pod = fixture("native-sidecar.yaml.injected", "Pod");
+    pod["metadata"]["namespace"] = json!("dev");
+    post_review(
+        &h.router,
+        "/mutate-pods",
+        &review("uid-span", "CREATE", &pod, None, true),
+    )
+    .await;
+    post(
+        &h.router,
+        "/mutate-pods",
+        Some("application/json"),
+        b"{".to_vec(),
+    )
+    .await;
+
+    let spans = capture.0.lock().expect("capture lock");
+    let mut spans: Vec<_> = spans.values().cloned().collect();
+    spans.sort_by_key(|fields| fields.get("uid").cloned());
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let malformed = &spans[0];
+    assert_eq!(
+        malformed.get("route").map(String::as_str),
+        Some("/mutate-pods")
+    );
+    assert!(!malformed.contains_key("uid"), "{malformed:?}");
+    let reviewed = &spans[1];
+    for (field, value) in [
+        ("route", "/mutate-pods"),
+        ("uid", "uid-span"),
+        ("kind", "Pod"),
+        ("namespace", "dev"),
+        ("name", "hello"),
+        ("operation", "CREATE"),
+        ("dry_run", "true"),
+    ] {
+        assert_eq!(
+            reviewed.get(field).map(String::as_str),
+            Some(value),
+            "{field}: {reviewed:?}"
+        );
+    }
+}
