@@ -129,7 +129,7 @@ pub fn classify(pod: &Pod, expect: &Expectation<'_>, now: Timestamp) -> Containe
                     expect.baseline.name,
                     expect.image,
                     expect.ready_timeout.as_secs(),
-                    describe(&state)
+                    state.describe()
                 ),
             }
         }
@@ -142,14 +142,17 @@ fn timed_out(expect: &Expectation<'_>, now: Timestamp) -> bool {
     elapsed.is_positive() && elapsed.unsigned_abs() > expect.ready_timeout
 }
 
-fn describe(state: &ContainerState) -> String {
-    match state {
-        ContainerState::NotRestarted => "the old container is still running".into(),
-        ContainerState::Restarting { reason } => format!("restarting: {reason}"),
-        ContainerState::RunningNotReady => "running but not Ready".into(),
-        ContainerState::Upgraded => "upgraded".into(),
-        ContainerState::Superseded { spec_image } => format!("spec changed to {spec_image:?}"),
-        ContainerState::Failed { reason, message } => format!("{}: {message}", reason.as_str()),
+impl ContainerState {
+    /// A short human description, for Wait reasons and failure messages.
+    pub fn describe(&self) -> String {
+        match self {
+            ContainerState::NotRestarted => "the old container is still running".into(),
+            ContainerState::Restarting { reason } => format!("restarting: {reason}"),
+            ContainerState::RunningNotReady => "running but not Ready".into(),
+            ContainerState::Upgraded => "upgraded".into(),
+            ContainerState::Superseded { spec_image } => format!("spec changed to {spec_image:?}"),
+            ContainerState::Failed { reason, message } => format!("{}: {message}", reason.as_str()),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod annotation;
 pub mod classify;
 pub mod image;
 pub mod patch;
+pub mod plan;
 pub mod policy;
 pub mod state;
 pub mod target;

@@ -1,0 +1,661 @@
+//! The planner: from a workload's pods and its policy, the next step for each pod that needs
+//! one, and a verdict for the workload. Pure and level-triggered: it reads only its input, so
+//! calling it again on the same state gives the same plan, and a controller restarted at any
+//! point resumes from what the API shows.
+//!
+//! Rules, in the order they apply:
+//! - terminating pods are ignored;
+//! - a pod with an upgrade in progress (state `Patched`/`RollingBack`) is classified: it waits,
+//!   is undrained and finished when its containers are upgraded (or rolled back), is rolled
+//!   back (or left, with `onFailure: Pause`) when they failed, and is re-patched toward the
+//!   newest target when the annotation changed mid-rollout;
+//! - a pod already at its targets (normalised comparison) needs nothing, except being undrained
+//!   if we drained it, or marked ready if it is a new gated pod;
+//! - a target that failed before (workload memory, or this pod's own `RolledBack`/`Failed`
+//!   record for the same image) is not started again;
+//! - a target the policy does not allow (container, image glob) blocks that pod;
+//! - any failure, or a pause, stops the workload: no new pod is started and pods we drained
+//!   but did not patch are undrained;
+//! - otherwise new pods start, pods that are already not Ready first (they do not reduce
+//!   availability, so they use no `maxUnavailable` room), never more in progress at once than
+//!   `maxUnavailable`, never more unavailable pods than `maxUnavailable`, and a Ready pod only
+//!   when every PodDisruptionBudget selecting it still allows a disruption (each start
+//!   consumes one from each). A Ready gated pod is drained first; others are patched directly;
+//! - new gated pods whose condition is missing and that are not started now are marked ready,
+//!   so a pod never waits for its turn unready.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::READINESS_GATE;
+use crate::annotation::Target;
+use crate::classify::{ContainerState, Expectation, classify};
+use crate::image::same_image;
+use crate::patch::DRAINING_REASON;
+use crate::policy::{ImageAllowlist, InPlaceUpgradePolicySpec, OnFailure};
+use crate::state::{Phase, PodUpgradeState};
+use crate::target::{self, ResolvedTarget};
+
+/// A PodDisruptionBudget as the planner needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisruptionBudget {
+    pub name: String,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+    /// Names of the workload's pods it selects.
+    pub pods: BTreeSet<String>,
+}
+
+/// A target that failed in this workload (or, under a Namespace annotation, in another one):
+/// it is not started again until the annotation changes or the user asks for a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedTarget {
+    pub container: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// The effective targets (see [`crate::target::effective_targets`]).
+    pub targets: &'a [Target],
+    /// The workload's pods (all of them, terminating ones included).
+    pub pods: &'a [Pod],
+    pub policy: &'a InPlaceUpgradePolicySpec,
+    /// The workload's desired replicas (for a percentage `maxUnavailable`).
+    pub desired_replicas: i32,
+    /// Paused by annotation or by any matching policy.
+    pub paused: bool,
+    pub failed_targets: &'a [FailedTarget],
+    pub disruption_budgets: &'a [DisruptionBudget],
+    /// Pods whose IP is no longer ready in any EndpointSlice (the controller's view).
+    pub endpoints_drained: &'a BTreeSet<String>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Set the readiness gate condition False (reason `Draining`).
+    Drain,
+    /// Apply [`crate::patch::upgrade_patch`] for these targets.
+    Patch { targets: Vec<ResolvedTarget> },
+    /// Nothing to write; the reason says what we wait for.
+    Wait { reason: String },
+    /// Set the readiness gate condition True.
+    Undrain,
+    /// Apply [`crate::patch::rollback_patch`].
+    Rollback { reason: String, message: String },
+    /// Record a terminal phase in the state annotation ([`crate::patch::state_patch`]).
+    Finish {
+        phase: Phase,
+        reason: Option<String>,
+        message: Option<String>,
+    },
+    /// Set the readiness gate condition True on a new pod that has none.
+    MarkReady,
+}
+
+impl Action {
+    /// Whether this step takes a pod into an upgrade (costs availability).
+    pub fn starts_upgrade(&self) -> bool {
+        matches!(self, Action::Drain | Action::Patch { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub pod: String,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Progressing,
+    /// Every pod runs its targets and nothing is in progress.
+    Completed,
+    /// Pods need an upgrade that cannot start (policy, resolution, PodDisruptionBudget).
+    Blocked {
+        reason: String,
+    },
+    /// An upgrade failed; nothing new starts.
+    Failed {
+        pod: String,
+        reason: String,
+    },
+    Paused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// At most one step per pod, ordered by pod name.
+    pub steps: Vec<Step>,
+    pub verdict: Verdict,
+    /// When to plan again if nothing changes before (a drain grace period or a ready timeout
+    /// runs out).
+    pub recheck_at: Option<Timestamp>,
+}
+
+struct Gate<'p> {
+    ready: bool,
+    reason: Option<&'p str>,
+    since: Option<Timestamp>,
+}
+
+struct Candidate<'p> {
+    name: &'p str,
+    pending: Vec<ResolvedTarget>,
+    ready: bool,
+    gated: bool,
+    gate_missing: bool,
+}
+
+struct Planner<'a> {
+    input: &'a PlanInput<'a>,
+    steps: Vec<Step>,
+    recheck_at: Option<Timestamp>,
+}
+
+impl Planner<'_> {
+    fn step(&mut self, pod: &str, action: Action) {
+        self.steps.push(Step {
+            pod: pod.to_string(),
+            action,
+        });
+    }
+
+    fn recheck(&mut self, at: Option<Timestamp>) {
+        if let Some(at) = at.filter(|at| *at > self.input.now) {
+            self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
+        }
+    }
+}
+
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let policy = input.policy;
+    let mut p = Planner {
+        input,
+        steps: Vec::new(),
+        recheck_at: None,
+    };
+    let mut blocked: Vec<String> = Vec::new();
+    let mut failure: Option<(String, String)> = None;
+    let limits: Option<(usize, ImageAllowlist)> = match (
+        policy.max_unavailable_pods(input.desired_replicas),
+        policy.image_allowlist(),
+    ) {
+        (Ok(max), Ok(allow)) => Some((usize::try_from(max).unwrap_or(usize::MAX), allow)),
+        (Err(e), _) | (_, Err(e)) => {
+            blocked.push(e.to_string());
+            None
+        }
+    };
+    let ready_timeout = Duration::from_secs(
+        u64::try_from(policy.ready_timeout_seconds)
+            .unwrap_or(1)
+            .max(1),
+    );
+
+    let mut in_progress = 0usize;
+    let mut unavailable = 0usize;
+    let mut pending_pods = 0usize;
+    let mut replans: Vec<(&str, Vec<ResolvedTarget>)> = Vec::new();
+    let mut drained: Vec<(&str, Vec<ResolvedTarget>, bool)> = Vec::new();
+    let mut candidates: Vec<Candidate<'_>> = Vec::new();
+
+    let mut pods: Vec<(&str, &Pod)> = input
+        .pods
+        .iter()
+        .filter_map(|pod| pod.metadata.name.as_deref().map(|n| (n, pod)))
+        .collect();
+    pods.sort_by_key(|(name, _)| *name);
+    let mut seen = HashSet::new();
+
+    for (name, pod) in pods {
+        // A duplicated name would get two steps; the first copy wins.
+        if !seen.insert(name) || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let ready = pod_ready(pod);
+        let gated = spec
+            .readiness_gates
+            .iter()
+            .flatten()
+            .any(|g| g.condition_type == READINESS_GATE);
+        let gate = gate_condition(pod);
+        let drained_by_us = gate
+            .as_ref()
+            .is_some_and(|g| !g.ready && g.reason == Some(DRAINING_REASON));
+        let gate_missing = gated && gate.is_none();
+        // A malformed or newer record is foreign: re-derive from the pod itself.
+        let state = PodUpgradeState::from_pod(pod).ok().flatten();
+        let active = state.as_ref().filter(|s| s.phase.in_progress());
+        if !ready || drained_by_us || active.is_some() {
+            unavailable += 1;
+        }
+        if drained_by_us || active.is_some() {
+            in_progress += 1;
+        }
+        // Pods that no longer need us: undrain what we drained, admit new gated pods.
+        let release = |p: &mut Planner<'_>| {
+            if drained_by_us {
+                p.step(name, Action::Undrain);
+            } else if gate_missing {
+                p.step(name, Action::MarkReady);
+            }
+        };
+
+        if let Some(st) = active {
+            pending_pods += 1;
+            let states = st.containers.iter().map(|c| {
+                let expect = Expectation {
+                    baseline: c,
+                    image: c.expected_image(st.phase),
+                    patched_at: st.patched_at,
+                    ready_timeout,
+                };
+                classify(pod, &expect, input.now)
+            });
+            match (st.phase, ContainerState::worst(states)) {
+                (_, ContainerState::Superseded { spec_image }) => p.step(
+                    name,
+                    Action::Finish {
+                        phase: Phase::Superseded,
+                        reason: Some("Superseded".into()),
+                        message: Some(format!(
+                            "the image was changed to {spec_image:?} by someone else during the upgrade"
+                        )),
+                    },
+                ),
+                (Phase::Patched, ContainerState::Upgraded) => {
+                    let newer = newer_targets(spec, input.targets);
+                    if !newer.is_empty() {
+                        replans.push((name, newer));
+                    } else if drained_by_us {
+                        p.step(name, Action::Undrain);
+                    } else {
+                        p.step(
+                            name,
+                            Action::Finish {
+                                phase: Phase::Succeeded,
+                                reason: None,
+                                message: None,
+                            },
+                        );
+                    }
+                }
+                (_, ContainerState::Upgraded) => {
+                    failure.get_or_insert_with(|| {
+                        (name.to_string(), rolled_back_reason(st))
+                    });
+                    if drained_by_us {
+                        p.step(name, Action::Undrain);
+                    } else {
+                        p.step(
+                            name,
+                            Action::Finish {
+                                phase: Phase::RolledBack,
+                                reason: None,
+                                message: None,
+                            },
+                        );
+                    }
+                }
+                (Phase::Patched, ContainerState::Failed { reason, message }) => {
+                    failure.get_or_insert_with(|| {
+                        (name.to_string(), format!("{}: {message}", reason.as_str()))
+                    });
+                    if policy.on_failure == OnFailure::Rollback && !input.paused {
+                        p.step(
+                            name,
+                            Action::Rollback {
+                                reason: reason.as_str().into(),
+                                message,
+                            },
+                        );
+                    } else {
+                        p.step(
+                            name,
+                            Action::Finish {
+                                phase: Phase::Failed,
+                                reason: Some(reason.as_str().into()),
+                                message: Some(message),
+                            },
+                        );
+                    }
+                }
+                (_, ContainerState::Failed { reason, message }) => {
+                    let message = format!("the rollback failed too: {}: {message}", reason.as_str());
+                    failure.get_or_insert_with(|| (name.to_string(), message.clone()));
+                    p.step(
+                        name,
+                        Action::Finish {
+                            phase: Phase::Failed,
+                            reason: Some("RollbackFailed".into()),
+                            message: Some(message),
+                        },
+                    );
+                }
+                (phase, waiting) => {
+                    let newer = if phase == Phase::Patched {
+                        newer_targets(spec, input.targets)
+                    } else {
+                        Vec::new()
+                    };
+                    if newer.is_empty() {
+                        p.step(
+                            name,
+                            Action::Wait {
+                                reason: waiting.describe(),
+                            },
+                        );
+                        p.recheck(timeout_at(st.patched_at, ready_timeout));
+                    } else {
+                        replans.push((name, newer));
+                    }
+                }
+            }
+            continue;
+        }
+
+        let resolved = match target::resolve(spec, input.targets) {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                blocked.push(format!("pod {name}: {e}"));
+                release(&mut p);
+                continue;
+            }
+        };
+        let pending: Vec<ResolvedTarget> = resolved.pending().cloned().collect();
+        if pending.is_empty() {
+            release(&mut p);
+            continue;
+        }
+        pending_pods += 1;
+        if let Some(why) = known_failure(&pending, input.failed_targets, state.as_ref()) {
+            failure.get_or_insert_with(|| (name.to_string(), why));
+            release(&mut p);
+            continue;
+        }
+        if let Some((_, allow)) = &limits
+            && let Some(why) = policy_denial(&pending, policy, allow)
+        {
+            blocked.push(format!("pod {name}: {why}"));
+            release(&mut p);
+            continue;
+        }
+        if drained_by_us {
+            let since = gate.as_ref().and_then(|g| g.since);
+            let (done, next) = drain_done(input, name, since);
+            p.recheck(next);
+            drained.push((name, pending, done));
+            continue;
+        }
+        candidates.push(Candidate {
+            name,
+            pending,
+            ready,
+            gated,
+            gate_missing,
+        });
+    }
+
+    let stop = input.paused || failure.is_some() || limits.is_none();
+    for (name, newer) in replans {
+        if stop {
+            p.step(
+                name,
+                Action::Wait {
+                    reason: "the annotation changed; the new target waits until the workload may continue".into(),
+                },
+            );
+        } else {
+            p.step(name, Action::Patch { targets: newer });
+        }
+    }
+    for (name, pending, done) in drained {
+        if stop {
+            p.step(name, Action::Undrain);
+        } else if done {
+            p.step(name, Action::Patch { targets: pending });
+        } else {
+            p.step(
+                name,
+                Action::Wait {
+                    reason: "draining: waiting for the grace period and the EndpointSlices".into(),
+                },
+            );
+        }
+    }
+
+    let mut started = 0usize;
+    let mut pdb_blocked: BTreeSet<String> = BTreeSet::new();
+    let mut leftover: Vec<Candidate<'_>> = Vec::new();
+    match &limits {
+        Some((max, _)) if !stop => {
+            let mut slots = max.saturating_sub(in_progress);
+            let mut room = max.saturating_sub(unavailable);
+            let mut pdb_left: Vec<i32> = input
+                .disruption_budgets
+                .iter()
+                .map(|b| b.disruptions_allowed)
+                .collect();
+            // Not Ready pods first; the sort is stable, so by name within each group.
+            candidates.sort_by_key(|c| c.ready);
+            for c in candidates {
+                if slots == 0 || (c.ready && room == 0) {
+                    leftover.push(c);
+                    continue;
+                }
+                if c.ready {
+                    let selecting: Vec<usize> = input
+                        .disruption_budgets
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| b.pods.contains(c.name))
+                        .map(|(i, _)| i)
+                        .collect();
+                    let exhausted: Vec<usize> = selecting
+                        .iter()
+                        .copied()
+                        .filter(|&i| pdb_left[i] <= 0)
+                        .collect();
+                    if !exhausted.is_empty() {
+                        for i in exhausted {
+                            pdb_blocked.insert(input.disruption_budgets[i].name.clone());
+                        }
+                        leftover.push(c);
+                        continue;
+                    }
+                    for i in selecting {
+                        pdb_left[i] -= 1;
+                    }
+                    room -= 1;
+                }
+                slots -= 1;
+                started += 1;
+                let action = if c.ready && c.gated {
+                    Action::Drain
+                } else {
+                    Action::Patch { targets: c.pending }
+                };
+                p.step(c.name, action);
+            }
+        }
+        _ => leftover = candidates,
+    }
+    for c in leftover {
+        if c.gate_missing {
+            p.step(c.name, Action::MarkReady);
+        }
+    }
+
+    let verdict = if input.paused {
+        Verdict::Paused
+    } else if let Some((pod, reason)) = failure {
+        Verdict::Failed { pod, reason }
+    } else if limits.is_none() {
+        Verdict::Blocked {
+            reason: blocked.join("; "),
+        }
+    } else if pending_pods == 0 && blocked.is_empty() {
+        Verdict::Completed
+    } else if started == 0 && in_progress == 0 && (!blocked.is_empty() || !pdb_blocked.is_empty()) {
+        let mut reasons = blocked;
+        if !pdb_blocked.is_empty() {
+            reasons.push(format!(
+                "PodDisruptionBudget {} allows no disruption now",
+                pdb_blocked.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Verdict::Blocked {
+            reason: reasons.join("; "),
+        }
+    } else {
+        Verdict::Progressing
+    };
+    let mut steps = p.steps;
+    steps.sort_by(|a, b| a.pod.cmp(&b.pod));
+    Plan {
+        steps,
+        verdict,
+        recheck_at: p.recheck_at,
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+fn gate_condition(pod: &Pod) -> Option<Gate<'_>> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == READINESS_GATE)?;
+    Some(Gate {
+        ready: c.status == "True",
+        reason: c.reason.as_deref(),
+        since: c.last_transition_time.as_ref().map(|t| t.0),
+    })
+}
+
+/// Targets that differ from what an in-progress pod's spec now asks for: the annotation
+/// changed mid-rollout. Errors resolve to "no newer target" (the pod finishes what it does).
+fn newer_targets(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    targets: &[Target],
+) -> Vec<ResolvedTarget> {
+    target::resolve(spec, targets)
+        .map(|r| r.pending().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn rolled_back_reason(st: &PodUpgradeState) -> String {
+    format!(
+        "rolled back after {}: {}",
+        st.reason.as_deref().unwrap_or("a failure"),
+        st.message.as_deref().unwrap_or("")
+    )
+}
+
+fn known_failure(
+    pending: &[ResolvedTarget],
+    failed: &[FailedTarget],
+    state: Option<&PodUpgradeState>,
+) -> Option<String> {
+    for t in pending {
+        let name = &t.location.name;
+        if failed
+            .iter()
+            .any(|f| &f.container == name && same_image(&f.image, &t.image))
+        {
+            return Some(format!(
+                "target {name}={} failed before; change the annotation or ask for a retry",
+                t.image
+            ));
+        }
+        if let Some(st) = state.filter(|s| s.phase.target_failed())
+            && let Some(c) = st.container(name)
+            && same_image(&c.target_image, &t.image)
+        {
+            return Some(format!(
+                "target {name}={} failed on this pod ({}); change the annotation or ask for a retry",
+                t.image,
+                st.reason.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+    }
+    None
+}
+
+fn policy_denial(
+    pending: &[ResolvedTarget],
+    policy: &InPlaceUpgradePolicySpec,
+    allow: &ImageAllowlist,
+) -> Option<String> {
+    for t in pending {
+        if !policy.allows_container(&t.location.name) {
+            return Some(
+                crate::policy::PolicyError::ContainerNotAllowed {
+                    container: t.location.name.clone(),
+                    allowed: policy.containers.clone(),
+                }
+                .to_string(),
+            );
+        }
+        if let Err(e) = allow.check(&t.image) {
+            return Some(e.to_string());
+        }
+    }
+    None
+}
+
+fn timeout_at(start: Timestamp, timeout: Duration) -> Option<Timestamp> {
+    let timeout = SignedDuration::try_from(timeout).ok()?;
+    start
+        .checked_add(timeout)
+        .ok()?
+        .checked_add(SignedDuration::from_secs(1))
+        .ok()
+}
+
+/// Whether a drain that started at `since` may proceed to the patch, and when to look again.
+fn drain_done(
+    input: &PlanInput<'_>,
+    name: &str,
+    since: Option<Timestamp>,
+) -> (bool, Option<Timestamp>) {
+    let drain = &input.policy.drain;
+    // We always set lastTransitionTime; without it the drain cannot be timed, so do not hold
+    // the pod drained forever.
+    let Some(since) = since else {
+        return (true, None);
+    };
+    let elapsed = input.now.duration_since(since).as_secs();
+    let at = |secs: i64| since.checked_add(SignedDuration::from_secs(secs)).ok();
+    if elapsed < drain.grace_period_seconds {
+        return (false, at(drain.grace_period_seconds));
+    }
+    let endpoints_ok = !drain.wait_for_endpoints
+        || input.endpoints_drained.contains(name)
+        || elapsed >= drain.timeout_seconds;
+    if endpoints_ok {
+        (true, None)
+    } else {
+        (false, at(drain.timeout_seconds))
+    }
+}
+
+#[cfg(test)]
+mod tests;

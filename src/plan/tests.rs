@@ -1,0 +1,865 @@
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState as K8sState, ContainerStateRunning, ContainerStateWaiting,
+    ContainerStatus, Pod, PodCondition, PodReadinessGate, PodSpec, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::*;
+use crate::annotation;
+use crate::patch::{NOT_UPGRADING_REASON, SERVING_REASON};
+use crate::state::{ContainerBaseline, STATE_VERSION};
+use crate::target::ContainerKind;
+use crate::{READINESS_GATE, STATE_ANNOTATION};
+
+const OLD: &str = "nginx:1";
+const NEW: &str = "nginx:2";
+
+fn ts(offset: i64) -> Timestamp {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("timestamp");
+    t0.checked_add(SignedDuration::from_secs(offset))
+        .expect("in range")
+}
+
+/// The app container's status.
+#[derive(Debug, Clone)]
+struct Ctr {
+    id: String,
+    restarts: i32,
+    running: bool,
+    ready: bool,
+    started: i64,
+    waiting: Option<&'static str>,
+}
+
+impl Ctr {
+    fn up(id: &str, restarts: i32, started: i64) -> Self {
+        Ctr {
+            id: id.into(),
+            restarts,
+            running: true,
+            ready: true,
+            started,
+            waiting: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct P {
+    name: String,
+    image: String,
+    ready: bool,
+    gated: bool,
+    /// (status True?, reason, lastTransitionTime offset)
+    gate: Option<(bool, &'static str, i64)>,
+    state: Option<String>,
+    terminating: bool,
+    ctr: Ctr,
+}
+
+fn p(name: &str, image: &str, ready: bool) -> P {
+    P {
+        name: name.into(),
+        image: image.into(),
+        ready,
+        gated: false,
+        gate: None,
+        state: None,
+        terminating: false,
+        ctr: Ctr {
+            ready,
+            ..Ctr::up(&format!("containerd://{name}-1"), 0, -1000)
+        },
+    }
+}
+
+fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> String {
+    PodUpgradeState {
+        version: STATE_VERSION,
+        phase,
+        patched_at: ts(patched_at),
+        finished_at: None,
+        containers: vec![ContainerBaseline {
+            name: "app".into(),
+            kind: ContainerKind::Container,
+            index: 0,
+            previous_image: OLD.into(),
+            target_image: NEW.into(),
+            container_id: Some(id.into()),
+            restart_count: restarts,
+            was_running: true,
+        }],
+        readiness_gate: true,
+        reason: (phase == Phase::RollingBack || phase.target_failed())
+            .then(|| "CrashLoopBackOff".into()),
+        message: None,
+    }
+    .to_json()
+    .expect("json")
+}
+
+fn build(p: &P) -> Pod {
+    let mut pod = Pod::default();
+    pod.metadata.name = Some(p.name.clone());
+    if p.terminating {
+        pod.metadata.deletion_timestamp = Some(Time(ts(-1)));
+    }
+    if let Some(state) = &p.state {
+        pod.metadata.annotations = Some([(STATE_ANNOTATION.to_string(), state.clone())].into());
+    }
+    pod.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "app".into(),
+            image: Some(p.image.clone()),
+            ..Container::default()
+        }],
+        readiness_gates: p.gated.then(|| {
+            vec![PodReadinessGate {
+                condition_type: READINESS_GATE.into(),
+            }]
+        }),
+        ..PodSpec::default()
+    });
+    let mut conditions = vec![PodCondition {
+        type_: "Ready".into(),
+        status: if p.ready { "True" } else { "False" }.into(),
+        ..PodCondition::default()
+    }];
+    if let Some((status, reason, since)) = p.gate {
+        conditions.push(PodCondition {
+            type_: READINESS_GATE.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: Some(reason.into()),
+            last_transition_time: Some(Time(ts(since))),
+            ..PodCondition::default()
+        });
+    }
+    let c = &p.ctr;
+    pod.status = Some(PodStatus {
+        conditions: Some(conditions),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "app".into(),
+            container_id: Some(c.id.clone()),
+            restart_count: c.restarts,
+            ready: c.ready,
+            image: p.image.clone(),
+            image_id: "sha256:whatever".into(),
+            state: Some(match c.waiting {
+                Some(reason) => K8sState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: Some("back-off".into()),
+                    }),
+                    ..K8sState::default()
+                },
+                None if c.running => K8sState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(Time(ts(c.started))),
+                    }),
+                    ..K8sState::default()
+                },
+                None => K8sState::default(),
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+struct World {
+    targets: Vec<annotation::Target>,
+    pods: Vec<Pod>,
+    policy: InPlaceUpgradePolicySpec,
+    desired: i32,
+    paused: bool,
+    failed: Vec<FailedTarget>,
+    pdbs: Vec<DisruptionBudget>,
+    drained: BTreeSet<String>,
+    now: Timestamp,
+}
+
+impl World {
+    fn new(pods: &[P]) -> Self {
+        World {
+            targets: annotation::parse(&format!("app={NEW}")).expect("valid"),
+            pods: pods.iter().map(build).collect(),
+            policy: serde_yaml::from_str("namespaceSelector: {}").expect("policy"),
+            desired: i32::try_from(pods.len()).expect("small"),
+            paused: false,
+            failed: Vec::new(),
+            pdbs: Vec::new(),
+            drained: BTreeSet::new(),
+            now: ts(0),
+        }
+    }
+
+    fn max_unavailable(mut self, n: i32) -> Self {
+        self.policy.max_unavailable =
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n);
+        self
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&PlanInput {
+            targets: &self.targets,
+            pods: &self.pods,
+            policy: &self.policy,
+            desired_replicas: self.desired,
+            paused: self.paused,
+            failed_targets: &self.failed,
+            disruption_budgets: &self.pdbs,
+            endpoints_drained: &self.drained,
+            now: self.now,
+        })
+    }
+}
+
+fn summary(plan: &Plan) -> Vec<(String, String)> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            let a = match &s.action {
+                Action::Drain => "Drain".to_string(),
+                Action::Patch { targets } => format!(
+                    "Patch {}",
+                    targets
+                        .iter()
+                        .map(|t| format!("{}={}", t.location.name, t.image))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Action::Wait { .. } => "Wait".into(),
+                Action::Undrain => "Undrain".into(),
+                Action::Rollback { reason, .. } => format!("Rollback {reason}"),
+                Action::Finish { phase, .. } => format!("Finish {phase:?}"),
+                Action::MarkReady => "MarkReady".into(),
+            };
+            (s.pod.clone(), a)
+        })
+        .collect()
+}
+
+fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+const PATCH: &str = "Patch app=nginx:2";
+
+/// name, pods, maxUnavailable, expected steps, expected verdict.
+type BudgetCase<'a> = (&'a str, &'a [P], i32, Vec<(String, String)>, Verdict);
+
+#[test]
+fn budget_table() {
+    let five_ready: Vec<P> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| p(n, OLD, true))
+        .collect();
+    let mut one_down = five_ready.clone();
+    one_down[2].ready = false;
+    one_down[2].ctr.ready = false;
+    let mut three_down = five_ready.clone();
+    for i in [1, 3, 4] {
+        three_down[i].ready = false;
+    }
+    let mut some_done = five_ready.clone();
+    some_done[0].image = NEW.into();
+    some_done[1].image = "docker.io/library/nginx:2".into();
+    let mut terminating = five_ready.clone();
+    terminating[0].terminating = true;
+    let room_bound = [
+        p("a", NEW, false),
+        p("b", OLD, true),
+        p("c", OLD, true),
+        p("d", OLD, true),
+    ];
+    let all_new: Vec<P> = ["a", "b"].iter().map(|n| p(n, NEW, true)).collect();
+
+    let cases: Vec<BudgetCase<'_>> = vec![
+        (
+            "one at a time",
+            &five_ready,
+            1,
+            s(&[("a", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "two at a time",
+            &five_ready,
+            2,
+            s(&[("a", PATCH), ("b", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "more room than pods",
+            &five_ready[..2],
+            5,
+            s(&[("a", PATCH), ("b", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "unavailable pod first, no budget left for a Ready one",
+            &one_down,
+            1,
+            s(&[("c", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "unavailable pod does not consume the budget twice",
+            &one_down,
+            2,
+            s(&[("a", PATCH), ("c", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "three unavailable, max 2: two of them, no Ready pod",
+            &three_down,
+            2,
+            s(&[("b", PATCH), ("d", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "three unavailable, max 4: all three and one Ready pod",
+            &three_down,
+            4,
+            s(&[("a", PATCH), ("b", PATCH), ("d", PATCH), ("e", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "already upgraded pods are skipped (normalised)",
+            &some_done,
+            1,
+            s(&[("c", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "terminating pods are skipped",
+            &terminating,
+            1,
+            s(&[("b", PATCH)]),
+            Verdict::Progressing,
+        ),
+        (
+            "everything at target",
+            &all_new,
+            1,
+            s(&[]),
+            Verdict::Completed,
+        ),
+        (
+            "an unavailable pod that needs nothing still uses room",
+            &room_bound,
+            2,
+            s(&[("b", PATCH)]),
+            Verdict::Progressing,
+        ),
+    ];
+    for (name, pods, max, expected, verdict) in cases {
+        let world = World::new(pods).max_unavailable(max);
+        let plan = world.plan();
+        assert_eq!(summary(&plan), expected, "{name}");
+        assert_eq!(plan.verdict, verdict, "{name}");
+        assert_eq!(
+            world.plan(),
+            plan,
+            "{name}: planning again gives the same plan"
+        );
+    }
+}
+
+#[test]
+fn percentage_max_unavailable() {
+    let pods: Vec<P> = (0..10).map(|i| p(&format!("p{i}"), OLD, true)).collect();
+    let mut world = World::new(&pods);
+    world.policy.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("25%".into());
+    assert_eq!(world.plan().steps.len(), 2);
+    world.policy.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("5%".into());
+    assert_eq!(world.plan().steps.len(), 1, "never 0");
+    world.policy.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("0%".into());
+    let plan = world.plan();
+    assert!(plan.steps.is_empty());
+    assert!(
+        matches!(plan.verdict, Verdict::Blocked { .. }),
+        "{:?}",
+        plan.verdict
+    );
+}
+
+#[test]
+fn pod_disruption_budgets() {
+    let pods: Vec<P> = ["a", "b", "c"].iter().map(|n| p(n, OLD, true)).collect();
+    let all: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let mut world = World::new(&pods).max_unavailable(3);
+    world.pdbs = vec![DisruptionBudget {
+        name: "web".into(),
+        disruptions_allowed: 0,
+        pods: all.clone(),
+    }];
+    let plan = world.plan();
+    assert!(plan.steps.is_empty());
+    assert_eq!(
+        plan.verdict,
+        Verdict::Blocked {
+            reason: "PodDisruptionBudget web allows no disruption now".into()
+        }
+    );
+    world.pdbs[0].disruptions_allowed = 1;
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+    // Two budgets: each start consumes one from every budget selecting the pod.
+    world.pdbs = vec![
+        DisruptionBudget {
+            name: "all".into(),
+            disruptions_allowed: 2,
+            pods: all.clone(),
+        },
+        DisruptionBudget {
+            name: "a-only".into(),
+            disruptions_allowed: 0,
+            pods: ["a".to_string()].into(),
+        },
+    ];
+    assert_eq!(summary(&world.plan()), s(&[("b", PATCH), ("c", PATCH)]));
+    // A pod that is already not Ready consumes no disruption.
+    let mut world = World::new(&[p("a", OLD, false), p("b", OLD, true)]).max_unavailable(2);
+    world.pdbs = vec![DisruptionBudget {
+        name: "web".into(),
+        disruptions_allowed: 0,
+        pods: ["a".to_string(), "b".to_string()].into(),
+    }];
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+}
+
+fn gated(mut pod: P) -> P {
+    pod.gated = true;
+    if pod.gate.is_none() {
+        pod.gate = Some((true, NOT_UPGRADING_REASON, -5000));
+    }
+    pod
+}
+
+#[test]
+fn drain_then_patch() {
+    let a = gated(p("a", OLD, true));
+    let world = World::new(&[a.clone(), gated(p("b", OLD, true))]);
+    assert_eq!(summary(&world.plan()), s(&[("a", "Drain")]));
+    // Drained 2s ago: the 5s grace period is not over.
+    let mut drained = a.clone();
+    drained.gate = Some((false, DRAINING_REASON, -2));
+    drained.ready = false;
+    let mut world = World::new(&[drained.clone(), gated(p("b", OLD, true))]);
+    let plan = world.plan();
+    assert_eq!(
+        summary(&plan),
+        s(&[("a", "Wait")]),
+        "and b waits for the budget"
+    );
+    assert_eq!(plan.recheck_at, Some(ts(3)));
+    // Grace over, endpoints still listing the pod: wait up to the timeout (60s).
+    world.now = ts(10);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Wait")]));
+    assert_eq!(plan.recheck_at, Some(ts(58)));
+    world.drained.insert("a".into());
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+    world.drained.clear();
+    world.now = ts(58);
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", PATCH)]),
+        "timeout reached"
+    );
+    // Without waitForEndpoints only the grace period counts.
+    let mut world = World::new(&[drained]);
+    world.policy.drain.wait_for_endpoints = false;
+    world.now = ts(3);
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+}
+
+#[test]
+fn in_progress_pods_wait_finish_and_count_against_the_budget() {
+    let mut waiting = gated(p("a", NEW, false));
+    waiting.gate = Some((false, DRAINING_REASON, -30));
+    waiting.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    let world = World::new(&[waiting.clone(), gated(p("b", OLD, true))]);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Wait")]));
+    assert_eq!(plan.verdict, Verdict::Progressing);
+    assert_eq!(
+        plan.recheck_at,
+        Some(ts(291)),
+        "ready timeout of 300s after the patch"
+    );
+
+    let mut upgraded = waiting.clone();
+    upgraded.ctr = Ctr::up("containerd://a-2", 1, -5);
+    let world = World::new(&[upgraded.clone(), gated(p("b", OLD, true))]);
+    assert_eq!(summary(&world.plan()), s(&[("a", "Undrain")]));
+
+    upgraded.gate = Some((true, SERVING_REASON, -1));
+    upgraded.ready = true;
+    let world = World::new(&[upgraded.clone(), gated(p("b", OLD, true))]);
+    assert_eq!(summary(&world.plan()), s(&[("a", "Finish Succeeded")]));
+
+    let mut done = upgraded.clone();
+    done.state = Some(patched_state(Phase::Succeeded, -10, "containerd://a-1", 0));
+    let world = World::new(&[done, gated(p("b", OLD, true))]);
+    assert_eq!(summary(&world.plan()), s(&[("b", "Drain")]));
+}
+
+#[test]
+fn failure_rolls_back_and_stops_the_workload() {
+    let mut failing = p("a", NEW, false);
+    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    failing.ctr = Ctr {
+        waiting: Some("CrashLoopBackOff"),
+        running: false,
+        ready: false,
+        ..Ctr::up("containerd://a-3", 2, -5)
+    };
+    let others = [p("b", OLD, true), p("c", OLD, false)];
+    let mut pods = vec![failing.clone()];
+    pods.extend(others.iter().cloned());
+    let world = World::new(&pods).max_unavailable(3);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Rollback CrashLoopBackOff")]));
+    assert_eq!(
+        plan.verdict,
+        Verdict::Failed {
+            pod: "a".into(),
+            reason: "CrashLoopBackOff: container \"app\": CrashLoopBackOff: back-off".into()
+        }
+    );
+    let mut world = World::new(&pods).max_unavailable(3);
+    world.policy.on_failure = OnFailure::Pause;
+    assert_eq!(summary(&world.plan()), s(&[("a", "Finish Failed")]));
+
+    // Rolled back and Ready again: finish as RolledBack; the workload stays Failed.
+    let mut rolled = p("a", OLD, true);
+    rolled.state = Some(patched_state(
+        Phase::RollingBack,
+        -10,
+        "containerd://a-3",
+        2,
+    ));
+    rolled.ctr = Ctr::up("containerd://a-4", 3, -5);
+    let mut pods = vec![rolled.clone()];
+    pods.extend(others.iter().cloned());
+    let plan = World::new(&pods).max_unavailable(3).plan();
+    assert_eq!(summary(&plan), s(&[("a", "Finish RolledBack")]));
+    assert!(matches!(plan.verdict, Verdict::Failed { .. }));
+
+    // After that, the same target is not retried on any pod.
+    let mut after = rolled;
+    after.state = Some(patched_state(Phase::RolledBack, -10, "containerd://a-3", 2));
+    let mut pods = vec![after];
+    pods.extend(others.iter().cloned());
+    let plan = World::new(&pods).max_unavailable(3).plan();
+    assert_eq!(summary(&plan), s(&[]));
+    assert!(matches!(plan.verdict, Verdict::Failed { ref pod, .. } if pod == "a"));
+}
+
+#[test]
+fn failed_targets_memory_blocks_every_pod() {
+    let mut world = World::new(&[p("a", OLD, true), gated(p("b", OLD, true))]);
+    world.failed = vec![FailedTarget {
+        container: "app".into(),
+        image: "docker.io/library/nginx:2".into(),
+    }];
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[]));
+    assert!(matches!(plan.verdict, Verdict::Failed { .. }));
+    // A different target is allowed again.
+    world.targets = annotation::parse("app=nginx:3").expect("valid");
+    assert_eq!(summary(&world.plan()), s(&[("a", "Patch app=nginx:3")]));
+}
+
+#[test]
+fn pause_stops_starts_but_never_leaves_pods_drained() {
+    let mut drained = gated(p("a", OLD, false));
+    drained.gate = Some((false, DRAINING_REASON, -100));
+    let mut new_pod = gated(p("b", NEW, false));
+    new_pod.gate = None;
+    let mut world = World::new(&[drained, new_pod, p("c", OLD, true)]);
+    world.paused = true;
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Undrain"), ("b", "MarkReady")]));
+    assert_eq!(plan.verdict, Verdict::Paused);
+}
+
+#[test]
+fn new_gated_pods_are_marked_ready() {
+    let mut new_at_target = gated(p("a", NEW, false));
+    new_at_target.gate = None;
+    let mut new_old = gated(p("b", OLD, false));
+    new_old.gate = None;
+    let mut new_old2 = gated(p("c", OLD, false));
+    new_old2.gate = None;
+    let world = World::new(&[new_at_target, new_old, new_old2]);
+    // b is patched (not Ready: no drain needed); c waits for its turn, admitted meanwhile.
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", "MarkReady"), ("b", PATCH), ("c", "MarkReady")])
+    );
+}
+
+#[test]
+fn policy_denials_block() {
+    let mut world = World::new(&[p("a", OLD, true)]);
+    world.policy.containers = vec!["istio-proxy".into()];
+    let plan = world.plan();
+    assert!(plan.steps.is_empty());
+    assert_eq!(
+        plan.verdict,
+        Verdict::Blocked {
+            reason: "pod a: container \"app\" may not be changed in place: it is not in the governing policy's containers [\"istio-proxy\"]".into()
+        }
+    );
+    let mut world = World::new(&[p("a", OLD, true)]);
+    world.policy.allowed_images = vec!["docker.io/library/nginx:1.*".into()];
+    let plan = world.plan();
+    assert!(
+        matches!(plan.verdict, Verdict::Blocked { ref reason } if reason.contains("allowedImages")),
+        "{:?}",
+        plan.verdict
+    );
+    // A run-to-completion init container target blocks with the reason.
+    let mut world = World::new(&[p("a", OLD, true)]);
+    if let Some(spec) = world.pods[0].spec.as_mut() {
+        spec.init_containers = Some(vec![Container {
+            name: "init".into(),
+            image: Some("busybox".into()),
+            ..Container::default()
+        }]);
+    }
+    world.targets = annotation::parse("init=busybox:2").expect("valid");
+    assert!(
+        matches!(world.plan().verdict, Verdict::Blocked { ref reason } if reason.contains("run-to-completion"))
+    );
+}
+
+#[test]
+fn annotation_change_mid_rollout_replans_toward_the_newest_target() {
+    let mut waiting = p("a", NEW, false);
+    waiting.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    let mut world = World::new(&[waiting, p("b", OLD, true)]);
+    world.targets = annotation::parse("app=nginx:3").expect("valid");
+    assert_eq!(summary(&world.plan()), s(&[("a", "Patch app=nginx:3")]));
+}
+
+#[test]
+fn someone_else_changing_the_image_supersedes_our_record() {
+    let mut changed = p("a", "nginx:9", true);
+    changed.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    let world = World::new(&[changed]);
+    assert_eq!(summary(&world.plan()), s(&[("a", "Finish Superseded")]));
+}
+
+#[test]
+fn malformed_state_is_foreign_and_re_derived() {
+    let mut odd = p("a", OLD, true);
+    odd.state = Some("{not json".into());
+    assert_eq!(summary(&World::new(&[odd]).plan()), s(&[("a", PATCH)]));
+}
+
+#[test]
+fn ready_timeout_fails_the_pod() {
+    let mut slow = p("a", NEW, false);
+    slow.state = Some(patched_state(Phase::Patched, -400, "containerd://a-1", 0));
+    slow.ctr = Ctr {
+        ready: false,
+        ..Ctr::up("containerd://a-2", 1, -390)
+    };
+    let plan = World::new(&[slow]).plan();
+    assert_eq!(summary(&plan), s(&[("a", "Rollback ReadyTimeout")]));
+}
+
+// ---- properties ----
+
+fn arb_pod(i: usize) -> impl Strategy<Value = P> {
+    // Weighted toward plain pods that are candidates, so budgets are actually exercised.
+    (
+        prop::bool::weighted(0.3), // image at target
+        prop::bool::weighted(0.7), // ready
+        prop::bool::weighted(0.1), // terminating
+        any::<bool>(),             // gated
+        prop_oneof![4 => Just(0u8), 3 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        prop_oneof![12 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 2 => Just(3u8), 1 => Just(4u8), 1 => Just(5u8), 1 => Just(6u8)],
+        prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        -400i64..10, // times
+    )
+        .prop_map(move |(at_target, ready, terminating, gated, gate, state, ctr, t)| {
+            let name = format!("pod-{i}");
+                let mut pod = p(&name, if at_target { NEW } else { OLD }, ready);
+                pod.terminating = terminating;
+                pod.gated = gated;
+                pod.gate = match gate {
+                    0 => None,
+                    1 => Some((true, SERVING_REASON, t)),
+                    2 => Some((false, DRAINING_REASON, t)),
+                    _ => Some((false, "SomethingElse", t)),
+                };
+                pod.state = match state {
+                    0 => None,
+                    1 => Some(patched_state(
+                        Phase::Patched,
+                        t,
+                        &format!("containerd://{name}-1"),
+                        0,
+                    )),
+                    2 => Some(patched_state(
+                        Phase::RollingBack,
+                        t,
+                        &format!("containerd://{name}-1"),
+                        0,
+                    )),
+                    3 => Some(patched_state(Phase::Succeeded, t, "x", 0)),
+                    4 => Some(patched_state(Phase::RolledBack, t, "x", 0)),
+                    5 => Some("garbage".into()),
+                    _ => Some(patched_state(Phase::Failed, t, "x", 0)),
+                };
+                pod.ctr = match ctr {
+                    0 => pod.ctr.clone(),
+                    1 => Ctr::up(&format!("containerd://{name}-2"), 1, t + 1),
+                    2 => Ctr {
+                        waiting: Some("ImagePullBackOff"),
+                        running: false,
+                        ready: false,
+                        ..Ctr::up(&format!("containerd://{name}-1"), 0, t)
+                    },
+                    _ => Ctr {
+                        ready: false,
+                        ..Ctr::up(&format!("containerd://{name}-2"), 1, t + 1)
+                    },
+                };
+                pod
+            },
+        )
+}
+
+/// pods, maxUnavailable, PodDisruptionBudgets (allowed, membership per pod), paused.
+type ArbWorld = (Vec<P>, i32, Vec<(i32, Vec<bool>)>, bool);
+
+fn arb_world() -> impl Strategy<Value = ArbWorld> {
+    (0usize..10).prop_flat_map(|n| {
+        let pods: Vec<_> = (0..n).map(arb_pod).collect();
+        (
+            pods,
+            1i32..5,
+            proptest::collection::vec(
+                (-1i32..3, proptest::collection::vec(any::<bool>(), n)),
+                0..3,
+            ),
+            prop::bool::weighted(0.2),
+        )
+    })
+}
+
+fn in_progress_or_unavailable(pod: &Pod) -> (bool, bool) {
+    let ready = pod_ready(pod);
+    let drained =
+        gate_condition(pod).is_some_and(|g| !g.ready && g.reason == Some(DRAINING_REASON));
+    let active = PodUpgradeState::from_pod(pod)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.phase.in_progress());
+    (drained || active, !ready || drained || active)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn plans_respect_every_budget((pods, max, pdbs, paused) in arb_world()) {
+        let mut world = World::new(&pods).max_unavailable(max);
+        world.paused = paused;
+        world.now = ts(20);
+        world.pdbs = pdbs
+            .iter()
+            .enumerate()
+            .map(|(i, (allowed, members))| DisruptionBudget {
+                name: format!("pdb-{i}"),
+                disruptions_allowed: *allowed,
+                pods: members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| **m)
+                    .map(|(j, _)| format!("pod-{j}"))
+                    .collect(),
+            })
+            .collect();
+        let plan = world.plan();
+        prop_assert_eq!(&world.plan(), &plan, "planning is deterministic");
+
+        let max = usize::try_from(max).unwrap_or(0);
+        let mut names = BTreeSet::new();
+        let live: Vec<&Pod> = world.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        let mut in_progress = BTreeSet::new();
+        let mut unavailable = BTreeSet::new();
+        for pod in &live {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let (active, down) = in_progress_or_unavailable(pod);
+            if active { in_progress.insert(name.clone()); }
+            if down { unavailable.insert(name); }
+        }
+        let mut started_ready = BTreeSet::new();
+        for step in &plan.steps {
+            prop_assert!(names.insert(step.pod.clone()), "pod {} got two steps", step.pod);
+            let pod = world.pods.iter().find(|p| p.metadata.name.as_deref() == Some(&step.pod));
+            prop_assert!(pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none()), "step for a terminating or unknown pod");
+            if step.action.starts_upgrade() {
+                prop_assert!(!paused, "nothing starts while paused");
+                if !unavailable.contains(&step.pod) {
+                    started_ready.insert(step.pod.clone());
+                }
+                in_progress.insert(step.pod.clone());
+            }
+            if matches!(step.action, Action::Rollback { .. }) {
+                prop_assert!(!paused);
+            }
+        }
+        let unavailable_before = unavailable.len();
+        let in_progress_before = live.iter().filter(|p| in_progress_or_unavailable(p).0).count();
+        prop_assert!(
+            unavailable_before + started_ready.len() <= max.max(unavailable_before),
+            "unavailable {} + started Ready {} > maxUnavailable {}", unavailable_before, started_ready.len(), max
+        );
+        prop_assert!(
+            in_progress.len() <= max.max(in_progress_before),
+            "in progress {} > maxUnavailable {} (was {})", in_progress.len(), max, in_progress_before
+        );
+        for pdb in &world.pdbs {
+            let used = started_ready.iter().filter(|p| pdb.pods.contains(*p)).count();
+            prop_assert!(
+                used <= usize::try_from(pdb.disruptions_allowed.max(0)).unwrap_or(0),
+                "{} disruptions of {} with {} allowed", used, pdb.name, pdb.disruptions_allowed
+            );
+        }
+    }
+
+    #[test]
+    fn planning_arbitrary_pods_never_panics(pod_json in proptest::collection::vec(any::<u8>(), 0..64), n in 0usize..4) {
+        // Pods built from arbitrary bytes where they parse at all, plus odd annotation values.
+        let mut pods = Vec::new();
+        if let Ok(pod) = serde_json::from_slice::<Pod>(&pod_json) {
+            pods.push(pod);
+        }
+        for i in 0..n {
+            let mut pod = build(&p(&format!("x{i}"), OLD, i % 2 == 0));
+            pod.metadata.annotations = Some([(STATE_ANNOTATION.to_string(), String::from_utf8_lossy(&pod_json).into_owned())].into());
+            pods.push(pod);
+        }
+        let mut world = World::new(&[]);
+        world.pods = pods;
+        let _ = world.plan();
+    }
+}
