@@ -69,6 +69,10 @@ pub struct PlanInput<'a> {
     /// Paused by annotation or by any matching policy.
     pub paused: bool,
     pub failed_targets: &'a [FailedTarget],
+    /// When the user last asked for a retry (`inplace-upgrade.io/retry`): a pod's own failure
+    /// record that finished before it no longer blocks the same target. (The controller also
+    /// clears `failed_targets` on a retry.)
+    pub retry_since: Option<Timestamp>,
     pub disruption_budgets: &'a [DisruptionBudget],
     /// Pods whose IP is no longer ready in any EndpointSlice (the controller's view).
     pub endpoints_drained: &'a BTreeSet<String>,
@@ -231,6 +235,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .as_ref()
             .is_some_and(|g| !g.ready && g.reason == Some(DRAINING_REASON));
         let gate_missing = gated && gate.is_none();
+        // Only we write this condition: any gate that is not True when we are done with the
+        // pod is set True (Undrain), or created True on a new pod (MarkReady).
+        let gate_not_true = gated && !gate.as_ref().is_some_and(|g| g.ready);
+        let open_gate = if gate_missing {
+            Action::MarkReady
+        } else {
+            Action::Undrain
+        };
         // A malformed or newer record is foreign: re-derive from the pod itself.
         let state = PodUpgradeState::from_pod(pod).ok().flatten();
         let active = state.as_ref().filter(|s| s.phase.in_progress());
@@ -242,10 +254,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         // Pods that no longer need us: undrain what we drained, admit new gated pods.
         let release = |p: &mut Planner<'_>| {
-            if drained_by_us {
-                p.step(name, Action::Undrain);
-            } else if gate_missing {
-                p.step(name, Action::MarkReady);
+            if gate_not_true || drained_by_us {
+                p.step(name, open_gate.clone());
             }
         };
 
@@ -275,8 +285,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     let newer = newer_targets(spec, input.targets);
                     if !newer.is_empty() {
                         replans.push((name, newer));
-                    } else if drained_by_us {
-                        p.step(name, Action::Undrain);
+                    } else if gate_not_true || drained_by_us {
+                        p.step(name, open_gate.clone());
                     } else {
                         p.step(
                             name,
@@ -292,8 +302,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     failure.get_or_insert_with(|| {
                         (name.to_string(), rolled_back_reason(st))
                     });
-                    if drained_by_us {
-                        p.step(name, Action::Undrain);
+                    if gate_not_true || drained_by_us {
+                        p.step(name, open_gate.clone());
                     } else {
                         p.step(
                             name,
@@ -309,7 +319,19 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     failure.get_or_insert_with(|| {
                         (name.to_string(), format!("{}: {message}", reason.as_str()))
                     });
-                    if policy.on_failure == OnFailure::Rollback && !input.paused {
+                    if policy.on_failure == OnFailure::Rollback && input.paused {
+                        // An emergency stop changes no image, not even back: the rollback
+                        // happens when the workload is unpaused.
+                        p.step(
+                            name,
+                            Action::Wait {
+                                reason: format!(
+                                    "failed ({}); the rollback waits until the workload is unpaused",
+                                    reason.as_str()
+                                ),
+                            },
+                        );
+                    } else if policy.on_failure == OnFailure::Rollback {
                         p.step(
                             name,
                             Action::Rollback {
@@ -376,7 +398,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             continue;
         }
         pending_pods += 1;
-        if let Some(why) = known_failure(&pending, input.failed_targets, state.as_ref()) {
+        if let Some(why) = known_failure(&pending, input, state.as_ref()) {
             failure.get_or_insert_with(|| (name.to_string(), why));
             release(&mut p);
             continue;
@@ -571,9 +593,15 @@ fn rolled_back_reason(st: &PodUpgradeState) -> String {
 
 fn known_failure(
     pending: &[ResolvedTarget],
-    failed: &[FailedTarget],
+    input: &PlanInput<'_>,
     state: Option<&PodUpgradeState>,
 ) -> Option<String> {
+    let failed = input.failed_targets;
+    let retried = |s: &PodUpgradeState| {
+        input
+            .retry_since
+            .is_some_and(|r| s.finished_at.is_none_or(|f| f <= r))
+    };
     for t in pending {
         let name = &t.location.name;
         if failed
@@ -585,7 +613,7 @@ fn known_failure(
                 t.image
             ));
         }
-        if let Some(st) = state.filter(|s| s.phase.target_failed())
+        if let Some(st) = state.filter(|s| s.phase.target_failed() && !retried(s))
             && let Some(c) = st.container(name)
             && same_image(&c.target_image, &t.image)
         {

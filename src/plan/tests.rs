@@ -178,6 +178,7 @@ struct World {
     desired: i32,
     paused: bool,
     failed: Vec<FailedTarget>,
+    retry_since: Option<Timestamp>,
     pdbs: Vec<DisruptionBudget>,
     drained: BTreeSet<String>,
     now: Timestamp,
@@ -192,6 +193,7 @@ impl World {
             desired: i32::try_from(pods.len()).expect("small"),
             paused: false,
             failed: Vec::new(),
+            retry_since: None,
             pdbs: Vec::new(),
             drained: BTreeSet::new(),
             now: ts(0),
@@ -212,6 +214,7 @@ impl World {
             desired_replicas: self.desired,
             paused: self.paused,
             failed_targets: &self.failed,
+            retry_since: self.retry_since,
             disruption_budgets: &self.pdbs,
             endpoints_drained: &self.drained,
             now: self.now,
@@ -566,6 +569,62 @@ fn failure_rolls_back_and_stops_the_workload() {
     let plan = World::new(&pods).max_unavailable(3).plan();
     assert_eq!(summary(&plan), s(&[]));
     assert!(matches!(plan.verdict, Verdict::Failed { ref pod, .. } if pod == "a"));
+}
+
+#[test]
+fn paused_failure_waits_for_unpause_to_roll_back() {
+    let mut failing = p("a", NEW, false);
+    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    failing.ctr = Ctr {
+        waiting: Some("ImagePullBackOff"),
+        running: false,
+        ready: false,
+        ..Ctr::up("containerd://a-1", 0, -50)
+    };
+    let mut world = World::new(&[failing]);
+    world.paused = true;
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Wait")]));
+    assert_eq!(plan.verdict, Verdict::Paused);
+    world.paused = false;
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", "Rollback ImagePullBackOff")])
+    );
+}
+
+#[test]
+fn retry_lifts_a_pods_own_failure_record() {
+    let mut rolled = p("a", OLD, true);
+    rolled.state = Some(
+        PodUpgradeState::parse(&patched_state(Phase::RolledBack, -100, "x", 0))
+            .expect("state")
+            .finished(Phase::RolledBack, None, None, ts(-50))
+            .to_json()
+            .expect("json"),
+    );
+    let mut world = World::new(&[rolled]);
+    assert_eq!(summary(&world.plan()), s(&[]));
+    world.retry_since = Some(ts(-60));
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[]),
+        "a retry older than the failure does not count"
+    );
+    world.retry_since = Some(ts(-10));
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+}
+
+#[test]
+fn a_new_pod_patched_directly_is_admitted_when_upgraded() {
+    let mut pod = gated(p("a", NEW, false));
+    pod.gate = None;
+    pod.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    pod.ctr = Ctr::up("containerd://a-2", 1, -5);
+    assert_eq!(
+        summary(&World::new(&[pod]).plan()),
+        s(&[("a", "MarkReady")])
+    );
 }
 
 #[test]
