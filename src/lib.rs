@@ -5,6 +5,17 @@
 //! planner and the JSON patches) is a plain function over `k8s_openapi` types or small structs
 //! defined here. Nothing in it does I/O or is async, so the controller and the webhook can be
 //! thin edges around it and most behaviour is proven by fast tests.
+//!
+//! How the edges use it:
+//! - controller: [`target::effective_targets`] (workload over Namespace annotation) →
+//!   [`policy::governing_policy`] (which policy, paused?) → [`plan::plan`] (next step per pod and
+//!   a verdict) → for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
+//!   [`patch::state_patch`] (JSON patches on the pod) or [`patch::gate_condition_patch`]
+//!   (strategic merge patch on `pods/status`);
+//! - webhook: [`annotation::parse`] to validate an annotation, [`target::resolve`] on the new
+//!   pod's spec, then [`patch::new_pod_patch`];
+//! - status and `plan` output: [`classify::classify`], [`state::PodUpgradeState`], and the
+//!   resolved images in [`target::ResolvedTarget`].
 
 pub mod annotation;
 pub mod classify;
