@@ -145,6 +145,21 @@ pub(crate) async fn register_nodes(
         api.patch_status(&node.name, &pp, &Patch::Apply(&node_status(&node)))
             .await
             .map_err(|e| Error::kube(format!("set status of Node {}", node.name), e))?;
+        // The TaintNodesByCondition admission plugin taints every new Node
+        // `node.kubernetes.io/not-ready:NoSchedule`; the node lifecycle controller (not run
+        // here: it would evict pods) lifts it once the node is Ready. Do its part.
+        api.patch(
+            &node.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": null}})),
+        )
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("remove the not-ready taint of Node {}", node.name),
+                e,
+            )
+        })?;
         nodes.push(Arc::new(node));
     }
     Ok(nodes)

@@ -96,11 +96,11 @@ where
     }
 }
 
-/// Waits until the set of objects matching `label_selector` satisfies `condition`, and returns
-/// that set (sorted by name).
+/// Waits until the set of objects the watch `config` selects (labels and/or fields) satisfies
+/// `condition`, and returns that set (sorted by name).
 pub async fn wait_list<K>(
     api: &Api<K>,
-    label_selector: &str,
+    config: watcher::Config,
     what: &str,
     condition: impl Fn(&[K]) -> bool,
 ) -> Result<Vec<K>>
@@ -108,7 +108,10 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let config = watcher::Config::default().labels(label_selector);
+    let selector = format!(
+        "labels {:?} fields {:?}",
+        config.label_selector, config.field_selector
+    );
     let mut objects: BTreeMap<String, K> = BTreeMap::new();
     let found = tokio::time::timeout(WAIT_LIMIT, async {
         let mut stream = watcher(api.clone(), config).boxed();
@@ -156,7 +159,7 @@ where
             Err(timeout(
                 what,
                 format!(
-                    "{} object(s) with labels {label_selector:?}: [{}]",
+                    "{} object(s) with {selector}: [{}]",
                     last.len(),
                     last.join(", ")
                 ),

@@ -1,0 +1,737 @@
+//! Contract tests: the simulated kubelet against the real API server and controllers. Every
+//! other suite trusts these rules. One shared environment, one namespace per test; every wait
+//! is watch-driven with a generous limit (no timed assertions).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testenv::{TestEnv, wait_deleted, wait_for, wait_list};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const GATE: &str = "inplace-upgrade.io/ready";
+
+async fn setup(prefix: &str) -> Result<(Client, String), Box<dyn std::error::Error>> {
+    let env = TestEnv::shared()?;
+    let ns = env.namespace(prefix).await?;
+    Ok((env.client()?, ns))
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("test object literal matches its Kubernetes type")
+}
+
+fn condition(pod: &Pod, type_: &str) -> Option<(String, String)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    let ltt = serde_json::to_value(&c.last_transition_time)
+        .ok()?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Some((c.status.clone(), ltt))
+}
+
+fn is_true(pod: &Pod, type_: &str) -> bool {
+    condition(pod, type_).is_some_and(|(s, _)| s == "True")
+}
+
+fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    let s = pod.status.as_ref()?;
+    s.container_statuses
+        .iter()
+        .chain(s.init_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+}
+
+fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
+    status_of(pod, name)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.pod_ip.clone()
+}
+
+/// Ready endpoint addresses of the Service's EndpointSlices.
+fn ready_addresses(slices: &[EndpointSlice]) -> BTreeSet<String> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect()
+}
+
+fn slices_of(service: &str) -> watcher::Config {
+    watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"))
+}
+
+async fn create_service(client: &Client, ns: &str, name: &str) -> TestResult {
+    let svc: Service = obj(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 80}]},
+    }));
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    Ok(())
+}
+
+async fn create_pod(
+    client: &Client,
+    ns: &str,
+    pod: Value,
+) -> Result<Pod, Box<dyn std::error::Error>> {
+    let pod: Pod = obj(pod);
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await?)
+}
+
+async fn await_ready(api: &Api<Pod>, name: &str) -> Result<Pod, testenv::Error> {
+    wait_for(api, name, &format!("pod {name} Ready"), |p: &Pod| {
+        is_true(p, "Ready")
+    })
+    .await
+}
+
+/// Sets the readiness-gate condition the way our controller will: a strategic-merge patch of
+/// `pods/status` with that one condition.
+async fn set_gate(api: &Api<Pod>, name: &str, status: &str) -> TestResult {
+    let patch = json!({"status": {"conditions": [{"type": GATE, "status": status,
+        "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn patch_image(api: &Api<Pod>, name: &str, path: &str, old: &str, new: &str) -> TestResult {
+    let patch: json_patch::Patch = obj(json!([
+        {"op": "test", "path": path, "value": old},
+        {"op": "replace", "path": path, "value": new},
+    ]));
+    api.patch(name, &PatchParams::default(), &Patch::<Value>::Json(patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_pods_become_ready_and_appear_in_endpoint_slices() -> TestResult {
+    let (client, ns) = setup("deploy").await?;
+    create_service(&client, &ns, "web").await?;
+    let deploy: Deployment = obj(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27",
+                    "readinessProbe": {"httpGet": {"port": 80}}}]}}},
+    }));
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deploy)
+        .await?;
+    let pods = wait_list(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("app=web"),
+        "3 Ready pods of Deployment web",
+        |pods: &[Pod]| pods.len() == 3 && pods.iter().all(|p| is_true(p, "Ready")),
+    )
+    .await?;
+    let ips: BTreeSet<String> = pods.iter().filter_map(pod_ip).collect();
+    assert_eq!(ips.len(), 3, "pod IPs must be unique: {ips:?}");
+    for p in &pods {
+        let s = p.status.as_ref().ok_or("no status")?;
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert!(s.host_ip.is_some() && s.start_time.is_some());
+        let c = status_of(p, "nginx").ok_or("no nginx status")?;
+        assert!(c.ready && c.started == Some(true) && c.restart_count == 0);
+        assert!(
+            c.container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://"))
+        );
+        assert!(c.image_id.starts_with("docker.io/library/nginx@sha256:"));
+    }
+    wait_list(
+        &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
+        slices_of("web"),
+        &format!("EndpointSlices of Service web with ready addresses {ips:?}"),
+        |slices: &[EndpointSlice]| ready_addresses(slices) == ips,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back() -> TestResult {
+    let (client, ns) = setup("gate").await?;
+    create_service(&client, &ns, "gated").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "gated", "labels": {"app": "gated"}},
+            "spec": {"readinessGates": [{"conditionType": GATE}],
+                "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+    )
+    .await?;
+    let pod = wait_for(&api, "gated", "pod gated ContainersReady", |p: &Pod| {
+        is_true(p, "ContainersReady")
+    })
+    .await?;
+    assert!(
+        !is_true(&pod, "Ready"),
+        "a missing gate condition counts as False"
+    );
+    let ip = pod_ip(&pod).ok_or("no pod IP")?;
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns);
+
+    set_gate(&api, "gated", "True").await?;
+    await_ready(&api, "gated").await?;
+    wait_list(
+        &slices,
+        slices_of("gated"),
+        &format!("{ip} ready in EndpointSlices"),
+        |s: &[EndpointSlice]| ready_addresses(s).contains(&ip),
+    )
+    .await?;
+
+    set_gate(&api, "gated", "False").await?;
+    wait_for(
+        &api,
+        "gated",
+        "pod gated not Ready after gate False",
+        |p: &Pod| !is_true(p, "Ready"),
+    )
+    .await?;
+    wait_list(
+        &slices,
+        slices_of("gated"),
+        &format!("{ip} out of ready endpoints"),
+        |s: &[EndpointSlice]| !ready_addresses(s).contains(&ip),
+    )
+    .await?;
+    // The kubelet recomputed Ready from the gate and must not have overwritten the gate.
+    let pod = api.get("gated").await?;
+    assert_eq!(condition(&pod, GATE).map(|c| c.0).as_deref(), Some("False"));
+    assert!(is_true(&pod, "ContainersReady"));
+
+    set_gate(&api, "gated", "True").await?;
+    wait_list(
+        &slices,
+        slices_of("gated"),
+        &format!("{ip} back in ready endpoints"),
+        |s: &[EndpointSlice]| ready_addresses(s).contains(&ip),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_patch_restarts_only_that_container() -> TestResult {
+    let (client, ns) = setup("restart").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "two"}, "spec": {"containers": [
+            {"name": "app", "image": "nginx:1.27", "readinessProbe": {"httpGet": {"port": 80}}},
+            {"name": "helper", "image": "busybox:1.36"},
+        ]}}),
+    )
+    .await?;
+    let before = await_ready(&api, "two").await?;
+    let app_before = status_of(&before, "app").ok_or("no app status")?.clone();
+    let helper_before = status_of(&before, "helper")
+        .ok_or("no helper status")?
+        .clone();
+
+    patch_image(
+        &api,
+        "two",
+        "/spec/containers/0/image",
+        "nginx:1.27",
+        "nginx:1.28",
+    )
+    .await?;
+    let old_id = app_before.container_id.clone();
+    let after = wait_for(
+        &api,
+        "two",
+        "container app restarted on nginx:1.28 and Ready",
+        |p: &Pod| {
+            status_of(p, "app")
+                .is_some_and(|c| c.container_id != old_id && c.ready && c.image == "nginx:1.28")
+                && is_true(p, "Ready")
+        },
+    )
+    .await?;
+    let app = status_of(&after, "app").ok_or("no app status")?;
+    assert_eq!(app.restart_count, app_before.restart_count + 1);
+    let last = app
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("no lastState.terminated")?;
+    assert_eq!(
+        last.container_id, old_id,
+        "lastState must be the old container"
+    );
+    assert_ne!(app.image_id, app_before.image_id);
+    let helper = status_of(&after, "helper").ok_or("no helper status")?;
+    assert_eq!(
+        helper.container_id, helper_before.container_id,
+        "the other container must not restart"
+    );
+    assert_eq!(helper.restart_count, 0);
+    assert_eq!(pod_ip(&after), pod_ip(&before));
+    assert_eq!(after.metadata.uid, before.metadata.uid);
+    assert_eq!(
+        after.spec.as_ref().and_then(|s| s.node_name.clone()),
+        before.spec.as_ref().and_then(|s| s.node_name.clone())
+    );
+
+    wait_list(
+        &Api::<Event>::namespaced(client.clone(), &ns),
+        watcher::Config::default().fields("involvedObject.name=two,reason=Killing"),
+        "a Killing Event for container app",
+        |evs: &[Event]| {
+            evs.iter().any(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("definition changed"))
+                    && e.involved_object.field_path.as_deref() == Some("spec.containers{app}")
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+fn fixture(name: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    // CI has `shared/` next to the repository's clone.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/istio")
+        .join(name);
+    if !path.is_file() {
+        return Err(format!(
+            "fixture {} is missing (shared/ must sit next to the repository)",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+#[tokio::test]
+async fn native_sidecar_image_patch_restarts_only_the_sidecar() -> TestResult {
+    let (client, ns) = setup("sidecar").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let text = std::fs::read_to_string(fixture("native-sidecar.yaml.injected")?)?;
+    let mut pod: Option<Value> = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if v["kind"] == "Pod" {
+            pod = Some(v);
+            break;
+        }
+    }
+    let pod = pod.ok_or("the fixture has no Pod")?;
+    let created = create_pod(&client, &ns, pod).await?;
+    let name = created.name_any();
+    let before = await_ready(&api, &name).await?;
+
+    // istio-init ran to completion before istio-proxy started.
+    let init = status_of(&before, "istio-init").ok_or("no istio-init status")?;
+    let done = init
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("istio-init not terminated")?;
+    assert_eq!(
+        (done.exit_code, done.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    let proxy = status_of(&before, "istio-proxy")
+        .ok_or("no istio-proxy status")?
+        .clone();
+    let proxy_started = proxy
+        .state
+        .as_ref()
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.clone());
+    assert!(proxy.ready && proxy.started == Some(true));
+    assert!(
+        done.finished_at
+            .as_ref()
+            .zip(proxy_started.as_ref())
+            .is_some_and(|(f, s)| f.0 <= s.0)
+    );
+    let others: Vec<(String, Option<String>)> = ["istio-init", "other-sidecar", "hello"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                status_of(&before, n).and_then(|c| c.container_id.clone()),
+            )
+        })
+        .collect();
+
+    let idx = before
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|ics| ics.iter().position(|c| c.name == "istio-proxy"))
+        .ok_or("no istio-proxy init container")?;
+    let target = "registry.istio.io/testing/proxyv2:1.25.0";
+    patch_image(
+        &api,
+        &name,
+        &format!("/spec/initContainers/{idx}/image"),
+        &proxy.image,
+        target,
+    )
+    .await?;
+    let old_id = proxy.container_id.clone();
+    let after = wait_for(
+        &api,
+        &name,
+        "istio-proxy restarted on the new image and pod Ready",
+        |p: &Pod| {
+            status_of(p, "istio-proxy")
+                .is_some_and(|c| c.container_id != old_id && c.ready && c.image == target)
+                && is_true(p, "Ready")
+        },
+    )
+    .await?;
+    let proxy_after = status_of(&after, "istio-proxy").ok_or("no istio-proxy status")?;
+    assert_eq!(proxy_after.restart_count, proxy.restart_count + 1);
+    for (n, id) in others {
+        assert_eq!(
+            status_of(&after, &n).and_then(|c| c.container_id.clone()),
+            id,
+            "{n} must not restart"
+        );
+    }
+    assert_eq!(pod_ip(&after), pod_ip(&before));
+    Ok(())
+}
+
+#[tokio::test]
+async fn run_to_completion_init_container_completes_before_containers_start() -> TestResult {
+    let (client, ns) = setup("init").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "init"}, "spec": {
+            "initContainers": [{"name": "setup", "image": "busybox:1.36"}],
+            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+    )
+    .await?;
+    let pod = await_ready(&api, "init").await?;
+    let setup = status_of(&pod, "setup").ok_or("no setup status")?;
+    let t = setup
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("setup not terminated")?;
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    let app_started = status_of(&pod, "app")
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .ok_or("app not running")?;
+    assert!(t.finished_at.as_ref().is_some_and(|f| f.0 <= app_started.0));
+    assert!(is_true(&pod, "Initialized"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn failure_modes_show_kubelet_reasons() -> TestResult {
+    let (client, ns) = setup("failures").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let single = |name: &str, image: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}});
+    create_pod(&client, &ns, single("pull", "nginx:fail-pull")).await?;
+    create_pod(&client, &ns, single("crash", "example.com/crashloop:1")).await?;
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "never"}, "spec": {"containers": [
+            {"name": "app", "image": "nginx:never-ready"},
+            {"name": "probed", "image": "nginx:1.27", "readinessProbe": {"httpGet": {"port": 80}}},
+        ]}}),
+    )
+    .await?;
+
+    wait_for(&api, "pull", "pod pull waiting ErrImagePull", |p: &Pod| {
+        waiting_reason(p, "app").as_deref() == Some("ErrImagePull")
+    })
+    .await?;
+    wait_for(
+        &api,
+        "pull",
+        "pod pull waiting ImagePullBackOff",
+        |p: &Pod| waiting_reason(p, "app").as_deref() == Some("ImagePullBackOff"),
+    )
+    .await?;
+
+    let crash = wait_for(
+        &api,
+        "crash",
+        "pod crash in CrashLoopBackOff after 2 restarts",
+        |p: &Pod| {
+            waiting_reason(p, "app").as_deref() == Some("CrashLoopBackOff")
+                && status_of(p, "app").is_some_and(|c| c.restart_count >= 2)
+        },
+    )
+    .await?;
+    let last = status_of(&crash, "app")
+        .and_then(|c| c.last_state.as_ref()?.terminated.clone())
+        .ok_or("no lastState")?;
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    assert!(!is_true(&crash, "Ready"));
+
+    // Both containers started together; once the probed one is ready (after the readiness
+    // delay), the never-ready one has had every chance and must still be unready.
+    let never = wait_for(
+        &api,
+        "never",
+        "container probed ready in pod never",
+        |p: &Pod| status_of(p, "probed").is_some_and(|c| c.ready),
+    )
+    .await?;
+    let app = status_of(&never, "app").ok_or("no app status")?;
+    assert!(
+        app.state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_some(),
+        "never-ready runs"
+    );
+    assert!(!app.ready);
+    assert!(!is_true(&never, "Ready"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_patch_to_a_failing_image_and_back() -> TestResult {
+    let (client, ns) = setup("rollback").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(&client, &ns, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}))
+        .await?;
+    let before = await_ready(&api, "p").await?;
+    let old_id = status_of(&before, "app").and_then(|c| c.container_id.clone());
+    patch_image(
+        &api,
+        "p",
+        "/spec/containers/0/image",
+        "nginx:1.27",
+        "nginx:1.28-fail-pull",
+    )
+    .await?;
+    let failing = wait_for(
+        &api,
+        "p",
+        "container app waiting ImagePullBackOff",
+        |p: &Pod| waiting_reason(p, "app").as_deref() == Some("ImagePullBackOff"),
+    )
+    .await?;
+    let app = status_of(&failing, "app").ok_or("no app status")?;
+    assert!(!app.ready);
+    let last = app
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("no lastState.terminated")?;
+    assert_eq!(last.container_id, old_id);
+    patch_image(
+        &api,
+        "p",
+        "/spec/containers/0/image",
+        "nginx:1.28-fail-pull",
+        "nginx:1.27",
+    )
+    .await?;
+    let back = wait_for(
+        &api,
+        "p",
+        "container app back on nginx:1.27 and Ready",
+        |p: &Pod| {
+            status_of(p, "app")
+                .is_some_and(|c| c.ready && c.image == "nginx:1.27" && c.container_id != old_id)
+                && is_true(p, "Ready")
+        },
+    )
+    .await?;
+    assert_eq!(status_of(&back, "app").map(|c| c.restart_count), Some(1));
+    assert_eq!(pod_ip(&back), pod_ip(&before));
+    Ok(())
+}
+
+#[tokio::test]
+async fn daemonset_pods_land_one_per_node() -> TestResult {
+    let (client, ns) = setup("daemonset").await?;
+    let env = TestEnv::shared()?;
+    let ds: DaemonSet = obj(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "agent", "image": "busybox:1.36"}]}}},
+    }));
+    Api::<DaemonSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ds)
+        .await?;
+    let want: BTreeSet<String> = env.nodes().iter().cloned().collect();
+    wait_list(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("app=agent"),
+        &format!("one Ready agent pod on each of {want:?}"),
+        |pods: &[Pod]| {
+            let nodes: Vec<String> = pods
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            pods.len() == want.len()
+                && nodes.iter().cloned().collect::<BTreeSet<_>>() == want
+                && pods.iter().all(|p| is_true(p, "Ready"))
+        },
+    )
+    .await?;
+    wait_for(
+        &Api::<DaemonSet>::namespaced(client.clone(), &ns),
+        "agent",
+        "DaemonSet agent status numberReady = nodes",
+        |d: &DaemonSet| {
+            d.status
+                .as_ref()
+                .is_some_and(|s| s.number_ready as usize == want.len())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn graceful_deletion_honours_grace_period_and_finalizers() -> TestResult {
+    let (client, ns) = setup("delete").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    // The termination delay (10 min) is far longer than the grace period (1 s) and the wait
+    // limit: the pod only terminates in time if the grace period bounds it.
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "held", "finalizers": ["testenv.inplace-upgrade.io/hold"],
+                "annotations": {"sim.inplace-upgrade.io/termination-delay-ms": "600000"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+    )
+    .await?;
+    let before = await_ready(&api, "held").await?;
+    api.delete("held", &DeleteParams::default()).await?;
+    let stopped = wait_for(
+        &api,
+        "held",
+        "pod held terminated and deleted with grace 0 by the kubelet",
+        |p: &Pod| {
+            status_of(p, "app")
+                .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+                && p.metadata.deletion_grace_period_seconds == Some(0)
+        },
+    )
+    .await?;
+    assert!(!is_true(&stopped, "Ready"));
+    assert_eq!(
+        stopped.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded")
+    );
+    assert_eq!(stopped.metadata.uid, before.metadata.uid);
+    // The finalizer keeps the object; removing it lets the API server delete it.
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    wait_deleted(
+        &api,
+        "held",
+        "pod held gone after its finalizer was removed",
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ready_transition_time_is_stable_across_unrelated_status_writes() -> TestResult {
+    let (client, ns) = setup("ltt").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "p"}, "spec": {"readinessGates": [{"conditionType": GATE}],
+            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+    )
+    .await?;
+    wait_for(&api, "p", "pod p ContainersReady", |p: &Pod| {
+        is_true(p, "ContainersReady")
+    })
+    .await?;
+    set_gate(&api, "p", "True").await?;
+    let ready = await_ready(&api, "p").await?;
+    let (_, since) = condition(&ready, "Ready").ok_or("no Ready condition")?;
+    // Timestamps have second precision: let a second pass so a rewrite would show.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // Another writer's condition, then a spec change the kubelet acknowledges with
+    // status.observedGeneration: the kubelet has recomputed status after both.
+    let other =
+        json!({"status": {"conditions": [{"type": "example.com/other", "status": "True"}]}});
+    api.patch_status("p", &PatchParams::default(), &Patch::Strategic(&other))
+        .await?;
+    let bumped = api
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": 86400}})),
+        )
+        .await?;
+    let generation = bumped
+        .metadata
+        .generation
+        .ok_or("pods have no metadata.generation")?;
+    let after = wait_for(
+        &api,
+        "p",
+        "kubelet status for the new generation",
+        |p: &Pod| p.status.as_ref().and_then(|s| s.observed_generation) == Some(generation),
+    )
+    .await?;
+    assert_eq!(condition(&after, "Ready"), Some(("True".to_owned(), since)));
+    assert_eq!(
+        condition(&after, "example.com/other")
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&after, GATE).map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    Ok(())
+}
