@@ -272,6 +272,9 @@ async fn heartbeat(client: Client, nodes: Vec<Arc<SimNode>>) {
 /// A kubelet-style Event about a pod.
 struct EventRequest {
     pod: Arc<Pod>,
+    /// `kubelet` or `default-scheduler`.
+    component: &'static str,
+    /// The reporting node; empty for the scheduler.
     node: String,
     event: SimEvent,
 }
@@ -307,12 +310,15 @@ async fn event_sink(client: Client, mut rx: mpsc::Receiver<EventRequest>) {
                         reason: Some(req.event.reason.to_owned()),
                         message: Some(req.event.message.clone()),
                         type_: Some(req.event.type_.to_owned()),
-                        source: Some(EventSource { component: Some("kubelet".into()), host: Some(req.node.clone()) }),
+                        source: Some(EventSource {
+                            component: Some(req.component.to_owned()),
+                            host: Some(req.node.clone()).filter(|n| !n.is_empty()),
+                        }),
                         first_timestamp: serde_json::from_value(json!(ts(now))).ok(),
                         last_timestamp: serde_json::from_value(json!(ts(now))).ok(),
                         count: Some(1),
-                        reporting_component: Some("kubelet".into()),
-                        reporting_instance: Some(req.node.clone()),
+                        reporting_component: Some(req.component.to_owned()),
+                        reporting_instance: Some(if req.node.is_empty() { req.component.to_owned() } else { req.node.clone() }),
                         ..Default::default()
                     };
                     let api: Api<Event> = Api::namespaced(client, &ns);
@@ -538,11 +544,16 @@ async fn bind(
 
 fn send_event(events: &Option<mpsc::Sender<EventRequest>>, pod: &Pod, node: &str, event: SimEvent) {
     if let Some(tx) = events {
-        let source = if node.is_empty() { SCHEDULER } else { node };
+        let component = if node.is_empty() {
+            SCHEDULER
+        } else {
+            "kubelet"
+        };
         // A full queue drops the Event rather than stall pods, as kubelet's recorder does.
         let _ = tx.try_send(EventRequest {
             pod: Arc::new(pod.clone()),
-            node: source.to_owned(),
+            component,
+            node: node.to_owned(),
             event,
         });
     }
