@@ -527,6 +527,14 @@ mod tests {
                     S::Upgraded,
                 ),
                 (
+                    "new id, started in the patch's second, restartCount not up",
+                    true,
+                    NEW,
+                    Some(status("containerd://new", 2, running(0), true)),
+                    10,
+                    S::Upgraded,
+                ),
+                (
                     "new id but neither signal",
                     true,
                     NEW,

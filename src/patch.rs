@@ -24,6 +24,13 @@ pub const SERVING_REASON: &str = "Serving";
 /// Reason of the gate condition set True on a new pod that needs no upgrade now.
 pub const NOT_UPGRADING_REASON: &str = "NotUpgrading";
 
+/// `now` truncated to whole seconds. Kubernetes timestamps (`startedAt`,
+/// `lastTransitionTime`) have second precision: a container started in the same second as the
+/// patch must not look older than it.
+pub fn kubernetes_time(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
 fn image_path(kind: ContainerKind, index: usize, field: &str) -> PointerBuf {
     PointerBuf::from_tokens(["spec", kind.spec_field(), &index.to_string(), field])
 }
@@ -84,6 +91,7 @@ pub fn upgrade_patch(
     targets: &[ResolvedTarget],
     now: Timestamp,
 ) -> Result<(Patch, PodUpgradeState), StateError> {
+    let now = kubernetes_time(now);
     let existing = PodUpgradeState::from_pod(pod)
         .ok()
         .flatten()
@@ -143,6 +151,7 @@ pub fn rollback_patch(
     message: &str,
     now: Timestamp,
 ) -> Result<(Patch, PodUpgradeState), StateError> {
+    let now = kubernetes_time(now);
     let mut ops = Vec::new();
     let mut containers = Vec::new();
     for c in &state.containers {
@@ -233,7 +242,7 @@ pub fn gate_condition_patch(ready: bool, reason: &str, message: &str, now: Times
                 "status": if ready { "True" } else { "False" },
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": now.to_string(),
+                "lastTransitionTime": kubernetes_time(now).to_string(),
             }]
         }
     })
@@ -563,6 +572,22 @@ mod tests {
         assert_eq!(
             gates,
             vec!["example.com/other".to_string(), READINESS_GATE.to_string()]
+        );
+    }
+
+    #[test]
+    fn recorded_times_have_kubernetes_second_precision() {
+        let pod = with_running_status(fixture_pods("hello-old-version.yaml.injected").remove(0));
+        let targets = annotation::parse("istio-proxy=:2").expect("valid");
+        let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
+        let precise: Timestamp = "2026-01-01T00:00:07.999Z".parse().expect("timestamp");
+        let (_, state) = upgrade_patch(&pod, &resolved.resolved, precise).expect("patch");
+        assert_eq!(state.patched_at.to_string(), "2026-01-01T00:00:07Z");
+        let (_, rolled) = rollback_patch(&pod, &state, "x", "y", precise).expect("patch");
+        assert_eq!(rolled.patched_at.to_string(), "2026-01-01T00:00:07Z");
+        assert_eq!(
+            gate_condition_patch(true, SERVING_REASON, "", precise)["status"]["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:07Z"
         );
     }
 
