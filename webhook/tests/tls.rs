@@ -658,3 +658,64 @@ async fn shutdown_finishes_in_flight_requests_and_closes_idle_connections() {
     assert!(send(&mut idle, "/mutate-pods", "uid-late").await.is_err());
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+#[test]
+fn missing_then_written_files_are_reported_once_then_loaded() {
+    let mut registry = Registry::default();
+    let store = CertificateStore::new(WebhookMetrics::new(&mut registry));
+    let errors = |registry: &Registry| {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encode");
+        metric_value(
+            &text,
+            r#"webhook_certificate_reloads_total{result="error"}"#,
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = CertificateFiles::in_dir(dir.path());
+
+    let err = store.reload_files(&files).expect_err("no files yet");
+    assert!(err.to_string().contains("tls.crt"), "{err}");
+    assert!(matches!(
+        store.reload_files(&files),
+        Ok(ReloadOutcome::Unchanged)
+    ));
+    assert_eq!(errors(&registry), 1, "the same failure is counted once");
+    assert!(!store.is_loaded());
+
+    let pki = Pki::new();
+    let serving = pki.serving();
+    kubelet_write(dir.path(), "..2026_11_22_01_00_00.000000001", &serving);
+    let expected = certs::inspect_pem(&serving.cert_pem)
+        .expect("parses")
+        .not_after;
+    assert_eq!(
+        store.reload_files(&files).expect("loads"),
+        ReloadOutcome::Loaded {
+            not_after: expected
+        }
+    );
+    assert!(matches!(
+        store.reload_files(&files),
+        Ok(ReloadOutcome::Unchanged)
+    ));
+    assert_eq!(store.not_after(), Some(expected));
+
+    // Garbage handed in directly is refused and the served certificate stays.
+    assert!(
+        store
+            .load_pem(b"garbage", serving.key_pem.as_bytes())
+            .is_err()
+    );
+    assert!(store.load_pem(serving.cert_pem.as_bytes(), b"").is_err());
+    assert_eq!(errors(&registry), 3);
+    assert_eq!(
+        store
+            .current()
+            .expect("still loaded")
+            .end_entity_cert()
+            .expect("leaf")
+            .to_vec(),
+        der(&serving)
+    );
+}
