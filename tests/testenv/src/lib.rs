@@ -158,6 +158,10 @@ pub struct Options {
     pub kubelet: KubeletOptions,
     /// Bound on each startup phase (etcd, API server, controller manager).
     pub startup_limit: Duration,
+    /// Extra kube-apiserver flags (e.g. `--feature-gates=…`), after the harness's own.
+    pub apiserver_args: Vec<String>,
+    /// Extra kube-controller-manager flags, after the harness's own.
+    pub controller_manager_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -166,6 +170,8 @@ impl Default for Options {
             dir: None,
             kubelet: KubeletOptions::default(),
             startup_limit: Duration::from_secs(120),
+            apiserver_args: Vec::new(),
+            controller_manager_args: Vec::new(),
         }
     }
 }
@@ -238,123 +244,142 @@ impl TestEnv {
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
         };
+        let booted = async {
+            let etcd_bin = etcd_bin_vendored::etcd_bin_path()
+                .map_err(|e| Error::Binaries(format!("etcd: {e}")))?;
+            let etcd_data = dir.join("etcd");
+            let client_url = format!("http://127.0.0.1:{etcd_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let etcd_args = [
+                "--name=testenv".to_owned(),
+                format!("--data-dir={}", etcd_data.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=testenv={peer_url}"),
+                // Test data need not survive a power cut; fsync dominates etcd latency otherwise.
+                "--unsafe-no-fsync".to_owned(),
+                "--log-level=warn".to_owned(),
+            ];
+            env.spawn("etcd", etcd_bin, &etcd_args, logs.join("etcd.log"))?;
+            env.await_port("etcd", etcd_port, limit).await?;
 
-        let etcd_bin = etcd_bin_vendored::etcd_bin_path()
-            .map_err(|e| Error::Binaries(format!("etcd: {e}")))?;
-        let etcd_data = dir.join("etcd");
-        let client_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd_args = [
-            "--name=testenv".to_owned(),
-            format!("--data-dir={}", etcd_data.display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=testenv={peer_url}"),
-            // Test data need not survive a power cut; fsync dominates etcd latency otherwise.
-            "--unsafe-no-fsync".to_owned(),
-            "--log-level=warn".to_owned(),
-        ];
-        env.spawn("etcd", etcd_bin, &etcd_args, logs.join("etcd.log"))?;
-        env.await_port("etcd", etcd_port, limit).await?;
+            let issuer = "https://kubernetes.default.svc.cluster.local";
+            let p = |path: &Path| path.display().to_string();
+            let apiserver_args = [
+                format!("--etcd-servers={client_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                // The `kubernetes` Endpoints may not point at loopback, and nothing in this
+                // cluster connects to the API server through its Service.
+                "--endpoint-reconciler-type=none".to_owned(),
+                format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
+                format!("--tls-cert-file={}", p(&pki.serving_cert)),
+                format!("--tls-private-key-file={}", p(&pki.serving_key)),
+                format!("--client-ca-file={}", p(&pki.ca_cert)),
+                "--authorization-mode=Node,RBAC".to_owned(),
+                format!("--service-account-issuer={issuer}"),
+                format!("--service-account-key-file={}", p(&pki.service_account_pub)),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    p(&pki.service_account_key)
+                ),
+                format!("--api-audiences={issuer}"),
+                "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+                "--allow-privileged=true".to_owned(),
+                "--profiling=false".to_owned(),
+                "--v=1".to_owned(),
+            ];
+            let apiserver_args: Vec<String> = apiserver_args
+                .into_iter()
+                .chain(options.apiserver_args.iter().cloned())
+                .collect();
+            env.spawn(
+                "kube-apiserver",
+                &bin_dir.join("kube-apiserver"),
+                &apiserver_args,
+                logs.join("kube-apiserver.log"),
+            )?;
+            env.write_kubeconfig(&pki, api_port)?;
+            env.await_port("kube-apiserver", api_port, limit).await?;
+            env.config = load_config(&env.kubeconfig).await?;
+            let client = env.client()?;
+            env.await_readyz(&client, limit).await?;
 
-        let issuer = "https://kubernetes.default.svc.cluster.local";
-        let p = |path: &Path| path.display().to_string();
-        let apiserver_args = [
-            format!("--etcd-servers={client_url}"),
-            format!("--secure-port={api_port}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
-            // The `kubernetes` Endpoints may not point at loopback, and nothing in this
-            // cluster connects to the API server through its Service.
-            "--endpoint-reconciler-type=none".to_owned(),
-            format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
-            format!("--tls-cert-file={}", p(&pki.serving_cert)),
-            format!("--tls-private-key-file={}", p(&pki.serving_key)),
-            format!("--client-ca-file={}", p(&pki.ca_cert)),
-            "--authorization-mode=Node,RBAC".to_owned(),
-            format!("--service-account-issuer={issuer}"),
-            format!("--service-account-key-file={}", p(&pki.service_account_pub)),
-            format!(
-                "--service-account-signing-key-file={}",
-                p(&pki.service_account_key)
-            ),
-            format!("--api-audiences={issuer}"),
-            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-            "--allow-privileged=true".to_owned(),
-            "--profiling=false".to_owned(),
-            "--v=1".to_owned(),
-        ];
-        env.spawn(
-            "kube-apiserver",
-            &bin_dir.join("kube-apiserver"),
-            &apiserver_args,
-            logs.join("kube-apiserver.log"),
-        )?;
-        env.write_kubeconfig(&pki, api_port)?;
-        env.await_port("kube-apiserver", api_port, limit).await?;
-        env.config = load_config(&env.kubeconfig).await?;
-        let client = env.client()?;
-        env.await_readyz(&client, limit).await?;
+            let kcm_args = [
+                format!("--kubeconfig={}", p(&env.kubeconfig)),
+                format!("--authentication-kubeconfig={}", p(&env.kubeconfig)),
+                format!("--authorization-kubeconfig={}", p(&env.kubeconfig)),
+                format!("--controllers={}", CONTROLLERS.join(",")),
+                "--leader-elect=false".to_owned(),
+                "--secure-port=0".to_owned(),
+                format!("--root-ca-file={}", p(&pki.ca_cert)),
+                format!(
+                    "--service-account-private-key-file={}",
+                    p(&pki.service_account_key)
+                ),
+                "--use-service-account-credentials=false".to_owned(),
+                // Benchmarks create thousands of pods; the default 20 QPS would be the bottleneck.
+                "--kube-api-qps=500".to_owned(),
+                "--kube-api-burst=1000".to_owned(),
+                "--concurrent-replicaset-syncs=10".to_owned(),
+                "--concurrent-deployment-syncs=10".to_owned(),
+                "--v=1".to_owned(),
+            ];
+            let kcm_args: Vec<String> = kcm_args
+                .into_iter()
+                .chain(options.controller_manager_args.iter().cloned())
+                .collect();
+            env.spawn(
+                "kube-controller-manager",
+                &bin_dir.join("kube-controller-manager"),
+                &kcm_args,
+                logs.join("kube-controller-manager.log"),
+            )?;
 
-        let kcm_args = [
-            format!("--kubeconfig={}", p(&env.kubeconfig)),
-            format!("--authentication-kubeconfig={}", p(&env.kubeconfig)),
-            format!("--authorization-kubeconfig={}", p(&env.kubeconfig)),
-            format!("--controllers={}", CONTROLLERS.join(",")),
-            "--leader-elect=false".to_owned(),
-            "--secure-port=0".to_owned(),
-            format!("--root-ca-file={}", p(&pki.ca_cert)),
-            format!(
-                "--service-account-private-key-file={}",
-                p(&pki.service_account_key)
-            ),
-            "--use-service-account-credentials=false".to_owned(),
-            // Benchmarks create thousands of pods; the default 20 QPS would be the bottleneck.
-            "--kube-api-qps=500".to_owned(),
-            "--kube-api-burst=1000".to_owned(),
-            "--concurrent-replicaset-syncs=10".to_owned(),
-            "--concurrent-deployment-syncs=10".to_owned(),
-            "--v=1".to_owned(),
-        ];
-        env.spawn(
-            "kube-controller-manager",
-            &bin_dir.join("kube-controller-manager"),
-            &kcm_args,
-            logs.join("kube-controller-manager.log"),
-        )?;
+            let nodes = kubelet::register_nodes(&client, &options.kubelet).await?;
+            env.nodes = nodes.iter().map(|n| n.name.clone()).collect();
+            env.tasks = kubelet::spawn(client.clone(), &options.kubelet, nodes);
 
-        let nodes = kubelet::register_nodes(&client, &options.kubelet).await?;
-        env.nodes = nodes.iter().map(|n| n.name.clone()).collect();
-        env.tasks = kubelet::spawn(client.clone(), &options.kubelet, nodes);
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin)
+                .map_err(|e| Error::io(format!("create {}", bin.display()), e))?;
+            let kubectl = bin.join("kubectl");
+            let _ = std::fs::remove_file(&kubectl);
+            std::os::unix::fs::symlink(bin_dir.join("kubectl"), &kubectl)
+                .map_err(|e| Error::io(format!("link {}", kubectl.display()), e))?;
 
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin)
-            .map_err(|e| Error::io(format!("create {}", bin.display()), e))?;
-        let kubectl = bin.join("kubectl");
-        let _ = std::fs::remove_file(&kubectl);
-        std::os::unix::fs::symlink(bin_dir.join("kubectl"), &kubectl)
-            .map_err(|e| Error::io(format!("link {}", kubectl.display()), e))?;
-
-        env.await_nodes_ready(&client).await?;
-        // The default ServiceAccount appears once the controller manager runs its controllers.
-        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let waited = tokio::time::timeout(
-            limit,
-            wait_for(&sa, "default", "ServiceAccount default/default", |_| true),
-        )
+            env.await_nodes_ready(&client).await?;
+            // The default ServiceAccount appears once the controller manager runs its controllers.
+            let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+            let waited = tokio::time::timeout(
+                limit,
+                wait_for(&sa, "default", "ServiceAccount default/default", |_| true),
+            )
+            .await;
+            if !matches!(waited, Ok(Ok(_))) {
+                env.check_children()?;
+                let log = logs.join("kube-controller-manager.log");
+                return Err(Error::NotReady {
+                    component: "kube-controller-manager",
+                    seconds: limit.as_secs(),
+                    detail: "the serviceaccount controller did not create default/default".into(),
+                    tail: process::tail(&log, 30),
+                    log,
+                });
+            }
+            Ok::<(), Error>(())
+        }
         .await;
-        if !matches!(waited, Ok(Ok(_))) {
-            env.check_children()?;
-            let log = logs.join("kube-controller-manager.log");
-            return Err(Error::NotReady {
-                component: "kube-controller-manager",
-                seconds: limit.as_secs(),
-                detail: "the serviceaccount controller did not create default/default".into(),
-                tail: process::tail(&log, 30),
-                log,
-            });
+        if let Err(e) = booted {
+            // Keep the logs the error points to.
+            if let Some(t) = env.temp.take() {
+                let kept = t.keep();
+                tracing::warn!(dir = %kept.display(), "startup failed; keeping the directory for its logs");
+            }
+            return Err(e);
         }
         tracing::info!(dir = %dir.display(), seconds = started.elapsed().as_secs_f64(), "test environment ready");
         Ok(env)
