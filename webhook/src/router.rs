@@ -176,10 +176,14 @@ async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
     }
 }
 
+/// Bodies above this size are decoded on the blocking pool: a multi-MiB review takes tens of
+/// milliseconds to parse, which must not stall the small pod mutations sharing a worker.
+const BLOCKING_DECODE_THRESHOLD: usize = 256 * 1024;
+
 /// Returns the operation label and either the encoded response with its `allowed` flag or the
 /// error to answer with.
 async fn review(
-    route: &Route,
+    route: &Arc<Route>,
     headers: &HeaderMap,
     body: Body,
 ) -> (String, Result<(Vec<u8>, bool), Error>) {
@@ -190,13 +194,36 @@ async fn review(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    let request = match decode_review(content_type.as_deref(), &bytes) {
+    // The admission span, passed along explicitly: on the blocking pool no span is current.
+    let span = tracing::Span::current();
+    if bytes.len() <= BLOCKING_DECODE_THRESHOLD {
+        return decide(route, &span, content_type.as_deref(), bytes);
+    }
+    let route = route.clone();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| decide(&route, &span, content_type.as_deref(), bytes))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        // `decide` catches the handler's panics; this is the runtime shutting down.
+        let uid = "(unknown)".to_owned();
+        ("unknown".to_owned(), Err(Error::HandlerPanicked { uid }))
+    })
+}
+
+/// Decodes, asks the handler, encodes: the synchronous part of a review.
+fn decide(
+    route: &Route,
+    span: &tracing::Span,
+    content_type: Option<&str>,
+    bytes: Vec<u8>,
+) -> (String, Result<(Vec<u8>, bool), Error>) {
+    let request = match decode_review(content_type, &bytes) {
         Ok(request) => request,
         Err(err) => return ("unknown".to_owned(), Err(err)),
     };
     drop(bytes);
     let operation = operation_label(&request);
-    let span = tracing::Span::current();
     span.record("uid", request.uid.as_str());
     span.record("kind", request.kind.kind.as_str());
     span.record("namespace", request.namespace.as_deref().unwrap_or(""));
