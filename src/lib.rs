@@ -1,10 +1,10 @@
 //! inplace-upgrade: upgrade container images of running pods in place.
 //!
-//! This crate is the pure domain core: everything that *decides* (annotation grammar, image
-//! resolution, target selection, policy resolution, container state classification, the
-//! planner and the JSON patches) is a plain function over `k8s_openapi` types or small structs
-//! defined here. Nothing in it does I/O or is async, so the controller and the webhook can be
-//! thin edges around it and most behaviour is proven by fast tests.
+//! Everything that *decides* (annotation grammar, image resolution, target selection, policy
+//! resolution, container state classification, the planner and the JSON patches) is a plain
+//! function over `k8s_openapi` types or small structs defined here, with no I/O and nothing
+//! async, so most behaviour is proven by fast tests. The I/O lives at the edges:
+//! [`controller`] (watches, the work queue, leader election, the API writes).
 //!
 //! How the edges use it:
 //! - controller: [`target::effective_targets`] (workload over Namespace annotation) →
@@ -19,6 +19,7 @@
 
 pub mod annotation;
 pub mod classify;
+pub mod controller;
 pub mod image;
 pub mod patch;
 pub mod plan;

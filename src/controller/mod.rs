@@ -1,0 +1,194 @@
+//! The controller: watches workloads, pods and everything that decides a rollout, and moves
+//! every annotated workload to its target one pod at a time (or as the policy's budget
+//! allows). All state lives in the API (the pod's state annotation, our readiness-gate
+//! condition, the workload's status annotation), so a replica that takes over — after a crash
+//! or a leader change — carries on from there.
+
+mod cache;
+mod leader;
+mod metrics;
+mod queue;
+mod reconcile;
+mod status;
+mod workload;
+mod writes;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use cache::Cache;
+pub use leader::{LeaseConfig, lease_is_live};
+pub use metrics::Metrics;
+pub use queue::Queue;
+pub use workload::{WorkloadKey, WorkloadKind, WorkloadView};
+
+/// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
+/// whether the controller is alive.
+pub const LEASE_NAME: &str = "inplace-upgrade-controller";
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace the controller runs in: its Lease lives there, and no policy reaches it.
+    pub namespace: String,
+    /// This replica's identity in the Lease and in Events (pod name in a cluster).
+    pub identity: String,
+    /// Workloads reconciled at once.
+    pub concurrency: usize,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub cache: Cache,
+    pub queue: Queue,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    /// Workloads rolling under each policy (`maxConcurrentWorkloads`).
+    slots: Mutex<HashMap<String, BTreeSet<WorkloadKey>>>,
+}
+
+impl Context {
+    /// Takes (or keeps) a rollout slot under `policy` for `key`; false when `max` workloads
+    /// already roll under it.
+    fn claim_slot(&self, policy: &str, key: &WorkloadKey, max: i32) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, keys) in slots.iter_mut() {
+            if p != policy {
+                keys.remove(key);
+            }
+        }
+        let keys = slots.entry(policy.to_string()).or_default();
+        if keys.contains(key) {
+            return true;
+        }
+        if keys.len() < usize::try_from(max.max(1)).unwrap_or(usize::MAX) {
+            keys.insert(key.clone());
+            return true;
+        }
+        false
+    }
+
+    fn release_slot(&self, key: &WorkloadKey) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.values_mut().for_each(|keys| {
+            keys.remove(key);
+        });
+    }
+
+    /// At the start of a term: the workloads whose status says they are rolling hold their
+    /// slots, so a new workload cannot overtake them.
+    fn restore_slots(&self) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for key in self.cache.workloads_in(None) {
+            let Some(w) = self.cache.workload(&key) else {
+                continue;
+            };
+            let Some(status) = w
+                .annotations
+                .get(crate::STATUS_ANNOTATION)
+                .and_then(|s| status::WorkloadStatus::parse(s))
+            else {
+                continue;
+            };
+            if let (status::WorkloadPhase::Progressing, Some(policy)) =
+                (status.phase, &status.policy)
+            {
+                self.claim_slot(policy, &key, i32::MAX);
+            }
+        }
+    }
+}
+
+/// Handles the caller keeps: readiness for `/readyz`, leadership for metrics and tests.
+#[derive(Clone)]
+pub struct Handle {
+    synced: Arc<AtomicBool>,
+    pub leading: watch::Receiver<bool>,
+}
+
+impl Handle {
+    /// True once every watch has finished its initial list.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the controller's tasks on the current runtime and returns at once.
+pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Handle {
+    let metrics = Metrics::register(registry);
+    let (queue, receiver) = Queue::new();
+    let (cache, drivers) = Cache::start(&client, queue.clone());
+    for driver in drivers {
+        tokio::spawn(driver);
+    }
+    let reporter = Reporter {
+        controller: "inplace-upgrade".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        cache: cache.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        slots: Mutex::default(),
+    });
+
+    let (leading_tx, leading) = watch::channel(false);
+    let lease = LeaseConfig::new(&settings.namespace, LEASE_NAME, &settings.identity);
+    tokio::spawn(leader::run(client, lease, leading_tx));
+
+    let synced = Arc::new(AtomicBool::new(false));
+    let handle = Handle {
+        synced: synced.clone(),
+        leading: leading.clone(),
+    };
+    tokio::spawn(async move {
+        cache.synced().await;
+        synced.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced");
+        lead_while_elected(ctx, receiver, leading).await;
+    });
+    handle
+}
+
+/// Reconciles only while this replica holds the Lease; losing it drops the work loop at once,
+/// aborting every reconcile in flight (each step is a single atomic API write, so an aborted
+/// reconcile leaves nothing half-done that the next leader cannot finish).
+async fn lead_while_elected(
+    ctx: Arc<Context>,
+    mut receiver: queue::QueueReceiver,
+    mut leading: watch::Receiver<bool>,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        ctx.metrics.leader.set(1);
+        tracing::info!(identity = %ctx.settings.identity, "became leader");
+        ctx.restore_slots();
+        // Every workload gets a look when leadership starts: the state in the API is the truth.
+        for key in ctx.cache.workloads_in(None) {
+            ctx.queue.enqueue(key);
+        }
+        let c = ctx.clone();
+        let work = receiver.run(ctx.settings.concurrency, ctx.queue.clone(), move |key| {
+            let c = c.clone();
+            async move { reconcile::reconcile(c, key).await }
+        });
+        tokio::select! {
+            _ = work => return,
+            _ = leading.wait_for(|l| !*l) => {}
+        }
+        ctx.metrics.leader.set(0);
+        tracing::warn!(identity = %ctx.settings.identity, "lost leadership: stopped acting");
+    }
+}

@@ -1,0 +1,728 @@
+//! One reconcile of one workload: read everything from the caches, let the pure planner decide,
+//! make the writes it asks for, and record progress. It never waits: the next watch event for
+//! the workload (a pod's container restarted, a pod left an EndpointSlice, a PDB changed) or
+//! the planner's recheck time brings the next reconcile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use super::Context;
+use super::metrics::{ErrorLabels, ResultLabels};
+use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus};
+use super::workload::{WorkloadKey, WorkloadView};
+use super::writes::is_conflict;
+use crate::patch::{
+    DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, gate_condition_patch, rollback_patch,
+    state_patch, upgrade_patch,
+};
+use crate::plan::{Action, DisruptionBudget, FailedTarget, PlanInput, Step, Verdict, plan};
+use crate::policy::{
+    InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, Scope, governing_policy, selector_matches,
+};
+use crate::state::{Phase, PodUpgradeState};
+use crate::target::{self, TargetSource, effective_targets};
+use crate::{
+    PAUSED_ANNOTATION, READINESS_GATE, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION,
+    TARGETS_ANNOTATION,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("pod {pod} changed since it was read; planning again")]
+    Conflict { pod: String },
+    #[error("{what} failed: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot record the upgrade state of pod {pod}: {source}")]
+    State {
+        pod: String,
+        #[source]
+        source: crate::state::StateError,
+    },
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Conflict { .. } => "conflict",
+            ReconcileError::Kube { .. } => "kube",
+            ReconcileError::State { .. } => "state",
+        }
+    }
+}
+
+/// Runs one reconcile and schedules the next one it needs.
+pub async fn reconcile(ctx: Arc<Context>, key: WorkloadKey) {
+    match reconcile_workload(&ctx, &key).await {
+        Ok(Some(after)) => ctx.queue.enqueue_after(key, after),
+        Ok(None) => {}
+        Err(e) => {
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    error: e.metric_label(),
+                })
+                .inc();
+            // A conflict means our cache was behind: the watch event that fixes it is on its way.
+            let after = if matches!(e, ReconcileError::Conflict { .. }) {
+                tracing::debug!(workload = %key, error = %e, "conflict");
+                Duration::from_millis(200)
+            } else {
+                tracing::warn!(workload = %key, error = %e, "reconcile failed; retrying");
+                Duration::from_secs(5)
+            };
+            ctx.queue.enqueue_after(key, after);
+        }
+    }
+}
+
+/// The policy used when none governs: nothing new may start (no targets are passed), but
+/// pods we were working on are finished and gated pods are released. Every field takes its
+/// documented default.
+static RELEASE_ONLY: LazyLock<InPlaceUpgradePolicySpec> = LazyLock::new(|| {
+    serde_json::from_value(serde_json::json!({ "namespaceSelector": {} }))
+        .expect("a policy spec with only namespaceSelector is valid (unit-tested)")
+});
+
+struct Asked {
+    targets: Vec<crate::annotation::Target>,
+    source: Option<TargetSource>,
+    written: String,
+    problem: Option<(WorkloadPhase, String)>,
+}
+
+async fn reconcile_workload(
+    ctx: &Context,
+    key: &WorkloadKey,
+) -> Result<Option<Duration>, ReconcileError> {
+    let Some(workload) = ctx.cache.workload(key) else {
+        ctx.release_slot(key);
+        return Ok(None);
+    };
+    let namespace = ctx.cache.namespace(&key.namespace);
+    let empty = BTreeMap::new();
+    let ns_labels = namespace.as_ref().map(|n| n.labels()).unwrap_or(&empty);
+    let ns_annotations = namespace
+        .as_ref()
+        .map(|n| n.annotations())
+        .unwrap_or(&empty);
+    let previous = workload
+        .annotations
+        .get(STATUS_ANNOTATION)
+        .and_then(|s| WorkloadStatus::parse(s));
+    let pods: Vec<Pod> = ctx
+        .cache
+        .pods_of(key)
+        .iter()
+        .map(|p| Pod::clone(p))
+        .collect();
+    let now = Timestamp::now();
+
+    // What is asked, and whether we may act on it.
+    let workload_value = workload
+        .annotations
+        .get(TARGETS_ANNOTATION)
+        .map(String::as_str);
+    let ns_value = ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str);
+    let mut asked = match effective_targets(workload_value, ns_value) {
+        Ok(Some((source, targets))) => Asked {
+            written: crate::annotation::render(&targets),
+            targets,
+            source: Some(source),
+            problem: None,
+        },
+        Ok(None) => Asked {
+            targets: vec![],
+            source: None,
+            written: String::new(),
+            problem: None,
+        },
+        Err(e) => Asked {
+            targets: vec![],
+            source: None,
+            written: workload_value.or(ns_value).unwrap_or_default().to_string(),
+            problem: Some((WorkloadPhase::Invalid, e.to_string())),
+        },
+    };
+    let ours = |p: &Pod| {
+        p.annotations().contains_key(STATE_ANNOTATION)
+            || p.spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_ref())
+                .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
+    };
+    if asked.source.is_none()
+        && asked.problem.is_none()
+        && previous.is_none()
+        && !pods.iter().any(ours)
+    {
+        return Ok(None); // never annotated, nothing of ours on its pods: not our business
+    }
+
+    let policies: Vec<InPlaceUpgradePolicy> = ctx
+        .cache
+        .policies
+        .state()
+        .iter()
+        .map(|p| InPlaceUpgradePolicy::clone(p))
+        .collect();
+    let scope = Scope {
+        namespace: &key.namespace,
+        namespace_labels: ns_labels,
+        workload_labels: &workload.labels,
+        controller_namespace: &ctx.settings.namespace,
+    };
+    let fallback = &*RELEASE_ONLY;
+    let (spec, policy_name, mut paused) = match governing_policy(&policies, &scope) {
+        Ok(Some(g)) => (&g.policy.spec, Some(g.policy.name_any()), g.paused()),
+        Ok(None) => {
+            if asked.source.is_some() && asked.problem.is_none() {
+                asked.problem = Some((
+                    WorkloadPhase::NoPolicy,
+                    format!(
+                        "no InPlaceUpgradePolicy enables namespace {:?} for this workload; nothing is upgraded",
+                        key.namespace
+                    ),
+                ));
+            }
+            (fallback, None, false)
+        }
+        Err(e) => {
+            asked
+                .problem
+                .get_or_insert((WorkloadPhase::Blocked, e.to_string()));
+            (fallback, None, true)
+        }
+    };
+    let paused_here =
+        |a: &BTreeMap<String, String>| a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    paused |= paused_here(&workload.annotations) || paused_here(ns_annotations);
+    if asked.problem.is_some() {
+        // Reported, never acted on: only pods already in flight are finished.
+        asked.targets.clear();
+    }
+
+    // The workload's memory of failed targets, cleared by a new retry request. The retry
+    // annotation holds the time of the request (RFC 3339, as `kubectl inplace retry` writes
+    // it); any other value counts from when we first see it.
+    let retry = workload.annotations.get(RETRY_ANNOTATION).cloned();
+    let retry_since = match &previous {
+        Some(p) if p.retry == retry => p.retry_since,
+        _ => retry
+            .as_ref()
+            .map(|r| r.parse::<Timestamp>().unwrap_or(now)),
+    };
+    let mut failed: Vec<FailedTarget> = match &previous {
+        Some(p) if p.retry == retry => p.failed(),
+        _ => Vec::new(),
+    };
+    if asked.source == Some(TargetSource::Namespace) {
+        // A bad image must not spread: a target that failed under the Namespace annotation in
+        // one workload is not started in the others either.
+        for other in ctx
+            .cache
+            .workloads_in(Some(&key.namespace))
+            .iter()
+            .filter(|k| *k != key)
+        {
+            if let Some(s) = ctx.cache.workload(other).and_then(|w| {
+                w.annotations
+                    .get(STATUS_ANNOTATION)
+                    .and_then(|s| WorkloadStatus::parse(s))
+            }) && s.source == Some(TargetSource::Namespace)
+            {
+                failed.extend(s.failed());
+            }
+        }
+    }
+
+    let budgets = disruption_budgets(ctx, key, &pods);
+    let endpoints_drained = endpoints_drained(ctx, key, &pods);
+    let input = PlanInput {
+        targets: &asked.targets,
+        pods: &pods,
+        policy: spec,
+        desired_replicas: workload.desired_replicas,
+        paused,
+        failed_targets: &failed,
+        retry_since,
+        disruption_budgets: &budgets,
+        endpoints_drained: &endpoints_drained,
+        now,
+    };
+    let mut plan = plan(&input);
+
+    // Gates on starting new pods that only the controller can see.
+    let mut hold: Option<String> = None;
+    if plan.steps.iter().any(|s| s.action.starts_upgrade()) {
+        if !workload.settled {
+            hold = Some(format!(
+                "waiting for the {}'s own rollout to finish",
+                key.kind.as_str()
+            ));
+        } else if let Some(policy) = &policy_name
+            && !ctx.claim_slot(policy, key, spec.max_concurrent_workloads)
+        {
+            hold = Some(format!(
+                "waiting for a rollout slot: policy {policy} allows {} workload(s) at once",
+                spec.max_concurrent_workloads
+            ));
+        }
+    }
+    if hold.is_some() {
+        plan.steps.retain(|s| !s.action.starts_upgrade());
+    }
+
+    let results = join_all(
+        plan.steps
+            .iter()
+            .map(|step| execute(ctx, &workload, &pods, step, now)),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
+
+    // Progress record, written only when it changed.
+    let status = progress(
+        &asked,
+        policy_name,
+        &plan,
+        hold,
+        &pods,
+        previous.as_ref(),
+        (retry, retry_since),
+        now,
+    );
+    if matches!(status.phase, WorkloadPhase::Progressing) {
+        if let Some(policy) = &status.policy {
+            ctx.claim_slot(policy, key, i32::MAX);
+        }
+    } else {
+        ctx.release_slot(key);
+    }
+    if asked.source.is_none() && asked.problem.is_none() {
+        // Nothing asked (any more): no progress to report, and a stale record goes.
+        if previous.is_some() {
+            ctx.annotate_workload(key, STATUS_ANNOTATION, None)
+                .await
+                .map_err(|source| ReconcileError::Kube {
+                    what: format!("clearing the status of {key}"),
+                    source,
+                })?;
+        }
+        return Ok(recheck_after(plan.recheck_at, now));
+    }
+    let changed_phase = previous.as_ref().map(|p| p.phase) != Some(status.phase);
+    if previous.as_ref() != Some(&status) {
+        let raw = serde_json::to_string(&status).unwrap_or_default();
+        ctx.annotate_workload(key, STATUS_ANNOTATION, Some(&raw))
+            .await
+            .map_err(|source| ReconcileError::Kube {
+                what: format!("recording the status of {key}"),
+                source,
+            })?;
+        if changed_phase {
+            announce(ctx, &workload, &status).await;
+        }
+    }
+
+    Ok(recheck_after(plan.recheck_at, now))
+}
+
+fn recheck_after(at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    at.map(|at| Duration::from_secs_f64(at.duration_since(now).as_secs_f64().max(0.0)))
+}
+
+/// Makes the write one step asks for.
+async fn execute(
+    ctx: &Context,
+    workload: &WorkloadView,
+    pods: &[Pod],
+    step: &Step,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    let Some(pod) = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(step.pod.as_str()))
+    else {
+        return Ok(());
+    };
+    let ns = &workload.key.namespace;
+    let name = step.pod.as_str();
+    let kube = |what: &str| {
+        let what = format!("{what} pod {ns}/{name}");
+        move |source: kube::Error| {
+            if is_conflict(&source) {
+                ReconcileError::Conflict {
+                    pod: name.to_string(),
+                }
+            } else {
+                ReconcileError::Kube { what, source }
+            }
+        }
+    };
+    let gate = |ready: bool, reason: &str, message: &str| {
+        gate_condition_patch(ready, reason, message, now)
+    };
+    match &step.action {
+        Action::Wait { .. } => {}
+        Action::Drain => {
+            ctx.patch_pod_status(
+                ns,
+                name,
+                gate(
+                    false,
+                    DRAINING_REASON,
+                    "taken out of load balancing before an in-place upgrade",
+                ),
+            )
+            .await
+            .map_err(kube("draining"))?;
+        }
+        Action::Undrain => {
+            ctx.patch_pod_status(
+                ns,
+                name,
+                gate(true, SERVING_REASON, "in-place upgrade done"),
+            )
+            .await
+            .map_err(kube("undraining"))?;
+        }
+        Action::MarkReady => {
+            ctx.patch_pod_status(
+                ns,
+                name,
+                gate(
+                    true,
+                    NOT_UPGRADING_REASON,
+                    "no in-place upgrade in progress",
+                ),
+            )
+            .await
+            .map_err(kube("marking ready"))?;
+        }
+        Action::Patch { targets } => {
+            let (patch, _) =
+                upgrade_patch(pod, targets, now).map_err(|source| ReconcileError::State {
+                    pod: name.into(),
+                    source,
+                })?;
+            ctx.patch_pod(ns, name, patch)
+                .await
+                .map_err(kube("upgrading"))?;
+            let what: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{} {} -> {}", t.location.name, t.location.image, t.image))
+                .collect();
+            ctx.event(
+                &pod.object_ref(&()),
+                false,
+                "Upgrading",
+                format!("in-place upgrade: {}", what.join(", ")),
+            )
+            .await;
+        }
+        Action::Rollback { reason, message } => {
+            let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
+                return Ok(());
+            };
+            let (patch, _) =
+                rollback_patch(pod, &state, reason, message, now).map_err(|source| {
+                    ReconcileError::State {
+                        pod: name.into(),
+                        source,
+                    }
+                })?;
+            ctx.patch_pod(ns, name, patch)
+                .await
+                .map_err(kube("rolling back"))?;
+            let note = format!(
+                "in-place upgrade failed ({reason}: {message}); rolling back to the previous image"
+            );
+            ctx.event(&pod.object_ref(&()), true, "RollingBack", note.clone())
+                .await;
+            ctx.metrics
+                .pods_upgraded
+                .get_or_create(&ResultLabels {
+                    result: "rolled_back",
+                })
+                .inc();
+        }
+        Action::Finish {
+            phase,
+            reason,
+            message,
+        } => {
+            let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
+                return Ok(());
+            };
+            let done = state.finished(*phase, reason.clone(), message.clone(), now);
+            let patch = state_patch(pod, &done).map_err(|source| ReconcileError::State {
+                pod: name.into(),
+                source,
+            })?;
+            ctx.patch_pod(ns, name, patch)
+                .await
+                .map_err(kube("recording the result of"))?;
+            match phase {
+                Phase::Succeeded => {
+                    let secs = now.duration_since(state.patched_at).as_secs_f64();
+                    ctx.metrics.pod_upgrade_duration.observe(secs.max(0.0));
+                    ctx.metrics
+                        .pods_upgraded
+                        .get_or_create(&ResultLabels {
+                            result: "succeeded",
+                        })
+                        .inc();
+                    ctx.event(
+                        &pod.object_ref(&()),
+                        false,
+                        "Upgraded",
+                        "in-place upgrade done: every target runs and is Ready".into(),
+                    )
+                    .await;
+                }
+                Phase::Failed => {
+                    ctx.metrics
+                        .pods_upgraded
+                        .get_or_create(&ResultLabels { result: "failed" })
+                        .inc();
+                    let note = format!(
+                        "in-place upgrade failed: {}",
+                        message.as_deref().unwrap_or_default()
+                    );
+                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note)
+                        .await;
+                }
+                Phase::RolledBack => {
+                    ctx.event(
+                        &pod.object_ref(&()),
+                        true,
+                        "RolledBack",
+                        "back on the previous image".into(),
+                    )
+                    .await
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PodDisruptionBudgets in the workload's namespace that select any of its pods.
+fn disruption_budgets(ctx: &Context, key: &WorkloadKey, pods: &[Pod]) -> Vec<DisruptionBudget> {
+    let empty = BTreeMap::new();
+    ctx.cache
+        .pdbs
+        .state()
+        .iter()
+        .filter(|pdb| pdb.namespace().as_deref() == Some(key.namespace.as_str()))
+        .filter_map(|pdb| {
+            let selector = pdb.spec.as_ref()?.selector.as_ref()?;
+            let selected: BTreeSet<String> = pods
+                .iter()
+                .filter(|p| {
+                    selector_matches(selector, p.metadata.labels.as_ref().unwrap_or(&empty))
+                        .unwrap_or(true)
+                })
+                .map(|p| p.name_any())
+                .collect();
+            (!selected.is_empty()).then(|| DisruptionBudget {
+                name: pdb.name_any(),
+                // Until the disruption controller has computed a status, allow nothing.
+                disruptions_allowed: pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+                pods: selected,
+            })
+        })
+        .collect()
+}
+
+/// Pods of the workload that no EndpointSlice lists as ready or serving: load balancers have
+/// stopped sending them new requests.
+fn endpoints_drained(ctx: &Context, key: &WorkloadKey, pods: &[Pod]) -> BTreeSet<String> {
+    let mut serving: BTreeSet<String> = BTreeSet::new();
+    for slice in ctx
+        .cache
+        .endpoint_slices
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(key.namespace.as_str()))
+    {
+        for endpoint in &slice.endpoints {
+            let Some(target) = endpoint
+                .target_ref
+                .as_ref()
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+            else {
+                continue;
+            };
+            let c = endpoint.conditions.as_ref();
+            // Absent conditions are to be read as true (EndpointConditions API).
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving_now = c.and_then(|c| c.serving).unwrap_or(ready);
+            if ready || serving_now {
+                serving.extend(target.name.clone());
+            }
+        }
+    }
+    pods.iter()
+        .map(|p| p.name_any())
+        .filter(|n| !serving.contains(n))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn progress(
+    asked: &Asked,
+    policy: Option<String>,
+    plan: &crate::plan::Plan,
+    hold: Option<String>,
+    pods: &[Pod],
+    previous: Option<&WorkloadStatus>,
+    (retry, retry_since): (Option<String>, Option<Timestamp>),
+    now: Timestamp,
+) -> WorkloadStatus {
+    let (mut total, mut upgraded, mut ungated) = (0u32, 0u32, 0u32);
+    for pod in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let Ok(resolved) = target::resolve(spec, &asked.targets) else {
+            continue;
+        };
+        if resolved.resolved.is_empty() {
+            continue;
+        }
+        total += 1;
+        let active = PodUpgradeState::from_pod(pod)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.phase.in_progress());
+        if resolved.pending().next().is_none() && !active {
+            upgraded += 1;
+        }
+        if !spec
+            .readiness_gates
+            .iter()
+            .flatten()
+            .any(|g| g.condition_type == READINESS_GATE)
+        {
+            ungated += 1;
+        }
+    }
+    let current_pods = plan
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.action, Action::MarkReady | Action::Finish { .. }))
+        .map(|s| s.pod.clone())
+        .collect();
+    let (mut phase, mut message) = match &plan.verdict {
+        Verdict::Progressing => (WorkloadPhase::Progressing, None),
+        Verdict::Completed => (WorkloadPhase::Completed, None),
+        Verdict::Paused => (
+            WorkloadPhase::Paused,
+            Some("paused; resumes before the next pod".to_string()),
+        ),
+        Verdict::Blocked { reason } => (WorkloadPhase::Blocked, Some(reason.clone())),
+        Verdict::Failed { pod, reason } => {
+            (WorkloadPhase::Failed, Some(format!("pod {pod}: {reason}")))
+        }
+    };
+    if let Some((p, m)) = &asked.problem {
+        (phase, message) = (*p, Some(m.clone()));
+    } else if let Some(h) = hold
+        && phase == WorkloadPhase::Progressing
+        && plan
+            .steps
+            .iter()
+            .all(|s| matches!(s.action, Action::MarkReady | Action::Finish { .. }))
+    {
+        (phase, message) = (WorkloadPhase::Blocked, Some(h));
+    }
+    if ungated > 0 && phase == WorkloadPhase::Progressing {
+        let note = format!(
+            "{ungated} pod(s) have no {READINESS_GATE} readiness gate (created before the webhook): they are upgraded without being drained first"
+        );
+        message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
+    }
+    // Failure memory: what failed stays failed for this annotation until a retry.
+    let mut failed_targets: Vec<FailedTargetRecord> = match previous {
+        Some(p) if p.retry == retry && p.target == asked.written => p.failed_targets.clone(),
+        _ => Vec::new(),
+    };
+    if let Verdict::Failed { pod, .. } = &plan.verdict
+        && let Some(p) = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
+        && let Some(state) = PodUpgradeState::from_pod(p).ok().flatten()
+    {
+        for c in &state.containers {
+            let record = FailedTargetRecord {
+                container: c.name.clone(),
+                image: c.target_image.clone(),
+            };
+            if !failed_targets.contains(&record) {
+                failed_targets.push(record);
+            }
+        }
+    }
+    let last_transition_time = match previous {
+        Some(p) if p.phase == phase => p.last_transition_time,
+        _ => Some(now),
+    };
+    WorkloadStatus {
+        phase,
+        target: asked.written.clone(),
+        source: asked.source,
+        policy,
+        upgraded,
+        total,
+        current_pods,
+        ungated_pods: ungated,
+        message,
+        failed_targets,
+        retry,
+        retry_since,
+        last_transition_time,
+    }
+}
+
+/// An Event on the workload when its phase changes.
+async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
+    let note = match status.phase {
+        WorkloadPhase::Progressing => format!(
+            "in-place upgrade to {} under policy {}",
+            status.target,
+            status.policy.as_deref().unwrap_or("?")
+        ),
+        WorkloadPhase::Completed => format!(
+            "in-place upgrade to {} done: {}/{} pods",
+            status.target, status.upgraded, status.total
+        ),
+        _ => status.message.clone().unwrap_or_default(),
+    };
+    let warning = matches!(
+        status.phase,
+        WorkloadPhase::Failed
+            | WorkloadPhase::Invalid
+            | WorkloadPhase::NoPolicy
+            | WorkloadPhase::Blocked
+    );
+    let reason = status.phase.as_str();
+    ctx.event(&workload.object_reference(), warning, reason, note)
+        .await;
+}

@@ -1,0 +1,111 @@
+//! The workload's progress record, annotation `inplace-upgrade.io/status` (JSON). It is also
+//! the workload's memory: the targets that failed (not retried until the annotation changes or
+//! a retry is asked for) and the last retry request handled.
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::FailedTarget;
+use crate::target::TargetSource;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadPhase {
+    /// Pods are being upgraded (or wait for their turn).
+    #[default]
+    Progressing,
+    /// Every targeted pod runs its target.
+    Completed,
+    /// Stopped before the next pod by `inplace-upgrade.io/paused` or a paused policy.
+    Paused,
+    /// An upgrade failed; nothing new starts until the annotation changes or a retry.
+    Failed,
+    /// Pods need an upgrade that cannot start (policy, PodDisruptionBudget, rollout slots,
+    /// the workload's own rollout).
+    Blocked,
+    /// The annotation is malformed: reported, never acted on.
+    Invalid,
+    /// No InPlaceUpgradePolicy enables this workload.
+    NoPolicy,
+}
+
+impl WorkloadPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadPhase::Progressing => "Progressing",
+            WorkloadPhase::Completed => "Completed",
+            WorkloadPhase::Paused => "Paused",
+            WorkloadPhase::Failed => "Failed",
+            WorkloadPhase::Blocked => "Blocked",
+            WorkloadPhase::Invalid => "Invalid",
+            WorkloadPhase::NoPolicy => "NoPolicy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedTargetRecord {
+    pub container: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub phase: WorkloadPhase,
+    /// The targets as written (workload or Namespace annotation).
+    #[serde(default)]
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TargetSource>,
+    /// The governing InPlaceUpgradePolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Targeted pods that run every target.
+    #[serde(default)]
+    pub upgraded: u32,
+    /// Pods the targets apply to.
+    #[serde(default)]
+    pub total: u32,
+    /// Pods being drained, upgraded or rolled back now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current_pods: Vec<String>,
+    /// Targeted pods without our readiness gate (created before the webhook ran): they are
+    /// upgraded without being taken out of the EndpointSlices first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ungated_pods: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Targets that failed here: not started again until the annotation changes or a retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_targets: Vec<FailedTargetRecord>,
+    /// The last `inplace-upgrade.io/retry` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+    /// When that retry was asked for: failure records of pods older than this are forgiven.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_since: Option<Timestamp>,
+    /// When `phase` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Timestamp>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl WorkloadStatus {
+    pub fn parse(raw: &str) -> Option<Self> {
+        serde_json::from_str(raw).ok()
+    }
+
+    pub fn failed(&self) -> Vec<FailedTarget> {
+        self.failed_targets
+            .iter()
+            .map(|f| FailedTarget {
+                container: f.container.clone(),
+                image: f.image.clone(),
+            })
+            .collect()
+    }
+}

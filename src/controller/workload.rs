@@ -1,0 +1,336 @@
+//! The workloads we roll: Deployments, StatefulSets, DaemonSets and standalone ReplicaSets,
+//! seen through one small view so the reconciler treats them alike.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::ResourceExt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+        }
+    }
+
+    fn from_owner_kind(kind: &str) -> Option<Self> {
+        match kind {
+            "Deployment" => Some(WorkloadKind::Deployment),
+            "StatefulSet" => Some(WorkloadKind::StatefulSet),
+            "DaemonSet" => Some(WorkloadKind::DaemonSet),
+            "ReplicaSet" => Some(WorkloadKind::ReplicaSet),
+            _ => None,
+        }
+    }
+}
+
+/// Identifies one workload: the unit the controller reconciles and reports on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadKey {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// What the reconciler needs of a workload, whatever its kind.
+#[derive(Clone, Debug)]
+pub struct WorkloadView {
+    pub key: WorkloadKey,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Replicas the workload asks for (DaemonSet: the nodes it should run on).
+    pub desired_replicas: i32,
+    pub selector: Option<LabelSelector>,
+    /// False while the workload's own controller is mid-rollout (template change being rolled
+    /// out): we leave it alone until it settles so two rollouts never interleave.
+    pub settled: bool,
+}
+
+fn generation_observed(generation: Option<i64>, observed: Option<i64>) -> bool {
+    match (generation, observed) {
+        (Some(g), Some(o)) => o >= g,
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+impl WorkloadView {
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        // Same test as `kubectl rollout status`: the controller saw the newest spec, every
+        // replica runs the newest template, and no old replica is left.
+        let settled = generation_observed(d.metadata.generation, status.observed_generation)
+            && status.updated_replicas.unwrap_or(0) >= desired
+            && status.replicas.unwrap_or(0) <= status.updated_replicas.unwrap_or(0);
+        Self::new(
+            WorkloadKind::Deployment,
+            d,
+            desired,
+            d.spec.as_ref().map(|s| s.selector.clone()),
+            settled,
+        )
+    }
+
+    pub fn from_stateful_set(s: &StatefulSet) -> Self {
+        let desired = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = s.status.clone().unwrap_or_default();
+        let revisions_match = match (&status.current_revision, &status.update_revision) {
+            (Some(c), Some(u)) => c == u,
+            _ => true,
+        };
+        let settled = generation_observed(s.metadata.generation, status.observed_generation)
+            && revisions_match
+            && status.updated_replicas.unwrap_or(0) >= desired.min(status.replicas);
+        Self::new(
+            WorkloadKind::StatefulSet,
+            s,
+            desired,
+            s.spec.as_ref().map(|s| s.selector.clone()),
+            settled,
+        )
+    }
+
+    pub fn from_daemon_set(ds: &DaemonSet) -> Self {
+        let status = ds.status.clone().unwrap_or_default();
+        let desired = status.desired_number_scheduled;
+        let settled = generation_observed(ds.metadata.generation, status.observed_generation)
+            && status.updated_number_scheduled.unwrap_or(0) >= desired;
+        Self::new(
+            WorkloadKind::DaemonSet,
+            ds,
+            desired,
+            ds.spec.as_ref().map(|s| s.selector.clone()),
+            settled,
+        )
+    }
+
+    pub fn from_replica_set(rs: &ReplicaSet) -> Self {
+        let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = rs.status.clone().unwrap_or_default();
+        let settled = generation_observed(rs.metadata.generation, status.observed_generation);
+        Self::new(
+            WorkloadKind::ReplicaSet,
+            rs,
+            desired,
+            rs.spec.as_ref().map(|s| s.selector.clone()),
+            settled,
+        )
+    }
+
+    fn new<K: ResourceExt>(
+        kind: WorkloadKind,
+        obj: &K,
+        desired_replicas: i32,
+        selector: Option<LabelSelector>,
+        settled: bool,
+    ) -> Self {
+        WorkloadView {
+            key: WorkloadKey {
+                kind,
+                namespace: obj.namespace().unwrap_or_default(),
+                name: obj.name_any(),
+            },
+            uid: obj.uid().unwrap_or_default(),
+            labels: obj.labels().clone(),
+            annotations: obj.annotations().clone(),
+            desired_replicas,
+            selector,
+            settled,
+        }
+    }
+}
+
+impl WorkloadView {
+    /// A reference for Events about the workload.
+    pub fn object_reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some(self.key.kind.as_str().into()),
+            namespace: Some(self.key.namespace.clone()),
+            name: Some(self.key.name.clone()),
+            uid: Some(self.uid.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The controlling owner reference of an object, if any.
+pub fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners.iter().find(|o| o.controller == Some(true))
+}
+
+/// The workload a pod belongs to. A pod of a ReplicaSet that a Deployment controls belongs to
+/// the Deployment (the Deployment controller copies the Deployment's annotations onto its
+/// ReplicaSets, so such a ReplicaSet is never a workload of its own).
+/// `replica_set_owner` looks up a ReplicaSet's controlling owner reference by name (`None`: a
+/// ReplicaSet of its own).
+pub fn workload_of_pod(
+    pod: &Pod,
+    replica_set_owner: impl Fn(&str) -> Option<OwnerReference>,
+) -> Option<WorkloadKey> {
+    let namespace = pod.namespace()?;
+    let owner = controller_of(pod.owner_references())?;
+    let key = |kind, name: &str| WorkloadKey {
+        kind,
+        namespace: namespace.clone(),
+        name: name.to_string(),
+    };
+    match WorkloadKind::from_owner_kind(&owner.kind)? {
+        WorkloadKind::ReplicaSet => match replica_set_owner(&owner.name) {
+            Some(rs_owner) if rs_owner.kind == "Deployment" => {
+                Some(key(WorkloadKind::Deployment, &rs_owner.name))
+            }
+            // A ReplicaSet some other controller owns (e.g. an Argo Rollout) is not ours.
+            Some(_) => None,
+            None => Some(key(WorkloadKind::ReplicaSet, &owner.name)),
+        },
+        // Pods are never owned by a Deployment directly.
+        WorkloadKind::Deployment => None,
+        kind => Some(key(kind, &owner.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_owned_by(kind: &str, name: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true}
+            ]}
+        }))
+        .expect("pod literal")
+    }
+
+    fn owner(kind: &str, name: &str) -> OwnerReference {
+        OwnerReference {
+            kind: kind.into(),
+            name: name.into(),
+            controller: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn key(kind: WorkloadKind, name: &str) -> Option<WorkloadKey> {
+        Some(WorkloadKey {
+            kind,
+            namespace: "ns".into(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn a_pod_belongs_to_the_workload_at_the_top_of_its_owner_chain() {
+        let deployment_rs = |_: &str| Some(owner("Deployment", "web"));
+        let standalone_rs = |_: &str| None;
+        let rollout_rs = |_: &str| Some(owner("Rollout", "r"));
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("ReplicaSet", "web-1"), deployment_rs),
+            key(WorkloadKind::Deployment, "web")
+        );
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("ReplicaSet", "rs"), standalone_rs),
+            key(WorkloadKind::ReplicaSet, "rs")
+        );
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("ReplicaSet", "rs"), rollout_rs),
+            None
+        );
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("StatefulSet", "db"), standalone_rs),
+            key(WorkloadKind::StatefulSet, "db")
+        );
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("DaemonSet", "agent"), standalone_rs),
+            key(WorkloadKind::DaemonSet, "agent")
+        );
+        assert_eq!(
+            workload_of_pod(&pod_owned_by("Job", "j"), standalone_rs),
+            None
+        );
+        assert_eq!(workload_of_pod(&Pod::default(), standalone_rs), None);
+    }
+
+    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "generation": generation},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .expect("deployment literal")
+    }
+
+    #[test]
+    fn a_deployment_is_settled_only_when_its_own_rollout_is_done() {
+        let cases = [
+            (
+                json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3}),
+                true,
+                "done",
+            ),
+            (
+                json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3}),
+                false,
+                "new spec not seen yet",
+            ),
+            (
+                json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2}),
+                false,
+                "replicas on the old template",
+            ),
+            (
+                json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3}),
+                false,
+                "an old replica still runs",
+            ),
+            (json!({}), false, "no status yet"),
+        ];
+        for (status, settled, why) in cases {
+            assert_eq!(
+                WorkloadView::from_deployment(&deployment(2, status)).settled,
+                settled,
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_daemon_set_is_settled_when_every_node_runs_the_newest_template() {
+        let ds = |updated: i32| -> DaemonSet {
+            serde_json::from_value(json!({
+                "metadata": {"name": "agent", "namespace": "ns", "generation": 1},
+                "spec": {"selector": {}, "template": {}},
+                "status": {"observedGeneration": 1, "desiredNumberScheduled": 2, "currentNumberScheduled": 2,
+                           "numberMisscheduled": 0, "numberReady": 2, "updatedNumberScheduled": updated},
+            }))
+            .expect("daemonset literal")
+        };
+        assert!(WorkloadView::from_daemon_set(&ds(2)).settled);
+        assert!(!WorkloadView::from_daemon_set(&ds(1)).settled);
+        assert_eq!(WorkloadView::from_daemon_set(&ds(2)).desired_replicas, 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! Every write the controller makes, in one place: each is a single atomic request, counted in
+//! the `api_writes` metric, under our field manager.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use serde_json::json;
+
+use super::Context;
+use super::workload::{WorkloadKey, WorkloadKind};
+use crate::FIELD_MANAGER;
+
+/// A JSON patch whose `test` op failed: someone else changed the pod since we read it.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422 && s.message.contains("test"))
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+impl Context {
+    /// Applies a JSON patch (`test` + `replace` + state annotation) to a pod.
+    pub async fn patch_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: json_patch::Patch,
+    ) -> kube::Result<Pod> {
+        self.metrics.write("patch", "pods");
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .patch(name, &params(), &Patch::<()>::Json(patch))
+            .await
+    }
+
+    /// Patches `pods/status` with a strategic-merge body (conditions merge by `type`, so the
+    /// kubelet's conditions are left alone).
+    pub async fn patch_pod_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: serde_json::Value,
+    ) -> kube::Result<Pod> {
+        self.metrics.write("patch", "pods/status");
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .patch_status(name, &params(), &Patch::Strategic(body))
+            .await
+    }
+
+    /// Sets (or removes, with `None`) one annotation on a workload with a JSON merge patch.
+    pub async fn annotate_workload(
+        &self,
+        key: &WorkloadKey,
+        annotation: &str,
+        value: Option<&str>,
+    ) -> kube::Result<()> {
+        self.metrics.write("patch", "workloads");
+        let body = Patch::Merge(json!({ "metadata": { "annotations": { annotation: value } } }));
+        let c = self.client.clone();
+        let ns = &key.namespace;
+        let p = params();
+        match key.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(c, ns)
+                .patch(&key.name, &p, &body)
+                .await
+                .map(drop),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(c, ns)
+                .patch(&key.name, &p, &body)
+                .await
+                .map(drop),
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(c, ns)
+                .patch(&key.name, &p, &body)
+                .await
+                .map(drop),
+            WorkloadKind::ReplicaSet => Api::<ReplicaSet>::namespaced(c, ns)
+                .patch(&key.name, &p, &body)
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
+    pub async fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
+        self.metrics.write("create", "events");
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::warn!(error = %e, reason, "could not publish Event");
+        }
+    }
+}

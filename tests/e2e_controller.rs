@@ -1,0 +1,970 @@
+//! End-to-end: the controller against a real kube-apiserver and kube-controller-manager with
+//! the simulated kubelet (tests/testenv). One control plane and one controller per test binary;
+//! each test has its own namespace and its own InPlaceUpgradePolicy selecting only that
+//! namespace, so tests run in parallel without seeing each other.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use inplace_upgrade::controller::{self, Settings};
+use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testenv::{TestEnv, wait_for};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
+const NEW_PROXY: &str = "registry.istio.io/testing/proxyv2:1.24.2";
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("test object literal matches its Kubernetes type")
+}
+
+/// Installs the CRD and starts one controller for the whole test binary, on a thread and
+/// runtime of its own that live as long as the process.
+fn shared_controller() -> AnyResult<&'static TestEnv> {
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    let env = TestEnv::shared()?;
+    STARTED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => return drop(tx.send(Err(e.to_string()))),
+                };
+                let started = runtime.block_on(async move {
+                    let client = env.client().map_err(|e| e.to_string())?;
+                    install(&client).await.map_err(|e| e.to_string())?;
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    let settings = Settings {
+                        namespace: CONTROLLER_NAMESPACE.into(),
+                        identity: "e2e-controller".into(),
+                        concurrency: 8,
+                    };
+                    let handle = controller::start(client, settings, &mut registry);
+                    let mut leading = handle.leading.clone();
+                    leading.wait_for(|l| *l).await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(handle)
+                });
+                let ok = started.is_ok();
+                let _ = tx.send(started.map(drop));
+                if ok {
+                    runtime.block_on(std::future::pending::<()>());
+                }
+            });
+            rx.recv()
+                .map_err(|_| "the controller thread died".to_string())?
+        })
+        .clone()
+        .map_err(|e| format!("starting the controller: {e}"))?;
+    Ok(env)
+}
+
+async fn install(client: &Client) -> AnyResult<()> {
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&inplace_upgrade::policy::crd_yaml()?)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ssa = PatchParams::apply("e2e").force();
+    crds.patch(&crd.name_any(), &ssa, &Patch::Apply(&crd))
+        .await?;
+    wait_for(
+        &crds,
+        &crd.name_any(),
+        "CRD Established",
+        |c: &CustomResourceDefinition| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await?;
+    let ns: Namespace = obj(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}));
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// A namespace of its own and a policy that selects exactly it.
+async fn setup(prefix: &str, policy: Value) -> AnyResult<(Client, String)> {
+    let env = shared_controller()?;
+    let ns = env.namespace(prefix).await?;
+    let client = env.client()?;
+    let mut spec = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        "drain": {"gracePeriodSeconds": 0, "timeoutSeconds": 60},
+        "readyTimeoutSeconds": 60,
+    });
+    merge(&mut spec, policy);
+    let policy: InPlaceUpgradePolicy = obj(json!({
+        "apiVersion": "inplace-upgrade.io/v1alpha1",
+        "kind": "InPlaceUpgradePolicy",
+        "metadata": {"name": ns},
+        "spec": spec,
+    }));
+    Api::<InPlaceUpgradePolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok((client, ns))
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+fn fixture(name: &str) -> AnyResult<Vec<Value>> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/istio")
+        .join(name);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "fixture {} is unreadable ({e}); shared/ must sit next to the repository",
+            path.display()
+        )
+    })?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        docs.push(<Value as serde::Deserialize>::deserialize(doc)?);
+    }
+    Ok(docs)
+}
+
+/// The first object of `kind` in a fixture, ready to create in a test namespace: status and
+/// server-set metadata dropped, `replicas` set (when given), and, when `gated`, our readiness
+/// gate in its pod template (as the webhook would inject it into each pod).
+fn fixture_workload<K: serde::de::DeserializeOwned>(
+    file: &str,
+    kind: &str,
+    replicas: Option<i32>,
+    gated: bool,
+) -> AnyResult<K> {
+    let mut w = fixture(file)?
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .ok_or(format!("{file} has no {kind}"))?;
+    if let Some(r) = replicas {
+        w["spec"]["replicas"] = json!(r);
+    }
+    if gated {
+        w["spec"]["template"]["spec"]["readinessGates"] =
+            json!([{"conditionType": "inplace-upgrade.io/ready"}]);
+    }
+    if let Some(o) = w.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(m) = w["metadata"].as_object_mut() {
+        m.remove("namespace");
+        m.remove("creationTimestamp");
+    }
+    Ok(serde_json::from_value(w)?)
+}
+
+fn hello_deployment(file: &str, replicas: i32, gated: bool) -> AnyResult<Deployment> {
+    fixture_workload(file, "Deployment", Some(replicas), gated)
+}
+
+async fn create_service(client: &Client, ns: &str, app: &str) -> AnyResult<()> {
+    let svc: Service = obj(json!({
+        "metadata": {"name": app},
+        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 80}]},
+    }));
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    Ok(())
+}
+
+fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    let s = pod.status.as_ref()?;
+    s.container_statuses
+        .iter()
+        .chain(s.init_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+}
+
+fn spec_image(pod: &Pod, name: &str) -> Option<String> {
+    let s = pod.spec.as_ref()?;
+    s.containers
+        .iter()
+        .chain(s.init_containers.iter().flatten())
+        .find(|c| c.name == name)?
+        .image
+        .clone()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn workload_status(annotations: &BTreeMap<String, String>) -> Option<Value> {
+    serde_json::from_str(annotations.get(STATUS_ANNOTATION)?).ok()
+}
+
+async fn await_deployment_ready(api: &Api<Deployment>, name: &str, replicas: i32) -> AnyResult<()> {
+    wait_for(
+        api,
+        name,
+        &format!("Deployment {name} with {replicas} ready replicas"),
+        |d: &Deployment| {
+            d.status.as_ref().is_some_and(|s| {
+                s.ready_replicas == Some(replicas) && s.updated_replicas == Some(replicas)
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until the workload's status reports `phase` for the target `target` (as written).
+async fn await_phase<K>(api: &Api<K>, name: &str, target: &str, phase: &str) -> AnyResult<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    Ok(wait_for(
+        api,
+        name,
+        &format!("{} {name} status phase {phase} for {target}", K::kind(&())),
+        |w: &K| {
+            workload_status(w.annotations())
+                .is_some_and(|s| s["phase"] == phase && s["target"] == target)
+        },
+    )
+    .await?)
+}
+
+async fn annotate<K>(api: &Api<K>, name: &str, key: &str, value: &str) -> AnyResult<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// What a watcher saw of the pods and EndpointSlices of one app during a rollout: the most
+/// pods not Ready at once, and per pod the etcd revision at which it left the ready endpoints
+/// and the one at which its image was patched. One etcd serves the test environment, so
+/// resourceVersions of different objects are ordered.
+#[derive(Default, Debug)]
+struct Observed {
+    max_not_ready: usize,
+    not_ready: BTreeSet<String>,
+    left_endpoints_rv: BTreeMap<String, u64>,
+    patched_rv: BTreeMap<String, u64>,
+}
+
+fn rv<K: ResourceExt>(o: &K) -> u64 {
+    o.resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn observe(client: &Client, ns: &str, app: &str, container: &str) -> Arc<Mutex<Observed>> {
+    let seen = Arc::new(Mutex::new(Observed::default()));
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&format!("app={app}")),
+    );
+    let slices = watcher(
+        Api::<EndpointSlice>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={app}")),
+    );
+    let s = seen.clone();
+    let container = container.to_string();
+    let mut images: BTreeMap<String, String> = BTreeMap::new();
+    tokio::spawn(async move {
+        let mut pods = pods.boxed();
+        let mut slices = slices.boxed();
+        loop {
+            tokio::select! {
+                ev = pods.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                        let mut o = s.lock().unwrap();
+                        let name = p.name_any();
+                        if p.metadata.deletion_timestamp.is_none() && !is_ready(&p) {
+                            o.not_ready.insert(name.clone());
+                        } else {
+                            o.not_ready.remove(&name);
+                        }
+                        o.max_not_ready = o.max_not_ready.max(o.not_ready.len());
+                        let image = spec_image(&p, &container).unwrap_or_default();
+                        if images.get(&name).is_some_and(|old| *old != image) {
+                            o.patched_rv.entry(name.clone()).or_insert(rv(&p));
+                        }
+                        images.insert(name, image);
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                ev = slices.next() => match ev {
+                    Some(Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice))) => {
+                        let mut o = s.lock().unwrap();
+                        for e in &slice.endpoints {
+                            let Some(name) = e.target_ref.as_ref().and_then(|t| t.name.clone()) else { continue };
+                            if !e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
+                                o.left_endpoints_rv.entry(name).or_insert(rv(&slice));
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+            }
+        }
+    });
+    seen
+}
+
+struct PodFacts {
+    uid: String,
+    ip: String,
+    node: String,
+    proxy_id: Option<String>,
+    proxy_restarts: i32,
+    app_id: Option<String>,
+}
+
+fn facts(pod: &Pod, proxy: &str, app: &str) -> PodFacts {
+    let st = pod.status.clone().unwrap_or_default();
+    PodFacts {
+        uid: pod.uid().unwrap_or_default(),
+        ip: st.pod_ip.unwrap_or_default(),
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        proxy_id: status_of(pod, proxy).and_then(|c| c.container_id.clone()),
+        proxy_restarts: status_of(pod, proxy).map_or(0, |c| c.restart_count),
+        app_id: status_of(pod, app).and_then(|c| c.container_id.clone()),
+    }
+}
+
+async fn pods_by_name(client: &Client, ns: &str, app: &str) -> AnyResult<BTreeMap<String, Pod>> {
+    let list = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.name_any(), p))
+        .collect())
+}
+
+#[tokio::test]
+async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> TestResult {
+    let (client, ns) = setup("rollout", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    create_service(&client, &ns, "hello").await?;
+    // The gate is in the template, as the webhook would add it: the controller must admit the
+    // new pods (condition True) or the Deployment never becomes ready.
+    let d = hello_deployment("hello-old-version.yaml.injected", 3, true)?;
+    deployments.create(&PostParams::default(), &d).await?;
+    await_deployment_ready(&deployments, "hello", 3).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    assert_eq!(before.len(), 3);
+
+    let seen = observe(&client, &ns, "hello", "istio-proxy");
+    annotate(
+        &deployments,
+        "hello",
+        TARGETS_ANNOTATION,
+        "istio-proxy=proxyv2:1.24.2",
+    )
+    .await?;
+    let done = await_phase(
+        &deployments,
+        "hello",
+        "istio-proxy=proxyv2:1.24.2",
+        "Completed",
+    )
+    .await?;
+    let status: Value = serde_json::from_str(&done.annotations()[STATUS_ANNOTATION])?;
+    assert_eq!(
+        (status["upgraded"].as_u64(), status["total"].as_u64()),
+        (Some(3), Some(3)),
+        "{status}"
+    );
+    await_deployment_ready(&deployments, "hello", 3).await?;
+
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "no pod was replaced"
+    );
+    for (name, pod) in &after {
+        let (b, a) = (
+            facts(&before[name], "istio-proxy", "hello"),
+            facts(pod, "istio-proxy", "hello"),
+        );
+        assert_eq!(
+            (&a.uid, &a.ip, &a.node),
+            (&b.uid, &b.ip, &b.node),
+            "pod {name} kept its UID, IP and node"
+        );
+        assert_ne!(
+            a.proxy_id, b.proxy_id,
+            "pod {name}: istio-proxy got a new containerID"
+        );
+        assert_eq!(
+            a.proxy_restarts,
+            b.proxy_restarts + 1,
+            "pod {name}: istio-proxy restarted once"
+        );
+        assert_eq!(
+            a.app_id, b.app_id,
+            "pod {name}: the app container did not restart"
+        );
+        // The bare name form kept the registry and path of the running image.
+        assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+        assert_eq!(
+            status_of(pod, "istio-proxy").map(|c| c.image.as_str()),
+            Some(NEW_PROXY)
+        );
+        let state: Value = serde_json::from_str(&pod.annotations()[STATE_ANNOTATION])?;
+        assert_eq!(state["phase"], "Succeeded", "pod {name}: {state}");
+        assert!(is_ready(pod));
+    }
+    let o = seen.lock().unwrap();
+    assert!(
+        o.max_not_ready <= 1,
+        "at most maxUnavailable=1 pod unavailable at once, saw {}",
+        o.max_not_ready
+    );
+    for name in after.keys() {
+        let (left, patched) = (o.left_endpoints_rv.get(name), o.patched_rv.get(name));
+        assert!(
+            matches!((left, patched), (Some(l), Some(p)) if l < p),
+            "pod {name} left the ready endpoints (rv {left:?}) before its image was patched (rv {patched:?})"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for an Event with `reason` about the object `name` in `ns`.
+async fn await_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> AnyResult<k8s_openapi::api::core::v1::Event> {
+    let api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns);
+    let config =
+        watcher::Config::default().fields(&format!("involvedObject.name={name},reason={reason}"));
+    let found = tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        let mut events = watcher(api, config).boxed();
+        while let Some(ev) = events.next().await {
+            if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = ev {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(e)) => Ok(e),
+        _ => Err(format!(
+            "no Event {reason} about {ns}/{name} within {:?}",
+            testenv::WAIT_LIMIT
+        )
+        .into()),
+    }
+}
+
+fn state_phase(pod: &Pod) -> Option<String> {
+    let state: Value = serde_json::from_str(pod.annotations().get(STATE_ANNOTATION)?).ok()?;
+    state["phase"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn native_sidecar_tag_form_upgrades_ungated_pods_and_leaves_istio_init_alone() -> TestResult {
+    let (client, ns) = setup("native", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let d: Deployment = fixture_workload("frontend.yaml.injected", "Deployment", Some(2), false)?;
+    deployments.create(&PostParams::default(), &d).await?;
+    await_deployment_ready(&deployments, "frontend", 2).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+
+    annotate(
+        &deployments,
+        "frontend",
+        TARGETS_ANNOTATION,
+        " istio-proxy = :1.25.0 ",
+    )
+    .await?;
+    let done = await_phase(&deployments, "frontend", "istio-proxy=:1.25.0", "Completed").await?;
+    let status = workload_status(done.annotations()).ok_or("no status")?;
+    assert_eq!(
+        status["ungatedPods"], 2,
+        "pods without our gate are reported: {status}"
+    );
+
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    for (name, pod) in &after {
+        let b = &before[name];
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:1.25.0")
+        );
+        assert!(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .is_some_and(|ics| ics
+                    .iter()
+                    .any(|c| c.name == "istio-proxy"
+                        && c.restart_policy.as_deref() == Some("Always")))
+        );
+        // The run-to-completion init container on the same image is untouched.
+        assert_eq!(spec_image(pod, "istio-init"), spec_image(b, "istio-init"));
+        assert_eq!(
+            status_of(pod, "istio-init").map(|c| &c.container_id),
+            status_of(b, "istio-init").map(|c| &c.container_id)
+        );
+        let (pb, pa) = (
+            status_of(b, "istio-proxy").ok_or("no status")?,
+            status_of(pod, "istio-proxy").ok_or("no status")?,
+        );
+        assert_ne!(
+            pa.container_id, pb.container_id,
+            "{name}: the native sidecar restarted"
+        );
+        assert_eq!(pa.restart_count, pb.restart_count + 1);
+        assert_eq!(
+            status_of(pod, "hello").map(|c| &c.container_id),
+            status_of(b, "hello").map(|c| &c.container_id)
+        );
+        assert_eq!(state_phase(pod).as_deref(), Some("Succeeded"));
+    }
+    Ok(())
+}
+
+/// A target that cannot come up stops the rollout at the first pod, which is rolled back;
+/// no other replica is touched, and the failure is reported on the workload.
+async fn failing_target_rolls_back_one_pod(
+    prefix: &str,
+    tag: &str,
+    reasons: &[&str],
+) -> TestResult {
+    let (client, ns) = setup(prefix, json!({"readyTimeoutSeconds": 5})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    create_service(&client, &ns, "hello").await?;
+    deployments
+        .create(
+            &PostParams::default(),
+            &hello_deployment("hello-old-version.yaml.injected", 3, true)?,
+        )
+        .await?;
+    await_deployment_ready(&deployments, "hello", 3).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let seen = observe(&client, &ns, "hello", "istio-proxy");
+
+    let target = format!("istio-proxy=proxyv2:{tag}");
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, &target).await?;
+    let failed = await_phase(&deployments, "hello", &target, "Failed").await?;
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        reasons.iter().any(|r| message.contains(r)),
+        "one of {reasons:?} is reported: {status}"
+    );
+    assert_eq!(
+        status["failedTargets"][0]["image"],
+        format!("registry.istio.io/testing/proxyv2:{tag}"),
+        "{status}"
+    );
+    await_event(&client, &ns, "hello", "Failed").await?;
+    await_deployment_ready(&deployments, "hello", 3).await?;
+
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    let mut touched = Vec::new();
+    for (name, pod) in &after {
+        let (b, a) = (
+            facts(&before[name], "istio-proxy", "hello"),
+            facts(pod, "istio-proxy", "hello"),
+        );
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:latest"),
+            "{name} runs the previous image"
+        );
+        assert!(is_ready(pod), "{name} is Ready again");
+        if a.proxy_id != b.proxy_id {
+            touched.push(name.clone());
+            assert_eq!(state_phase(pod).as_deref(), Some("RolledBack"), "{name}");
+            await_event(&client, &ns, name, "RollingBack").await?;
+        } else {
+            assert_eq!(a.proxy_restarts, b.proxy_restarts, "{name} untouched");
+            assert!(state_phase(pod).is_none(), "{name} was never patched");
+        }
+    }
+    assert_eq!(touched.len(), 1, "exactly one pod was tried: {touched:?}");
+    assert!(seen.lock().unwrap().max_not_ready <= 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn fail_pull_target_rolls_back_and_stops() -> TestResult {
+    failing_target_rolls_back_one_pod(
+        "failpull",
+        "1.24.2-fail-pull",
+        &["ErrImagePull", "ImagePullBackOff"],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn crashloop_target_rolls_back_and_stops() -> TestResult {
+    failing_target_rolls_back_one_pod("crashloop", "1.24.2-crashloop", &["CrashLoopBackOff"]).await
+}
+
+#[tokio::test]
+async fn never_ready_target_times_out_rolls_back_and_stops() -> TestResult {
+    failing_target_rolls_back_one_pod("neverready", "1.24.2-never-ready", &["ReadyTimeout"]).await
+}
+
+#[tokio::test]
+async fn namespace_annotation_rolls_workloads_within_the_concurrency_limit() -> TestResult {
+    let (client, ns) = setup("nsroll", json!({"maxConcurrentWorkloads": 1})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let names = ["alpha", "beta", "gamma"];
+    for name in names {
+        let mut d = hello_deployment("hello-old-version.yaml.injected", 1, true)?;
+        d.metadata.name = Some(name.into());
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+    for name in names {
+        await_deployment_ready(&deployments, name, 1).await?;
+    }
+    // Record the most workloads rolling at once, from their status annotations.
+    let most = Arc::new(Mutex::new(0usize));
+    let (m, api) = (most.clone(), deployments.clone());
+    let watch = tokio::spawn(async move {
+        let mut phases: BTreeMap<String, String> = BTreeMap::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev {
+                let phase = workload_status(d.annotations())
+                    .and_then(|s| s["phase"].as_str().map(str::to_string));
+                phases.insert(d.name_any(), phase.unwrap_or_default());
+                let rolling = phases.values().filter(|p| *p == "Progressing").count();
+                let mut m = m.lock().unwrap();
+                *m = (*m).max(rolling);
+            }
+        }
+    });
+    let target = "istio-proxy=proxyv2:1.24.2";
+    let namespaces = Api::<Namespace>::all(client.clone());
+    annotate(&namespaces, &ns, TARGETS_ANNOTATION, target).await?;
+    for name in names {
+        let d = await_phase(&deployments, name, target, "Completed").await?;
+        assert_eq!(
+            workload_status(d.annotations()).ok_or("no status")?["source"],
+            "Namespace"
+        );
+    }
+    watch.abort();
+    assert_eq!(
+        *most.lock().unwrap(),
+        1,
+        "maxConcurrentWorkloads=1: one workload rolled at a time"
+    );
+    for pod in pods_by_name(&client, &ns, "hello").await?.values() {
+        assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_namespace_target_does_not_spread_to_other_workloads() -> TestResult {
+    let (client, ns) = setup(
+        "nsfail",
+        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5}),
+    )
+    .await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    for name in ["one", "two"] {
+        let mut d = hello_deployment("hello-old-version.yaml.injected", 1, true)?;
+        d.metadata.name = Some(name.into());
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+    for name in ["one", "two"] {
+        await_deployment_ready(&deployments, name, 1).await?;
+    }
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    annotate(
+        &Api::<Namespace>::all(client.clone()),
+        &ns,
+        TARGETS_ANNOTATION,
+        target,
+    )
+    .await?;
+    for name in ["one", "two"] {
+        await_phase(&deployments, name, target, "Failed").await?;
+    }
+    for name in ["one", "two"] {
+        await_deployment_ready(&deployments, name, 1).await?;
+    }
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    let tried = after
+        .iter()
+        .filter(|(n, p)| {
+            facts(p, "istio-proxy", "hello").proxy_id
+                != facts(&before[*n], "istio-proxy", "hello").proxy_id
+        })
+        .count();
+    assert_eq!(tried, 1, "the failed target was tried on one workload only");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stateful_set_and_daemon_set_are_upgraded_in_place() -> TestResult {
+    use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+    let (client, ns) = setup("sts-ds", json!({})).await?;
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let ds_api = Api::<DaemonSet>::namespaced(client.clone(), &ns);
+    let mut sts: StatefulSet =
+        fixture_workload("statefulset.yaml.injected", "StatefulSet", Some(2), true)?;
+    sts.metadata.name = Some("web".into());
+    let mut ds: DaemonSet = fixture_workload(
+        "daemonset-old-version.yaml.injected",
+        "DaemonSet",
+        None,
+        false,
+    )?;
+    ds.metadata.name = Some("agent".into());
+    // Distinct pod labels, so each workload's pods can be told apart.
+    for (labels, app) in [
+        (
+            sts.spec
+                .as_mut()
+                .and_then(|s| s.template.metadata.as_mut())
+                .and_then(|m| m.labels.as_mut()),
+            "web",
+        ),
+        (
+            ds.spec
+                .as_mut()
+                .and_then(|s| s.template.metadata.as_mut())
+                .and_then(|m| m.labels.as_mut()),
+            "agent",
+        ),
+    ] {
+        labels
+            .ok_or("template without labels")?
+            .insert("app".into(), app.into());
+    }
+    sts.spec.as_mut().ok_or("no spec")?.selector = obj(json!({"matchLabels": {"app": "web"}}));
+    ds.spec.as_mut().ok_or("no spec")?.selector = obj(json!({"matchLabels": {"app": "agent"}}));
+    sts_api.create(&PostParams::default(), &sts).await?;
+    ds_api.create(&PostParams::default(), &ds).await?;
+    let nodes = TestEnv::shared()?.nodes().len() as i32;
+    wait_for(
+        &sts_api,
+        "web",
+        "StatefulSet web ready",
+        |s: &StatefulSet| {
+            s.status
+                .as_ref()
+                .is_some_and(|s| s.ready_replicas == Some(2))
+        },
+    )
+    .await?;
+    wait_for(
+        &ds_api,
+        "agent",
+        "DaemonSet agent ready",
+        |d: &DaemonSet| {
+            d.status
+                .as_ref()
+                .is_some_and(|s| s.number_ready == nodes && s.desired_number_scheduled == nodes)
+        },
+    )
+    .await?;
+    let before_web = pods_by_name(&client, &ns, "web").await?;
+    let before_agent = pods_by_name(&client, &ns, "agent").await?;
+
+    let target = "istio-proxy=proxyv2:1.24.2";
+    annotate(&sts_api, "web", TARGETS_ANNOTATION, target).await?;
+    annotate(&ds_api, "agent", TARGETS_ANNOTATION, target).await?;
+    await_phase(&sts_api, "web", target, "Completed").await?;
+    await_phase(&ds_api, "agent", target, "Completed").await?;
+    for (app, before) in [("web", before_web), ("agent", before_agent)] {
+        let after = pods_by_name(&client, &ns, app).await?;
+        assert_eq!(after.len(), before.len(), "{app}");
+        for (name, pod) in &after {
+            let (b, a) = (
+                facts(&before[name], "istio-proxy", "hello"),
+                facts(pod, "istio-proxy", "hello"),
+            );
+            assert_eq!(
+                (&a.uid, &a.ip, &a.node),
+                (&b.uid, &b.ip, &b.node),
+                "{app} pod {name} stayed"
+            );
+            assert_ne!(
+                a.proxy_id, b.proxy_id,
+                "{app} pod {name} restarted istio-proxy"
+            );
+            assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pause_holds_the_rollout_until_resumed() -> TestResult {
+    let (client, ns) = setup("pause", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
+        )
+        .await?;
+    await_deployment_ready(&deployments, "hello", 2).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let target = "istio-proxy=proxyv2:1.24.2";
+    annotate(&deployments, "hello", "inplace-upgrade.io/paused", "true").await?;
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+    await_phase(&deployments, "hello", target, "Paused").await?;
+    for (name, pod) in pods_by_name(&client, &ns, "hello").await? {
+        assert_eq!(
+            spec_image(&pod, "istio-proxy"),
+            spec_image(&before[&name], "istio-proxy"),
+            "paused: {name} untouched"
+        );
+    }
+    annotate(&deployments, "hello", "inplace-upgrade.io/paused", "false").await?;
+    await_phase(&deployments, "hello", target, "Completed").await?;
+    for pod in pods_by_name(&client, &ns, "hello").await?.values() {
+        assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn annotation_changed_mid_rollout_converges_to_the_newest_target() -> TestResult {
+    let (client, ns) = setup("retarget", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &hello_deployment("hello-old-version.yaml.injected", 3, true)?,
+        )
+        .await?;
+    await_deployment_ready(&deployments, "hello", 3).await?;
+    annotate(
+        &deployments,
+        "hello",
+        TARGETS_ANNOTATION,
+        "istio-proxy=proxyv2:1.24.2",
+    )
+    .await?;
+    // As soon as one pod has been patched toward the first target, change the annotation.
+    testenv::wait_list(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("app=hello"),
+        "a pod patched to 1.24.2",
+        |pods: &[Pod]| {
+            pods.iter()
+                .any(|p| spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY))
+        },
+    )
+    .await?;
+    let newest = "istio-proxy=proxyv2:1.25.0";
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, newest).await?;
+    await_phase(&deployments, "hello", newest, "Completed").await?;
+    await_deployment_ready(&deployments, "hello", 3).await?;
+    for pod in pods_by_name(&client, &ns, "hello").await?.values() {
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:1.25.0")
+        );
+        assert_eq!(
+            status_of(pod, "istio-proxy").map(|c| c.image.as_str()),
+            Some("registry.istio.io/testing/proxyv2:1.25.0")
+        );
+        assert!(is_ready(pod));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_no_policy_selects_is_left_alone_and_told_why() -> TestResult {
+    let env = shared_controller()?;
+    let ns = env.namespace("nopolicy").await?;
+    let client = env.client()?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &hello_deployment("hello-old-version.yaml.injected", 1, false)?,
+        )
+        .await?;
+    await_deployment_ready(&deployments, "hello", 1).await?;
+    let target = "istio-proxy=proxyv2:1.24.2";
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+    await_phase(&deployments, "hello", target, "NoPolicy").await?;
+    let event = await_event(&client, &ns, "hello", "NoPolicy").await?;
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no InPlaceUpgradePolicy")),
+        "{event:?}"
+    );
+    for pod in pods_by_name(&client, &ns, "hello").await?.values() {
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:latest")
+        );
+    }
+    Ok(())
+}
