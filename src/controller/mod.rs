@@ -111,6 +111,8 @@ impl Context {
 pub struct Handle {
     synced: Arc<AtomicBool>,
     pub leading: watch::Receiver<bool>,
+    /// The controller's caches, for a webhook served from the same process.
+    pub cache: Cache,
 }
 
 impl Handle {
@@ -150,6 +152,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let handle = Handle {
         synced: synced.clone(),
         leading: leading.clone(),
+        cache: cache.clone(),
     };
     tokio::spawn(async move {
         cache.synced().await;
