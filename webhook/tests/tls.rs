@@ -734,3 +734,23 @@ fn missing_then_written_files_are_reported_once_then_loaded() {
         der(&serving)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let pki = Pki::new();
+    let server = Server::start(loaded(pki.serving()), Router::new()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let started = Instant::now();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buffer))
+        .await
+        .expect("the server closes the connection well before 20 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The test server's handshake timeout is 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
