@@ -285,7 +285,7 @@ async fn event_sink(client: Client, mut rx: mpsc::Receiver<EventRequest>) {
     let mut inflight = FuturesUnordered::new();
     loop {
         tokio::select! {
-            Some(req) = rx.recv(), if inflight.len() < 8 => {
+            Some(req) = rx.recv(), if inflight.len() < 32 => {
                 let client = client.clone();
                 inflight.push(async move {
                     let ns = req.pod.namespace().unwrap_or_default();

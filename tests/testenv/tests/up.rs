@@ -27,7 +27,10 @@ impl Drop for Up {
 }
 
 fn up(dir: &Path) -> Result<Up, Box<dyn std::error::Error>> {
+    // Resolve (or build) the binaries once here, so two harnesses never run build.sh at once.
+    let bin = testenv::binaries()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_testenv"))
+        .env(testenv::BIN_ENV, bin)
         .args(["up", "--nodes", "1", "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
