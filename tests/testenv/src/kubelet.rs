@@ -438,7 +438,22 @@ impl Dispatcher {
         let gated = spec
             .and_then(|s| s.scheduling_gates.as_ref())
             .is_some_and(|g| !g.is_empty());
-        if scheduler != SCHEDULER || gated || pod.metadata.deletion_timestamp.is_some() {
+        // The nodes never change, so a pod found unschedulable stays so: do not retry (and
+        // rewrite its condition) on every event.
+        let unschedulable = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable")
+                })
+            });
+        if scheduler != SCHEDULER
+            || gated
+            || unschedulable
+            || pod.metadata.deletion_timestamp.is_some()
+        {
             return;
         }
         let uid = pod.metadata.uid.clone().unwrap_or_default();

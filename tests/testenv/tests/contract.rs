@@ -735,3 +735,131 @@ async fn ready_transition_time_is_stable_across_unrelated_status_writes() -> Tes
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn retag_to_the_same_digest_still_restarts_the_container() -> TestResult {
+    let (client, ns) = setup("retag").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "proxyv2:1.24.2--b7"}]}}),
+    )
+    .await?;
+    let before = await_ready(&api, "p").await?;
+    let old = status_of(&before, "app").ok_or("no app status")?.clone();
+    patch_image(
+        &api,
+        "p",
+        "/spec/containers/0/image",
+        "proxyv2:1.24.2--b7",
+        "proxyv2:stable--b7",
+    )
+    .await?;
+    let after = wait_for(
+        &api,
+        "p",
+        "app restarted on proxyv2:stable--b7 and Ready",
+        |p: &Pod| {
+            status_of(p, "app").is_some_and(|c| c.container_id != old.container_id && c.ready)
+                && is_true(p, "Ready")
+        },
+    )
+    .await?;
+    let app = status_of(&after, "app").ok_or("no app status")?;
+    assert_eq!(app.image_id, old.image_id, "a retag keeps the digest");
+    assert_eq!(app.image, "proxyv2:stable--b7");
+    assert_eq!(app.restart_count, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn statefulset_and_pod_disruption_budget_controllers_run() -> TestResult {
+    let (client, ns) = setup("sts").await?;
+    let text = std::fs::read_to_string(fixture("statefulset.yaml.injected")?)?;
+    let mut sts: Option<Value> = None;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if v["kind"] == "StatefulSet" {
+            sts = Some(v);
+            break;
+        }
+    }
+    let sts: k8s_openapi::api::apps::v1::StatefulSet =
+        obj(sts.ok_or("the fixture has no StatefulSet")?);
+    let name = sts.name_any();
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let selector = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .ok_or("no selector")?;
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sts)
+        .await?;
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = obj(json!({
+        "metadata": {"name": name},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }));
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pdb)
+        .await?;
+    wait_for(
+        &Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), &ns),
+        &name,
+        &format!("StatefulSet {name} with {replicas} ready replicas"),
+        |s: &k8s_openapi::api::apps::v1::StatefulSet| {
+            s.status.as_ref().and_then(|st| st.ready_replicas) == Some(replicas)
+        },
+    )
+    .await?;
+    wait_for(
+        &Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        &name,
+        &format!("PodDisruptionBudget {name} counting {replicas} healthy pods"),
+        |p: &k8s_openapi::api::policy::v1::PodDisruptionBudget| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.current_healthy == replicas && s.disruptions_allowed == 1)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_no_node_fits_is_unschedulable() -> TestResult {
+    let (client, ns) = setup("unschedulable").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "nowhere"}, "spec": {"nodeSelector": {"example.com/gpu": "true"},
+            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+    )
+    .await?;
+    let pod = wait_for(
+        &api,
+        "nowhere",
+        "pod nowhere PodScheduled=False",
+        |p: &Pod| condition(p, "PodScheduled").is_some_and(|(s, _)| s == "False"),
+    )
+    .await?;
+    assert!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_none()
+    );
+    let reason = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .and_then(|c| c.reason.clone())
+        });
+    assert_eq!(reason.as_deref(), Some("Unschedulable"));
+    Ok(())
+}
