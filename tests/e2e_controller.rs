@@ -3,32 +3,23 @@
 //! each test has its own namespace and its own InPlaceUpgradePolicy selecting only that
 //! namespace, so tests run in parallel without seeing each other.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use common::*;
 use futures::StreamExt;
 use inplace_upgrade::controller::{self, Settings};
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
-const NEW_PROXY: &str = "registry.istio.io/testing/proxyv2:1.24.2";
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("test object literal matches its Kubernetes type")
-}
 
 /// Installs the CRD and starts one controller for the whole test binary, on a thread and
 /// runtime of its own that live as long as the process.
@@ -75,320 +66,13 @@ fn shared_controller() -> AnyResult<&'static TestEnv> {
     Ok(env)
 }
 
-async fn install(client: &Client) -> AnyResult<()> {
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&inplace_upgrade::policy::crd_yaml()?)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let ssa = PatchParams::apply("e2e").force();
-    crds.patch(&crd.name_any(), &ssa, &Patch::Apply(&crd))
-        .await?;
-    wait_for(
-        &crds,
-        &crd.name_any(),
-        "CRD Established",
-        |c: &CustomResourceDefinition| {
-            c.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await?;
-    let ns: Namespace = obj(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}));
-    match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
-}
-
 /// A namespace of its own and a policy that selects exactly it.
 async fn setup(prefix: &str, policy: Value) -> AnyResult<(Client, String)> {
     let env = shared_controller()?;
     let ns = env.namespace(prefix).await?;
     let client = env.client()?;
-    let mut spec = json!({
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-        "drain": {"gracePeriodSeconds": 0, "timeoutSeconds": 60},
-        "readyTimeoutSeconds": 60,
-    });
-    merge(&mut spec, policy);
-    let policy: InPlaceUpgradePolicy = obj(json!({
-        "apiVersion": "inplace-upgrade.io/v1alpha1",
-        "kind": "InPlaceUpgradePolicy",
-        "metadata": {"name": ns},
-        "spec": spec,
-    }));
-    Api::<InPlaceUpgradePolicy>::all(client.clone())
-        .create(&PostParams::default(), &policy)
-        .await?;
+    create_policy(&client, &ns, policy).await?;
     Ok((client, ns))
-}
-
-fn merge(into: &mut Value, from: Value) {
-    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
-        for (k, v) in b {
-            a.insert(k, v);
-        }
-    }
-}
-
-fn fixture(name: &str) -> AnyResult<Vec<Value>> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/istio")
-        .join(name);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "fixture {} is unreadable ({e}); shared/ must sit next to the repository",
-            path.display()
-        )
-    })?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        docs.push(<Value as serde::Deserialize>::deserialize(doc)?);
-    }
-    Ok(docs)
-}
-
-/// The first object of `kind` in a fixture, ready to create in a test namespace: status and
-/// server-set metadata dropped, `replicas` set (when given), and, when `gated`, our readiness
-/// gate in its pod template (as the webhook would inject it into each pod).
-fn fixture_workload<K: serde::de::DeserializeOwned>(
-    file: &str,
-    kind: &str,
-    replicas: Option<i32>,
-    gated: bool,
-) -> AnyResult<K> {
-    let mut w = fixture(file)?
-        .into_iter()
-        .find(|d| d["kind"] == kind)
-        .ok_or(format!("{file} has no {kind}"))?;
-    if let Some(r) = replicas {
-        w["spec"]["replicas"] = json!(r);
-    }
-    if gated {
-        w["spec"]["template"]["spec"]["readinessGates"] =
-            json!([{"conditionType": "inplace-upgrade.io/ready"}]);
-    }
-    if let Some(o) = w.as_object_mut() {
-        o.remove("status");
-    }
-    if let Some(m) = w["metadata"].as_object_mut() {
-        m.remove("namespace");
-        m.remove("creationTimestamp");
-    }
-    Ok(serde_json::from_value(w)?)
-}
-
-fn hello_deployment(file: &str, replicas: i32, gated: bool) -> AnyResult<Deployment> {
-    fixture_workload(file, "Deployment", Some(replicas), gated)
-}
-
-async fn create_service(client: &Client, ns: &str, app: &str) -> AnyResult<()> {
-    let svc: Service = obj(json!({
-        "metadata": {"name": app},
-        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 80}]},
-    }));
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await?;
-    Ok(())
-}
-
-fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    let s = pod.status.as_ref()?;
-    s.container_statuses
-        .iter()
-        .chain(s.init_container_statuses.iter())
-        .flatten()
-        .find(|c| c.name == name)
-}
-
-fn spec_image(pod: &Pod, name: &str) -> Option<String> {
-    let s = pod.spec.as_ref()?;
-    s.containers
-        .iter()
-        .chain(s.init_containers.iter().flatten())
-        .find(|c| c.name == name)?
-        .image
-        .clone()
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn workload_status(annotations: &BTreeMap<String, String>) -> Option<Value> {
-    serde_json::from_str(annotations.get(STATUS_ANNOTATION)?).ok()
-}
-
-async fn await_deployment_ready(api: &Api<Deployment>, name: &str, replicas: i32) -> AnyResult<()> {
-    wait_for(
-        api,
-        name,
-        &format!("Deployment {name} with {replicas} ready replicas"),
-        |d: &Deployment| {
-            d.status.as_ref().is_some_and(|s| {
-                s.ready_replicas == Some(replicas) && s.updated_replicas == Some(replicas)
-            })
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-/// Waits until the workload's status reports `phase` for the target `target` (as written).
-async fn await_phase<K>(api: &Api<K>, name: &str, target: &str, phase: &str) -> AnyResult<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    Ok(wait_for(
-        api,
-        name,
-        &format!("{} {name} status phase {phase} for {target}", K::kind(&())),
-        |w: &K| {
-            workload_status(w.annotations())
-                .is_some_and(|s| s["phase"] == phase && s["target"] == target)
-        },
-    )
-    .await?)
-}
-
-async fn annotate<K>(api: &Api<K>, name: &str, key: &str, value: &str) -> AnyResult<()>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// What a watcher saw of the pods and EndpointSlices of one app during a rollout: the most
-/// pods not Ready at once, and per pod the etcd revision at which it left the ready endpoints
-/// and the one at which its image was patched. One etcd serves the test environment, so
-/// resourceVersions of different objects are ordered.
-#[derive(Default, Debug)]
-struct Observed {
-    max_not_ready: usize,
-    not_ready: BTreeSet<String>,
-    left_endpoints_rv: BTreeMap<String, u64>,
-    patched_rv: BTreeMap<String, u64>,
-}
-
-fn rv<K: ResourceExt>(o: &K) -> u64 {
-    o.resource_version()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn observe(client: &Client, ns: &str, app: &str, container: &str) -> Arc<Mutex<Observed>> {
-    let seen = Arc::new(Mutex::new(Observed::default()));
-    let pods = watcher(
-        Api::<Pod>::namespaced(client.clone(), ns),
-        watcher::Config::default().labels(&format!("app={app}")),
-    );
-    let slices = watcher(
-        Api::<EndpointSlice>::namespaced(client.clone(), ns),
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={app}")),
-    );
-    let s = seen.clone();
-    let container = container.to_string();
-    let mut images: BTreeMap<String, String> = BTreeMap::new();
-    tokio::spawn(async move {
-        let mut pods = pods.boxed();
-        let mut slices = slices.boxed();
-        loop {
-            tokio::select! {
-                ev = pods.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
-                        let mut o = s.lock().unwrap();
-                        let name = p.name_any();
-                        if p.metadata.deletion_timestamp.is_none() && !is_ready(&p) {
-                            o.not_ready.insert(name.clone());
-                        } else {
-                            o.not_ready.remove(&name);
-                        }
-                        o.max_not_ready = o.max_not_ready.max(o.not_ready.len());
-                        let image = spec_image(&p, &container).unwrap_or_default();
-                        if images.get(&name).is_some_and(|old| *old != image) {
-                            o.patched_rv.entry(name.clone()).or_insert(rv(&p));
-                        }
-                        images.insert(name, image);
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                ev = slices.next() => match ev {
-                    Some(Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice))) => {
-                        let mut o = s.lock().unwrap();
-                        for e in &slice.endpoints {
-                            let Some(name) = e.target_ref.as_ref().and_then(|t| t.name.clone()) else { continue };
-                            if !e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
-                                o.left_endpoints_rv.entry(name).or_insert(rv(&slice));
-                            }
-                        }
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-            }
-        }
-    });
-    seen
-}
-
-struct PodFacts {
-    uid: String,
-    ip: String,
-    node: String,
-    proxy_id: Option<String>,
-    proxy_restarts: i32,
-    app_id: Option<String>,
-}
-
-fn facts(pod: &Pod, proxy: &str, app: &str) -> PodFacts {
-    let st = pod.status.clone().unwrap_or_default();
-    PodFacts {
-        uid: pod.uid().unwrap_or_default(),
-        ip: st.pod_ip.unwrap_or_default(),
-        node: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        proxy_id: status_of(pod, proxy).and_then(|c| c.container_id.clone()),
-        proxy_restarts: status_of(pod, proxy).map_or(0, |c| c.restart_count),
-        app_id: status_of(pod, app).and_then(|c| c.container_id.clone()),
-    }
-}
-
-async fn pods_by_name(client: &Client, ns: &str, app: &str) -> AnyResult<BTreeMap<String, Pod>> {
-    let list = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| (p.name_any(), p))
-        .collect())
 }
 
 #[tokio::test]
@@ -466,6 +150,19 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
         assert_eq!(state["phase"], "Succeeded", "pod {name}: {state}");
         assert!(is_ready(pod));
     }
+    // The policy reports what it governs.
+    let policies = Api::<InPlaceUpgradePolicy>::all(client.clone());
+    wait_for(
+        &policies,
+        &ns,
+        "policy status: 1 workload matched, none rolling",
+        |p: &InPlaceUpgradePolicy| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.matched_workloads == Some(1) && s.rolling_workloads.is_empty())
+        },
+    )
+    .await?;
     let o = seen.lock().unwrap();
     assert!(
         o.max_not_ready <= 1,
@@ -480,41 +177,6 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
         );
     }
     Ok(())
-}
-
-/// Waits for an Event with `reason` about the object `name` in `ns`.
-async fn await_event(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    reason: &str,
-) -> AnyResult<k8s_openapi::api::core::v1::Event> {
-    let api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns);
-    let config =
-        watcher::Config::default().fields(&format!("involvedObject.name={name},reason={reason}"));
-    let found = tokio::time::timeout(testenv::WAIT_LIMIT, async {
-        let mut events = watcher(api, config).boxed();
-        while let Some(ev) = events.next().await {
-            if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = ev {
-                return Some(e);
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(e)) => Ok(e),
-        _ => Err(format!(
-            "no Event {reason} about {ns}/{name} within {:?}",
-            testenv::WAIT_LIMIT
-        )
-        .into()),
-    }
-}
-
-fn state_phase(pod: &Pod) -> Option<String> {
-    let state: Value = serde_json::from_str(pod.annotations().get(STATE_ANNOTATION)?).ok()?;
-    state["phase"].as_str().map(str::to_string)
 }
 
 #[tokio::test]
@@ -619,6 +281,19 @@ async fn failing_target_rolls_back_one_pod(
         "{status}"
     );
     await_event(&client, &ns, "hello", "Failed").await?;
+    let policies = Api::<InPlaceUpgradePolicy>::all(client.clone());
+    let failed_name = format!("{ns}/Deployment/hello");
+    wait_for(
+        &policies,
+        &ns,
+        "policy status lists the failed workload",
+        |p: &InPlaceUpgradePolicy| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.failed_workloads == [failed_name.clone()])
+        },
+    )
+    .await?;
     await_deployment_ready(&deployments, "hello", 3).await?;
 
     let after = pods_by_name(&client, &ns, "hello").await?;

@@ -9,6 +9,7 @@ mod leader;
 mod metrics;
 mod queue;
 mod reconcile;
+mod report;
 mod status;
 mod workload;
 mod writes;
@@ -52,6 +53,8 @@ pub struct Context {
     pub settings: Settings,
     /// Workloads rolling under each policy (`maxConcurrentWorkloads`).
     slots: Mutex<HashMap<String, BTreeSet<WorkloadKey>>>,
+    /// What each policy governs, for its status.
+    report: report::PolicyReport,
 }
 
 impl Context {
@@ -142,6 +145,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         metrics: metrics.clone(),
         settings: settings.clone(),
         slots: Mutex::default(),
+        report: report::PolicyReport::default(),
     });
 
     let (leading_tx, leading) = watch::channel(false);
@@ -189,6 +193,7 @@ async fn lead_while_elected(
         });
         tokio::select! {
             _ = work => return,
+            _ = report::write_policy_statuses(&ctx) => {}
             _ = leading.wait_for(|l| !*l) => {}
         }
         ctx.metrics.leader.set(0);

@@ -106,6 +106,7 @@ async fn reconcile_workload(
 ) -> Result<Option<Duration>, ReconcileError> {
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.release_slot(key);
+        ctx.report.record(key, None);
         return Ok(None);
     };
     let namespace = ctx.cache.namespace(&key.namespace);
@@ -165,6 +166,7 @@ async fn reconcile_workload(
         && previous.is_none()
         && !pods.iter().any(ours)
     {
+        ctx.report.record(key, None);
         return Ok(None); // never annotated, nothing of ours on its pods: not our business
     }
 
@@ -310,6 +312,14 @@ async fn reconcile_workload(
     } else {
         ctx.release_slot(key);
     }
+    ctx.report.record(
+        key,
+        status
+            .policy
+            .as_deref()
+            .map(|p| (p, status.phase))
+            .filter(|_| asked.source.is_some()),
+    );
     if asked.source.is_none() && asked.problem.is_none() {
         // Nothing asked (any more): no progress to report, and a stale record goes.
         if previous.is_some() {
