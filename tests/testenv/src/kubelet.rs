@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -29,6 +29,7 @@ const LEASE_NAMESPACE: &str = "kube-node-lease";
 const LEASE_SECONDS: i32 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const SCHEDULER: &str = "default-scheduler";
+const MAX_CONCURRENT_WRITES: usize = 64;
 
 /// Simulated nodes and their behaviour.
 #[derive(Clone, Debug)]
@@ -229,6 +230,7 @@ pub(crate) fn spawn(
             events,
             workers: HashMap::new(),
             binding: Arc::new(Mutex::new(HashSet::new())),
+            writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
             round_robin: 0,
         }
         .run(),
@@ -342,6 +344,8 @@ struct Dispatcher {
     workers: HashMap<String, mpsc::UnboundedSender<Arc<Pod>>>,
     /// UIDs with a binding in flight.
     binding: Arc<Mutex<HashSet<String>>>,
+    /// Bounds concurrent status writes (and so connections) when thousands of pods change.
+    writes: Arc<Semaphore>,
     round_robin: usize,
 }
 
@@ -413,6 +417,7 @@ impl Dispatcher {
                     node,
                     self.delays,
                     self.events.clone(),
+                    self.writes.clone(),
                     rx,
                 ));
             }
@@ -657,6 +662,7 @@ async fn run_pod(
     node: Arc<SimNode>,
     delays: Delays,
     events: Option<mpsc::Sender<EventRequest>>,
+    writes: Arc<Semaphore>,
     mut rx: mpsc::UnboundedReceiver<Arc<Pod>>,
 ) {
     let Some(mut pod) = rx.recv().await else {
@@ -680,6 +686,7 @@ async fn run_pod(
         }
         let patch = sim.status_patch(&pod, now);
         if written.as_ref() != Some(&patch) && retry_at.is_none_or(|t| t <= now.mono) {
+            let _permit = writes.acquire().await;
             match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                 .await

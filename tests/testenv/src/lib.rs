@@ -235,10 +235,11 @@ impl TestEnv {
             temp,
             bin_dir: bin_dir.clone(),
             kubeconfig: dir.join("kubeconfig"),
+            // Replaced by the kubeconfig's (with credentials) once the API server runs.
             config: Config::new(
-                "https://127.0.0.1"
+                format!("https://127.0.0.1:{api_port}")
                     .parse()
-                    .map_err(|_| Error::Kubeconfig("bad URL".into()))?,
+                    .map_err(|e| Error::Kubeconfig(format!("API server URL: {e}")))?,
             ),
             nodes: Vec::new(),
             children: Mutex::new(Vec::new()),
