@@ -112,6 +112,15 @@ pub struct ControllerArgs {
     /// Workloads reconciled at once.
     #[arg(long, env = "INPLACE_UPGRADE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Seconds the leader Lease stays valid without renewal (a successor takes over after
+    /// this long when the leader dies; the leader renews within 2/3 of it).
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_LEASE_DURATION_SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(3..=300)
+    )]
+    pub lease_duration_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +161,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         identity: args.identity.unwrap_or_else(default_identity),
         concurrency: args.concurrency.max(1),
+        lease_duration: std::time::Duration::from_secs(args.lease_duration_seconds),
     };
     tracing::info!(identity = %settings.identity, namespace = %settings.namespace, "starting the controller");
     let handle = controller::start(client, settings, &mut registry);
@@ -165,6 +175,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(address = %args.admin_addr, "admin endpoints listening");
     inplace_upgrade_webhook::serve_admin(listener, admin, shutdown_signal()).await?;
     tracing::info!("shutting down");
+    handle.step_down().await;
     Ok(())
 }
 

@@ -46,6 +46,7 @@ fn shared_controller() -> AnyResult<&'static TestEnv> {
                         namespace: CONTROLLER_NAMESPACE.into(),
                         identity: "e2e-controller".into(),
                         concurrency: 8,
+                        lease_duration: std::time::Duration::from_secs(15),
                     };
                     let handle = controller::start(client, settings, &mut registry);
                     let mut leading = handle.leading.clone();

@@ -28,39 +28,59 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// client-go's proportions: renew within 2/3 of the lease duration, retry every 2/15 of it
+    /// (15 s, 10 s, 2 s by default).
     pub fn new(
         namespace: impl Into<String>,
         name: impl Into<String>,
         identity: impl Into<String>,
+        lease_duration: Duration,
     ) -> Self {
         LeaseConfig {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: lease_duration * 2 / 15,
         }
     }
 }
 
-/// Runs the election forever, publishing `true` while this replica leads.
-pub async fn run(client: Client, config: LeaseConfig, leading: watch::Sender<bool>) {
+/// Runs the election until `stop` turns true, publishing `true` while this replica leads. On
+/// stop, a leader releases the Lease so a successor takes over at once instead of after a
+/// whole lease duration.
+pub async fn run(
+    client: Client,
+    config: LeaseConfig,
+    leading: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut observed: Option<(LeaseSpec, Instant)> = None;
     let mut last_renewal: Option<Instant> = None;
     loop {
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
-            Ok(true) => {
+        // A hung request must not keep us leading past the renew deadline.
+        let budget = last_renewal.map_or(config.renew_deadline, |t| {
+            config.renew_deadline.saturating_sub(t.elapsed())
+        });
+        let attempt =
+            tokio::time::timeout(budget, try_acquire_or_renew(&api, &config, &mut observed)).await;
+        match attempt {
+            Ok(Ok(true)) => {
                 last_renewal = Some(Instant::now());
                 leading.send_if_modified(|l| !std::mem::replace(l, true));
             }
-            Ok(false) => {
+            Ok(Ok(false)) => {
                 last_renewal = None;
                 leading.send_if_modified(|l| std::mem::replace(l, false));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, lease = %config.name, "could not acquire or renew the leader Lease");
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(%error, lease = %config.name, "could not acquire or renew the leader Lease");
                 if last_renewal.is_some_and(|t| t.elapsed() >= config.renew_deadline) {
                     tracing::error!(lease = %config.name, "renew deadline passed: stepping down");
                     last_renewal = None;
@@ -68,11 +88,46 @@ pub async fn run(client: Client, config: LeaseConfig, leading: watch::Sender<boo
                 }
             }
         }
-        if leading.is_closed() {
+        let stop_asked = async {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                return true;
+            }
+            // Nobody can ask any more: run for the life of the process.
+            std::future::pending().await
+        };
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(config.retry_period) => false,
+            stopping = stop_asked => stopping,
+        };
+        if stopping {
+            if leading.send_replace(false)
+                && let Err(e) = release(&api, &config).await
+            {
+                tracing::warn!(error = %e, lease = %config.name, "could not release the leader Lease");
+            }
             return;
         }
-        tokio::time::sleep(config.retry_period).await;
     }
+}
+
+/// Gives the Lease up (client-go's ReleaseOnCancel): empty holder, 1 s duration.
+async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now());
+    api.replace(&config.name, &PostParams::default(), &lease)
+        .await?;
+    tracing::info!(lease = %config.name, "released the leader Lease");
+    Ok(())
 }
 
 fn now() -> MicroTime {

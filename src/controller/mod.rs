@@ -17,6 +17,7 @@ mod writes;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -41,6 +42,9 @@ pub struct Settings {
     pub identity: String,
     /// Workloads reconciled at once.
     pub concurrency: usize,
+    /// How long the leader Lease stays valid without renewal: a dead leader's successor
+    /// takes over after this long.
+    pub lease_duration: Duration,
 }
 
 /// Shared by every reconcile.
@@ -116,9 +120,25 @@ pub struct Handle {
     pub leading: watch::Receiver<bool>,
     /// The controller's caches, for a webhook served from the same process.
     pub cache: Cache,
+    stop: Arc<watch::Sender<bool>>,
+    election: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Handle {
+    /// Stops acting and releases the leader Lease (for a graceful shutdown: the next replica
+    /// takes over at once).
+    pub async fn step_down(&self) {
+        self.stop.send_replace(true);
+        let election = self
+            .election
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(election) = election {
+            let _ = election.await;
+        }
+    }
+
     /// True once every watch has finished its initial list.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
@@ -149,14 +169,22 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     });
 
     let (leading_tx, leading) = watch::channel(false);
-    let lease = LeaseConfig::new(&settings.namespace, LEASE_NAME, &settings.identity);
-    tokio::spawn(leader::run(client, lease, leading_tx));
+    let lease = LeaseConfig::new(
+        &settings.namespace,
+        LEASE_NAME,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    let (stop_tx, stop) = watch::channel(false);
+    let election = tokio::spawn(leader::run(client, lease, leading_tx, stop));
 
     let synced = Arc::new(AtomicBool::new(false));
     let handle = Handle {
         synced: synced.clone(),
         leading: leading.clone(),
         cache: cache.clone(),
+        stop: Arc::new(stop_tx),
+        election: Arc::new(Mutex::new(Some(election))),
     };
     tokio::spawn(async move {
         cache.synced().await;
