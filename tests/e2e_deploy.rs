@@ -1,0 +1,843 @@
+//! End-to-end: install `deploy/` like an operator would, on the real control plane
+//! (tests/testenv), and prove its permissions are exactly what the code needs.
+//!
+//! - `kubectl apply -k deploy --server-side` succeeds, both Deployments roll out under the
+//!   namespace's Pod Security `restricted` level, and a second apply would change nothing
+//!   (`--dry-run=server` succeeds, `kubectl diff --server-side` is empty).
+//! - The controller binary runs out of process under the deploy/ ServiceAccount's identity (a
+//!   TokenRequest token, not cluster-admin) and upgrades a Deployment's `istio-proxy` in place;
+//!   any `forbidden` in its log fails the test, and a controller missing one rule is shown to
+//!   produce exactly such a line.
+//! - `kubectl auth can-i --list` for both ServiceAccounts equals the list checked in here.
+//!
+//! The in-cluster controller Deployment is scaled to 0 before the out-of-process run: its
+//! simulated pods run no binary (there is no container runtime), so they hold no Lease, but
+//! scaling it down keeps the test honest on a cluster with real kubelets too.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use common::*;
+use inplace_upgrade::TARGETS_ANNOTATION;
+use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use testenv::{TestEnv, wait_for};
+
+const NAMESPACE: &str = CONTROLLER_NAMESPACE;
+const CONTROLLER_SA: &str = "inplace-upgrade-controller";
+const WEBHOOK_SA: &str = "inplace-upgrade-webhook";
+const LEASE: &str = inplace_upgrade::controller::LEASE_NAME;
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kustomization `install` applies: deploy/, or on an external cluster the overlay that
+/// swaps in the image loaded there (tests/e2e/kind/run.sh sets `INPLACE_E2E_KUSTOMIZATION`).
+fn kustomization() -> String {
+    std::env::var("INPLACE_E2E_KUSTOMIZATION").unwrap_or_else(|_| "deploy".into())
+}
+
+/// Runs kubectl against the environment; its stdout, or an error with the command and stderr.
+fn kubectl(env: &TestEnv, args: &[&str]) -> AnyResult<String> {
+    let out = env
+        .kubectl()
+        .args(args)
+        .current_dir(repository())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What installing deploy/ showed, recorded once per test binary.
+#[derive(Debug)]
+struct Installed {
+    applied: String,
+    dry_run: String,
+    diff: String,
+}
+
+/// Applies deploy/ server-side once per test binary, waits for the CRD and both Deployments,
+/// then asks what a second apply would do. This runs before any test scales a Deployment, so
+/// the stability check sees deploy/ exactly as applied.
+fn installed() -> AnyResult<(&'static TestEnv, &'static Installed)> {
+    static INSTALLED: OnceLock<Result<Installed, String>> = OnceLock::new();
+    let env = TestEnv::shared()?;
+    let installed = INSTALLED
+        .get_or_init(|| install(env).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| format!("installing deploy/: {e}"))?;
+    Ok((env, installed))
+}
+
+fn install(env: &TestEnv) -> AnyResult<Installed> {
+    let dir = kustomization();
+    let applied = kubectl(env, &["apply", "-k", &dir, "--server-side"])?;
+    let limit = format!("--timeout={}s", testenv::WAIT_LIMIT.as_secs());
+    kubectl(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/inplaceupgradepolicies.inplace-upgrade.io",
+            &limit,
+        ],
+    )?;
+    // Pod Security `restricted` rejects non-compliant pods at creation: a rollout that
+    // finishes shows the pod templates comply.
+    for deployment in ["inplace-upgrade-controller", "inplace-upgrade-webhook"] {
+        kubectl(
+            env,
+            &[
+                "-n",
+                NAMESPACE,
+                "rollout",
+                "status",
+                &format!("deployment/{deployment}"),
+                &limit,
+            ],
+        )?;
+    }
+    let dry_run = kubectl(
+        env,
+        &["apply", "-k", &dir, "--server-side", "--dry-run=server"],
+    )?;
+    // kubectl diff exits 1 when there is a difference, which kubectl() reports as an error
+    // carrying the diff itself.
+    let diff = kubectl(env, &["diff", "-k", &dir, "--server-side"])?;
+    Ok(Installed {
+        applied,
+        dry_run,
+        diff,
+    })
+}
+
+/// The objects `kubectl kustomize` renders from a directory of this repository.
+fn render(env: &TestEnv, dir: &str) -> AnyResult<Vec<Value>> {
+    let yaml = kubectl(env, &["kustomize", dir])?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        docs.push(<Value as serde::Deserialize>::deserialize(doc)?);
+    }
+    Ok(docs)
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+#[test]
+fn deploy_applies_server_side_and_a_second_apply_changes_nothing() -> TestResult {
+    let (env, installed) = installed()?;
+    let objects = render(env, &kustomization())?;
+    for o in &objects {
+        let line = format!(
+            "{} serverside-applied",
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        assert!(
+            installed.applied.contains(&line),
+            "{line:?} missing from the apply output:\n{}",
+            installed.applied
+        );
+        assert!(
+            installed
+                .dry_run
+                .contains(&format!("{line} (server dry run)")),
+            "{line:?} missing from the dry run:\n{}",
+            installed.dry_run
+        );
+    }
+    assert_eq!(installed.diff, "", "a second apply would change objects");
+    Ok(())
+}
+
+#[test]
+fn the_manifests_are_hardened_and_highly_available() -> TestResult {
+    let env = TestEnv::shared()?;
+    let objects = render(env, "deploy")?;
+    for name in ["inplace-upgrade-controller", "inplace-upgrade-webhook"] {
+        let d = find(&objects, "Deployment", name).ok_or(format!("no Deployment {name}"))?;
+        assert!(d["spec"]["replicas"].as_i64() >= Some(2), "{name} replicas");
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["serviceAccountName"], name,
+            "{name} has its own identity"
+        );
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert!(
+            pod["topologySpreadConstraints"].is_array(),
+            "{name} spreads"
+        );
+        for c in pod["containers"].as_array().ok_or("no containers")? {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+            assert!(c["readinessProbe"].is_object(), "{name} readiness probe");
+            assert!(c["livenessProbe"].is_object(), "{name} liveness probe");
+            assert!(c["resources"]["requests"]["cpu"].is_string(), "{name}");
+            assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
+        }
+    }
+    let pdb = find(&objects, "PodDisruptionBudget", "inplace-upgrade-webhook")
+        .ok_or("no PodDisruptionBudget for the webhook")?;
+    let webhook = find(&objects, "Deployment", "inplace-upgrade-webhook").ok_or("no webhook")?;
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        webhook["spec"]["template"]["metadata"]["labels"]
+    );
+    let service = find(&objects, "Service", "inplace-upgrade-webhook").ok_or("no Service")?;
+    assert_eq!(
+        service["spec"]["selector"],
+        webhook["spec"]["template"]["metadata"]["labels"]
+    );
+    Ok(())
+}
+
+#[test]
+fn the_cert_manager_overlay_replaces_self_managed_certificates() -> TestResult {
+    let env = TestEnv::shared()?;
+    let base = render(env, "deploy")?;
+    let overlay = render(env, "deploy/overlays/cert-manager")?;
+    let secret_of = |objects: &[Value]| -> Option<Value> {
+        let d = find(objects, "Deployment", "inplace-upgrade-webhook")?;
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .map(|v| v["secret"].clone())
+    };
+    let certificate =
+        find(&overlay, "Certificate", "inplace-upgrade-webhook").ok_or("no Certificate")?;
+    let secret = secret_of(&overlay).ok_or("the webhook mounts no tls Secret")?;
+    assert_eq!(certificate["spec"]["secretName"], secret["secretName"]);
+    assert_eq!(secret["optional"], false, "wait for cert-manager's Secret");
+    assert_eq!(
+        secret_of(&base).ok_or("base mounts no tls Secret")?["secretName"],
+        secret["secretName"]
+    );
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(find(&base, kind, "inplace-upgrade-webhook-certs").is_some());
+        assert!(
+            find(&overlay, kind, "inplace-upgrade-webhook-certs").is_none(),
+            "{kind} inplace-upgrade-webhook-certs must not be granted under cert-manager"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Least privilege: `kubectl auth can-i --list` against an expected list.
+
+/// What every authenticated identity may do in a default cluster (system:basic-user,
+/// system:discovery, system:public-info-viewer), in `kubectl auth can-i --list` columns:
+/// resource, non-resource URL, resource name, verbs.
+const BASELINE: &[(&str, &str, &str, &str)] = &[
+    ("selfsubjectreviews.authentication.k8s.io", "", "", "create"),
+    (
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "",
+        "",
+        "create",
+    ),
+    (
+        "selfsubjectrulesreviews.authorization.k8s.io",
+        "",
+        "",
+        "create",
+    ),
+    ("", "/.well-known/openid-configuration", "", "get"),
+    ("", "/.well-known/openid-configuration/", "", "get"),
+    ("", "/api", "", "get"),
+    ("", "/api/*", "", "get"),
+    ("", "/apis", "", "get"),
+    ("", "/apis/*", "", "get"),
+    ("", "/healthz", "", "get"),
+    ("", "/livez", "", "get"),
+    ("", "/openapi", "", "get"),
+    ("", "/openapi/*", "", "get"),
+    ("", "/openid/v1/jwks", "", "get"),
+    ("", "/openid/v1/jwks/", "", "get"),
+    ("", "/readyz", "", "get"),
+    ("", "/version", "", "get"),
+    ("", "/version/", "", "get"),
+];
+
+/// The controller, in every namespace (ClusterRole inplace-upgrade-controller).
+const CONTROLLER_CLUSTER: &[(&str, &str, &str, &str)] = &[
+    ("pods", "", "", "list watch patch"),
+    ("pods/status", "", "", "patch"),
+    ("namespaces", "", "", "list watch"),
+    ("deployments.apps", "", "", "list watch patch"),
+    ("statefulsets.apps", "", "", "list watch patch"),
+    ("daemonsets.apps", "", "", "list watch patch"),
+    ("replicasets.apps", "", "", "list watch patch"),
+    ("endpointslices.discovery.k8s.io", "", "", "list watch"),
+    ("poddisruptionbudgets.policy", "", "", "list watch"),
+    (
+        "inplaceupgradepolicies.inplace-upgrade.io",
+        "",
+        "",
+        "list watch",
+    ),
+    (
+        "inplaceupgradepolicies.inplace-upgrade.io/status",
+        "",
+        "",
+        "patch",
+    ),
+    ("events.events.k8s.io", "", "", "create patch"),
+];
+
+/// The controller, additionally in its own namespace (Role inplace-upgrade-controller-leader).
+const CONTROLLER_NAMESPACED: &[(&str, &str, &str, &str)] = &[
+    ("leases.coordination.k8s.io", "", "", "create"),
+    (
+        "leases.coordination.k8s.io",
+        "",
+        "inplace-upgrade-controller",
+        "get update",
+    ),
+];
+
+/// The webhook, in every namespace (ClusterRoles inplace-upgrade-webhook and -certs).
+const WEBHOOK_CLUSTER: &[(&str, &str, &str, &str)] = &[
+    ("pods", "", "", "list watch"),
+    ("namespaces", "", "", "list watch"),
+    ("deployments.apps", "", "", "list watch"),
+    ("statefulsets.apps", "", "", "list watch"),
+    ("daemonsets.apps", "", "", "list watch"),
+    ("replicasets.apps", "", "", "list watch"),
+    ("endpointslices.discovery.k8s.io", "", "", "list watch"),
+    ("poddisruptionbudgets.policy", "", "", "list watch"),
+    (
+        "inplaceupgradepolicies.inplace-upgrade.io",
+        "",
+        "",
+        "list watch",
+    ),
+    (
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "",
+        "inplace-upgrade",
+        "get patch",
+    ),
+    (
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        "",
+        "inplace-upgrade",
+        "get patch",
+    ),
+];
+
+/// The webhook, additionally in its own namespace (Roles inplace-upgrade-webhook and -certs).
+const WEBHOOK_NAMESPACED: &[(&str, &str, &str, &str)] = &[
+    (
+        "leases.coordination.k8s.io",
+        "",
+        "",
+        "get list watch create",
+    ),
+    (
+        "leases.coordination.k8s.io",
+        "",
+        "inplace-upgrade-webhook",
+        "update",
+    ),
+    ("secrets", "", "", "create"),
+    ("secrets", "", "inplace-upgrade-webhook-tls", "get update"),
+];
+
+/// One permission: (resource, non-resource URL, resource name, verb). Comparing sets of these
+/// ignores how kubectl happens to group rules into rows.
+type Permission = (String, String, String, String);
+
+fn permissions(rows: &[&[(&str, &str, &str, &str)]]) -> BTreeSet<Permission> {
+    let mut set = BTreeSet::new();
+    for (resource, url, name, verbs) in rows.iter().flat_map(|r| r.iter()) {
+        for verb in verbs.split_whitespace() {
+            set.insert((
+                resource.to_string(),
+                url.to_string(),
+                name.to_string(),
+                verb.to_string(),
+            ));
+        }
+    }
+    set
+}
+
+/// Parses `kubectl auth can-i --list` by the header's column offsets (the Resources column is
+/// blank for non-resource URLs); bracketed lists are split on spaces.
+fn parse_can_i_list(table: &str) -> AnyResult<BTreeSet<Permission>> {
+    let mut lines = table.lines();
+    let header = lines.next().ok_or("empty can-i output")?;
+    let column = |title: &str| {
+        header
+            .find(title)
+            .ok_or(format!("no {title} column in {header:?}"))
+    };
+    let (url_at, name_at, verbs_at) = (
+        column("Non-Resource URLs")?,
+        column("Resource Names")?,
+        column("Verbs")?,
+    );
+    let items = |s: &str| -> Vec<String> {
+        let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+        if s.is_empty() {
+            vec![String::new()]
+        } else {
+            s.split_whitespace().map(str::to_string).collect()
+        }
+    };
+    let mut set = BTreeSet::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let cell = |from: usize, to: usize| line.get(from..to.min(line.len())).unwrap_or("");
+        let resource = cell(0, url_at).trim().to_string();
+        for url in items(cell(url_at, name_at)) {
+            for name in items(cell(name_at, verbs_at)) {
+                for verb in items(cell(verbs_at, line.len())) {
+                    set.insert((resource.clone(), url.clone(), name.clone(), verb));
+                }
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn check_can_i(
+    env: &TestEnv,
+    service_account: &str,
+    namespace: &str,
+    expected: BTreeSet<Permission>,
+) -> AnyResult<()> {
+    let user = format!("--as=system:serviceaccount:{NAMESPACE}:{service_account}");
+    let table = kubectl(env, &["auth", "can-i", "--list", &user, "-n", namespace])?;
+    let actual = parse_can_i_list(&table)?;
+    let extra: Vec<_> = actual.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&actual).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{service_account} in namespace {namespace}:\n  allowed beyond the expected list: {extra:?}\n  expected but not allowed: {missing:?}\n{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn service_accounts_may_do_exactly_what_the_code_needs() -> TestResult {
+    let (env, _) = installed()?;
+    // `default` stands for any namespace other than our own.
+    check_can_i(
+        env,
+        CONTROLLER_SA,
+        "default",
+        permissions(&[BASELINE, CONTROLLER_CLUSTER]),
+    )?;
+    check_can_i(
+        env,
+        CONTROLLER_SA,
+        NAMESPACE,
+        permissions(&[BASELINE, CONTROLLER_CLUSTER, CONTROLLER_NAMESPACED]),
+    )?;
+    check_can_i(
+        env,
+        WEBHOOK_SA,
+        "default",
+        permissions(&[BASELINE, WEBHOOK_CLUSTER]),
+    )?;
+    check_can_i(
+        env,
+        WEBHOOK_SA,
+        NAMESPACE,
+        permissions(&[BASELINE, WEBHOOK_CLUSTER, WEBHOOK_NAMESPACED]),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn the_can_i_parser_reads_blank_and_multi_value_columns() -> TestResult {
+    let table = "\
+Resources          Non-Resource URLs   Resource Names   Verbs
+pods               []                  []               [list watch]
+leases             []                  [a]              [get]
+                   [/healthz]          []               [get]
+";
+    let parsed = parse_can_i_list(table)?;
+    let expected = permissions(&[&[
+        ("pods", "", "", "list watch"),
+        ("leases", "", "a", "get"),
+        ("", "/healthz", "", "get"),
+    ]]);
+    assert_eq!(parsed, expected);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller binary under the deploy/ ServiceAccount.
+
+/// A kubeconfig for the environment's API server (server and CA from its admin kubeconfig)
+/// that authenticates with a fresh TokenRequest token of `service_account`.
+async fn service_account_kubeconfig(
+    env: &TestEnv,
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+) -> AnyResult<PathBuf> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            // Empty: the API server's own audience.
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?
+        .status
+        .ok_or("TokenRequest without status")?
+        .token;
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(env.kubeconfig_path())?)?;
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+        }}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": service_account, "context": {
+            "cluster": "cluster", "user": service_account, "namespace": namespace,
+        }}],
+        "current-context": service_account,
+    });
+    let path = env
+        .dir()
+        .join(format!("{namespace}-{service_account}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
+/// `inplace-upgrade controller` as a child process, its stderr in a file; killed on drop.
+struct ControllerProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl ControllerProcess {
+    fn start(kubeconfig: &Path, namespace: &str, identity: &str, log: PathBuf) -> AnyResult<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
+            .arg("controller")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", namespace, "--identity", identity])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { child, log })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of its log, for a failure message.
+    fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Log lines where the API server refused a request.
+    fn forbidden(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn stop(mut self) -> AnyResult<()> {
+        if let Some(status) = self.child.try_wait()? {
+            return Err(format!("the controller exited early ({status}):\n{}", self.tail()).into());
+        }
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// Runs `body`; on failure, appends the controller's log tail to the error.
+async fn with_log<T>(
+    controller: &ControllerProcess,
+    body: impl std::future::Future<Output = AnyResult<T>>,
+) -> AnyResult<T> {
+    body.await.map_err(|e| {
+        format!(
+            "{e}\n--- controller log ({}) ---\n{}",
+            controller.log.display(),
+            controller.tail()
+        )
+        .into()
+    })
+}
+
+#[tokio::test]
+async fn the_controller_under_its_service_account_upgrades_in_place() -> TestResult {
+    let (env, _) = installed()?;
+    let client = env.client()?;
+    kubectl(
+        env,
+        &[
+            "-n",
+            NAMESPACE,
+            "scale",
+            "deployment/inplace-upgrade-controller",
+            "--replicas=0",
+        ],
+    )?;
+    let kubeconfig = service_account_kubeconfig(env, &client, NAMESPACE, CONTROLLER_SA).await?;
+    let identity = "e2e-deploy-controller";
+    let controller = ControllerProcess::start(
+        &kubeconfig,
+        NAMESPACE,
+        identity,
+        env.dir().join("e2e-deploy-controller.log"),
+    )?;
+    let ns = env.namespace("deploy-rollout").await?;
+    let outcome = with_log(&controller, async {
+        create_policy(&client, &ns, json!({})).await?;
+        create_service(&client, &ns, "hello").await?;
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        // Gated pods: the controller must admit them (pods/status) or they never become Ready.
+        deployments
+            .create(
+                &PostParams::default(),
+                &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
+            )
+            .await?;
+        await_deployment_ready(&deployments, "hello", 2).await?;
+        let before = pods_by_name(&client, &ns, "hello").await?;
+        let target = "istio-proxy=proxyv2:1.24.2";
+        annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+        await_phase(&deployments, "hello", target, "Completed").await?;
+        let after = pods_by_name(&client, &ns, "hello").await?;
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>()
+        );
+        for (name, pod) in &after {
+            let (b, a) = (
+                facts(&before[name], "istio-proxy", "hello"),
+                facts(pod, "istio-proxy", "hello"),
+            );
+            assert_eq!((&a.uid, &a.ip, &a.node), (&b.uid, &b.ip, &b.node), "{name}");
+            assert_ne!(a.proxy_id, b.proxy_id, "{name} restarted istio-proxy");
+            assert_eq!(a.app_id, b.app_id, "{name} kept its app container");
+            assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+            // events.k8s.io create
+            await_event(&client, &ns, name, "Upgraded").await?;
+        }
+        // leases get/create/update in its namespace, under the identity we gave it.
+        let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+            .get(LEASE)
+            .await?;
+        assert_eq!(
+            lease.spec.and_then(|s| s.holder_identity).as_deref(),
+            Some(identity)
+        );
+        // inplaceupgradepolicies/status patch
+        wait_for(
+            &Api::<InPlaceUpgradePolicy>::all(client.clone()),
+            &ns,
+            "the policy's status written by the controller",
+            |p: &InPlaceUpgradePolicy| p.status.is_some(),
+        )
+        .await?;
+        let refused = controller.forbidden();
+        assert!(
+            refused.is_empty(),
+            "the API server refused the controller:\n{}",
+            refused.join("\n")
+        );
+        Ok(())
+    })
+    .await;
+    let stopped = controller.stop().await;
+    // Back to deploy/'s replica count, so re-applying deploy/ on a long-lived cluster meets no
+    // field-ownership conflict over `replicas`.
+    let restored = kubectl(
+        env,
+        &[
+            "-n",
+            NAMESPACE,
+            "scale",
+            "deployment/inplace-upgrade-controller",
+            "--replicas=2",
+        ],
+    );
+    outcome?;
+    stopped?;
+    restored?;
+    Ok(())
+}
+
+/// The check above can fail: a controller whose ClusterRole lacks one rule of deploy/'s logs a
+/// `forbidden` line for exactly that resource.
+#[tokio::test]
+async fn a_controller_missing_one_rule_is_refused_and_says_so() -> TestResult {
+    let (env, _) = installed()?;
+    let client = env.client()?;
+    let ns = env.namespace("deploy-minus").await?;
+    let name = format!("{ns}-controller");
+    let mut role = Api::<ClusterRole>::all(client.clone())
+        .get(CONTROLLER_SA)
+        .await?;
+    let rules = role
+        .rules
+        .as_mut()
+        .ok_or("the controller ClusterRole has no rules")?;
+    let before = rules.len();
+    rules.retain(|r| {
+        !r.resources
+            .as_ref()
+            .is_some_and(|rs| rs.iter().any(|r| r == "endpointslices"))
+    });
+    assert_eq!(rules.len() + 1, before, "one rule grants endpointslices");
+    role.metadata = kube::api::ObjectMeta {
+        name: Some(name.clone()),
+        ..Default::default()
+    };
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: ClusterRoleBinding = obj(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+    }));
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let kubeconfig = service_account_kubeconfig(env, &client, &ns, "default").await?;
+    // Its own namespace, so its Lease never competes with the other test's controller.
+    let controller =
+        ControllerProcess::start(&kubeconfig, &ns, &name, env.dir().join(format!("{ns}.log")))?;
+    let found = tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        loop {
+            let refused = controller.forbidden();
+            if let Some(line) = refused.iter().find(|l| l.contains("endpointslices")) {
+                return line.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let tail = controller.tail();
+    controller.stop().await?;
+    let line = found.map_err(|_| format!("no forbidden endpointslices line:\n{tail}"))?;
+    assert!(
+        line.contains(&format!("system:serviceaccount:{ns}:default")),
+        "{line}"
+    );
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(&name, &Default::default())
+        .await?;
+    Api::<ClusterRole>::all(client)
+        .delete(&name, &Default::default())
+        .await?;
+    Ok(())
+}
+
+/// The kind path cannot run here (no Docker); at least its script parses and its cluster
+/// config is a kind Cluster.
+#[test]
+fn the_kind_path_is_well_formed() -> TestResult {
+    let script = repository().join("tests/e2e/kind/run.sh");
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()?;
+    assert!(
+        syntax.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let config: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repository().join("tests/e2e/kind/kind-config.yaml"),
+    )?)?;
+    assert_eq!(config["kind"], "Cluster");
+    Ok(())
+}
+
+fn example(file: &str) -> AnyResult<InPlaceUpgradePolicy> {
+    let path = repository().join("deploy/examples").join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(serde_yaml::from_str(&text)?)
+}
+
+#[test]
+fn the_example_policies_are_valid_and_mean_what_they_say() -> TestResult {
+    let (env, _) = installed()?;
+    // The API server checks them against the CRD's schema.
+    kubectl(
+        env,
+        &[
+            "apply",
+            "-f",
+            "deploy/examples",
+            "--server-side",
+            "--dry-run=server",
+        ],
+    )?;
+    let istio = example("istio-sidecars.yaml")?;
+    assert!(istio.spec.allows_container("istio-proxy"));
+    assert!(!istio.spec.allows_container("app"));
+    let images = istio.spec.image_allowlist()?;
+    for allowed in [
+        "docker.io/istio/proxyv2:1.24.2",
+        "istio/proxyv2:1.24.2",
+        "registry.istio.io/testing/proxyv2:1.24.2",
+    ] {
+        assert!(images.check(allowed).is_ok(), "{allowed}");
+    }
+    for refused in [
+        "docker.io/library/nginx:1.27",
+        "docker.io/evil/proxyv2:1.24.2",
+    ] {
+        assert!(images.check(refused).is_err(), "{refused}");
+    }
+    let team = example("team-canary.yaml")?;
+    assert_eq!(team.spec.max_unavailable_pods(8)?, 2);
+    assert!(team.spec.priority > istio.spec.priority);
+    Ok(())
+}
