@@ -17,6 +17,7 @@
 //! - status and `plan` output: [`classify::classify`], [`state::PodUpgradeState`], and the
 //!   resolved images in [`target::ResolvedTarget`].
 
+pub mod admission;
 pub mod annotation;
 pub mod classify;
 pub mod controller;

@@ -1,0 +1,254 @@
+//! The Mutating- and ValidatingWebhookConfigurations, built by one pure function for every
+//! mode: a URL (local `run`, the API server dials the process directly) or a Service
+//! (in-cluster). `inplace-upgrade manifests webhooks` prints the Service form for deploy/.
+//!
+//! Every webhook fails open (`failurePolicy: Ignore`), each for its own reason, written on
+//! the constants below. `sideEffects: None` (the handlers only read memory), `admissionReviewVersions:
+//! [v1]`, a small timeout, and neither `kube-system` nor our own namespace is ever sent to
+//! us (`namespaceSelector` on `kubernetes.io/metadata.name NotIn`), so a broken webhook can
+//! never stop the control plane's own pods or our own replicas from starting.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+
+use super::{MUTATE_PODS_PATH, VALIDATE_POLICIES_PATH, VALIDATE_WORKLOADS_PATH};
+
+/// Name of both configurations.
+pub const CONFIGURATION_NAME: &str = "inplace-upgrade";
+pub const MUTATE_PODS_WEBHOOK: &str = "pods.inplace-upgrade.io";
+pub const VALIDATE_WORKLOADS_WEBHOOK: &str = "workloads.inplace-upgrade.io";
+pub const VALIDATE_POLICIES_WEBHOOK: &str = "policies.inplace-upgrade.io";
+
+/// Pod mutation fails open: with `Fail`, a webhook outage blocks every pod creation in the
+/// cluster (scale-ups, evictions, node drains — OpenKruise #343, #1958). With `Ignore` a pod
+/// created during an outage keeps its template image and has no gate; the controller then
+/// upgrades it in place like any other pod, so the outage costs one restart, not availability.
+pub const PODS_FAILURE_POLICY: &str = "Ignore";
+/// Workload/Namespace validation fails open: with `Fail`, an outage would refuse every write
+/// to an annotated Deployment — including the Deployment controller's own revision
+/// annotation updates and our controller's status writes — and so stall rollouts. What a
+/// missed validation lets through is harmless: the controller re-parses the annotation,
+/// reports a malformed one in the workload's status (`Invalid`) and never acts on it, and
+/// re-checks the policy before every pod.
+pub const WORKLOADS_FAILURE_POLICY: &str = "Ignore";
+/// Policy validation fails open: an admin must always be able to set `paused: true` on a
+/// policy, above all while something is wrong (and the webhook may be what is wrong). The
+/// CRD's schema and CEL rules still check structure and `maxUnavailable` without us, and the
+/// controller treats a policy with an invalid selector as blocking, never as matching.
+pub const POLICIES_FAILURE_POLICY: &str = "Ignore";
+/// Short: the handlers answer from memory in microseconds; a slow answer means the webhook
+/// is unwell and the API server should move on (fail open) quickly.
+pub const TIMEOUT_SECONDS: i32 = 5;
+
+/// Where the API server reaches the webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `https://host:port` (no path): the local `run` mode.
+    Url(String),
+    /// A Service in the cluster (port 443 unless given).
+    Service {
+        namespace: String,
+        name: String,
+        port: Option<i32>,
+    },
+}
+
+/// What varies between the modes.
+#[derive(Clone, Debug)]
+pub struct ConfigurationOptions {
+    pub endpoint: Endpoint,
+    /// PEM CA bundle the API server verifies the serving certificate against. `None` leaves
+    /// it out (cert-manager's CA injector fills it in).
+    pub ca_bundle: Option<Vec<u8>>,
+    /// Our own namespace: never sent to the webhook.
+    pub own_namespace: String,
+    /// `<namespace>/<Certificate>`: adds cert-manager's `cert-manager.io/inject-ca-from`.
+    pub cert_manager_certificate: Option<String>,
+}
+
+fn client_config(options: &ConfigurationOptions, path: &str) -> WebhookClientConfig {
+    let ca_bundle = options.ca_bundle.clone().map(ByteString);
+    match &options.endpoint {
+        Endpoint::Url(base) => WebhookClientConfig {
+            url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+            ca_bundle,
+            service: None,
+        },
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+        } => WebhookClientConfig {
+            url: None,
+            ca_bundle,
+            service: Some(ServiceReference {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                path: Some(path.to_owned()),
+                port: *port,
+            }),
+        },
+    }
+}
+
+fn metadata(options: &ConfigurationOptions) -> ObjectMeta {
+    let annotations = options
+        .cert_manager_certificate
+        .as_ref()
+        .map(|c| BTreeMap::from([("cert-manager.io/inject-ca-from".to_owned(), c.clone())]));
+    ObjectMeta {
+        name: Some(CONFIGURATION_NAME.to_owned()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            "inplace-upgrade".to_owned(),
+        )])),
+        annotations,
+        ..ObjectMeta::default()
+    }
+}
+
+fn excluded_namespaces(options: &ConfigurationOptions) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".to_owned(),
+            operator: "NotIn".to_owned(),
+            values: Some(vec![
+                "kube-system".to_owned(),
+                options.own_namespace.clone(),
+            ]),
+        }]),
+        match_labels: None,
+    }
+}
+
+fn rule(group: &str, version: &str, resources: &[&str], scope: &str) -> RuleWithOperations {
+    RuleWithOperations {
+        api_groups: Some(vec![group.to_owned()]),
+        api_versions: Some(vec![version.to_owned()]),
+        operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        scope: Some(scope.to_owned()),
+    }
+}
+
+/// CEL: the object carries our annotation and it is new or changed (UPDATEs that leave it
+/// alone — status writes, the Deployment controller's revision annotation — never reach us).
+const ANNOTATION_NEW_OR_CHANGED: &str = "has(object.metadata.annotations) && 'inplace-upgrade' in object.metadata.annotations && (oldObject == null || !has(oldObject.metadata.annotations) || !('inplace-upgrade' in oldObject.metadata.annotations) || oldObject.metadata.annotations['inplace-upgrade'] != object.metadata.annotations['inplace-upgrade'])";
+/// CEL: the pod has a controller owner (bare pods are never rolled by us).
+const POD_HAS_CONTROLLER: &str = "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller)";
+
+/// The two configurations, for any mode.
+pub fn webhook_configurations(
+    options: &ConfigurationOptions,
+) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
+    let versions = vec!["v1".to_owned()];
+    let mut pods_rule = rule("", "v1", &["pods"], "Namespaced");
+    pods_rule.operations = Some(vec!["CREATE".to_owned()]);
+    let mutating = MutatingWebhookConfiguration {
+        metadata: metadata(options),
+        webhooks: Some(vec![MutatingWebhook {
+            name: MUTATE_PODS_WEBHOOK.to_owned(),
+            admission_review_versions: versions.clone(),
+            client_config: client_config(options, MUTATE_PODS_PATH),
+            failure_policy: Some(PODS_FAILURE_POLICY.to_owned()),
+            match_policy: Some("Equivalent".to_owned()),
+            match_conditions: Some(vec![MatchCondition {
+                name: "has-controller".to_owned(),
+                expression: POD_HAS_CONTROLLER.to_owned(),
+            }]),
+            namespace_selector: Some(excluded_namespaces(options)),
+            object_selector: None,
+            // Istio's injector adds istio-proxy in its own webhook: when it runs after us, the
+            // API server calls us again and we set the target on the container it added.
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            rules: Some(vec![pods_rule]),
+            side_effects: "None".to_owned(),
+            timeout_seconds: Some(TIMEOUT_SECONDS),
+        }]),
+    };
+    let validating = ValidatingWebhookConfiguration {
+        metadata: metadata(options),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: VALIDATE_WORKLOADS_WEBHOOK.to_owned(),
+                admission_review_versions: versions.clone(),
+                client_config: client_config(options, VALIDATE_WORKLOADS_PATH),
+                failure_policy: Some(WORKLOADS_FAILURE_POLICY.to_owned()),
+                match_policy: Some("Equivalent".to_owned()),
+                match_conditions: Some(vec![MatchCondition {
+                    name: "annotation-new-or-changed".to_owned(),
+                    expression: ANNOTATION_NEW_OR_CHANGED.to_owned(),
+                }]),
+                namespace_selector: Some(excluded_namespaces(options)),
+                object_selector: None,
+                rules: Some(vec![
+                    rule(
+                        "apps",
+                        "v1",
+                        &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                        "Namespaced",
+                    ),
+                    rule("", "v1", &["namespaces"], "Cluster"),
+                ]),
+                side_effects: "None".to_owned(),
+                timeout_seconds: Some(TIMEOUT_SECONDS),
+            },
+            ValidatingWebhook {
+                name: VALIDATE_POLICIES_WEBHOOK.to_owned(),
+                admission_review_versions: versions,
+                client_config: client_config(options, VALIDATE_POLICIES_PATH),
+                failure_policy: Some(POLICIES_FAILURE_POLICY.to_owned()),
+                match_policy: Some("Equivalent".to_owned()),
+                match_conditions: None,
+                namespace_selector: None,
+                object_selector: None,
+                rules: Some(vec![rule(
+                    "inplace-upgrade.io",
+                    "v1alpha1",
+                    &["inplaceupgradepolicies"],
+                    "Cluster",
+                )]),
+                side_effects: "None".to_owned(),
+                timeout_seconds: Some(TIMEOUT_SECONDS),
+            },
+        ]),
+    };
+    (mutating, validating)
+}
+
+/// Both configurations as one YAML stream (what `inplace-upgrade manifests webhooks` prints).
+pub fn webhook_configurations_yaml(
+    options: &ConfigurationOptions,
+) -> Result<String, serde_yaml::Error> {
+    let (mutating, validating) = webhook_configurations(options);
+    let mut out = serde_yaml::to_string(&mutating)?;
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&validating)?);
+    Ok(out)
+}
+
+/// Server-side applies both configurations (creating or updating them).
+pub async fn apply(
+    client: &kube::Client,
+    options: &ConfigurationOptions,
+    field_manager: &str,
+) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    let (mutating, validating) = webhook_configurations(options);
+    let params = PatchParams::apply(field_manager).force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&mutating))
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&validating))
+        .await?;
+    Ok(())
+}

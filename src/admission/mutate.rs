@@ -1,0 +1,327 @@
+//! Pod CREATE: set the target image on the containers the pod's workload (or Namespace) asks
+//! for, and inject our readiness gate.
+//!
+//! Never denies: any problem gives an allowed response without a patch (or with the part of
+//! the patch that is certain) and an admission warning naming the problem; the controller
+//! converges whatever was missed. Idempotent: the patch only holds what differs, so the
+//! reinvocation that Istio's injector triggers (`reinvocationPolicy: IfNeeded`) on an already
+//! mutated pod gives an empty patch.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use super::{ClusterView, Settings, typed, warning};
+use crate::controller::{WorkloadKey, WorkloadKind, WorkloadView};
+use crate::image::same_image;
+use crate::policy::{Scope, governing_policy};
+use crate::target::{ResolvedTarget, TargetSource, effective_targets, resolve};
+use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
+use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Operation};
+
+/// What the webhook does to one new pod.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PodMutation {
+    /// Targets to set (only those whose container does not already ask for the image).
+    pub targets: Vec<ResolvedTarget>,
+    pub inject_gate: bool,
+    pub warnings: Vec<String>,
+}
+
+/// The pod mutation as an admission response. Only pod CREATE is mutated; anything else is
+/// allowed unchanged. `dryRun` requests get the same answer: nothing here has side effects.
+pub fn mutate_pod(
+    request: &AdmissionRequest,
+    view: &impl ClusterView,
+    settings: &Settings,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    if request.operation != Operation::Create || request.kind.kind != "Pod" {
+        return response;
+    }
+    let Some(object) = &request.object else {
+        return with_warnings(response, vec![warning("pod CREATE without an object")]);
+    };
+    let mut pod: Pod = match typed(object) {
+        Ok(pod) => pod,
+        Err(e) => {
+            return with_warnings(
+                response,
+                vec![warning(format!("cannot read the pod: {e}; not mutated"))],
+            );
+        }
+    };
+    // At CREATE the pod may have neither a name (generateName) nor a namespace in its
+    // metadata; the request carries the namespace.
+    if pod.metadata.namespace.is_none() {
+        pod.metadata.namespace.clone_from(&request.namespace);
+    }
+    let mutation = decide(&pod, view, settings);
+    let patch = crate::patch::new_pod_patch(&pod, &mutation.targets, mutation.inject_gate);
+    let response = if patch.0.is_empty() {
+        response
+    } else {
+        match response.clone().with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => {
+                return with_warnings(
+                    response,
+                    vec![warning(format!(
+                        "cannot encode the patch: {e}; not mutated"
+                    ))],
+                );
+            }
+        }
+    };
+    with_warnings(response, mutation.warnings)
+}
+
+fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
+/// The decision for one pod (namespace set), from the view alone.
+pub fn decide(pod: &Pod, view: &impl ClusterView, settings: &Settings) -> PodMutation {
+    let mut out = PodMutation::default();
+    let Some(namespace) = pod.namespace() else {
+        out.warnings
+            .push(warning("the pod has no namespace; not mutated"));
+        return out;
+    };
+    let Some(owner) = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return out; // a bare pod: no workload rolls it
+    };
+    if !matches!(
+        owner.kind.as_str(),
+        "ReplicaSet" | "StatefulSet" | "DaemonSet"
+    ) {
+        return out; // Jobs and the like: not ours
+    }
+    if !view.synced() {
+        out.warnings.push(warning(
+            "the webhook's caches are still syncing; this pod was not mutated (the controller will upgrade it in place)",
+        ));
+        return out;
+    }
+    let workload = match owning_workload(pod, &namespace, &owner.kind, &owner.name, view) {
+        Owner::Workload(w) => w,
+        Owner::NotOurs => return out,
+        Owner::Unknown(what) => {
+            out.warnings.push(warning(format!(
+                "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
+            )));
+            return out;
+        }
+    };
+    let ns = view.namespace(&namespace);
+    let empty = Default::default();
+    let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
+    let ns_annotations = ns.as_ref().map(|n| n.annotations()).unwrap_or(&empty);
+    let asked = effective_targets(
+        workload
+            .annotations
+            .get(TARGETS_ANNOTATION)
+            .map(String::as_str),
+        ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str),
+    );
+    let (source, targets) = match asked {
+        Ok(Some(asked)) => asked,
+        Ok(None) => return out,
+        Err(e) => {
+            out.warnings.push(warning(format!(
+                "the inplace-upgrade annotation of {} is invalid: {e}; this pod was not mutated",
+                workload.key
+            )));
+            return out;
+        }
+    };
+    let resolved = match pod.spec.as_ref().map(|spec| resolve(spec, &targets)) {
+        Some(Ok(resolved)) => resolved,
+        Some(Err(e)) => {
+            out.warnings
+                .push(warning(format!("{e}; this pod was not mutated")));
+            return out;
+        }
+        None => return out,
+    };
+    if resolved.resolved.is_empty() {
+        return out; // e.g. a Namespace-wide istio-proxy target on a pod without the sidecar (yet)
+    }
+    let policies = view.policies();
+    let scope = Scope {
+        namespace: &namespace,
+        namespace_labels: ns_labels,
+        workload_labels: &workload.labels,
+        controller_namespace: &settings.controller_namespace,
+    };
+    let governance = match governing_policy(&policies, &scope) {
+        Ok(Some(g)) => g,
+        Ok(None) => return out, // the validating webhook and the status report this
+        Err(e) => {
+            out.warnings
+                .push(warning(format!("{e}; this pod was not mutated")));
+            return out;
+        }
+    };
+    let spec = &governance.policy.spec;
+    let policy_name = governance.policy.name_any();
+    out.inject_gate = spec.readiness_gate && view.controller_alive();
+
+    let paused_here = |a: &std::collections::BTreeMap<String, String>| {
+        a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
+    };
+    if governance.paused() || paused_here(&workload.annotations) || paused_here(ns_annotations) {
+        return out; // paused: no new image, but the gate keeps the pod upgradable later
+    }
+    let allowlist = match spec.image_allowlist() {
+        Ok(a) => a,
+        Err(e) => {
+            out.warnings.push(warning(format!(
+                "InPlaceUpgradePolicy {policy_name:?}: {e}; no image was set"
+            )));
+            return out;
+        }
+    };
+    let failed = failed_targets(&workload, source, view);
+    for target in resolved.pending() {
+        let name = &target.location.name;
+        if failed
+            .iter()
+            .any(|f| &f.container == name && same_image(&f.image, &target.image))
+        {
+            out.warnings.push(warning(format!(
+                "target {name}={} failed before in this workload; not set on the new pod (change the annotation or ask for a retry)",
+                target.image
+            )));
+            continue;
+        }
+        if !spec.allows_container(name) {
+            out.warnings.push(warning(format!(
+                "InPlaceUpgradePolicy {policy_name:?} (containers) does not allow container {name:?}; not set"
+            )));
+            continue;
+        }
+        if let Err(e) = allowlist.check(&target.image) {
+            out.warnings.push(warning(format!(
+                "InPlaceUpgradePolicy {policy_name:?} (allowedImages): {e}; not set"
+            )));
+            continue;
+        }
+        out.targets.push(target.clone());
+    }
+    out
+}
+
+enum Owner {
+    Workload(WorkloadView),
+    /// Owned by something that is not one of our workload kinds (e.g. an Argo Rollout's
+    /// ReplicaSet).
+    NotOurs,
+    /// The owner is not in the cache (yet): names it.
+    Unknown(String),
+}
+
+/// The workload at the top of the pod's owner chain, from the caches.
+fn owning_workload(
+    pod: &Pod,
+    namespace: &str,
+    owner_kind: &str,
+    owner_name: &str,
+    view: &impl ClusterView,
+) -> Owner {
+    let key = |kind, name: &str| WorkloadKey {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let found = |key: WorkloadKey| match view.workload(&key) {
+        Some(w) => Owner::Workload(w),
+        None => Owner::Unknown(key.to_string()),
+    };
+    match owner_kind {
+        "StatefulSet" => found(key(WorkloadKind::StatefulSet, owner_name)),
+        "DaemonSet" => found(key(WorkloadKind::DaemonSet, owner_name)),
+        "ReplicaSet" => match view.replica_set(namespace, owner_name) {
+            Some(rs) => match rs
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+            {
+                Some(o) if o.kind == "Deployment" => found(key(WorkloadKind::Deployment, &o.name)),
+                Some(_) => Owner::NotOurs,
+                None => found(key(WorkloadKind::ReplicaSet, owner_name)),
+            },
+            // A Deployment's new ReplicaSet creates its first pods right after it is created,
+            // possibly before our watch delivers it. Its name is `<deployment>-<pod-template-hash>`
+            // and the pod carries that hash label, which identifies the Deployment.
+            None => pod
+                .labels()
+                .get("pod-template-hash")
+                .and_then(|hash| owner_name.strip_suffix(hash.as_str()))
+                .and_then(|prefix| prefix.strip_suffix('-'))
+                .and_then(|deployment| view.workload(&key(WorkloadKind::Deployment, deployment)))
+                .map_or_else(
+                    || Owner::Unknown(format!("ReplicaSet {namespace}/{owner_name}")),
+                    Owner::Workload,
+                ),
+        },
+        _ => Owner::NotOurs,
+    }
+}
+
+/// The workload's memory of failed targets (its status annotation), and under a Namespace
+/// annotation the failures recorded by the other workloads of the namespace: a bad image must
+/// not spread through scale-ups. A retry request not yet acted on by the controller lifts the
+/// memory, as the controller does.
+fn failed_targets(
+    workload: &WorkloadView,
+    source: TargetSource,
+    view: &impl ClusterView,
+) -> Vec<FailedRecord> {
+    let memory = |w: &WorkloadView| -> Option<StatusMemory> {
+        let status: StatusMemory = w
+            .annotations
+            .get(STATUS_ANNOTATION)
+            .and_then(|s| serde_json::from_str(s).ok())?;
+        (status.retry.as_ref() == w.annotations.get(RETRY_ANNOTATION)).then_some(status)
+    };
+    let mut failed = memory(workload)
+        .map(|m| m.failed_targets)
+        .unwrap_or_default();
+    if source == TargetSource::Namespace {
+        for other in view.workloads_in(&workload.key.namespace) {
+            if other.key == workload.key {
+                continue;
+            }
+            if let Some(m) = memory(&other).filter(|m| m.source == Some(TargetSource::Namespace)) {
+                failed.extend(m.failed_targets);
+            }
+        }
+    }
+    failed
+}
+
+/// The part of the controller's `inplace-upgrade.io/status` record the webhook reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusMemory {
+    #[serde(default)]
+    source: Option<TargetSource>,
+    #[serde(default)]
+    failed_targets: Vec<FailedRecord>,
+    #[serde(default)]
+    retry: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FailedRecord {
+    container: String,
+    image: String,
+}
