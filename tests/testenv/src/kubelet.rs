@@ -30,6 +30,8 @@ const LEASE_SECONDS: i32 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const SCHEDULER: &str = "default-scheduler";
 const MAX_CONCURRENT_WRITES: usize = 64;
+/// Pod ranges are 10.128.0.0/16 … 10.255.0.0/16.
+pub(crate) const MAX_NODES: usize = 128;
 
 /// Simulated nodes and their behaviour.
 #[derive(Clone, Debug)]

@@ -135,6 +135,8 @@ pub enum Error {
     },
     #[error("the shared test environment did not start: {0}")]
     Shared(String),
+    #[error("invalid options: {0}")]
+    Options(String),
 }
 
 impl Error {
@@ -204,6 +206,13 @@ impl TestEnv {
     /// calling tokio runtime: it must outlive the environment.
     pub async fn start(options: Options) -> Result<Self> {
         let started = Instant::now();
+        if options.kubelet.nodes > kubelet::MAX_NODES {
+            return Err(Error::Options(format!(
+                "{} simulated nodes requested; at most {} (each has its own 10.<128+i>.0.0/16 pod range)",
+                options.kubelet.nodes,
+                kubelet::MAX_NODES
+            )));
+        }
         let bin_dir = binaries()?;
         let (dir, temp) = match &options.dir {
             Some(d) => {

@@ -22,3 +22,13 @@ async fn a_failing_component_is_named_with_its_log_tail() {
         Err(other) => panic!("expected kube-apiserver to exit, got: {other}"),
     }
 }
+
+#[tokio::test]
+async fn too_many_nodes_is_refused_before_anything_starts() {
+    let mut options = Options::default();
+    options.kubelet.nodes = 500;
+    match TestEnv::start(options).await {
+        Err(Error::Options(message)) => assert!(message.contains("500"), "{message}"),
+        other => panic!("expected an options error, got {other:?}"),
+    }
+}
