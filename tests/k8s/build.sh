@@ -15,22 +15,18 @@ bin="$root/kubernetes-$version/bin"
 key="$version $(sha256sum "$here/go.sum" | cut -c1-16) $(go env GOVERSION)"
 
 binaries=(kube-apiserver kube-controller-manager kubectl)
-if [[ -f $bin/.key && $(cat "$bin/.key") == "$key" ]]; then
-  missing=0
-  for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || missing=1; done
-  if (( ! missing )); then echo "$bin"; exit 0; fi
-fi
+warm() {
+  [[ -f $bin/.key && $(cat "$bin/.key") == "$key" ]] || return 1
+  for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || return 1; done
+}
+if warm; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin"
 # Two harnesses meeting a cold cache must not build into the same files: the second waits,
 # then finds the cache warm.
 exec 9>"$bin/.lock"
 flock 9
-if [[ -f $bin/.key && $(cat "$bin/.key") == "$key" ]]; then
-  missing=0
-  for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || missing=1; done
-  if (( ! missing )); then echo "$bin"; exit 0; fi
-fi
+if warm; then echo "$bin"; exit 0; fi
 rm -f "$bin/.key"
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
