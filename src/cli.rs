@@ -123,6 +123,115 @@ pub struct ControllerArgs {
     pub lease_duration_seconds: u64,
 }
 
+/// The admission webhook's serving socket and its certificates.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Namespace the webhook and the controller run in: the controller's Lease, the
+    /// self-managed Secret and the Service live there, and it is never sent to the webhook.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "inplace-upgrade-system")]
+    pub namespace: String,
+    /// HTTPS address the API server calls.
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub listen: SocketAddr,
+    /// Plain-HTTP admin endpoints: /metrics, /healthz, /readyz (ready once a certificate is
+    /// loaded and the caches synced).
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_ADMIN_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_addr: SocketAddr,
+    /// Directory holding tls.crt and tls.key (a mounted kubernetes.io/tls Secret), re-read
+    /// every few seconds so a rotation needs no restart.
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_CERT_DIR",
+        default_value = "/etc/inplace-upgrade/tls"
+    )]
+    pub cert_dir: PathBuf,
+    /// Keep the CA and serving certificate in --secret ourselves and write the caBundle into
+    /// our webhook configurations. Without it: serve the files in --cert-dir as they are
+    /// (cert-manager).
+    #[arg(long, env = "INPLACE_UPGRADE_SELF_MANAGED_CERTS")]
+    pub self_managed_certs: bool,
+    /// The Secret holding the certificates (mounted at --cert-dir).
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_CERT_SECRET",
+        default_value = "inplace-upgrade-webhook-tls"
+    )]
+    pub secret: String,
+    /// The Service in front of the webhook (names in the serving certificate, and the
+    /// configurations' service reference).
+    #[arg(
+        long,
+        env = "INPLACE_UPGRADE_SERVICE",
+        default_value = "inplace-upgrade-webhook"
+    )]
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// `https://HOST:PORT` at which the API server reaches this process; URL-based webhook
+    /// configurations are registered with it.
+    #[arg(long, env = "INPLACE_UPGRADE_WEBHOOK_URL")]
+    pub webhook_url: String,
+    /// Address to listen on for admission (default: the URL's address when its host is an IP).
+    #[arg(long, env = "INPLACE_UPGRADE_WEBHOOK_ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Keep the generated CA and serving certificate in this directory (kubelet's Secret
+    /// layout, re-read every second). Default: in memory only.
+    #[arg(long, env = "INPLACE_UPGRADE_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key into (created if missing; keys
+    /// are written with mode 0600). Never commit them.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS names of the serving certificate (repeatable), e.g. `inplace-upgrade-webhook.inplace-upgrade-system.svc`.
+    #[arg(long = "dns")]
+    pub dns_names: Vec<String>,
+    /// IP addresses of the serving certificate (repeatable), e.g. `127.0.0.1`.
+    #[arg(long = "ip")]
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Serving certificate lifetime in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Manifests {
+    /// The Mutating- and ValidatingWebhookConfigurations for an in-cluster Service (what
+    /// deploy/ holds), without caBundle (the webhook or cert-manager fills it in).
+    Webhooks(ManifestsWebhooksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsWebhooksArgs {
+    #[arg(long, default_value = "inplace-upgrade-system")]
+    pub namespace: String,
+    #[arg(long, default_value = "inplace-upgrade-webhook")]
+    pub service: String,
+    /// Service port (default 443).
+    #[arg(long)]
+    pub port: Option<i32>,
+    /// `<namespace>/<Certificate>`: add cert-manager's `cert-manager.io/inject-ca-from`.
+    #[arg(long)]
+    pub cert_manager_certificate: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the InPlaceUpgradePolicy CustomResourceDefinition as YAML (what deploy/crds holds).
@@ -130,6 +239,18 @@ pub enum Command {
     /// Run the controller: upgrade the pods of annotated workloads in place, one replica at a
     /// time (or as the governing policy allows), until SIGINT or SIGTERM.
     Controller(ControllerArgs),
+    /// Serve the admission webhook (pod mutation, annotation and policy validation) until
+    /// SIGINT or SIGTERM.
+    Webhook(WebhookArgs),
+    /// Run the controller AND serve the webhook in one process, registering URL-based webhook
+    /// configurations with a CA of its own (a local control plane, a laptop).
+    Run(RunArgs),
+    /// Generate a CA and a serving certificate signed by it (development, or to load into a
+    /// Secret yourself).
+    Certs(CertsArgs),
+    /// Print generated manifests as YAML.
+    #[command(subcommand)]
+    Manifests(Manifests),
 }
 
 impl Command {
@@ -140,13 +261,184 @@ impl Command {
                 std::io::stdout().lock().write_all(yaml.as_bytes())?;
                 Ok(())
             }
-            Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the tokio runtime")?
-                .block_on(run_controller(args)),
+            Command::Controller(args) => runtime()?.block_on(run_controller(args)),
+            Command::Webhook(args) => runtime()?.block_on(run_webhook(args)),
+            Command::Run(args) => runtime()?.block_on(run_both(args)),
+            Command::Certs(args) => write_certs(&args),
+            Command::Manifests(Manifests::Webhooks(args)) => {
+                use inplace_upgrade::admission::configuration::{
+                    ConfigurationOptions, Endpoint, webhook_configurations_yaml,
+                };
+                let yaml = webhook_configurations_yaml(&ConfigurationOptions {
+                    endpoint: Endpoint::Service {
+                        namespace: args.namespace.clone(),
+                        name: args.service,
+                        port: args.port,
+                    },
+                    ca_bundle: None,
+                    own_namespace: args.namespace,
+                    cert_manager_certificate: args.cert_manager_certificate,
+                })?;
+                std::io::stdout().lock().write_all(yaml.as_bytes())?;
+                Ok(())
+            }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// A shutdown future that can be awaited from several tasks: resolves once SIGINT or SIGTERM
+/// arrived.
+fn shared_shutdown() -> impl Fn() -> futures::future::BoxFuture<'static, ()> + Clone {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+    }
+}
+
+async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    use inplace_upgrade::admission::{self, serve};
+    let client = args.client.client().await?;
+    let shutdown = shared_shutdown();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = inplace_upgrade_webhook::WebhookMetrics::new(&mut registry);
+    let store = inplace_upgrade_webhook::CertificateStore::new(metrics.clone());
+    let source = if args.self_managed_certs {
+        serve::CertificateSource::SelfManaged(serve::SelfManaged {
+            namespace: args.namespace.clone(),
+            secret: args.secret,
+            service: args.service,
+            service_port: None,
+            check_interval: std::time::Duration::from_secs(3600),
+            dir: args.cert_dir,
+            reload_interval: std::time::Duration::from_secs(5),
+        })
+    } else {
+        serve::CertificateSource::Files {
+            dir: args.cert_dir,
+            reload_interval: std::time::Duration::from_secs(5),
+        }
+    };
+    serve::start_certificates(&client, &source, store.clone(), shutdown()).await?;
+
+    // The controller's caches without its reconciler: the webhook only reads them.
+    let (cache, drivers) = controller::Cache::start(&client, controller::Queue::discarding());
+    for driver in drivers {
+        tokio::spawn(driver);
+    }
+    let view = Arc::new(admission::LiveView::start(&client, cache, &args.namespace));
+    let settings = admission::Settings {
+        controller_namespace: args.namespace,
+    };
+    let router = serve::admission_router(view.clone(), settings, metrics);
+
+    let ready_store = store.clone();
+    let admin = inplace_upgrade_webhook::AdminRouter::new(Arc::new(registry), move || {
+        use inplace_upgrade::admission::ClusterView as _;
+        ready_store.is_loaded() && view.synced()
+    })
+    .into_router();
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    tokio::spawn(inplace_upgrade_webhook::serve_admin(
+        admin_listener,
+        admin,
+        shutdown(),
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    inplace_upgrade_webhook::TlsServer::new(listener, router, store.server_config()?)
+        .serve(shutdown())
+        .await?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn run_both(args: RunArgs) -> anyhow::Result<()> {
+    use inplace_upgrade::admission::serve;
+    let client = args.controller.client.client().await?;
+    let options = serve::LocalOptions {
+        webhook_url: args.webhook_url,
+        listen: args.listen,
+        cert_dir: args.cert_dir,
+        controller: controller::Settings {
+            namespace: args.controller.namespace,
+            identity: args.controller.identity.unwrap_or_else(default_identity),
+            concurrency: args.controller.concurrency.max(1),
+            lease_duration: std::time::Duration::from_secs(args.controller.lease_duration_seconds),
+        },
+        admin_addr: Some(args.controller.admin_addr),
+    };
+    serve::run_local(client, options, shutdown_signal()).await?;
+    tracing::info!("shut down; the webhook configurations stay registered and fail open");
+    Ok(())
+}
+
+fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
+    use inplace_upgrade::admission::serve;
+    use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let names = SubjectAltNames {
+        dns_names: args.dns_names.clone(),
+        ip_addresses: args.ip_addresses.clone(),
+    };
+    if names.dns_names.is_empty() && names.ip_addresses.is_empty() {
+        anyhow::bail!(
+            "give the names the API server will dial: --dns NAME (e.g. inplace-upgrade-webhook.inplace-upgrade-system.svc) and/or --ip IP (e.g. 127.0.0.1)"
+        );
+    }
+    let ca = certs::generate_ca("inplace-upgrade webhook CA", serve::CA_VALIDITY)?;
+    let common_name = names
+        .dns_names
+        .first()
+        .cloned()
+        .or_else(|| names.ip_addresses.first().map(ToString::to_string))
+        .unwrap_or_default();
+    let serving = certs::generate_serving_certificate(
+        &ca,
+        &common_name,
+        &names,
+        std::time::Duration::from_secs(args.days.max(1) * 24 * 3600),
+    )?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for (name, contents, mode) in [
+        ("ca.crt", &ca.cert_pem, 0o644),
+        ("ca.key", &ca.key_pem, 0o600),
+        ("tls.crt", &serving.cert_pem, 0o644),
+        ("tls.key", &serving.key_pem, 0o600),
+    ] {
+        let path = args.out.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(contents.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    eprintln!(
+        "wrote ca.crt, ca.key, tls.crt, tls.key to {} (keys are secret: never commit them)",
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn default_identity() -> String {

@@ -4,9 +4,11 @@
 //!   (cert-manager's Secret mounted as a volume), re-read on an interval so kubelet's `..data`
 //!   symlink swap is picked up without a restart;
 //! - **self-managed** ([`CertificateSource::SelfManaged`]): one CA and serving certificate in a
-//!   Secret, created or renewed by whichever replica wins a resourceVersion-guarded write, and
-//!   served by every replica from a watch of that Secret; the caBundle is applied to our
-//!   webhook configurations;
+//!   Secret, created or renewed by whichever replica wins a resourceVersion-guarded write (no
+//!   Lease: the guarded write is the election, and a loser serves the winner's certificates),
+//!   and served by every replica from the mounted Secret with the transport's hot reload (the
+//!   same code path as cert-manager's Secret, and no watch permission on Secrets); the
+//!   caBundle is applied to our webhook configurations;
 //! - **local** ([`run_local`]): the controller and the webhook in one process, with a CA of its
 //!   own, registered by URL so a local control plane calls it.
 
@@ -15,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use inplace_upgrade_webhook::certs::{self, CertificatePem, Renewal, SubjectAltNames};
 use inplace_upgrade_webhook::{
     AdmissionRequest, AdmissionRouter, CertificateFiles, CertificateStore, TlsServer,
@@ -24,7 +25,6 @@ use inplace_upgrade_webhook::{
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -116,6 +116,10 @@ pub struct SelfManaged {
     pub service_port: Option<i32>,
     /// How often the Secret's certificates are checked for renewal.
     pub check_interval: Duration,
+    /// Where the Secret is mounted: what every replica serves.
+    pub dir: PathBuf,
+    /// How often the mounted files are re-read.
+    pub reload_interval: Duration,
 }
 
 /// Starts keeping the certificate of `source` loaded in `store`, until `shutdown`.
@@ -125,28 +129,29 @@ pub async fn start_certificates(
     store: Arc<CertificateStore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    match source {
+    let (dir, reload_interval) = match source {
         CertificateSource::Files {
             dir,
             reload_interval,
-        } => {
-            let files = CertificateFiles::in_dir(dir);
-            if let Err(e) = store.reload_files(&files) {
-                tracing::warn!(error = %e, "no serving certificate yet; retrying");
-            }
-            tokio::spawn(store.poll_files(files, *reload_interval, shutdown));
-        }
+        } => (dir, *reload_interval),
         CertificateSource::SelfManaged(sm) => {
-            // Synchronously once, so the first replica serves as soon as it is up.
+            // Served at once from what was written or read, so the first replica does not wait
+            // for kubelet to fill the mount; the mounted files then carry every renewal.
             let pair = ensure_secret(client, sm).await?;
             store.load_pem(
                 pair.serving.cert_pem.as_bytes(),
                 pair.serving.key_pem.as_bytes(),
             )?;
             apply_configurations(client, sm, &pair.ca_bundle).await?;
-            tokio::spawn(keep_secret(client.clone(), sm.clone(), store, shutdown));
+            tokio::spawn(keep_secret(client.clone(), sm.clone()));
+            (&sm.dir, sm.reload_interval)
         }
+    };
+    let files = CertificateFiles::in_dir(dir);
+    if let Err(e) = store.reload_files(&files) {
+        tracing::warn!(error = %e, dir = %dir.display(), "serving certificate files not readable yet; retrying");
     }
+    tokio::spawn(store.poll_files(files, reload_interval, shutdown));
     Ok(())
 }
 
@@ -338,45 +343,19 @@ async fn apply_configurations(
         .map_err(kube_error("cannot apply the webhook configurations"))
 }
 
-/// Serves what the Secret holds (watch) and renews it on an interval.
-async fn keep_secret(
-    client: kube::Client,
-    sm: SelfManaged,
-    store: Arc<CertificateStore>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &sm.namespace);
-    let what = format!("Secret {}/{}", sm.namespace, sm.secret);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", sm.secret));
-    let mut events = watcher(api, config).boxed();
+/// Renews the Secret's certificates on an interval, and keeps the caBundle in step.
+async fn keep_secret(client: kube::Client, sm: SelfManaged) {
     let mut ticker = tokio::time::interval(sm.check_interval);
     ticker.tick().await;
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = ticker.tick() => match ensure_secret(&client, &sm).await {
-                Ok(pair) => {
-                    if let Err(e) = apply_configurations(&client, &sm, &pair.ca_bundle).await {
-                        tracing::warn!(error = %e, "cannot update the caBundle; retrying");
-                    }
+        ticker.tick().await;
+        match ensure_secret(&client, &sm).await {
+            Ok(pair) => {
+                if let Err(e) = apply_configurations(&client, &sm, &pair.ca_bundle).await {
+                    tracing::warn!(error = %e, "cannot update the caBundle; retrying");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the webhook certificates; retrying"),
-            },
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => {
-                    match secret_data(&s, &what) {
-                        Ok(c) => {
-                            // Logged and counted inside; the previous certificate stays.
-                            let _ = store.load_pem(c.serving.cert_pem.as_bytes(), c.serving.key_pem.as_bytes());
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot serve the Secret's certificate"),
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "watch of the certificate Secret failed; retrying"),
-                None => return,
-            },
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the webhook certificates; retrying"),
         }
     }
 }
@@ -432,6 +411,8 @@ pub struct LocalOptions {
     pub cert_dir: Option<PathBuf>,
     /// The controller's settings (its namespace is also excluded from the webhooks).
     pub controller: crate::controller::Settings,
+    /// Plain-HTTP /metrics, /healthz, /readyz (ready once the caches synced). `None`: none.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// The host and port of an `https://HOST:PORT` URL.
@@ -463,9 +444,9 @@ pub fn parse_webhook_url(url: &str) -> Result<(String, u16), ServeError> {
 pub async fn run_local(
     client: kube::Client,
     options: LocalOptions,
-    registry: &mut Registry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mut registry = Registry::default();
     let (host, port) = parse_webhook_url(&options.webhook_url)?;
     let ip: Option<IpAddr> = host.parse().ok();
     let listen = options
@@ -478,7 +459,7 @@ pub async fn run_local(
     let ca = certs::generate_ca("inplace-upgrade local webhook CA", CA_VALIDITY)?;
     let serving = certs::generate_serving_certificate(&ca, &host, &names, SERVING_VALIDITY)?;
 
-    let metrics = WebhookMetrics::new(registry);
+    let metrics = WebhookMetrics::new(&mut registry);
     let store = CertificateStore::new(metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -510,12 +491,30 @@ pub async fn run_local(
     }
 
     let namespace = options.controller.namespace.clone();
-    let handle = crate::controller::start(client.clone(), options.controller, registry);
+    let handle = crate::controller::start(client.clone(), options.controller, &mut registry);
     let view = Arc::new(super::LiveView::start(
         &client,
         handle.cache.clone(),
         &namespace,
     ));
+    if let Some(addr) = options.admin_addr {
+        let ready = (view.clone(), store.clone());
+        let admin = inplace_upgrade_webhook::AdminRouter::new(Arc::new(registry), move || {
+            ready.0.synced() && ready.1.is_loaded()
+        })
+        .into_router();
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            inplace_upgrade_webhook::Error::Bind {
+                address: addr.to_string(),
+                source,
+            }
+        })?;
+        tokio::spawn(inplace_upgrade_webhook::serve_admin(
+            listener,
+            admin,
+            stopped(),
+        ));
+    }
     let settings = Settings {
         controller_namespace: namespace.clone(),
     };
@@ -543,7 +542,10 @@ pub async fn run_local(
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-    server.await?;
+    let served = server.await;
+    // Hand the controller's Lease over at once rather than after it expires.
+    handle.step_down().await;
+    served?;
     Ok(())
 }
 
