@@ -558,6 +558,8 @@ impl ControllerProcess {
             .arg(kubeconfig)
             .args(["--namespace", namespace, "--identity", identity])
             .args(["--admin-addr", "127.0.0.1:0"])
+            // Plain text, greppable for `forbidden`.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -574,7 +576,7 @@ impl ControllerProcess {
     fn tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// Log lines where the API server refused a request.
@@ -595,19 +597,33 @@ impl ControllerProcess {
     }
 }
 
-/// Runs `body`; on failure, appends the controller's log tail to the error.
+/// Runs `body` while watching the controller's log: the first `forbidden` line fails at once
+/// (a missing RBAC rule would otherwise show only as a wait running out). On failure the log's
+/// tail goes to stderr.
 async fn with_log<T>(
     controller: &ControllerProcess,
     body: impl std::future::Future<Output = AnyResult<T>>,
 ) -> AnyResult<T> {
-    body.await.map_err(|e| {
-        format!(
-            "{e}\n--- controller log ({}) ---\n{}",
+    let refused = async {
+        loop {
+            if let Some(line) = controller.forbidden().into_iter().next() {
+                return line;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = body => outcome,
+        line = refused => Err(format!("the API server refused the controller: {line}").into()),
+    };
+    if outcome.is_err() {
+        eprintln!(
+            "--- controller log {} (last lines) ---\n{}",
             controller.log.display(),
             controller.tail()
-        )
-        .into()
-    })
+        );
+    }
+    outcome
 }
 
 #[tokio::test]
