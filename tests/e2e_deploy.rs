@@ -8,7 +8,12 @@
 //!   TokenRequest token, not cluster-admin) and upgrades a Deployment's `istio-proxy` in place;
 //!   any `forbidden` in its log fails the test, and a controller missing one rule is shown to
 //!   produce exactly such a line.
+//! - The webhook binary runs out of process under its ServiceAccount in self-managed
+//!   certificate mode: it writes its Secret and both configurations' caBundle and becomes ready
+//!   (every watch listed), again with no `forbidden` in its log.
 //! - `kubectl auth can-i --list` for both ServiceAccounts equals the list checked in here.
+//! - The cert-manager overlay, the example policies and the generated webhook configurations
+//!   are checked without a cert-manager (rendered, dry-run, compared with the generator).
 //!
 //! The in-cluster controller Deployment is scaled to 0 before the out-of-process run: its
 //! simulated pods run no binary (there is no container runtime), so they hold no Lease, but
@@ -24,10 +29,13 @@ use std::sync::OnceLock;
 use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -239,6 +247,38 @@ fn the_cert_manager_overlay_replaces_self_managed_certificates() -> TestResult {
         secret_of(&base).ok_or("base mounts no tls Secret")?["secretName"],
         secret["secretName"]
     );
+    let args = |objects: &[Value]| -> Option<Value> {
+        let d = find(objects, "Deployment", "inplace-upgrade-webhook")?;
+        Some(d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+    };
+    assert_eq!(
+        args(&base),
+        Some(json!(["webhook", "--self-managed-certs"]))
+    );
+    assert_eq!(
+        args(&overlay),
+        Some(json!(["webhook"])),
+        "serve cert-manager's files"
+    );
+    // The CA injector reads `<namespace>/<Certificate name>`.
+    let inject_from = format!(
+        "{}/{}",
+        certificate["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default(),
+        certificate["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        let c = find(&overlay, kind, "inplace-upgrade").ok_or(format!("no {kind}"))?;
+        assert_eq!(
+            c["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            json!(inject_from),
+            "{kind}"
+        );
+    }
     for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
         assert!(find(&base, kind, "inplace-upgrade-webhook-certs").is_some());
         assert!(
@@ -246,6 +286,34 @@ fn the_cert_manager_overlay_replaces_self_managed_certificates() -> TestResult {
             "{kind} inplace-upgrade-webhook-certs must not be granted under cert-manager"
         );
     }
+    Ok(())
+}
+
+/// deploy/base/webhook-configurations.yaml is what `inplace-upgrade manifests webhooks` prints
+/// (like the CRD, it must not drift from the code that builds it).
+#[test]
+fn the_checked_in_webhook_configurations_are_the_generated_ones() -> TestResult {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
+        .args(["manifests", "webhooks"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = repository().join("deploy/base/webhook-configurations.yaml");
+    let checked_in = std::fs::read_to_string(&path)?;
+    let body: String = checked_in
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        body,
+        String::from_utf8_lossy(&out.stdout),
+        "{} is stale: regenerate it with `inplace-upgrade manifests webhooks` (keep the comment header)",
+        path.display()
+    );
     Ok(())
 }
 
@@ -343,13 +411,13 @@ const WEBHOOK_CLUSTER: &[(&str, &str, &str, &str)] = &[
         "mutatingwebhookconfigurations.admissionregistration.k8s.io",
         "",
         "inplace-upgrade",
-        "get patch",
+        "patch",
     ),
     (
         "validatingwebhookconfigurations.admissionregistration.k8s.io",
         "",
         "inplace-upgrade",
-        "get patch",
+        "patch",
     ),
 ];
 
@@ -358,14 +426,8 @@ const WEBHOOK_NAMESPACED: &[(&str, &str, &str, &str)] = &[
     (
         "leases.coordination.k8s.io",
         "",
-        "",
-        "get list watch create",
-    ),
-    (
-        "leases.coordination.k8s.io",
-        "",
-        "inplace-upgrade-webhook",
-        "update",
+        "inplace-upgrade-controller",
+        "list watch",
     ),
     ("secrets", "", "", "create"),
     ("secrets", "", "inplace-upgrade-webhook-tls", "get update"),
@@ -543,21 +605,27 @@ async fn service_account_kubeconfig(
     Ok(path)
 }
 
-/// `inplace-upgrade controller` as a child process, its stderr in a file; killed on drop.
-struct ControllerProcess {
+/// An `inplace-upgrade` subcommand as a child process with a kubeconfig, its output in a file;
+/// killed on drop.
+struct Component {
+    name: &'static str,
     child: tokio::process::Child,
     log: PathBuf,
 }
 
-impl ControllerProcess {
-    fn start(kubeconfig: &Path, namespace: &str, identity: &str, log: PathBuf) -> AnyResult<Self> {
+impl Component {
+    fn start(
+        subcommand: &'static str,
+        kubeconfig: &Path,
+        args: &[&str],
+        log: PathBuf,
+    ) -> AnyResult<Self> {
         let file = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
-            .arg("controller")
+            .arg(subcommand)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--namespace", namespace, "--identity", identity])
-            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(args)
             // Plain text, greppable for `forbidden`.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -565,7 +633,32 @@ impl ControllerProcess {
             .stderr(file)
             .kill_on_drop(true)
             .spawn()?;
-        Ok(Self { child, log })
+        Ok(Self {
+            name: subcommand,
+            child,
+            log,
+        })
+    }
+
+    fn controller(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        log: PathBuf,
+    ) -> AnyResult<Self> {
+        Self::start(
+            "controller",
+            kubeconfig,
+            &[
+                "--namespace",
+                namespace,
+                "--identity",
+                identity,
+                "--admin-addr",
+                "127.0.0.1:0",
+            ],
+            log,
+        )
     }
 
     fn log(&self) -> String {
@@ -590,23 +683,23 @@ impl ControllerProcess {
 
     async fn stop(mut self) -> AnyResult<()> {
         if let Some(status) = self.child.try_wait()? {
-            return Err(format!("the controller exited early ({status}):\n{}", self.tail()).into());
+            return Err(format!("{} exited early ({status}):\n{}", self.name, self.tail()).into());
         }
         self.child.kill().await?;
         Ok(())
     }
 }
 
-/// Runs `body` while watching the controller's log: the first `forbidden` line fails at once
+/// Runs `body` while watching the component's log: the first `forbidden` line fails at once
 /// (a missing RBAC rule would otherwise show only as a wait running out). On failure the log's
 /// tail goes to stderr.
 async fn with_log<T>(
-    controller: &ControllerProcess,
+    component: &Component,
     body: impl std::future::Future<Output = AnyResult<T>>,
 ) -> AnyResult<T> {
     let refused = async {
         loop {
-            if let Some(line) = controller.forbidden().into_iter().next() {
+            if let Some(line) = component.forbidden().into_iter().next() {
                 return line;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -614,13 +707,14 @@ async fn with_log<T>(
     };
     let outcome = tokio::select! {
         outcome = body => outcome,
-        line = refused => Err(format!("the API server refused the controller: {line}").into()),
+        line = refused => Err(format!("the API server refused the {}: {line}", component.name).into()),
     };
     if outcome.is_err() {
         eprintln!(
-            "--- controller log {} (last lines) ---\n{}",
-            controller.log.display(),
-            controller.tail()
+            "--- {} log {} (last lines) ---\n{}",
+            component.name,
+            component.log.display(),
+            component.tail()
         );
     }
     outcome
@@ -642,7 +736,7 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
     )?;
     let kubeconfig = service_account_kubeconfig(env, &client, NAMESPACE, CONTROLLER_SA).await?;
     let identity = "e2e-deploy-controller";
-    let controller = ControllerProcess::start(
+    let controller = Component::controller(
         &kubeconfig,
         NAMESPACE,
         identity,
@@ -726,6 +820,132 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
     Ok(())
 }
 
+/// `GET /readyz` on a plain-HTTP admin port answers 200.
+async fn is_ready_at(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    response.starts_with(b"HTTP/1.1 200")
+}
+
+fn free_port() -> AnyResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The webhook under its ServiceAccount, in self-managed certificate mode: it lists and watches
+/// everything it caches, watches the controller's Lease, writes the one Secret and the caBundle
+/// of both configurations from deploy/, and becomes ready once kubelet would have mounted the
+/// Secret (the test writes its files where the Deployment mounts them).
+#[tokio::test]
+async fn the_webhook_under_its_service_account_manages_its_certificates() -> TestResult {
+    let (env, _) = installed()?;
+    let client = env.client()?;
+    let kubeconfig = service_account_kubeconfig(env, &client, NAMESPACE, WEBHOOK_SA).await?;
+    let cert_dir = env.dir().join("e2e-deploy-webhook-tls");
+    std::fs::create_dir_all(&cert_dir)?;
+    let admin_port = free_port()?;
+    let admin_addr = format!("127.0.0.1:{admin_port}");
+    let cert_dir_arg = cert_dir.display().to_string();
+    let webhook = Component::start(
+        "webhook",
+        &kubeconfig,
+        &[
+            "--namespace",
+            NAMESPACE,
+            "--self-managed-certs",
+            "--cert-dir",
+            &cert_dir_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-addr",
+            &admin_addr,
+        ],
+        env.dir().join("e2e-deploy-webhook.log"),
+    )?;
+    let outcome = with_log(&webhook, async {
+        let secrets = Api::<Secret>::namespaced(client.clone(), NAMESPACE);
+        let secret = wait_for(
+            &secrets,
+            "inplace-upgrade-webhook-tls",
+            "the webhook's certificate Secret",
+            |s: &Secret| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key("tls.crt") && d.contains_key("tls.key"))
+            },
+        )
+        .await?;
+        let data = secret.data.unwrap_or_default();
+        for (key, value) in &data {
+            std::fs::write(cert_dir.join(key), &value.0)?;
+        }
+        let ca = data
+            .get("ca.crt")
+            .ok_or("the Secret has no ca.crt")?
+            .0
+            .clone();
+        let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
+        wait_for(
+            &mutating,
+            "inplace-upgrade",
+            "caBundle in the mutating configuration",
+            |c| {
+                c.webhooks
+                    .iter()
+                    .flatten()
+                    .all(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca))
+            },
+        )
+        .await?;
+        let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+        wait_for(
+            &validating,
+            "inplace-upgrade",
+            "caBundle in the validating configuration",
+            |c| {
+                c.webhooks
+                    .iter()
+                    .flatten()
+                    .all(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca))
+            },
+        )
+        .await?;
+        // Ready = certificate loaded and every cache (and the Lease watch) listed.
+        tokio::time::timeout(testenv::WAIT_LIMIT, async {
+            while !is_ready_at(admin_port).await {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .map_err(|_| {
+            format!(
+                "the webhook was not ready on {admin_addr} within {:?}",
+                testenv::WAIT_LIMIT
+            )
+        })?;
+        let refused = webhook.forbidden();
+        assert!(
+            refused.is_empty(),
+            "the API server refused the webhook:\n{}",
+            refused.join("\n")
+        );
+        Ok(())
+    })
+    .await;
+    let stopped = webhook.stop().await;
+    outcome?;
+    stopped
+}
+
 /// The check above can fail: a controller whose ClusterRole lacks one rule of deploy/'s logs a
 /// `forbidden` line for exactly that resource.
 #[tokio::test]
@@ -766,7 +986,7 @@ async fn a_controller_missing_one_rule_is_refused_and_says_so() -> TestResult {
     let kubeconfig = service_account_kubeconfig(env, &client, &ns, "default").await?;
     // Its own namespace, so its Lease never competes with the other test's controller.
     let controller =
-        ControllerProcess::start(&kubeconfig, &ns, &name, env.dir().join(format!("{ns}.log")))?;
+        Component::controller(&kubeconfig, &ns, &name, env.dir().join(format!("{ns}.log")))?;
     let found = tokio::time::timeout(testenv::WAIT_LIMIT, async {
         loop {
             let refused = controller.forbidden();
