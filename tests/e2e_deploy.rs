@@ -4,10 +4,11 @@
 //! - `kubectl apply -k deploy --server-side` succeeds, both Deployments roll out under the
 //!   namespace's Pod Security `restricted` level, and a second apply would change nothing
 //!   (`--dry-run=server` succeeds, `kubectl diff --server-side` is empty).
-//! - The controller binary runs out of process under the deploy/ ServiceAccount's identity (a
-//!   TokenRequest token, not cluster-admin) and upgrades a Deployment's `istio-proxy` in place;
-//!   any `forbidden` in its log fails the test, and a controller missing one rule is shown to
-//!   produce exactly such a line.
+//! - The controller and webhook binaries run out of process, each under its deploy/
+//!   ServiceAccount's identity (a TokenRequest token, not cluster-admin); the API server calls
+//!   that webhook (registered by URL for the test's namespace: no kube-proxy here) and the
+//!   controller upgrades a Deployment's `istio-proxy` in place. Any `forbidden` in either log
+//!   fails the test at once, and a controller missing one rule is shown to produce such a line.
 //! - The webhook binary runs out of process under its ServiceAccount in self-managed
 //!   certificate mode: it writes its Secret and both configurations' caBundle and becomes ready
 //!   (every watch listed), again with no `forbidden` in its log.
@@ -32,13 +33,14 @@ use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::Client;
-use kube::api::{Api, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for};
 
@@ -672,6 +674,15 @@ impl Component {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    fn print_tail(&self) {
+        eprintln!(
+            "--- {} log {} (last lines) ---\n{}",
+            self.name,
+            self.log.display(),
+            self.tail()
+        );
+    }
+
     /// Log lines where the API server refused a request.
     fn forbidden(&self) -> Vec<String> {
         self.log()
@@ -697,6 +708,16 @@ async fn with_log<T>(
     component: &Component,
     body: impl std::future::Future<Output = AnyResult<T>>,
 ) -> AnyResult<T> {
+    /// Prints the log's tail when an assertion in `body` panics.
+    struct TailOnPanic<'a>(&'a Component);
+    impl Drop for TailOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.print_tail();
+            }
+        }
+    }
+    let _guard = TailOnPanic(component);
     let refused = async {
         loop {
             if let Some(line) = component.forbidden().into_iter().next() {
@@ -710,18 +731,183 @@ async fn with_log<T>(
         line = refused => Err(format!("the API server refused the {}: {line}", component.name).into()),
     };
     if outcome.is_err() {
-        eprintln!(
-            "--- {} log {} (last lines) ---\n{}",
-            component.name,
-            component.log.display(),
-            component.tail()
-        );
+        component.print_tail();
     }
     outcome
 }
 
+/// The webhook under its ServiceAccount serving certificate files (the cert-manager mode:
+/// no certificate permissions needed), with a CA and a serving certificate for 127.0.0.1 made
+/// by `inplace-upgrade certs`. Returns it, its HTTPS port, its admin port and the CA.
+async fn start_webhook_with_files(
+    env: &TestEnv,
+    client: &Client,
+) -> AnyResult<(Component, u16, u16, Vec<u8>)> {
+    let dir = env.dir().join("e2e-deploy-webhook-files");
+    let dir_arg = dir.display().to_string();
+    let certs = std::process::Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
+        .args(["certs", "--out", &dir_arg, "--ip", "127.0.0.1"])
+        .output()?;
+    if !certs.status.success() {
+        return Err(format!(
+            "inplace-upgrade certs failed: {}",
+            String::from_utf8_lossy(&certs.stderr)
+        )
+        .into());
+    }
+    let ca = std::fs::read(dir.join("ca.crt"))?;
+    let kubeconfig = service_account_kubeconfig(env, client, NAMESPACE, WEBHOOK_SA).await?;
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let (listen, admin) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{admin_port}"),
+    );
+    let webhook = Component::start(
+        "webhook",
+        &kubeconfig,
+        &[
+            "--namespace",
+            NAMESPACE,
+            "--cert-dir",
+            &dir_arg,
+            "--listen",
+            &listen,
+            "--admin-addr",
+            &admin,
+        ],
+        env.dir().join("e2e-deploy-webhook-files.log"),
+    )?;
+    Ok((webhook, port, admin_port, ca))
+}
+
+/// Our webhook configurations as deploy/ has them, but calling `https://127.0.0.1:port` and
+/// only for namespace `ns` (the API server cannot reach a Service here: no kube-proxy).
+async fn register_webhook_for(
+    client: &Client,
+    ns: &str,
+    port: u16,
+    ca: Vec<u8>,
+) -> AnyResult<String> {
+    use inplace_upgrade::admission::configuration::{
+        ConfigurationOptions, Endpoint, webhook_configurations,
+    };
+    let (mut mutating, mut validating) = webhook_configurations(&ConfigurationOptions {
+        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
+        ca_bundle: Some(ca),
+        own_namespace: NAMESPACE.into(),
+        cert_manager_certificate: None,
+    });
+    let name = format!("e2e-deploy-{ns}");
+    let only_ns: LabelSelector = obj(json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}));
+    mutating.metadata.name = Some(name.clone());
+    for w in mutating.webhooks.iter_mut().flatten() {
+        w.namespace_selector = Some(only_ns.clone());
+    }
+    validating.metadata.name = Some(name.clone());
+    if let Some(webhooks) = validating.webhooks.as_mut() {
+        // The policies webhook is cluster-wide; the other tests' policies need not see it.
+        webhooks.retain(|w| w.namespace_selector.is_some());
+        for w in webhooks {
+            w.namespace_selector = Some(only_ns.clone());
+        }
+    }
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await?;
+    Ok(name)
+}
+
+async fn await_ready_at(port: u16, what: &str) -> AnyResult<()> {
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        while !is_ready_at(port).await {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "{what} was not ready on port {port} within {:?}",
+            testenv::WAIT_LIMIT
+        )
+        .into()
+    })
+}
+
+/// Waits until a pod of `deployment` would get our readiness gate: the API server has loaded
+/// the new configurations and the webhook's caches hold the ReplicaSet, the policy and a live
+/// Lease (each arrives by its own watch, so a pod created at once could miss the mutation).
+/// Probes with server-side dry-run creations, which run admission but store nothing.
+async fn await_webhook_gates_pods_of(
+    client: &Client,
+    ns: &str,
+    deployment: &Deployment,
+) -> AnyResult<()> {
+    let replica_sets = testenv::wait_list(
+        &Api::<ReplicaSet>::namespaced(client.clone(), ns),
+        kube::runtime::watcher::Config::default(),
+        "the Deployment's ReplicaSet",
+        |rs: &[ReplicaSet]| !rs.is_empty(),
+    )
+    .await?;
+    let rs = &replica_sets[0];
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .ok_or("Deployment without spec")?;
+    let probe: Pod = obj(json!({
+        "metadata": {
+            "generateName": "webhook-probe-",
+            "labels": template.metadata.and_then(|m| m.labels),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.name_any(),
+                "uid": rs.uid(), "controller": true,
+            }],
+        },
+        "spec": template.spec,
+    }));
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let gated = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| {
+                g.iter()
+                    .any(|g| g.condition_type == "inplace-upgrade.io/ready")
+            })
+    };
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        loop {
+            match pods.create(&dry_run, &probe).await {
+                Ok(p) if gated(&p) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "no dry-run pod of {ns}/hello got the readiness gate within {:?}",
+            testenv::WAIT_LIMIT
+        )
+    })??;
+    Ok(())
+}
+
+/// The rollout with both binaries out of process, each under its deploy/ ServiceAccount: the
+/// API server calls the webhook for the new pods (readiness gate) and the annotation, and the
+/// controller admits the gated pods and upgrades `istio-proxy` in place.
 #[tokio::test]
-async fn the_controller_under_its_service_account_upgrades_in_place() -> TestResult {
+async fn controller_and_webhook_under_their_service_accounts_upgrade_in_place() -> TestResult {
     let (env, _) = installed()?;
     let client = env.client()?;
     kubectl(
@@ -742,20 +928,64 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
         identity,
         env.dir().join("e2e-deploy-controller.log"),
     )?;
+    let (webhook, port, admin_port, ca) = start_webhook_with_files(env, &client).await?;
     let ns = env.namespace("deploy-rollout").await?;
-    let outcome = with_log(&controller, async {
+    let body = async {
+        // The webhook injects the gate only while the controller's Lease is live.
+        wait_for(
+            &Api::<Lease>::namespaced(client.clone(), NAMESPACE),
+            LEASE,
+            "the controller's Lease held by the out-of-process controller",
+            |l: &Lease| {
+                l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(identity)
+            },
+        )
+        .await?;
+        await_ready_at(admin_port, "the webhook").await?;
+        let registered = register_webhook_for(&client, &ns, port, ca).await?;
         create_policy(&client, &ns, json!({})).await?;
         create_service(&client, &ns, "hello").await?;
         let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-        // Gated pods: the controller must admit them (pods/status) or they never become Ready.
+        // No gate in the template: the webhook adds it to each pod, and then the controller
+        // must admit them (pods/status) or they never become Ready.
+        // Annotated before it has pods: the webhook gates pods only of workloads that ask
+        // for a target, and sets that target on them at creation.
+        let first = "istio-proxy=proxyv2:1.24.1";
+        let mut deployment = hello_deployment("hello-old-version.yaml.injected", 0, false)?;
+        deployment
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(TARGETS_ANNOTATION.into(), first.into());
         deployments
-            .create(
-                &PostParams::default(),
-                &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
+            .create(&PostParams::default(), &deployment)
+            .await?;
+        await_webhook_gates_pods_of(&client, &ns, &deployment).await?;
+        deployments
+            .patch(
+                "hello",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 2}})),
             )
             .await?;
         await_deployment_ready(&deployments, "hello", 2).await?;
+        await_phase(&deployments, "hello", first, "Completed").await?;
         let before = pods_by_name(&client, &ns, "hello").await?;
+        for (name, pod) in &before {
+            assert_eq!(
+                spec_image(pod, "istio-proxy").as_deref(),
+                Some("registry.istio.io/testing/proxyv2:1.24.1"),
+                "the webhook set the target on {name} at creation"
+            );
+            let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.clone());
+            assert!(
+                gates
+                    .iter()
+                    .flatten()
+                    .any(|g| g.condition_type == "inplace-upgrade.io/ready"),
+                "the webhook injected the readiness gate into {name}: {gates:?}"
+            );
+        }
         let target = "istio-proxy=proxyv2:1.24.2";
         annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
         await_phase(&deployments, "hello", target, "Completed").await?;
@@ -776,14 +1006,6 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
             // events.k8s.io create
             await_event(&client, &ns, name, "Upgraded").await?;
         }
-        // leases get/create/update in its namespace, under the identity we gave it.
-        let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
-            .get(LEASE)
-            .await?;
-        assert_eq!(
-            lease.spec.and_then(|s| s.holder_identity).as_deref(),
-            Some(identity)
-        );
         // inplaceupgradepolicies/status patch
         wait_for(
             &Api::<InPlaceUpgradePolicy>::all(client.clone()),
@@ -792,16 +1014,43 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
             |p: &InPlaceUpgradePolicy| p.status.is_some(),
         )
         .await?;
-        let refused = controller.forbidden();
-        assert!(
-            refused.is_empty(),
-            "the API server refused the controller:\n{}",
-            refused.join("\n")
+        // A malformed annotation is refused by the webhook: the API server does call it.
+        let refused = kubectl(
+            env,
+            &[
+                "-n",
+                &ns,
+                "annotate",
+                "--overwrite",
+                "deployment/hello",
+                &format!("{TARGETS_ANNOTATION}=istio-proxy="),
+            ],
         );
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("denied the request")),
+            "{refused:?}"
+        );
+        for component in [&controller, &webhook] {
+            let refused = component.forbidden();
+            assert!(
+                refused.is_empty(),
+                "the API server refused the {}:\n{}",
+                component.name,
+                refused.join("\n")
+            );
+        }
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&registered, &Default::default())
+            .await?;
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(&registered, &Default::default())
+            .await?;
         Ok(())
-    })
-    .await;
-    let stopped = controller.stop().await;
+    };
+    let outcome = with_log(&controller, with_log(&webhook, body)).await;
+    let stopped = (controller.stop().await, webhook.stop().await);
     // Back to deploy/'s replica count, so re-applying deploy/ on a long-lived cluster meets no
     // field-ownership conflict over `replicas`.
     let restored = kubectl(
@@ -815,7 +1064,8 @@ async fn the_controller_under_its_service_account_upgrades_in_place() -> TestRes
         ],
     );
     outcome?;
-    stopped?;
+    stopped.0?;
+    stopped.1?;
     restored?;
     Ok(())
 }
