@@ -70,7 +70,8 @@ pub struct PlanInput<'a> {
     pub paused: bool,
     pub failed_targets: &'a [FailedTarget],
     /// When the user last asked for a retry (`inplace-upgrade.io/retry`): a pod's own failure
-    /// record that finished before it no longer blocks the same target. (The controller also
+    /// record whose last patch (the rollback, or the failed upgrade under `onFailure: Pause`)
+    /// came before it no longer blocks the same target. (The controller also
     /// clears `failed_targets` on a retry.)
     pub retry_since: Option<Timestamp>,
     pub disruption_budgets: &'a [DisruptionBudget],
@@ -597,11 +598,9 @@ fn known_failure(
     state: Option<&PodUpgradeState>,
 ) -> Option<String> {
     let failed = input.failed_targets;
-    let retried = |s: &PodUpgradeState| {
-        input
-            .retry_since
-            .is_some_and(|r| s.finished_at.is_none_or(|f| f <= r))
-    };
+    // The failure was known from the moment its rollback (the record's last patch) started:
+    // a retry asked after that forgives it, even if the rollback finished later.
+    let retried = |s: &PodUpgradeState| input.retry_since.is_some_and(|r| s.patched_at <= r);
     for t in pending {
         let name = &t.location.name;
         if failed

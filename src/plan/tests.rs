@@ -605,12 +605,16 @@ fn retry_lifts_a_pods_own_failure_record() {
     );
     let mut world = World::new(&[rolled]);
     assert_eq!(summary(&world.plan()), s(&[]));
-    world.retry_since = Some(ts(-60));
+    world.retry_since = Some(ts(-120));
     assert_eq!(
         summary(&world.plan()),
         s(&[]),
-        "a retry older than the failure does not count"
+        "a retry older than the failed attempt does not count"
     );
+    // Asked while the rollback (patched at -100) was still finishing: the user saw the
+    // failure, so the retry counts once the rollback is done.
+    world.retry_since = Some(ts(-60));
+    assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
     world.retry_since = Some(ts(-10));
     assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
 }

@@ -594,19 +594,16 @@ impl PodSim {
             .iter()
             .filter_map(|t| self.conditions.get(t).map(|c| (t, c)))
             .map(|(t, c)| {
-                let mut v = json!({
+                // Explicit nulls: in a strategic merge patch an absent field keeps the old
+                // value, so a condition turning True would keep its old reason and message.
+                json!({
                     "type": t,
                     "status": if c.status { "True" } else { "False" },
                     "lastProbeTime": null,
                     "lastTransitionTime": ts(c.last_transition),
-                });
-                if let Some(r) = &c.reason {
-                    v["reason"] = json!(r);
-                }
-                if let Some(m) = &c.message {
-                    v["message"] = json!(m);
-                }
-                v
+                    "reason": c.reason,
+                    "message": c.message,
+                })
             })
             .collect();
         let mut status = json!({
@@ -1161,6 +1158,14 @@ mod tests {
         h.now.wall += chrono::Duration::seconds(5);
         h.set_status_condition("x.io/ready", "True");
         assert!(ready(&h.status));
+        // The patch clears the old reason and message (null deletes in a merge patch).
+        assert_eq!(h.condition("Ready")["reason"], Value::Null);
+        assert!(
+            h.condition("Ready")
+                .as_object()
+                .unwrap()
+                .contains_key("message")
+        );
         let since = h.condition("Ready")["lastTransitionTime"].clone();
         assert_eq!(
             h.condition("ContainersReady")["lastTransitionTime"],

@@ -242,6 +242,19 @@ async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back() -> TestResult 
         |s: &[EndpointSlice]| ready_addresses(s).contains(&ip),
     )
     .await?;
+    // Ready again: the reason and message of the not-ready spell are gone, as kubelet does.
+    let pod = await_ready(&api, "gated").await?;
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .ok_or("no Ready condition")?;
+    assert_eq!(
+        (ready.reason.as_deref(), ready.message.as_deref()),
+        (None, None),
+        "{ready:?}"
+    );
     Ok(())
 }
 
