@@ -1170,18 +1170,7 @@ async fn the_webhook_under_its_service_account_manages_its_certificates() -> Tes
         )
         .await?;
         // Ready = certificate loaded and every cache (and the Lease watch) listed.
-        tokio::time::timeout(testenv::WAIT_LIMIT, async {
-            while !is_ready_at(admin_port).await {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "the webhook was not ready on {admin_addr} within {:?}",
-                testenv::WAIT_LIMIT
-            )
-        })?;
+        await_ready_at(admin_port, "the webhook").await?;
         let refused = webhook.forbidden();
         assert!(
             refused.is_empty(),
