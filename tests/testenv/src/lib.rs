@@ -188,6 +188,9 @@ pub struct TestEnv {
     nodes: Vec<String>,
     children: Mutex<Vec<Child>>,
     tasks: Vec<JoinHandle<()>>,
+    /// kube-apiserver's flags and port, to restart it in place.
+    apiserver_args: Vec<String>,
+    api_port: u16,
 }
 
 impl std::fmt::Debug for TestEnv {
@@ -253,6 +256,8 @@ impl TestEnv {
             nodes: Vec::new(),
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
+            apiserver_args: Vec::new(),
+            api_port,
         };
         let booted = async {
             let etcd_bin = etcd_bin_vendored::etcd_bin_path()
@@ -312,6 +317,7 @@ impl TestEnv {
                 &apiserver_args,
                 logs.join("kube-apiserver.log"),
             )?;
+            env.apiserver_args = apiserver_args;
             env.write_kubeconfig(&pki, api_port)?;
             env.await_port("kube-apiserver", api_port, limit).await?;
             env.config = load_config(&env.kubeconfig).await?;
@@ -524,6 +530,56 @@ impl TestEnv {
         )
         .await?;
         Ok(name)
+    }
+
+    /// Stops kube-apiserver (SIGKILL when `kill`, otherwise SIGTERM as a rolling upgrade of
+    /// the control plane would) and starts it again with the same flags, on the same port,
+    /// over the same etcd; returns once its `/readyz` is ok. Clients, watches, the controller
+    /// manager and the simulated kubelet see the connection drop and must reconnect on their
+    /// own. The restarted server logs to `logs/kube-apiserver-<n>.log` (n = 1, 2, …).
+    pub async fn restart_apiserver(&self, kill: bool) -> Result<Duration> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static RESTARTS: AtomicU32 = AtomicU32::new(0);
+        let started = Instant::now();
+        let mut old = {
+            let mut children = self
+                .children
+                .lock()
+                .map_err(|_| Error::Shared("the process list lock is poisoned".into()))?;
+            let Some(i) = children.iter().position(|c| c.name == "kube-apiserver") else {
+                return Err(Error::Shared("kube-apiserver is not running".into()));
+            };
+            children.remove(i)
+        };
+        if kill {
+            old.signal(libc::SIGKILL);
+        }
+        // A graceful stop drains requests; kube-apiserver can take a minute over it with
+        // watches open, so it gets 10 s, then SIGKILL. Waited for off the async threads.
+        tokio::task::spawn_blocking(move || old.stop(Duration::from_secs(10)))
+            .await
+            .map_err(|e| Error::Shared(format!("stopping kube-apiserver: {e}")))?;
+        // The port is free once the old process is reaped; bind it again for the new one.
+        let n = RESTARTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let log = self
+            .dir
+            .join("logs")
+            .join(format!("kube-apiserver-{n}.log"));
+        let child = Child::spawn(
+            "kube-apiserver",
+            &self.bin_dir.join("kube-apiserver"),
+            &self.apiserver_args,
+            log,
+        )?;
+        if let Ok(mut c) = self.children.lock() {
+            c.push(child);
+        }
+        let limit = Duration::from_secs(120);
+        self.await_port("kube-apiserver", self.api_port, limit)
+            .await?;
+        let client = self.client()?;
+        self.await_readyz(&client, limit).await?;
+        Ok(started.elapsed())
     }
 
     fn spawn(
