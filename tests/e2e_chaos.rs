@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for, wait_list};
 
 const REPOSITORY: &str = "registry.istio.io/testing/proxyv2";
-const OLD_PROXY: &str = "docker.io/istio/proxyv2:1.23.0";
+const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
 
 /// One `inplace-upgrade controller` process; SIGKILLed when dropped.
 struct Replica {
@@ -318,14 +318,30 @@ async fn check_wave_end(
     deployments: &Api<Deployment>,
     client: &Client,
     ns: &str,
+    app: &str,
     wave: &Wave,
     previous_image: &str,
     replicas: i32,
+    flapping: bool,
 ) -> AnyResult<String> {
     let phase = if wave.failing { "Failed" } else { "Completed" };
-    await_phase(deployments, "hello", &wave.annotation, phase).await?;
-    await_deployment_ready(deployments, "hello", replicas).await?;
-    let pods = pods_by_name(client, ns, "hello").await?;
+    await_phase(deployments, app, &wave.annotation, phase).await?;
+    // `Failed` is reported when the failure is seen; the rollback finishes after it.
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    wait_list(
+        &api,
+        watcher::Config::default().labels(&format!("app={app}")),
+        &format!(
+            "the pods of {app} settled on {} (nothing drained or in progress)",
+            wave.annotation
+        ),
+        |ps: &[Pod]| wave.over(ps),
+    )
+    .await?;
+    if !flapping {
+        await_deployment_ready(deployments, app, replicas).await?;
+    }
+    let pods = pods_by_name(client, ns, app).await?;
     let mut rolled_back = 0;
     for (name, pod) in &pods {
         assert!(!drained(pod), "{name} is left drained: {:?}", gate(pod));
@@ -334,7 +350,7 @@ async fn check_wave_end(
             "{name} is left half-patched: {:?}",
             state_phase(pod)
         );
-        assert!(is_ready(pod), "{name} is Ready");
+        assert!(flapping || is_ready(pod), "{name} is Ready");
         let image = spec_image(pod, "istio-proxy").unwrap_or_default();
         if wave.failing {
             assert_eq!(
@@ -363,47 +379,67 @@ async fn check_wave_end(
     }
 }
 
-/// The most pods of `app` not Ready at once (terminating pods aside), as a watch sees them.
-/// Unlike `common::observe`, the watch backs off while the API server is down instead of
-/// spinning, and relists when it is back.
-fn watch_unavailable(client: &Client, ns: &str, app: &str) -> Arc<Mutex<usize>> {
-    let max = Arc::new(Mutex::new(0usize));
+/// What a watch of one app's pods saw: the most pods not Ready at once (terminating pods
+/// aside), and the most pods held by the controller at once (drained, or patched and not yet
+/// finished). Unlike `common::observe`, the watch backs off while the API server is down
+/// instead of spinning, and relists when it is back.
+#[derive(Default, Debug, Clone, Copy)]
+struct Seen {
+    max_not_ready: usize,
+    max_held: usize,
+}
+
+fn watch_pods(client: &Client, ns: &str, app: &str) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
     let stream = watcher(
         Api::<Pod>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(&format!("app={app}")),
     )
     .default_backoff();
-    let seen = max.clone();
+    let out = seen.clone();
     tokio::spawn(async move {
         let mut stream = stream.boxed();
         let mut not_ready: BTreeSet<String> = BTreeSet::new();
+        let mut held: BTreeSet<String> = BTreeSet::new();
         while let Some(event) = stream.next().await {
             let pod = match event {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
                 Ok(watcher::Event::Delete(p)) => {
                     not_ready.remove(&p.name_any());
+                    held.remove(&p.name_any());
                     continue;
                 }
                 _ => continue,
             };
-            if pod.metadata.deletion_timestamp.is_none() && !is_ready(&pod) {
-                not_ready.insert(pod.name_any());
-            } else {
-                not_ready.remove(&pod.name_any());
+            let live = pod.metadata.deletion_timestamp.is_none();
+            for (set, member) in [
+                (&mut not_ready, live && !is_ready(&pod)),
+                (&mut held, live && (drained(&pod) || in_progress(&pod))),
+            ] {
+                if member {
+                    set.insert(pod.name_any());
+                } else {
+                    set.remove(&pod.name_any());
+                }
             }
-            if let Ok(mut m) = seen.lock() {
-                *m = (*m).max(not_ready.len());
+            if let Ok(mut s) = out.lock() {
+                s.max_not_ready = s.max_not_ready.max(not_ready.len());
+                s.max_held = s.max_held.max(held.len());
             }
         }
     });
-    max
+    seen
 }
 
-async fn create_hello(
+/// The Istio-injected `hello` Deployment as `app` (name and `app` label), gated, with the
+/// simulated kubelet's restart delay; `flapping`: its `hello` container's readiness flips.
+async fn create_app(
     client: &Client,
     ns: &str,
+    app: &str,
     replicas: i32,
     restart_delay_ms: u32,
+    flapping: bool,
 ) -> AnyResult<Api<Deployment>> {
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     let mut d: Value = serde_json::to_value(hello_deployment(
@@ -411,12 +447,41 @@ async fn create_hello(
         replicas,
         true,
     )?)?;
-    d["spec"]["template"]["metadata"]["annotations"]["sim.inplace-upgrade.io/restart-delay-ms"] =
+    d["metadata"]["name"] = json!(app);
+    d["metadata"]["labels"]["app"] = json!(app);
+    d["spec"]["selector"]["matchLabels"]["app"] = json!(app);
+    let template = &mut d["spec"]["template"];
+    template["metadata"]["labels"]["app"] = json!(app);
+    template["metadata"]["annotations"]["sim.inplace-upgrade.io/restart-delay-ms"] =
         json!(restart_delay_ms.to_string());
+    if flapping {
+        let containers = template["spec"]["containers"]
+            .as_array_mut()
+            .ok_or("the fixture has no containers")?;
+        for c in containers.iter_mut().filter(|c| c["name"] == "hello") {
+            c["image"] = json!("fake.docker.io/google-samples/hello-go-gke:flapping");
+        }
+    }
     deployments
         .create(&PostParams::default(), &serde_json::from_value(d)?)
         .await?;
     Ok(deployments)
+}
+
+/// Waits until `replicas` pods of `app` exist with our readiness gate admitted (True): the
+/// rollout can start. (A flapping app is never reliably all Ready at once.)
+async fn await_admitted(client: &Client, ns: &str, app: &str, replicas: i32) -> AnyResult<()> {
+    let want = usize::try_from(replicas)?;
+    wait_list(
+        &Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&format!("app={app}")),
+        &format!("{replicas} pods of {app} admitted"),
+        |ps: &[Pod]| {
+            ps.len() == want && ps.iter().all(|p| gate(p).is_some_and(|(s, _)| s == "True"))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -441,11 +506,11 @@ async fn seeded_sigkills_of_the_leader_never_leave_a_pod_drained_or_exceed_the_b
         json!({"drain": {"gracePeriodSeconds": 1, "timeoutSeconds": 60}}),
     )
     .await?;
-    let deployments = create_hello(&client, &ns, replicas, 1000).await?;
+    let deployments = create_app(&client, &ns, "hello", replicas, 1000, false).await?;
     let mut pair = Pair::start(env, "kill")?;
     pair.leader(&client).await?;
     await_deployment_ready(&deployments, "hello", replicas).await?;
-    let seen = watch_unavailable(&client, &ns, "hello");
+    let seen = watch_pods(&client, &ns, "hello");
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
 
     let mut plan = plan.into_iter().peekable();
@@ -509,8 +574,17 @@ async fn seeded_sigkills_of_the_leader_never_leave_a_pod_drained_or_exceed_the_b
                     .collect(),
             );
         }
-        let outcome =
-            check_wave_end(&deployments, &client, &ns, &wave, &previous_image, replicas).await;
+        let outcome = check_wave_end(
+            &deployments,
+            &client,
+            &ns,
+            "hello",
+            &wave,
+            &previous_image,
+            replicas,
+            false,
+        )
+        .await;
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return Err(format!("wave {wave_number}: {e}\n{}", pair.logs()).into()),
@@ -525,7 +599,7 @@ async fn seeded_sigkills_of_the_leader_never_leave_a_pod_drained_or_exceed_the_b
         }
     }
 
-    let max = seen.lock().map(|m| *m).unwrap_or(usize::MAX);
+    let max = seen.lock().map(|s| s.max_not_ready).unwrap_or(usize::MAX);
     println!(
         "chaos seed {seed}: {kills} kill points survived over {wave_number} rollouts, max pods unavailable at once {max} (maxUnavailable 1)\n{}",
         log.join("\n")
@@ -554,18 +628,23 @@ async fn apiserver_restarts_mid_rollout_with_a_slow_kubelet_and_the_rollout_comp
     // so the controller must wait, not give up.
     create_policy(&client, &ns, json!({"readyTimeoutSeconds": 30})).await?;
     let replicas = 4;
-    let deployments = create_hello(&client, &ns, replicas, 4000).await?;
+    let deployments = create_app(&client, &ns, "hello", replicas, 4000, false).await?;
+    // Beside it, a workload whose app container flaps between Ready and not Ready.
+    create_app(&client, &ns, "flappy", replicas, 300, true).await?;
     let pair = Pair::start(&env, "api")?;
     pair.leader(&client).await?;
     await_deployment_ready(&deployments, "hello", replicas).await?;
-    let seen = watch_unavailable(&client, &ns, "hello");
+    await_admitted(&client, &ns, "flappy", replicas).await?;
+    let seen = watch_pods(&client, &ns, "hello");
+    let seen_flappy = watch_pods(&client, &ns, "flappy");
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let wave = Wave::new(1, false);
     annotate(&deployments, "hello", TARGETS_ANNOTATION, &wave.annotation).await?;
+    annotate(&deployments, "flappy", TARGETS_ANNOTATION, &wave.annotation).await?;
 
     let mut log = Vec::new();
     for (i, kill) in [true, false].into_iter().enumerate() {
-        // Restart while pod number i+1 is patched and its container restarting.
+        // Restart while pod number i+1 of hello is patched and its container restarting.
         let snapshot = wait_list(
             &pods,
             watcher::Config::default().labels("app=hello"),
@@ -590,18 +669,40 @@ async fn apiserver_restarts_mid_rollout_with_a_slow_kubelet_and_the_rollout_comp
         println!("{line}");
         log.push(line);
     }
-    let outcome = check_wave_end(&deployments, &client, &ns, &wave, OLD_PROXY, replicas).await;
-    if let Err(e) = outcome {
-        return Err(format!("{e}\n{}", pair.logs()).into());
+    for (app, flapping) in [("hello", false), ("flappy", true)] {
+        let outcome = check_wave_end(
+            &deployments,
+            &client,
+            &ns,
+            app,
+            &wave,
+            OLD_PROXY,
+            replicas,
+            flapping,
+        )
+        .await;
+        match outcome {
+            Ok(o) => log.push(format!("{app}: {o}")),
+            Err(e) => return Err(format!("{app}: {e}\n{}", pair.logs()).into()),
+        }
     }
-    let max = seen.lock().map(|m| *m).unwrap_or(usize::MAX);
+    let hello = seen.lock().map(|s| *s).unwrap_or_default();
+    let flappy = seen_flappy.lock().map(|s| *s).unwrap_or_default();
     println!(
-        "{}\nrollout Completed across 2 kube-apiserver restarts; max pods unavailable at once {max}",
-        log.join("\n")
+        "{}\nacross 2 kube-apiserver restarts: hello max unavailable {}, max held by the controller {}; flappy max not Ready {} (its own flapping), max held by the controller {}",
+        log.join("\n"),
+        hello.max_not_ready,
+        hello.max_held,
+        flappy.max_not_ready,
+        flappy.max_held
     );
     assert!(
-        max <= 1,
-        "never more than maxUnavailable=1 pod unavailable, saw {max}"
+        hello.max_not_ready <= 1,
+        "never more than maxUnavailable=1 pod of hello unavailable, saw {hello:?}"
+    );
+    assert!(
+        hello.max_held <= 1 && flappy.max_held <= 1,
+        "the controller never held more than maxUnavailable=1 pod of a workload: hello {hello:?}, flappy {flappy:?}"
     );
     Ok(())
 }

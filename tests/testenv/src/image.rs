@@ -21,6 +21,9 @@ pub enum Injected {
     CrashLoop,
     /// `never-ready`: runs, never ready.
     NeverReady,
+    /// `flapping`: runs, and its readiness flips for as long as it runs: ready after the
+    /// readiness delay, not ready again three readiness delays later, and so on.
+    Flapping,
 }
 
 /// A parsed image reference, normalised the way containerd reports it.
@@ -148,6 +151,8 @@ pub fn injected(reference: &str) -> Injected {
         Injected::CrashLoop
     } else if reference.contains("never-ready") {
         Injected::NeverReady
+    } else if reference.contains("flapping") {
+        Injected::Flapping
     } else {
         Injected::None
     }
@@ -241,6 +246,7 @@ mod tests {
         assert_eq!(injected("app:fail-pull"), Injected::FailPull);
         assert_eq!(injected("crashloop/app:1"), Injected::CrashLoop);
         assert_eq!(injected("app:never-ready-2"), Injected::NeverReady);
+        assert_eq!(injected("app:flapping"), Injected::Flapping);
         assert_eq!(injected("app:1"), Injected::None);
     }
 }

@@ -31,7 +31,9 @@
 //! - `fail-pull`: `ErrImagePull`, then `ImagePullBackOff`, alternating;
 //! - `crashloop`: runs briefly, terminates `Error` exit 1, restarts with a growing back-off,
 //!   waiting reason `CrashLoopBackOff`, `restartCount` grows;
-//! - `never-ready`: runs, never ready.
+//! - `never-ready`: runs, never ready;
+//! - `flapping`: runs, ready and not ready in turn (ready after the readiness delay, not ready
+//!   three readiness delays later, and again) without restarting.
 //!
 //! An unparsable reference gives `InvalidImageName`. Delays are [`Delays`], overridable per
 //! pod with `sim.inplace-upgrade.io/<name>-delay-ms` annotations.

@@ -178,6 +178,8 @@ enum Step {
     PullBackOff(Instant),
     /// Becomes ready (and started) at the deadline.
     Ready(Instant),
+    /// A `flapping` container turns not ready at the deadline (and ready again later).
+    Unready(Instant),
     /// Exits 1 at the deadline.
     Crash(Instant),
     /// Exits 0 at the deadline (run-to-completion init container).
@@ -192,6 +194,7 @@ impl Step {
             Step::Start(t)
             | Step::PullBackOff(t)
             | Step::Ready(t)
+            | Step::Unready(t)
             | Step::Crash(t)
             | Step::Complete(t) => Some(t),
             Step::Idle | Step::Done => None,
@@ -518,7 +521,18 @@ impl PodSim {
                     i.ready = true;
                     i.started = true;
                 }
-                c.step = Step::Done;
+                c.step = if injected(&c.target) == Injected::Flapping {
+                    Step::Unready(now.mono + delays.readiness * 3)
+                } else {
+                    Step::Done
+                };
+                true
+            }
+            Step::Unready(at) if at <= now.mono => {
+                if let Some(i) = c.instance.as_mut() {
+                    i.ready = false;
+                }
+                c.step = Step::Ready(now.mono + delays.readiness);
                 true
             }
             Step::Crash(at) if at <= now.mono => {
@@ -849,6 +863,7 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
         (_, Injected::CrashLoop) => Step::Crash(now.mono + delays.crash),
         (Kind::Init, _) => Step::Complete(now.mono + delays.init),
         (_, Injected::NeverReady) => Step::Done,
+        (_, Injected::Flapping) => Step::Ready(now.mono + delays.readiness),
         (_, _) if probed => Step::Ready(now.mono + delays.readiness),
         _ => {
             if let Some(i) = c.instance.as_mut() {
@@ -1333,6 +1348,23 @@ mod tests {
         assert_eq!(cs(&h.status, "containerStatuses", "a")["ready"], false);
         assert!(!ready(&h.status));
         assert_eq!(h.status["phase"], "Running");
+    }
+
+    #[test]
+    fn flapping_container_turns_ready_and_not_ready_in_turn() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "app:flapping")]})));
+        let ready_a = |s: &Value| cs(s, "containerStatuses", "a")["ready"] == true;
+        for round in 0..3 {
+            h.until(&format!("ready, round {round}"), |s| ready_a(s) && ready(s));
+            let id = cs(&h.status, "containerStatuses", "a")["containerID"].clone();
+            h.until(&format!("not ready, round {round}"), |s| {
+                !ready_a(s) && !ready(s)
+            });
+            let a = cs(&h.status, "containerStatuses", "a");
+            assert_eq!(a["containerID"], id, "a readiness flip is not a restart");
+            assert_eq!(a["restartCount"], 0);
+            assert!(a["state"]["running"].is_object());
+        }
     }
 
     #[test]
