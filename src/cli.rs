@@ -251,6 +251,10 @@ pub enum Command {
     /// Print generated manifests as YAML.
     #[command(subcommand)]
     Manifests(Manifests),
+    /// Show the main job end to end: start a local control plane (or use --kubeconfig), deploy
+    /// a mesh-like app, upgrade its istio-proxy sidecars in place and print it live.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
 }
 
 impl Command {
@@ -265,6 +269,8 @@ impl Command {
             Command::Webhook(args) => runtime()?.block_on(run_webhook(args)),
             Command::Run(args) => runtime()?.block_on(run_both(args)),
             Command::Certs(args) => write_certs(&args),
+            #[cfg(feature = "demo")]
+            Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
             Command::Manifests(Manifests::Webhooks(args)) => {
                 use inplace_upgrade::admission::configuration::{
                     ConfigurationOptions, Endpoint, webhook_configurations_yaml,
@@ -339,7 +345,12 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     for driver in drivers {
         tokio::spawn(driver);
     }
-    let view = Arc::new(admission::LiveView::start(&client, cache, &args.namespace));
+    let view = Arc::new(admission::LiveView::start(
+        &client,
+        cache,
+        admission::CacheSync::Await,
+        &args.namespace,
+    ));
     let settings = admission::Settings {
         controller_namespace: args.namespace,
     };

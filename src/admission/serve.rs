@@ -446,6 +446,47 @@ pub async fn run_local(
     options: LocalOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    start_local(client, options).await?.serve(shutdown).await
+}
+
+/// The local mode, started: the controller runs, the configurations are registered and the
+/// socket is bound (the API server's connections wait in its backlog until [`Self::serve`]).
+pub struct LocalWebhook {
+    /// The controller's handle (leadership, caches).
+    pub controller: crate::controller::Handle,
+    /// What the admission handlers read.
+    pub view: Arc<super::LiveView>,
+    server: TlsServer,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl LocalWebhook {
+    /// Serves admissions until `shutdown`, answers those in flight, then releases the
+    /// controller's Lease.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let stop = self.stop;
+        let served = self
+            .server
+            .serve(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        // Hand the controller's Lease over at once rather than after it expires.
+        self.controller.step_down().await;
+        served?;
+        Ok(())
+    }
+}
+
+/// Starts the local mode; see [`run_local`].
+pub async fn start_local(
+    client: kube::Client,
+    options: LocalOptions,
+) -> Result<LocalWebhook, ServeError> {
     let mut registry = Registry::default();
     let (host, port) = parse_webhook_url(&options.webhook_url)?;
     let ip: Option<IpAddr> = host.parse().ok();
@@ -495,6 +536,7 @@ pub async fn run_local(
     let view = Arc::new(super::LiveView::start(
         &client,
         handle.cache.clone(),
+        super::CacheSync::Controller(handle.clone()),
         &namespace,
     ));
     if let Some(addr) = options.admin_addr {
@@ -518,7 +560,7 @@ pub async fn run_local(
     let settings = Settings {
         controller_namespace: namespace.clone(),
     };
-    let router = admission_router(view, settings, metrics);
+    let router = admission_router(view.clone(), settings, metrics);
     let listener =
         TcpListener::bind(listen)
             .await
@@ -537,16 +579,13 @@ pub async fn run_local(
         .map_err(kube_error("cannot register the webhook configurations"))?;
     tracing::info!(url = %options.webhook_url, "webhook configurations registered");
     let server = TlsServer::new(listener, router, store.server_config()?)
-        .drain_timeout(Duration::from_secs(10))
-        .serve(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-    let served = server.await;
-    // Hand the controller's Lease over at once rather than after it expires.
-    handle.step_down().await;
-    served?;
-    Ok(())
+        .drain_timeout(Duration::from_secs(10));
+    Ok(LocalWebhook {
+        controller: handle,
+        view,
+        server,
+        stop: stop_tx,
+    })
 }
 
 fn url_authority(host: &str, port: u16) -> String {

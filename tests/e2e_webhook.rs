@@ -1,0 +1,729 @@
+//! End-to-end: the admission webhook against a real kube-apiserver, which calls it over TLS at a
+//! URL (the local `run` mode, through its library entry point: controller and webhook in one
+//! process, a CA of its own, URL-based configurations registered with that caBundle).
+//!
+//! One control plane and one `run` per test binary; each test has its own namespace and its
+//! own InPlaceUpgradePolicy, so tests run in parallel. Namespaces labelled
+//! `e2e.inplace-upgrade.io/webhook: down` are left out of the live configuration and sent to a
+//! second, registered configuration whose URL nobody serves: "the webhook is down" for those
+//! namespaces only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use inplace_upgrade::admission::ClusterView as _;
+use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
+use inplace_upgrade::admission::serve::{self, LocalOptions};
+use inplace_upgrade::controller::Settings;
+use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
+use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use testenv::{TestEnv, wait_for, wait_list};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
+const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
+const NEW_PROXY: &str = "registry.istio.io/testing/proxyv2:1.24.2";
+const DOWN_LABEL: &str = "e2e.inplace-upgrade.io/webhook";
+
+struct Shared {
+    env: &'static TestEnv,
+    admin: SocketAddr,
+    cert_dir: PathBuf,
+    host: String,
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("test object literal matches its Kubernetes type")
+}
+
+fn free_port() -> AnyResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `run` (controller + webhook) once for the test binary, on a thread and runtime of its
+/// own that live as long as the process, and returns once the API server's calls reach it.
+fn shared() -> AnyResult<&'static Shared> {
+    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let env = TestEnv::shared().map_err(|e| e.to_string())?;
+            let (tx, rx) = std::sync::mpsc::channel::<Result<Shared, String>>();
+            std::thread::spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return drop(tx.send(Err(e.to_string()))),
+                };
+                let started = runtime.block_on(start(env));
+                match started {
+                    Ok((shared, local)) => {
+                        let _ = tx.send(Ok(shared));
+                        let served = runtime.block_on(local.serve(std::future::pending()));
+                        eprintln!("the shared webhook stopped: {served:?}");
+                    }
+                    Err(e) => drop(tx.send(Err(e.to_string()))),
+                }
+            });
+            rx.recv()
+                .map_err(|_| "the webhook thread died".to_string())?
+        })
+        .as_ref()
+        .map_err(|e| format!("starting the webhook: {e}").into())
+}
+
+async fn start(env: &'static TestEnv) -> AnyResult<(Shared, serve::LocalWebhook)> {
+    if std::env::var_os("E2E_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("inplace_upgrade=debug"))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let client = env.client()?;
+    install(&client).await?;
+    let host = "127.0.0.1".to_string();
+    let port = free_port()?;
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let cert_dir = env.dir().join("webhook-tls");
+    let local = serve::start_local(
+        client.clone(),
+        LocalOptions {
+            webhook_url: format!("https://{host}:{port}"),
+            listen: None,
+            cert_dir: Some(cert_dir.clone()),
+            controller: Settings {
+                namespace: CONTROLLER_NAMESPACE.into(),
+                identity: "e2e-run".into(),
+                concurrency: 8,
+                lease_duration: Duration::from_secs(15),
+            },
+            admin_addr: Some(admin),
+        },
+    )
+    .await?;
+    let mut leading = local.controller.leading.clone();
+    leading.wait_for(|l| *l).await?;
+    // Readiness, not an assertion: the view has listed and sees the Lease held.
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        while !(local.view.synced() && local.view.controller_alive()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .map_err(|_| "the webhook's caches never synced or never saw the controller's Lease")?;
+    simulate_outage_for_labelled_namespaces(&client).await?;
+    eprintln!(
+        "DEBUG controller synced={} leading={}",
+        local.controller.is_synced(),
+        *local.controller.leading.borrow()
+    );
+    Ok((
+        Shared {
+            env,
+            admin,
+            cert_dir,
+            host,
+        },
+        local,
+    ))
+}
+
+/// Leaves namespaces labelled `DOWN_LABEL: down` out of the live configuration, and registers a
+/// second configuration (the same builder) for them whose URL no process serves.
+async fn simulate_outage_for_labelled_namespaces(client: &Client) -> AnyResult<()> {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let patch = json!([{
+        "op": "add",
+        "path": "/webhooks/0/namespaceSelector/matchExpressions/-",
+        "value": {"key": DOWN_LABEL, "operator": "DoesNotExist"},
+    }]);
+    api.patch(
+        configuration::CONFIGURATION_NAME,
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(patch)?),
+    )
+    .await?;
+    let ca = certs::generate_ca("nobody", Duration::from_secs(3600))?;
+    let (mut dead, _) = configuration::webhook_configurations(&ConfigurationOptions {
+        endpoint: Endpoint::Url(format!("https://127.0.0.1:{}", free_port()?)),
+        ca_bundle: Some(ca.cert_pem.into_bytes()),
+        own_namespace: CONTROLLER_NAMESPACE.into(),
+        cert_manager_certificate: None,
+    });
+    dead.metadata.name = Some("inplace-upgrade-e2e-down".into());
+    for w in dead.webhooks.iter_mut().flatten() {
+        w.name = format!("down.{}", w.name);
+        w.namespace_selector = Some(obj(json!({"matchLabels": {DOWN_LABEL: "down"}})));
+    }
+    api.create(&PostParams::default(), &dead).await?;
+    Ok(())
+}
+
+async fn install(client: &Client) -> AnyResult<()> {
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&inplace_upgrade::policy::crd_yaml()?)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    wait_for(
+        &crds,
+        &crd.name_any(),
+        "CRD Established",
+        |c: &CustomResourceDefinition| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await?;
+    let ns: Namespace = obj(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}));
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A namespace of its own (labelled down when `webhook_down`) and a policy that selects it.
+async fn setup(prefix: &str, policy: Value, webhook_down: bool) -> AnyResult<(Client, String)> {
+    let shared = shared()?;
+    let client = shared.env.client()?;
+    let ns = if webhook_down {
+        // Labelled from birth, so no pod of it ever reaches the live webhook.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let name = format!("{prefix}-{:x}", nanos % 0xfffff);
+        let object: Namespace =
+            obj(json!({"metadata": {"name": name, "labels": {DOWN_LABEL: "down"}}}));
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &object)
+            .await?;
+        wait_for(
+            &Api::<ServiceAccount>::namespaced(client.clone(), &name),
+            "default",
+            "default ServiceAccount",
+            |_| true,
+        )
+        .await?;
+        name
+    } else {
+        shared.env.namespace(prefix).await?
+    };
+    let mut spec = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        "drain": {"gracePeriodSeconds": 0, "timeoutSeconds": 60},
+        "readyTimeoutSeconds": 60,
+    });
+    if let (Some(a), Value::Object(b)) = (spec.as_object_mut(), policy) {
+        a.extend(b);
+    }
+    let policy: InPlaceUpgradePolicy = obj(json!({
+        "apiVersion": "inplace-upgrade.io/v1alpha1",
+        "kind": "InPlaceUpgradePolicy",
+        "metadata": {"name": ns},
+        "spec": spec,
+    }));
+    Api::<InPlaceUpgradePolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok((client, ns))
+}
+
+fn fixture_workload(
+    file: &str,
+    kind: &str,
+    replicas: i32,
+    annotation: Option<&str>,
+) -> AnyResult<Value> {
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/istio"
+    ))
+    .join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "fixture {} is unreadable ({e}); shared/ must sit next to the repository",
+            path.display()
+        )
+    })?;
+    let mut w = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| <Value as serde::Deserialize>::deserialize(d).ok())
+        .find(|d| d["kind"] == kind)
+        .ok_or(format!("{file} has no {kind}"))?;
+    w["spec"]["replicas"] = json!(replicas);
+    if let Some(o) = w.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(m) = w["metadata"].as_object_mut() {
+        m.remove("creationTimestamp");
+        if let Some(a) = annotation {
+            m.insert("annotations".into(), json!({ TARGETS_ANNOTATION: a }));
+        }
+    }
+    Ok(w)
+}
+
+fn spec_image(pod: &Pod, container: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)
+        .and_then(|c| c.image.clone())
+}
+
+fn gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn proxy_status(pod: &Pod) -> Option<(String, i32, String)> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == "istio-proxy")
+        .map(|c| {
+            (
+                c.image.clone(),
+                c.restart_count,
+                c.container_id.clone().unwrap_or_default(),
+            )
+        })
+}
+
+async fn await_pods(
+    client: &Client,
+    ns: &str,
+    what: &str,
+    count: usize,
+    condition: impl Fn(&Pod) -> bool,
+) -> AnyResult<Vec<Pod>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    Ok(wait_list(
+        &pods,
+        watcher::Config::default().labels("app=hello"),
+        what,
+        |pods: &[Pod]| {
+            let live: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            live.len() == count && live.iter().all(|p| condition(p))
+        },
+    )
+    .await?)
+}
+
+async fn scale(client: &Client, ns: &str, replicas: i32) -> AnyResult<()> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The admin endpoint's metrics text (plain HTTP/1.0, so no client library is needed).
+async fn metrics(admin: SocketAddr) -> AnyResult<String> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn scaled_up_pods_get_the_target_and_the_gate_and_become_ready() -> TestResult {
+    let (client, ns) = setup("scale", json!({}), false).await?;
+    let admin = shared()?.admin;
+    let calls_before = metric(
+        &metrics(admin).await?,
+        "webhook_admission_requests_total",
+        &["/mutate-pods"],
+    );
+    let deployment = fixture_workload(
+        "hello-old-version.yaml.injected",
+        "Deployment",
+        1,
+        Some("istio-proxy=proxyv2:1.24.2"),
+    )?;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &obj(deployment))
+        .await?;
+    let ok = |p: &Pod| {
+        spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY) && gated(p) && is_ready(p)
+    };
+    await_pods(&client, &ns, "1 pod at the target, gated, Ready", 1, ok).await?;
+    scale(&client, &ns, 3).await?;
+    let pods = await_pods(&client, &ns, "3 pods at the target, gated, Ready", 3, ok).await?;
+    for pod in &pods {
+        let (image, restarts, _) = proxy_status(pod).ok_or("no istio-proxy status")?;
+        assert_eq!(
+            image,
+            NEW_PROXY,
+            "{}: created with the target",
+            pod.name_any()
+        );
+        assert_eq!(
+            restarts,
+            0,
+            "{}: no in-place restart was needed",
+            pod.name_any()
+        );
+        assert_eq!(spec_image(pod, "istio-init").as_deref(), Some(OLD_PROXY));
+    }
+    // The Deployment's template is not ours to change.
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("hello")
+        .await?;
+    let template = d.spec.and_then(|s| s.template.spec).ok_or("no template")?;
+    let proxy = template
+        .containers
+        .iter()
+        .find(|c| c.name == "istio-proxy")
+        .ok_or("no istio-proxy")?;
+    assert_eq!(proxy.image.as_deref(), Some(OLD_PROXY));
+    let calls = metric(
+        &metrics(admin).await?,
+        "webhook_admission_requests_total",
+        &["/mutate-pods"],
+    );
+    assert!(
+        calls >= calls_before + 3.0,
+        "the API server called us over TLS: {calls_before} -> {calls}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_statefulset_native_sidecar_gets_the_target_at_creation() -> TestResult {
+    let (client, ns) = setup("sts", json!({}), false).await?;
+    let sts = fixture_workload(
+        "statefulset.yaml.injected",
+        "StatefulSet",
+        2,
+        Some("istio-proxy=:1.24.2"),
+    )?;
+    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &obj(sts))
+        .await?;
+    let pods = await_pods(&client, &ns, "2 pods at the target, gated, Ready", 2, |p| {
+        spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY) && gated(p) && is_ready(p)
+    })
+    .await?;
+    for pod in &pods {
+        let native = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|ics| {
+                ics.iter().any(|c| {
+                    c.name == "istio-proxy"
+                        && c.restart_policy.as_deref() == Some("Always")
+                        && c.image.as_deref() == Some(NEW_PROXY)
+                })
+            });
+        assert!(
+            native,
+            "{}: the native sidecar in initContainers carries the target",
+            pod.name_any()
+        );
+    }
+    Ok(())
+}
+
+fn kubectl_apply(env: &TestEnv, ns: &str, object: &Value) -> AnyResult<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = env
+        .kubectl()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(serde_json::to_string(object)?.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+#[tokio::test]
+async fn kubectl_apply_of_a_bad_annotation_is_refused_and_warnings_reach_kubectl() -> TestResult {
+    let (_client, ns) = setup(
+        "kubectl",
+        json!({"allowedImages": ["registry.istio.io/**"]}),
+        false,
+    )
+    .await?;
+    let env = shared()?.env;
+    let cases = [
+        ("istio-proxy=:1.24.2, app", Some("entry \"app\" has no '='")),
+        (
+            "istio-init=:1.24.2",
+            Some("run-to-completion init container"),
+        ),
+        (
+            "istio-proxy=docker.io/evil/proxy:1",
+            Some("rule allowedImages"),
+        ),
+    ];
+    for (annotation, refusal) in cases {
+        let deployment = fixture_workload(
+            "hello-old-version.yaml.injected",
+            "Deployment",
+            0,
+            Some(annotation),
+        )?;
+        let out = kubectl_apply(env, &ns, &deployment)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{annotation}: refused");
+        assert!(
+            stderr.contains("denied the request"),
+            "{annotation}: {stderr}"
+        );
+        assert!(
+            stderr.contains(refusal.unwrap_or_default()),
+            "{annotation}: {stderr}"
+        );
+    }
+    // A container not in the template yet is admitted with a warning kubectl prints.
+    let deployment = fixture_workload(
+        "hello-old-version.yaml.injected",
+        "Deployment",
+        0,
+        Some("sidecar=busybox:1"),
+    )?;
+    let out = kubectl_apply(env, &ns, &deployment)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("Warning: inplace-upgrade: container \"sidecar\" is not in the pod template"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_webhook_down_pods_are_created_and_the_controller_upgrades_them_in_place()
+-> TestResult {
+    let (client, ns) = setup("down", json!({}), true).await?;
+    let deployment = fixture_workload(
+        "hello-old-version.yaml.injected",
+        "Deployment",
+        2,
+        Some("istio-proxy=proxyv2:1.24.2"),
+    )?;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &obj(deployment))
+        .await?;
+    let created = await_pods(&client, &ns, "2 pods created", 2, |p| {
+        proxy_status(p).is_some()
+    })
+    .await?;
+    let done = await_pods(&client, &ns, "2 pods upgraded in place and Ready", 2, |p| {
+        spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY)
+            && proxy_status(p).is_some_and(|(image, _, _)| image == NEW_PROXY)
+            && is_ready(p)
+    })
+    .await;
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+                .get("hello")
+                .await?;
+            let status = d
+                .annotations()
+                .get(inplace_upgrade::STATUS_ANNOTATION)
+                .cloned();
+            return Err(format!("{e}; the workload's status: {status:?}").into());
+        }
+    };
+    for pod in &done {
+        assert!(!gated(pod), "{}: the webhook never saw it", pod.name_any());
+        // Created with the template's image, then patched in place by the controller (which
+        // may happen before or after the container first started).
+        let state: Value = serde_json::from_str(
+            pod.annotations()
+                .get(inplace_upgrade::STATE_ANNOTATION)
+                .ok_or("no state annotation: the controller never patched it")?,
+        )?;
+        assert_eq!(
+            state["containers"][0]["previousImage"],
+            OLD_PROXY,
+            "{}: {state}",
+            pod.name_any()
+        );
+        assert!(
+            created.iter().any(|c| c.uid() == pod.uid()),
+            "{}: the same pod, upgraded in place (not recreated)",
+            pod.name_any()
+        );
+    }
+    Ok(())
+}
+
+fn rotate(shared: &Shared) -> AnyResult<()> {
+    let read = |name: &str| std::fs::read_to_string(shared.cert_dir.join(name));
+    let ca = CertificatePem {
+        cert_pem: read("ca.crt")?,
+        key_pem: read("ca.key")?,
+    };
+    let names = SubjectAltNames::default().with_ip_address(shared.host.parse()?);
+    let serving = certs::generate_serving_certificate(
+        &ca,
+        &shared.host,
+        &names,
+        Duration::from_secs(24 * 3600),
+    )?;
+    serve::write_secret_dir(
+        &shared.cert_dir,
+        &[
+            ("ca.crt", &ca.cert_pem),
+            ("ca.key", &ca.key_pem),
+            ("tls.crt", &serving.cert_pem),
+            ("tls.key", &serving.key_pem),
+        ],
+    )?;
+    Ok(())
+}
+
+async fn await_reloads(admin: SocketAddr, at_least: f64) -> AnyResult<()> {
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        loop {
+            let text = metrics(admin).await.unwrap_or_default();
+            if metric(
+                &text,
+                "webhook_certificate_reloads_total",
+                &["result=\"success\""],
+            ) >= at_least
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .map_err(|_| format!("the served certificate was not reloaded {at_least} times").into())
+}
+
+#[tokio::test]
+async fn a_certificate_rotation_while_pods_are_created_loses_none() -> TestResult {
+    let (client, ns) = setup("rotate", json!({}), false).await?;
+    let shared = shared()?;
+    let deployment = fixture_workload(
+        "hello-old-version.yaml.injected",
+        "Deployment",
+        0,
+        Some("istio-proxy=proxyv2:1.24.2"),
+    )?;
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &obj(deployment))
+        .await?;
+    let base = metric(
+        &metrics(shared.admin).await?,
+        "webhook_certificate_reloads_total",
+        &["result=\"success\""],
+    );
+    for round in 1..=3 {
+        // Pod creations in flight while the files are swapped under the server.
+        scale(&client, &ns, round * 3).await?;
+        rotate(shared)?;
+        await_reloads(shared.admin, base + f64::from(round)).await?;
+    }
+    let pods = await_pods(&client, &ns, "9 pods, every one mutated", 9, |p| {
+        spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY) && is_ready(p)
+    })
+    .await?;
+    let missed: Vec<String> = pods
+        .iter()
+        .filter(|p| !gated(p) || proxy_status(p).is_some_and(|(_, restarts, _)| restarts > 0))
+        .map(|p| p.name_any())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "pods the webhook missed during rotation: {missed:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_can_always_be_paused_and_bad_policies_are_refused() -> TestResult {
+    let (client, ns) = setup("policy", json!({}), false).await?;
+    let policies = Api::<InPlaceUpgradePolicy>::all(client.clone());
+    let bad: InPlaceUpgradePolicy = obj(json!({
+        "apiVersion": "inplace-upgrade.io/v1alpha1", "kind": "InPlaceUpgradePolicy",
+        "metadata": {"name": format!("{ns}-bad")},
+        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}, "allowedImages": ["registry.io/{a"]},
+    }));
+    let refused = policies.create(&PostParams::default(), &bad).await;
+    match refused {
+        Err(kube::Error::Api(s)) => {
+            assert!(s.message.contains("not a valid glob"), "{}", s.message)
+        }
+        other => return Err(format!("a policy with a broken glob was admitted: {other:?}").into()),
+    }
+    let mut paused = bad.clone();
+    paused.spec.paused = true;
+    policies.create(&PostParams::default(), &paused).await?;
+    policies
+        .delete(&paused.name_any(), &Default::default())
+        .await?;
+    Ok(())
+}
