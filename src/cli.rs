@@ -442,7 +442,9 @@ fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
             .mode(mode)
             .open(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        file.write_all(contents.as_bytes())
+        // `mode` applies only to a new file: an existing key file keeps no looser mode.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .and_then(|()| file.write_all(contents.as_bytes()))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     eprintln!(
@@ -527,5 +529,26 @@ mod tests {
         ])
         .expect("parses");
         assert!(matches!(cli.command, Command::Controller(ref a) if a.concurrency == 8));
+        let cli = Cli::try_parse_from([
+            "inplace-upgrade",
+            "run",
+            "--webhook-url",
+            "https://127.0.0.1:9443",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Run(ref a) if a.webhook_url == "https://127.0.0.1:9443")
+        );
+        assert!(
+            Cli::try_parse_from(["inplace-upgrade", "run"]).is_err(),
+            "--webhook-url is required"
+        );
+        let cli = Cli::try_parse_from(["inplace-upgrade", "webhook", "--self-managed-certs"])
+            .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Webhook(ref a) if a.self_managed_certs
+            && a.secret == "inplace-upgrade-webhook-tls"
+            && a.cert_dir == std::path::Path::new("/etc/inplace-upgrade/tls"))
+        );
     }
 }

@@ -12,8 +12,8 @@
 //!   a verdict) → for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
 //!   [`patch::state_patch`] (JSON patches on the pod) or [`patch::gate_condition_patch`]
 //!   (strategic merge patch on `pods/status`);
-//! - webhook: [`annotation::parse`] to validate an annotation, [`target::resolve`] on the new
-//!   pod's spec, then [`patch::new_pod_patch`];
+//! - webhook ([`admission`]): [`annotation::parse`] to validate an annotation,
+//!   [`target::resolve`] on the new pod's spec, then [`patch::new_pod_patch`];
 //! - status and `plan` output: [`classify::classify`], [`state::PodUpgradeState`], and the
 //!   resolved images in [`target::ResolvedTarget`].
 

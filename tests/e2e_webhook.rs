@@ -727,3 +727,126 @@ async fn a_policy_can_always_be_paused_and_bad_policies_are_refused() -> TestRes
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn replicas_starting_at_once_share_one_self_managed_ca() -> TestResult {
+    let shared = shared()?;
+    let ns = shared.env.namespace("certs").await?;
+    let client = shared.env.client()?;
+    let sm = serve::SelfManaged {
+        namespace: ns.clone(),
+        secret: "inplace-upgrade-webhook-tls".into(),
+        service: "inplace-upgrade-webhook".into(),
+        service_port: None,
+        check_interval: Duration::from_secs(3600),
+        dir: shared.cert_dir.clone(),
+        reload_interval: Duration::from_secs(5),
+    };
+    // Three replicas race to create the Secret: one wins, the others serve its certificates.
+    let (a, b, c) = tokio::join!(
+        serve::ensure_secret(&client, &sm),
+        serve::ensure_secret(&client, &sm),
+        serve::ensure_secret(&client, &sm),
+    );
+    let (a, b, c) = (a?, b?, c?);
+    assert_eq!(a, b);
+    assert_eq!(b, c);
+    // A restart keeps what is valid.
+    assert_eq!(serve::ensure_secret(&client, &sm).await?, a);
+    let names = SubjectAltNames::for_service(&sm.service, &ns);
+    assert!(matches!(
+        certs::check_serving_certificate(
+            &a.ca.cert_pem,
+            &a.serving,
+            &names,
+            Duration::from_secs(24 * 3600),
+            std::time::SystemTime::now()
+        ),
+        certs::Renewal::NotNeeded { .. }
+    ));
+    Ok(())
+}
+
+/// The binary's `manifests webhooks` and `certs` subcommands (no cluster needed).
+#[test]
+fn the_binary_prints_the_in_cluster_configurations_and_writes_certificates() -> TestResult {
+    let bin = env!("CARGO_BIN_EXE_inplace-upgrade");
+    let out = std::process::Command::new(bin)
+        .args([
+            "manifests",
+            "webhooks",
+            "--namespace",
+            "ops",
+            "--service",
+            "iu",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout)?;
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(<Value as serde::Deserialize>::deserialize)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        docs[0]["webhooks"][0]["clientConfig"]["service"]["name"],
+        "iu"
+    );
+    assert_eq!(
+        docs[1]["webhooks"][1]["clientConfig"]["service"]["path"],
+        "/validate-policies"
+    );
+    assert!(
+        docs[0]["webhooks"][0]["clientConfig"]
+            .get("caBundle")
+            .is_none()
+    );
+    assert_eq!(
+        docs[0]["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["kube-system", "ops"])
+    );
+
+    let dir = std::env::temp_dir().join(format!("inplace-upgrade-certs-{}", std::process::id()));
+    let out = std::process::Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(&dir)
+        .args(["--dns", "iu.ops.svc", "--ip", "127.0.0.1"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let serving = CertificatePem {
+        cert_pem: read("tls.crt")?,
+        key_pem: read("tls.key")?,
+    };
+    let names = SubjectAltNames::default()
+        .with_dns_name("iu.ops.svc")
+        .with_ip_address([127, 0, 0, 1].into());
+    assert!(matches!(
+        certs::check_serving_certificate(
+            &read("ca.crt")?,
+            &serving,
+            &names,
+            Duration::from_secs(24 * 3600),
+            std::time::SystemTime::now()
+        ),
+        certs::Renewal::NotNeeded { .. }
+    ));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.join("tls.key"))?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private keys are readable by their owner only");
+    std::fs::remove_dir_all(&dir)?;
+    let refused = std::process::Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(&dir)
+        .output()?;
+    assert!(!refused.status.success(), "no names: refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--dns"));
+    Ok(())
+}
