@@ -2,6 +2,8 @@
 //! library.
 
 mod cli;
+#[cfg(feature = "demo")]
+mod demo;
 mod telemetry;
 
 use clap::Parser;

@@ -90,6 +90,24 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
     assert_eq!(before.len(), 3);
 
     let seen = observe(&client, &ns, "hello", "istio-proxy");
+    // Every phase the workload's status shows: a plain rollout never looks Blocked (our own
+    // status writes bump the Deployment's generation; that must not read as its own rollout).
+    let phases = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (record, api) = (phases.clone(), deployments.clone());
+    let phase_watch = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev
+                && let Some(phase) = workload_status(d.annotations())
+                    .and_then(|s| s["phase"].as_str().map(str::to_string))
+            {
+                let mut r = record.lock().unwrap();
+                if r.last() != Some(&phase) {
+                    r.push(phase);
+                }
+            }
+        }
+    });
     annotate(
         &deployments,
         "hello",
@@ -151,6 +169,12 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
         assert_eq!(state["phase"], "Succeeded", "pod {name}: {state}");
         assert!(is_ready(pod));
     }
+    phase_watch.abort();
+    assert_eq!(
+        *phases.lock().unwrap(),
+        ["Progressing", "Completed"],
+        "the status went straight through"
+    );
     // The policy reports what it governs.
     let policies = Api::<InPlaceUpgradePolicy>::all(client.clone());
     wait_for(

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
 use super::queue::Queue;
-use super::workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of};
+use super::workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled};
 use crate::policy::InPlaceUpgradePolicy;
 
 /// Children by their controlling owner: `(namespace, owner kind, owner name) -> child names`.
@@ -275,10 +275,24 @@ impl Cache {
     pub fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
         let (ns, name) = (key.namespace.as_str(), key.name.as_str());
         match key.kind {
-            WorkloadKind::Deployment => self
-                .deployments
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|d| WorkloadView::from_deployment(&d)),
+            WorkloadKind::Deployment => {
+                let d = self.deployments.get(&ObjectRef::new(name).within(ns))?;
+                let mut view = WorkloadView::from_deployment(&d);
+                let names = self
+                    .replica_sets_by_owner
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .children_of(ns, "Deployment", name);
+                let replica_sets: Vec<_> = names
+                    .iter()
+                    .filter_map(|n| self.replica_sets.get(&ObjectRef::new(n).within(ns)))
+                    .collect();
+                view.settled = deployment_settled(
+                    &d,
+                    &replica_sets.iter().map(|rs| &**rs).collect::<Vec<_>>(),
+                );
+                Some(view)
+            }
             WorkloadKind::StatefulSet => self
                 .stateful_sets
                 .get(&ObjectRef::new(name).within(ns))

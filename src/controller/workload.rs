@@ -79,8 +79,9 @@ impl WorkloadView {
     pub fn from_deployment(d: &Deployment) -> Self {
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
-        // Same test as `kubectl rollout status`: the controller saw the newest spec, every
-        // replica runs the newest template, and no old replica is left.
+        // `kubectl rollout status`'s test, from the Deployment alone. The controller's cache
+        // refines it with the ReplicaSets ([`deployment_settled`]): our own annotation writes
+        // bump the generation.
         let settled = generation_observed(d.metadata.generation, status.observed_generation)
             && status.updated_replicas.unwrap_or(0) >= desired
             && status.replicas.unwrap_or(0) <= status.updated_replicas.unwrap_or(0);
@@ -174,6 +175,40 @@ impl WorkloadView {
             ..Default::default()
         }
     }
+}
+
+/// Whether a Deployment's own rollout is done, judged from its ReplicaSets rather than from its
+/// generation. The API server bumps a Deployment's generation on every annotation change (the
+/// Deployment controller copies annotations onto ReplicaSets), so each of our status writes
+/// would otherwise make the Deployment look mid-rollout until its controller catches up. As
+/// the Deployment controller's `EqualIgnoreHash` does: the ReplicaSet whose pod template equals
+/// the Deployment's (ignoring the `pod-template-hash` label) wants every desired replica, and
+/// every other ReplicaSet of the Deployment is scaled to zero with no pods left.
+pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool {
+    let Some(spec) = d.spec.as_ref() else {
+        return false;
+    };
+    let desired = spec.replicas.unwrap_or(1);
+    let template = serde_json::to_value(&spec.template).ok();
+    let without_hash = |rs: &ReplicaSet| {
+        let mut t = rs.spec.as_ref().and_then(|s| s.template.clone())?;
+        if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove("pod-template-hash");
+        }
+        serde_json::to_value(&t).ok()
+    };
+    let (current, old): (Vec<&&ReplicaSet>, Vec<&&ReplicaSet>) = replica_sets
+        .iter()
+        .partition(|rs| template.is_some() && without_hash(rs) == template);
+    let replicas = |rs: &ReplicaSet| {
+        (
+            rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            rs.status.as_ref().map_or(0, |s| s.replicas),
+        )
+    };
+    current.len() == 1
+        && replicas(current[0]) == (desired, desired)
+        && old.iter().all(|rs| replicas(rs) == (0, 0))
 }
 
 /// The controlling owner reference of an object, if any.
@@ -332,5 +367,75 @@ mod tests {
         assert!(WorkloadView::from_daemon_set(&ds(2)).settled);
         assert!(!WorkloadView::from_daemon_set(&ds(1)).settled);
         assert_eq!(WorkloadView::from_daemon_set(&ds(2)).desired_replicas, 2);
+    }
+
+    fn replica_set(hash: &str, image: &str, replicas: i32, running: i32) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{hash}"), "namespace": "ns"},
+            "spec": {"replicas": replicas, "selector": {},
+                     "template": {"metadata": {"labels": {"app": "web", "pod-template-hash": hash}},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}},
+            "status": {"replicas": running},
+        }))
+        .expect("replicaset literal")
+    }
+
+    fn web(image: &str, replicas: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "generation": 7},
+            "spec": {"replicas": replicas, "selector": {},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}},
+            // A stale observedGeneration, as after an annotation change: it must not matter.
+            "status": {"observedGeneration": 6},
+        }))
+        .expect("deployment literal")
+    }
+
+    #[test]
+    fn a_deployment_is_settled_by_its_replica_sets_not_its_generation() {
+        let (v1, v2) = ("nginx:1", "nginx:2");
+        let cases: [(Deployment, Vec<ReplicaSet>, bool, &str); 6] = [
+            (
+                web(v1, 3),
+                vec![replica_set("a", v1, 3, 3)],
+                true,
+                "one ReplicaSet, all replicas",
+            ),
+            (
+                web(v1, 3),
+                vec![replica_set("a", v1, 3, 3), replica_set("o", v2, 0, 0)],
+                true,
+                "old one scaled down",
+            ),
+            (
+                web(v2, 3),
+                vec![replica_set("a", v1, 3, 3)],
+                false,
+                "template changed, no new ReplicaSet yet",
+            ),
+            (
+                web(v2, 3),
+                vec![replica_set("a", v1, 1, 1), replica_set("b", v2, 3, 3)],
+                false,
+                "old pods left",
+            ),
+            (
+                web(v2, 3),
+                vec![replica_set("a", v1, 0, 1), replica_set("b", v2, 3, 3)],
+                false,
+                "an old pod terminating",
+            ),
+            (
+                web(v1, 4),
+                vec![replica_set("a", v1, 3, 3)],
+                false,
+                "being scaled",
+            ),
+        ];
+        for (d, rss, settled, why) in cases {
+            let refs: Vec<&ReplicaSet> = rss.iter().collect();
+            assert_eq!(deployment_settled(&d, &refs), settled, "{why}");
+        }
     }
 }
