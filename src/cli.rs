@@ -43,14 +43,10 @@ pub struct LogArgs {
         default_value_t = LogFormat::Plain
     )]
     pub log_format: LogFormat,
-    /// Log filter in `tracing` EnvFilter syntax, e.g. `info` or `inplace_upgrade=debug,kube=warn`.
-    #[arg(
-        long,
-        global = true,
-        env = "INPLACE_UPGRADE_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Log filter in `tracing` EnvFilter syntax, e.g. `info` or `inplace_upgrade=debug,kube=warn`
+    /// (default: `info`; `warn` for `demo`, whose own output is the show).
+    #[arg(long, global = true, env = "INPLACE_UPGRADE_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// How to reach the API server.
@@ -270,7 +266,15 @@ impl Command {
             Command::Run(args) => runtime()?.block_on(run_both(args)),
             Command::Certs(args) => write_certs(&args),
             #[cfg(feature = "demo")]
-            Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+            Command::Demo(args) => {
+                let runtime = runtime()?;
+                let mut env = None;
+                let result = runtime.block_on(crate::demo::run(args, &mut env));
+                // Stop the controller's watches before the control plane they watch.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+                drop(env);
+                result
+            }
             Command::Manifests(Manifests::Webhooks(args)) => {
                 use inplace_upgrade::admission::configuration::{
                     ConfigurationOptions, Endpoint, webhook_configurations_yaml,
@@ -345,12 +349,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     for driver in drivers {
         tokio::spawn(driver);
     }
-    let view = Arc::new(admission::LiveView::start(
-        &client,
-        cache,
-        admission::CacheSync::Await,
-        &args.namespace,
-    ));
+    let view = Arc::new(admission::LiveView::start(&client, cache, &args.namespace));
     let settings = admission::Settings {
         controller_namespace: args.namespace,
     };

@@ -72,10 +72,12 @@ const REAL: Images = Images {
     sidecar_command: Some(Value::Null),
 };
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo. The local control plane, when one is started, is handed out through `env`
+/// so the caller stops it only after the runtime's tasks (the controller's watches) are gone.
+pub async fn run(args: DemoArgs, env: &mut Option<testenv::TestEnv>) -> anyhow::Result<()> {
     let external = args.kubeconfig.is_some() || std::env::var_os("KUBECONFIG").is_some();
     let started = Instant::now();
-    let (_env, client, images) = if external {
+    let (client, images) = if external {
         let client = ClientArgs {
             kubeconfig: args.kubeconfig.clone(),
             context: None,
@@ -83,7 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .client()
         .await?;
         println!("Using the cluster from your kubeconfig (namespace {NAMESPACE}).");
-        (None, client, &REAL)
+        (client, &REAL)
     } else {
         println!(
             "Starting the local control plane: etcd, kube-apiserver, kube-controller-manager, 2 simulated nodes"
@@ -95,16 +97,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         };
         options.kubelet.nodes = 2;
         options.kubelet.delays.restart = Duration::from_millis(args.restart_delay_ms);
-        let env = testenv::TestEnv::start(options)
-            .await
-            .context("starting the local control plane")?;
-        let client = env.client()?;
+        let local = env.insert(
+            testenv::TestEnv::start(options)
+                .await
+                .context("starting the local control plane")?,
+        );
+        let client = local.client()?;
         println!(
             "  ready in {:.1}s; kubeconfig: {}",
             started.elapsed().as_secs_f64(),
-            env.kubeconfig_path().display()
+            local.kubeconfig_path().display()
         );
-        (Some(env), client, &LOCAL)
+        (client, &LOCAL)
     };
 
     install(&client).await?;

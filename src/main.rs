@@ -10,6 +10,14 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
-    telemetry::init(&cli.log)?;
+    #[cfg(feature = "demo")]
+    let default_level = if matches!(cli.command, cli::Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    #[cfg(not(feature = "demo"))]
+    let default_level = "info";
+    telemetry::init(&cli.log, default_level)?;
     cli.command.run()
 }

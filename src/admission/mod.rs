@@ -71,31 +71,13 @@ pub struct LiveView {
     cache: Cache,
     lease: Store<Lease>,
     lease_namespace: String,
-    cache_synced: Arc<dyn Fn() -> bool + Send + Sync>,
     lease_synced: Arc<AtomicBool>,
-}
-
-/// Who waits for the caches' initial list.
-///
-/// kube-runtime's `Store::wait_until_ready` wakes only the last task that polled it, so two
-/// tasks awaiting [`Cache::synced`] at once can leave one of them asleep forever: exactly one
-/// task may await it.
-pub enum CacheSync {
-    /// Nobody else awaits this cache (the `webhook` subcommand's own cache): the view does.
-    Await,
-    /// The controller in this process awaits it (`run`): the view reads its flag.
-    Controller(controller::Handle),
 }
 
 impl LiveView {
     /// Starts watching the controller's Lease on the current runtime (until the process
     /// exits); the view is synced once `cache` and the Lease watch have listed.
-    pub fn start(
-        client: &kube::Client,
-        cache: Cache,
-        sync: CacheSync,
-        controller_namespace: &str,
-    ) -> Self {
+    pub fn start(client: &kube::Client, cache: Cache, controller_namespace: &str) -> Self {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, reflector, watcher};
         let (lease, writer) = reflector::store();
@@ -110,19 +92,6 @@ impl LiveView {
                 }
             });
         tokio::spawn(stream);
-        let cache_synced: Arc<dyn Fn() -> bool + Send + Sync> = match sync {
-            CacheSync::Controller(handle) => Arc::new(move || handle.is_synced()),
-            CacheSync::Await => {
-                let flag = Arc::new(AtomicBool::new(false));
-                let (set, waited) = (flag.clone(), cache.clone());
-                tokio::spawn(async move {
-                    waited.synced().await;
-                    set.store(true, Ordering::Relaxed);
-                    tracing::info!("admission caches synced");
-                });
-                Arc::new(move || flag.load(Ordering::Relaxed))
-            }
-        };
         let lease_synced = Arc::new(AtomicBool::new(false));
         let (set, waited) = (lease_synced.clone(), lease.clone());
         tokio::spawn(async move {
@@ -134,7 +103,6 @@ impl LiveView {
             cache,
             lease,
             lease_namespace: controller_namespace.to_owned(),
-            cache_synced,
             lease_synced,
         }
     }
@@ -142,7 +110,7 @@ impl LiveView {
 
 impl ClusterView for LiveView {
     fn synced(&self) -> bool {
-        (self.cache_synced)() && self.lease_synced.load(Ordering::Relaxed)
+        self.cache.is_synced() && self.lease_synced.load(Ordering::Relaxed)
     }
 
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {

@@ -124,36 +124,6 @@ pub fn decide(pod: &Pod, view: &impl ClusterView, settings: &Settings) -> PodMut
     let empty = Default::default();
     let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
     let ns_annotations = ns.as_ref().map(|n| n.annotations()).unwrap_or(&empty);
-    let asked = effective_targets(
-        workload
-            .annotations
-            .get(TARGETS_ANNOTATION)
-            .map(String::as_str),
-        ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str),
-    );
-    let (source, targets) = match asked {
-        Ok(Some(asked)) => asked,
-        Ok(None) => return out,
-        Err(e) => {
-            out.warnings.push(warning(format!(
-                "the inplace-upgrade annotation of {} is invalid: {e}; this pod was not mutated",
-                workload.key
-            )));
-            return out;
-        }
-    };
-    let resolved = match pod.spec.as_ref().map(|spec| resolve(spec, &targets)) {
-        Some(Ok(resolved)) => resolved,
-        Some(Err(e)) => {
-            out.warnings
-                .push(warning(format!("{e}; this pod was not mutated")));
-            return out;
-        }
-        None => return out,
-    };
-    if resolved.resolved.is_empty() {
-        return out; // e.g. a Namespace-wide istio-proxy target on a pod without the sidecar (yet)
-    }
     let policies = view.policies();
     let scope = Scope {
         namespace: &namespace,
@@ -172,8 +142,41 @@ pub fn decide(pod: &Pod, view: &impl ClusterView, settings: &Settings) -> PodMut
     };
     let spec = &governance.policy.spec;
     let policy_name = governance.policy.name_any();
+    // The gate goes into every pod a policy governs, annotated or not: a readiness gate cannot
+    // be added to a running pod, so only a pod born with it can be drained by a later
+    // in-place upgrade. (The controller sets its condition True within moments.)
     out.inject_gate = spec.readiness_gate && view.controller_alive();
 
+    let asked = effective_targets(
+        workload
+            .annotations
+            .get(TARGETS_ANNOTATION)
+            .map(String::as_str),
+        ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str),
+    );
+    let (source, targets) = match asked {
+        Ok(Some(asked)) => asked,
+        Ok(None) => return out,
+        Err(e) => {
+            out.warnings.push(warning(format!(
+                "the inplace-upgrade annotation of {} is invalid: {e}; no image was set on this pod",
+                workload.key
+            )));
+            return out;
+        }
+    };
+    let resolved = match pod.spec.as_ref().map(|spec| resolve(spec, &targets)) {
+        Some(Ok(resolved)) => resolved,
+        Some(Err(e)) => {
+            out.warnings
+                .push(warning(format!("{e}; no image was set on this pod")));
+            return out;
+        }
+        None => return out,
+    };
+    if resolved.resolved.is_empty() {
+        return out; // e.g. a Namespace-wide istio-proxy target on a pod without the sidecar (yet)
+    }
     let paused_here = |a: &std::collections::BTreeMap<String, String>| {
         a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
     };

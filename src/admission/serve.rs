@@ -536,7 +536,6 @@ pub async fn start_local(
     let view = Arc::new(super::LiveView::start(
         &client,
         handle.cache.clone(),
-        super::CacheSync::Controller(handle.clone()),
         &namespace,
     ));
     if let Some(addr) = options.admin_addr {

@@ -396,17 +396,22 @@ fn istio_injecting_after_us_is_handled_on_reinvocation() {
     view.namespaces = vec![namespace(
         json!({ TARGETS_ANNOTATION: format!("istio-proxy={PROXY_NEW}") }),
     )];
-    // First call: Istio has not injected yet, so the pod has no istio-proxy.
+    // First call: Istio has not injected yet, so the pod has no istio-proxy: nothing to
+    // target, but the pod is governed, so it gets the gate.
     let mut bare = pod.clone();
     bare["spec"]["initContainers"] = json!([]);
     let first = mutate(&view, &bare);
+    let gated_bare = mutated(&bare, &first);
     assert!(
-        first.allowed && first.patch.is_none(),
-        "nothing targeted yet"
+        first.allowed && gated(&gated_bare),
+        "the gate, nothing else"
     );
-    // Istio adds the sidecar; the API server calls us again.
-    let second = mutate(&view, &pod);
-    let after = mutated(&pod, &second);
+    assert_eq!(gated_bare["spec"]["initContainers"], json!([]));
+    // Istio adds the sidecar to what we returned; the API server calls us again.
+    let mut injected = gated_bare.clone();
+    injected["spec"]["initContainers"] = pod["spec"]["initContainers"].clone();
+    let second = mutate(&view, &injected);
+    let after = mutated(&injected, &second);
     assert_eq!(
         container_image(&after, "initContainers", "istio-proxy").as_deref(),
         Some(PROXY_NEW)
@@ -1099,5 +1104,33 @@ fn webhook_urls_are_parsed() {
         "https://:1",
     ] {
         assert!(serve::parse_webhook_url(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn pods_of_a_governed_workload_get_the_gate_before_any_annotation() {
+    // A readiness gate cannot be added to a running pod: only pods born with it can be
+    // drained by the first in-place upgrade, so every governed pod gets it.
+    for (label, mut view, pod, field) in every_kind("x=y:1") {
+        view.deployments
+            .iter_mut()
+            .for_each(|d| d.metadata.annotations = None);
+        view.stateful_sets
+            .iter_mut()
+            .for_each(|d| d.metadata.annotations = None);
+        view.daemon_sets
+            .iter_mut()
+            .for_each(|d| d.metadata.annotations = None);
+        view.replica_sets
+            .iter_mut()
+            .for_each(|d| d.metadata.annotations = None);
+        let response = mutate(&view, &pod);
+        let after = mutated(&pod, &response);
+        assert!(gated(&after), "{label}: gated");
+        assert_eq!(
+            container_image(&after, field, "istio-proxy"),
+            container_image(&pod, field, "istio-proxy"),
+            "{label}: no image set without an annotation"
+        );
     }
 }

@@ -76,6 +76,7 @@ pub struct Cache {
     pub policies: Store<InPlaceUpgradePolicy>,
     pods_by_owner: Arc<RwLock<OwnerIndex>>,
     replica_sets_by_owner: Arc<RwLock<OwnerIndex>>,
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Drops what we never read, so a large cluster fits in little memory.
@@ -93,7 +94,7 @@ impl Cache {
         client: &Client,
         queue: Queue,
     ) -> (Cache, Vec<futures::future::BoxFuture<'static, ()>>) {
-        let mut drivers = Vec::new();
+        let mut drivers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
         let (pods, w) = reflector::store();
         let (replica_sets, w_rs) = reflector::store();
         let (deployments, w_d) = reflector::store();
@@ -103,6 +104,7 @@ impl Cache {
         let (endpoint_slices, w_eps) = reflector::store();
         let (pdbs, w_pdb) = reflector::store();
         let (policies, w_pol) = reflector::store();
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let cache = Cache {
             pods,
             replica_sets,
@@ -115,7 +117,15 @@ impl Cache {
             policies,
             pods_by_owner: Default::default(),
             replica_sets_by_owner: Default::default(),
+            synced,
         };
+        let waiter = cache.clone();
+        drivers.push(Box::pin(async move {
+            waiter.wait_for_stores().await;
+            let _ = synced_tx.send(true);
+            // Keep the sender (and so the flag) alive for the life of the other drivers.
+            std::future::pending::<()>().await
+        }));
 
         let c = cache.clone();
         let q = queue.clone();
@@ -246,8 +256,20 @@ impl Cache {
         (cache, drivers)
     }
 
-    /// Waits until every watch has finished its initial list.
+    /// Waits until every watch has finished its initial list. Any number of tasks may wait
+    /// (kube-runtime's `Store::wait_until_ready` wakes only one waiter, so one task waits on
+    /// the stores and publishes the result).
     pub async fn synced(&self) {
+        let mut synced = self.synced.clone();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    /// Whether every watch has finished its initial list.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    async fn wait_for_stores(&self) {
         let _ = tokio::join!(
             self.pods.wait_until_ready(),
             self.replica_sets.wait_until_ready(),

@@ -15,7 +15,6 @@ mod workload;
 mod writes;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,7 +115,6 @@ impl Context {
 /// Handles the caller keeps: readiness for `/readyz`, leadership for metrics and tests.
 #[derive(Clone)]
 pub struct Handle {
-    synced: Arc<AtomicBool>,
     pub leading: watch::Receiver<bool>,
     /// The controller's caches, for a webhook served from the same process.
     pub cache: Cache,
@@ -141,7 +139,7 @@ impl Handle {
 
     /// True once every watch has finished its initial list.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        self.cache.is_synced()
     }
 }
 
@@ -178,9 +176,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let (stop_tx, stop) = watch::channel(false);
     let election = tokio::spawn(leader::run(client, lease, leading_tx, stop));
 
-    let synced = Arc::new(AtomicBool::new(false));
     let handle = Handle {
-        synced: synced.clone(),
         leading: leading.clone(),
         cache: cache.clone(),
         stop: Arc::new(stop_tx),
@@ -188,7 +184,6 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     };
     tokio::spawn(async move {
         cache.synced().await;
-        synced.store(true, Ordering::Relaxed);
         tracing::info!("caches synced");
         lead_while_elected(ctx, receiver, leading).await;
     });
