@@ -163,7 +163,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         metrics: metrics.clone(),
         settings: settings.clone(),
         slots: Mutex::default(),
-        report: report::PolicyReport::default(),
+        report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
     });
 
     let (leading_tx, leading) = watch::channel(false);

@@ -337,6 +337,9 @@ async fn reconcile_workload(
             .map(|p| (p, status.phase))
             .filter(|_| asked.source.is_some()),
     );
+    ctx.metrics
+        .workloads_in_progress
+        .set(i64::try_from(ctx.report.progressing()).unwrap_or(i64::MAX));
     if asked.source.is_none() && asked.problem.is_none() {
         // Nothing asked (any more): no progress to report, and a stale record goes.
         if previous.is_some() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -23,13 +24,22 @@ use crate::policy::{
 /// How long the writer waits after a change for more changes to fold into the same write.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
-#[derive(Default)]
 pub struct PolicyReport {
     workloads: Mutex<HashMap<WorkloadKey, (String, WorkloadPhase)>>,
     changed: Notify,
+    /// `inplace_upgrade_workloads_in_progress`, kept equal to the Progressing records.
+    in_progress: Gauge,
 }
 
 impl PolicyReport {
+    pub fn new(in_progress: Gauge) -> Self {
+        PolicyReport {
+            workloads: Mutex::default(),
+            changed: Notify::new(),
+            in_progress,
+        }
+    }
+
     /// Records the phase of a workload under its governing policy (`None`: under none).
     pub fn record(&self, key: &WorkloadKey, governed: Option<(&str, WorkloadPhase)>) {
         let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
@@ -43,8 +53,23 @@ impl PolicyReport {
             }
         }
         if workloads.get(key) != before.as_ref() {
+            let rolling = workloads
+                .values()
+                .filter(|(_, phase)| *phase == WorkloadPhase::Progressing)
+                .count();
+            self.in_progress
+                .set(i64::try_from(rolling).unwrap_or(i64::MAX));
             self.changed.notify_one();
         }
+    }
+
+    /// How many workloads are rolling now.
+    pub fn progressing(&self) -> usize {
+        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        workloads
+            .values()
+            .filter(|(_, phase)| *phase == WorkloadPhase::Progressing)
+            .count()
     }
 
     /// The status each policy should show.
@@ -146,5 +171,64 @@ pub async fn write_policy_statuses(ctx: &Context) {
         // re-record and so notify.
         ctx.report.changed.notified().await;
         tokio::time::sleep(DEBOUNCE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::WorkloadKind;
+
+    fn key(name: &str) -> WorkloadKey {
+        WorkloadKey {
+            kind: WorkloadKind::Deployment,
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    fn policy(name: &str, spec: serde_json::Value) -> InPlaceUpgradePolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "inplace-upgrade.io/v1alpha1", "kind": "InPlaceUpgradePolicy",
+            "metadata": {"name": name, "generation": 3}, "spec": spec,
+        }))
+        .expect("policy literal")
+    }
+
+    #[test]
+    fn the_report_folds_workload_phases_into_policy_statuses_and_the_gauge() {
+        let gauge = Gauge::default();
+        let report = PolicyReport::new(gauge.clone());
+        report.record(&key("a"), Some(("sidecars", WorkloadPhase::Progressing)));
+        report.record(&key("b"), Some(("sidecars", WorkloadPhase::Progressing)));
+        report.record(&key("c"), Some(("sidecars", WorkloadPhase::Failed)));
+        assert_eq!(gauge.get(), 2);
+        report.record(&key("b"), Some(("sidecars", WorkloadPhase::Completed)));
+        report.record(&key("a"), None);
+        assert_eq!(gauge.get(), 0);
+
+        let policies = [
+            policy("sidecars", serde_json::json!({"namespaceSelector": {}})),
+            policy(
+                "broken",
+                serde_json::json!({"namespaceSelector": {}, "allowedImages": ["[unclosed"]}),
+            ),
+        ];
+        let statuses = report.statuses(&policies);
+        let sidecars = &statuses["sidecars"];
+        assert_eq!(sidecars.matched_workloads, Some(2));
+        assert!(sidecars.rolling_workloads.is_empty());
+        assert_eq!(sidecars.failed_workloads, ["shop/Deployment/c"]);
+        assert_eq!(sidecars.observed_generation, Some(3));
+        assert_eq!(sidecars.message, None);
+        let broken = &statuses["broken"];
+        assert_eq!(broken.matched_workloads, Some(0));
+        assert!(
+            broken
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("[unclosed")),
+            "{broken:?}"
+        );
     }
 }
