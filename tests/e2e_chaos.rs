@@ -6,11 +6,14 @@
 //!   and a pod rolling back from a failing target. Rollouts follow one another (a new target
 //!   per wave, every pod upgraded each time) until every kill point is spent;
 //! - kube-apiserver restarted in place (same port, same etcd; once SIGKILLed, once SIGTERMed)
-//!   mid-rollout while the simulated kubelet is slow (4 s per container restart).
+//!   mid-rollout while the simulated kubelet is slow (4 s per container restart), beside a
+//!   workload whose app container flaps between Ready and not Ready.
 //!
 //! After each rollout: it completed (or, for a failing target, stopped `Failed` with the pod
 //! rolled back), no pod is left drained or half-patched (state `Patched`/`RollingBack`), and a
-//! watcher saw never more than `maxUnavailable` pods unavailable at once.
+//! watcher saw never more than `maxUnavailable` pods unavailable at once (for the flapping
+//! workload, whose pods go unready on their own: never more than `maxUnavailable` pods held
+//! by the controller, drained or patched and unfinished). See docs/reliability.md.
 //!
 //! Short form by default. Long form: `INPLACE_CHAOS_KILLS=25 INPLACE_CHAOS_SEED=7
 //! INPLACE_CHAOS_REPLICAS=10 cargo test -p inplace-upgrade --test e2e_chaos -- --nocapture`.
