@@ -10,6 +10,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+root="$(pwd)"
 seconds="${FUZZ_SECONDS:-15}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -22,7 +23,7 @@ cargo +nightly fuzz build -O
 for t in "${targets[@]}"; do
     mkdir -p "$work/$t"
     echo "fuzz $t for ${seconds}s"
-    if ! cargo +nightly fuzz run -O "$t" "$work/$t" "fuzz/corpus/$t" -- \
+    if ! cargo +nightly fuzz run -O "$t" "$work/$t" "$root/fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
         >"$work/$t.log" 2>&1; then
         tail -40 "$work/$t.log"

@@ -110,7 +110,7 @@ fn state_record(u: &mut Unstructured<'_>, sidecar: bool) -> Result<String> {
         "patchedAt": pick(u, TIMES)?,
         "containers": [{
             "name": "istio-proxy",
-            "kind": if sidecar { "NativeSidecar" } else { "Container" },
+            "kind": if sidecar { "nativeSidecar" } else { "container" },
             "index": if sidecar { 0 } else { 1 },
             "previousImage": pick(u, IMAGES)?,
             "targetImage": pick(u, IMAGES)?,
@@ -174,6 +174,54 @@ fn pod(u: &mut Unstructured<'_>, i: usize) -> Result<Pod> {
     Ok(
         serde_json::from_value(json!({"metadata": metadata, "spec": spec, "status": status}))
             .unwrap_or_default(),
+    )
+}
+
+/// Name, Ready, gate condition, upgrade record phase, spec image and container readiness.
+fn summary(p: &Pod) -> String {
+    let conditions = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let condition = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| format!("{}/{}", c.status, c.reason.clone().unwrap_or_default()))
+    };
+    let containers: Vec<String> = p
+        .status
+        .as_ref()
+        .map(|s| {
+            s.container_statuses
+                .iter()
+                .chain(s.init_container_statuses.iter())
+                .flatten()
+                .map(|c| format!("{} ready={}", c.name, c.ready))
+                .collect()
+        })
+        .unwrap_or_default();
+    let images: Vec<String> = p
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .map(|c| format!("{}={}", c.name, c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} ready={:?} gate={:?} terminating={} state={:?} images={images:?} containers={containers:?}",
+        p.metadata.name.clone().unwrap_or_default(),
+        condition("Ready"),
+        condition(READINESS_GATE),
+        p.metadata.deletion_timestamp.is_some(),
+        PodUpgradeState::from_pod(p)
+            .map(|s| s.map(|s| s.phase))
+            .map_err(|e| e.to_string()),
     )
 }
 
@@ -247,11 +295,27 @@ fn run(data: &[u8]) -> Result<()> {
         pods.iter()
             .find(|p| p.metadata.name.as_deref() == Some(name))
     };
-    let in_progress = |p: &Pod| {
+    let recorded = |p: &Pod| {
         PodUpgradeState::from_pod(p)
             .ok()
             .flatten()
             .is_some_and(|s| s.phase.in_progress())
+    };
+    // Taken by an earlier plan: an upgrade record in progress, or our drain (the gate
+    // condition False/Draining), which that plan counted against the budget.
+    let in_progress = |p: &Pod| {
+        let drained = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == READINESS_GATE
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Draining")
+                })
+            });
+        drained || recorded(p)
     };
     let live = |p: &&Pod| p.metadata.deletion_timestamp.is_none();
     let ready = |p: &Pod| {
@@ -268,8 +332,11 @@ fn run(data: &[u8]) -> Result<()> {
             step.pod
         );
         let Some(p) = find(&step.pod) else { continue };
-        if step.action.starts_upgrade() && !in_progress(p) {
+        if step.action.starts_upgrade() && !recorded(p) {
+            // A pause undrains what was drained but not patched; it patches nothing new.
             assert!(!paused, "paused, yet {step:?}");
+        }
+        if step.action.starts_upgrade() && !in_progress(p) {
             assert!(
                 p.metadata.deletion_timestamp.is_none(),
                 "terminating pod started: {step:?}"
@@ -312,8 +379,9 @@ fn run(data: &[u8]) -> Result<()> {
             .count();
         assert!(
             unavailable + ready_started <= usize::try_from(limit).unwrap_or(usize::MAX),
-            "{unavailable} pods unavailable and {ready_started} Ready pods started with maxUnavailable {limit}: {:?}",
-            out.steps
+            "{unavailable} pods unavailable and {ready_started} Ready pods started with maxUnavailable {limit}: {:?}\npods: {:#?}",
+            out.steps,
+            pods.iter().map(summary).collect::<Vec<_>>()
         );
     }
     Ok(())
