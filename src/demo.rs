@@ -311,26 +311,36 @@ fn condition(pod: &Pod, type_: &str) -> Option<String> {
 fn describe(pod: &Pod) -> String {
     let (image, id, restarts, ready) = sidecar_status(pod);
     let gate = condition(pod, "inplace-upgrade.io/ready");
-    let phase = pod
+    let state = pod
         .annotations()
         .get(STATE_ANNOTATION)
-        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .and_then(|s| serde_json::from_str::<Value>(s).ok());
+    let phase = state
+        .as_ref()
         .and_then(|v| v["phase"].as_str().map(str::to_string));
-    let what = match (gate.as_deref(), phase.as_deref(), ready) {
-        (Some("False"), None, _) => {
-            "drained: out of the Service's endpoints, waiting to restart".to_string()
+    // The containerID recorded at the patch: a different one is the restarted container.
+    let restarted = state.as_ref().and_then(|v| {
+        v["containers"][0]["containerId"]
+            .as_str()
+            .map(|old| old != id)
+    });
+    let drained = gate.as_deref() == Some("False");
+    let what = match (phase.as_deref(), restarted, ready) {
+        (None, _, _) if drained => "drained: out of the Service's endpoints, waiting to restart",
+        (Some("Patched"), Some(false), _) => "patched: kubelet is restarting istio-proxy",
+        (Some("Patched"), Some(true), false) => {
+            "istio-proxy restarted on the new image, not Ready yet"
         }
-        (_, Some("Patched"), false) => "istio-proxy restarting on the new image".to_string(),
-        (Some("False"), Some("Patched"), true) => {
-            "istio-proxy running the new image and Ready; returning to the endpoints".to_string()
+        (Some("Patched"), Some(true), true) if drained => {
+            "istio-proxy Ready on the new image; back into the endpoints"
         }
-        (_, Some("Succeeded"), true) => "upgraded, serving".to_string(),
-        (_, _, true) => "serving".to_string(),
-        _ => "starting".to_string(),
+        (Some("Patched" | "Succeeded"), _, true) => "upgraded, serving",
+        (_, _, true) => "serving",
+        _ => "starting",
     };
     format!(
-        "{what:<72} istio-proxy {} ({}, restarts {restarts})",
-        short(&image, 48),
+        "{what:<62} istio-proxy {} ({}, restarts {restarts})",
+        short(&image, 40),
         short(&id, 8)
     )
 }

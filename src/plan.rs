@@ -671,8 +671,14 @@ fn drain_done(
     };
     let elapsed = input.now.duration_since(since).as_secs();
     let at = |secs: i64| since.checked_add(SignedDuration::from_secs(secs)).ok();
-    if elapsed < drain.grace_period_seconds {
-        return (false, at(drain.grace_period_seconds));
+    // `lastTransitionTime` is truncated to the second: the drain happened up to a second
+    // after it, so a grace period counts from the next second to be a true minimum.
+    let grace = match drain.grace_period_seconds {
+        0 => 0,
+        g => g.saturating_add(1),
+    };
+    if elapsed < grace {
+        return (false, at(grace));
     }
     let endpoints_ok = !drain.wait_for_endpoints
         || input.endpoints_drained.contains(name)

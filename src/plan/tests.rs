@@ -455,7 +455,8 @@ fn drain_then_patch() {
     let a = gated(p("a", OLD, true));
     let world = World::new(&[a.clone(), gated(p("b", OLD, true))]);
     assert_eq!(summary(&world.plan()), s(&[("a", "Drain")]));
-    // Drained 2s ago: the 5s grace period is not over.
+    // Drained 2s ago: the 5s grace period is not over (it ends 1s late: the condition's
+    // time is truncated to the second).
     let mut drained = a.clone();
     drained.gate = Some((false, DRAINING_REASON, -2));
     drained.ready = false;
@@ -466,7 +467,7 @@ fn drain_then_patch() {
         s(&[("a", "Wait")]),
         "and b waits for the budget"
     );
-    assert_eq!(plan.recheck_at, Some(ts(3)));
+    assert_eq!(plan.recheck_at, Some(ts(4)));
     // Grace over, endpoints still listing the pod: wait up to the timeout (60s).
     world.now = ts(10);
     let plan = world.plan();
@@ -485,6 +486,12 @@ fn drain_then_patch() {
     let mut world = World::new(&[drained]);
     world.policy.drain.wait_for_endpoints = false;
     world.now = ts(3);
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", "Wait")]),
+        "5s after a drain in the second -2.x: not yet"
+    );
+    world.now = ts(4);
     assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
 }
 
