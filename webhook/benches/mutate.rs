@@ -140,8 +140,12 @@ fn scenario() -> Result<(Value, BenchView), BoxError> {
              to `shared/` (see shared/fixtures/istio/README.md)"
         )
     })?;
-    let mut pod: Value =
-        serde_yaml::from_str(&text).map_err(|err| format!("{FIXTURE} is not a YAML Pod: {err}"))?;
+    // The file holds the Pod, then other documents.
+    let document = serde_yaml::Deserializer::from_str(&text)
+        .next()
+        .ok_or_else(|| format!("{FIXTURE} holds no YAML document"))?;
+    let mut pod: Value = <Value as serde::Deserialize>::deserialize(document)
+        .map_err(|err| format!("{FIXTURE} is not YAML: {err}"))?;
     if pod["kind"] != "Pod" {
         return Err(format!("{FIXTURE}: the first document is not a Pod").into());
     }
