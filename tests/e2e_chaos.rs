@@ -318,7 +318,6 @@ impl Wave {
 
 /// After a wave: the documented end state, checked on every pod.
 async fn check_wave_end(
-    deployments: &Api<Deployment>,
     client: &Client,
     ns: &str,
     app: &str,
@@ -327,6 +326,7 @@ async fn check_wave_end(
     replicas: i32,
     flapping: bool,
 ) -> AnyResult<String> {
+    let deployments = &Api::<Deployment>::namespaced(client.clone(), ns);
     let phase = if wave.failing { "Failed" } else { "Completed" };
     await_phase(deployments, app, &wave.annotation, phase).await?;
     // `Failed` is reported when the failure is seen; the rollback finishes after it.
@@ -578,7 +578,6 @@ async fn seeded_sigkills_of_the_leader_never_leave_a_pod_drained_or_exceed_the_b
             );
         }
         let outcome = check_wave_end(
-            &deployments,
             &client,
             &ns,
             "hello",
@@ -673,17 +672,7 @@ async fn apiserver_restarts_mid_rollout_with_a_slow_kubelet_and_the_rollout_comp
         log.push(line);
     }
     for (app, flapping) in [("hello", false), ("flappy", true)] {
-        let outcome = check_wave_end(
-            &deployments,
-            &client,
-            &ns,
-            app,
-            &wave,
-            OLD_PROXY,
-            replicas,
-            flapping,
-        )
-        .await;
+        let outcome = check_wave_end(&client, &ns, app, &wave, OLD_PROXY, replicas, flapping).await;
         match outcome {
             Ok(o) => log.push(format!("{app}: {o}")),
             Err(e) => return Err(format!("{app}: {e}\n{}", pair.logs()).into()),
