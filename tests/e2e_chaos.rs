@@ -21,8 +21,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -40,58 +38,6 @@ use testenv::{TestEnv, wait_for, wait_list};
 
 const REPOSITORY: &str = "registry.istio.io/testing/proxyv2";
 const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
-
-/// One `inplace-upgrade controller` process; SIGKILLed when dropped.
-struct Replica {
-    identity: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(env: &TestEnv, identity: &str) -> AnyResult<Replica> {
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log = env
-            .dir()
-            .join("logs")
-            .join(format!("controller-{identity}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
-            .args(["controller", "--identity", identity])
-            .args(["--lease-duration-seconds", "3"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--log-level", "info,inplace_upgrade=debug"])
-            .arg("--kubeconfig")
-            .arg(env.kubeconfig_path())
-            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(Replica {
-            identity: identity.into(),
-            child,
-            log,
-        })
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Two controller replicas, the leader replaced by a fresh one after each kill.
 struct Pair {
@@ -219,17 +165,6 @@ fn env_number(name: &str, default: u64) -> AnyResult<u64> {
             .map_err(|e| format!("{name}={v:?} is not a number: {e}"))?),
         Err(_) => Ok(default),
     }
-}
-
-fn gate(pod: &Pod) -> Option<(String, String)> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "inplace-upgrade.io/ready")?;
-    Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
 fn drained(pod: &Pod) -> bool {

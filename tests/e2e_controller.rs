@@ -561,14 +561,7 @@ async fn stateful_set_and_daemon_set_are_upgraded_in_place() -> TestResult {
 #[tokio::test]
 async fn pause_holds_the_rollout_until_resumed() -> TestResult {
     let (client, ns) = setup("pause", json!({})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 2).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
     let before = pods_by_name(&client, &ns, "hello").await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, "hello", "inplace-upgrade.io/paused", "true").await?;
@@ -592,14 +585,7 @@ async fn pause_holds_the_rollout_until_resumed() -> TestResult {
 #[tokio::test]
 async fn annotation_changed_mid_rollout_converges_to_the_newest_target() -> TestResult {
     let (client, ns) = setup("retarget", json!({})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 3, true)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 3).await?;
+    let deployments = deploy_hello(&client, &ns, 3, true).await?;
     annotate(
         &deployments,
         "hello",
@@ -641,14 +627,7 @@ async fn a_namespace_no_policy_selects_is_left_alone_and_told_why() -> TestResul
     let env = shared_controller()?;
     let ns = env.namespace("nopolicy").await?;
     let client = env.client()?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 1, false)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 1).await?;
+    let deployments = deploy_hello(&client, &ns, 1, false).await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
     await_phase(&deployments, "hello", target, "NoPolicy").await?;
@@ -673,14 +652,7 @@ async fn a_namespace_no_policy_selects_is_left_alone_and_told_why() -> TestResul
 async fn a_pod_disruption_budget_that_allows_nothing_blocks_the_rollout() -> TestResult {
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let (client, ns) = setup("pdb", json!({})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 2).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": {"name": "hello"},
@@ -728,14 +700,7 @@ async fn pods_created_with_the_old_image_are_converged_in_place() -> TestResult 
     // Without the webhook (as here, or while it is down) a scale-up creates pods from the
     // template's old image: the controller upgrades them in place too.
     let (client, ns) = setup("scaleup", json!({})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 2).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
     await_phase(&deployments, "hello", target, "Completed").await?;
@@ -783,14 +748,7 @@ async fn pods_created_with_the_old_image_are_converged_in_place() -> TestResult 
 #[tokio::test]
 async fn a_failed_target_is_retried_only_when_asked() -> TestResult {
     let (client, ns) = setup("retry", json!({"readyTimeoutSeconds": 5})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 2).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
     let target = "istio-proxy=proxyv2:1.24.2-never-ready";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
     await_phase(&deployments, "hello", target, "Failed").await?;
@@ -843,14 +801,7 @@ async fn a_malformed_annotation_is_reported_and_never_acted_on() -> TestResult {
     // The webhook refuses this at apply time; here it is not registered, as when it is down
     // or bypassed, so the controller is the last line.
     let (client, ns) = setup("invalid", json!({})).await?;
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments
-        .create(
-            &PostParams::default(),
-            &hello_deployment("hello-old-version.yaml.injected", 1, false)?,
-        )
-        .await?;
-    await_deployment_ready(&deployments, "hello", 1).await?;
+    let deployments = deploy_hello(&client, &ns, 1, false).await?;
     let bad = "istio-proxy=proxyv2:1.24.2,istio-proxy=proxyv2:1.25.0";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, bad).await?;
     let invalid = await_phase(&deployments, "hello", bad, "Invalid").await?;

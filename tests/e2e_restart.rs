@@ -10,8 +10,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
@@ -24,89 +22,6 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for, wait_list};
-
-/// One `inplace-upgrade controller` process; killed when dropped.
-struct Replica {
-    identity: String,
-    child: Child,
-    admin: u16,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(env: &TestEnv, identity: &str) -> AnyResult<Replica> {
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log = env
-            .dir()
-            .join("logs")
-            .join(format!("controller-{identity}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
-            .args([
-                "controller",
-                "--identity",
-                identity,
-                "--lease-duration-seconds",
-                "3",
-            ])
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "info,inplace_upgrade=debug",
-            ])
-            .arg("--kubeconfig")
-            .arg(env.kubeconfig_path())
-            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(Replica {
-            identity: identity.into(),
-            child,
-            admin,
-            log,
-        })
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> AnyResult<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        Ok(self.child.wait()?)
-    }
-
-    /// `inplace_upgrade_leader` from its /metrics.
-    fn leader_metric(&self) -> AnyResult<Option<String>> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body
-            .lines()
-            .find(|l| l.starts_with("inplace_upgrade_leader "))
-            .map(|l| l["inplace_upgrade_leader ".len()..].to_string()))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn holder(client: &Client) -> Option<String> {
     let lease = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE)
@@ -134,17 +49,6 @@ async fn await_holder(client: &Client, among: &[&str]) -> AnyResult<String> {
         .spec
         .and_then(|s| s.holder_identity)
         .unwrap_or_default())
-}
-
-fn gate(pod: &Pod) -> Option<(String, String)> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "inplace-upgrade.io/ready")?;
-    Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -353,6 +353,15 @@ impl Cache {
             .collect()
     }
 
+    /// Every InPlaceUpgradePolicy, owned (the policy functions of the core take a slice).
+    pub fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
+        self.policies
+            .state()
+            .iter()
+            .map(|p| InPlaceUpgradePolicy::clone(p))
+            .collect()
+    }
+
     pub fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
         self.namespaces.get(&ObjectRef::new(name))
     }

@@ -24,9 +24,7 @@ use crate::patch::{
     state_patch, upgrade_patch,
 };
 use crate::plan::{Action, DisruptionBudget, FailedTarget, PlanInput, Step, Verdict, plan};
-use crate::policy::{
-    InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, Scope, governing_policy, selector_matches,
-};
+use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy, selector_matches};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, TargetSource, effective_targets};
 use crate::{
@@ -172,13 +170,7 @@ async fn reconcile_workload(
         return Ok(None); // never annotated, nothing of ours on its pods: not our business
     }
 
-    let policies: Vec<InPlaceUpgradePolicy> = ctx
-        .cache
-        .policies
-        .state()
-        .iter()
-        .map(|p| InPlaceUpgradePolicy::clone(p))
-        .collect();
+    let policies = ctx.cache.policies();
     let scope = Scope {
         namespace: &key.namespace,
         namespace_labels: ns_labels,
@@ -694,9 +686,11 @@ fn progress(
             .iter()
             .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
         && let Some(state) = PodUpgradeState::from_pod(p).ok().flatten()
-        // A failure from before the last retry request (its rollback may still be finishing)
-        // is forgiven, not remembered again.
-        && retry_since.is_none_or(|r| state.patched_at > r)
+        // A failure known before the last retry request (its rollback, or its `Pause`, was
+        // recorded by then) is forgiven, not remembered again — the planner's rule. A pod
+        // still `Patched` is a fresh attempt failing now. (Comparing phases, not only times:
+        // recorded times are truncated to the second.)
+        && !retry_since.is_some_and(|r| state.phase != Phase::Patched && state.patched_at <= r)
     {
         for c in &state.containers {
             let record = FailedTargetRecord {

@@ -130,13 +130,7 @@ pub async fn write_policy_statuses(ctx: &Context) {
     let api: Api<InPlaceUpgradePolicy> = Api::all(ctx.client.clone());
     let mut written: BTreeMap<String, InPlaceUpgradePolicyStatus> = BTreeMap::new();
     loop {
-        let policies: Vec<InPlaceUpgradePolicy> = ctx
-            .cache
-            .policies
-            .state()
-            .iter()
-            .map(|p| InPlaceUpgradePolicy::clone(p))
-            .collect();
+        let policies = ctx.cache.policies();
         for (name, status) in ctx.report.statuses(&policies) {
             let current = policies
                 .iter()

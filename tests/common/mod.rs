@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each suite uses a different subset
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -16,7 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use testenv::wait_for;
+use testenv::{TestEnv, wait_for};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -119,6 +121,21 @@ pub fn fixture_workload<K: serde::de::DeserializeOwned>(
 
 pub fn hello_deployment(file: &str, replicas: i32, gated: bool) -> AnyResult<Deployment> {
     fixture_workload(file, "Deployment", Some(replicas), gated)
+}
+
+/// Creates the fixture's `hello` Deployment (Istio's older layout: `istio-proxy` as a regular
+/// container) with `replicas`, gated or not, and waits until every replica is ready.
+pub async fn deploy_hello(
+    client: &Client,
+    ns: &str,
+    replicas: i32,
+    gated: bool,
+) -> AnyResult<Api<Deployment>> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let d = hello_deployment("hello-old-version.yaml.injected", replicas, gated)?;
+    deployments.create(&PostParams::default(), &d).await?;
+    await_deployment_ready(&deployments, "hello", replicas).await?;
+    Ok(deployments)
 }
 
 pub async fn create_service(client: &Client, ns: &str, app: &str) -> AnyResult<()> {
@@ -383,4 +400,99 @@ pub async fn create_policy(client: &Client, ns: &str, overrides: Value) -> AnyRe
         .create(&PostParams::default(), &policy)
         .await?;
     Ok(())
+}
+
+/// One `inplace-upgrade controller` process; killed when dropped.
+pub struct Replica {
+    pub identity: String,
+    pub child: Child,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+impl Replica {
+    pub fn start(env: &TestEnv, identity: &str) -> AnyResult<Replica> {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = env
+            .dir()
+            .join("logs")
+            .join(format!("controller-{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
+            .args([
+                "controller",
+                "--identity",
+                identity,
+                "--lease-duration-seconds",
+                "3",
+            ])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+                "--log-level",
+                "info,inplace_upgrade=debug",
+            ])
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig_path())
+            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Replica {
+            identity: identity.into(),
+            child,
+            admin,
+            log,
+        })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> AnyResult<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// `inplace_upgrade_leader` from its /metrics.
+    pub fn leader_metric(&self) -> AnyResult<Option<String>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .find(|l| l.starts_with("inplace_upgrade_leader "))
+            .map(|l| l["inplace_upgrade_leader ".len()..].to_string()))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Our readiness gate condition: (status, reason).
+pub fn gate(pod: &Pod) -> Option<(String, String)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "inplace-upgrade.io/ready")?;
+    Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
