@@ -339,25 +339,47 @@ fn watch_pods(client: &Client, ns: &str, app: &str) -> Arc<Mutex<Seen>> {
         let mut stream = stream.boxed();
         let mut not_ready: BTreeSet<String> = BTreeSet::new();
         let mut held: BTreeSet<String> = BTreeSet::new();
+        // A re-list (after the API server restarts) is one snapshot: it is built aside and
+        // swapped in at InitDone, so a half-listed mix of old and new states never counts.
+        let mut relist: Option<(BTreeSet<String>, BTreeSet<String>)> = None;
         while let Some(event) = stream.next().await {
             let pod = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::Init) => {
+                    relist = Some(Default::default());
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some((n, h)) = relist.take() {
+                        (not_ready, held) = (n, h);
+                    }
+                    None
+                }
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => Some(p),
                 Ok(watcher::Event::Delete(p)) => {
                     not_ready.remove(&p.name_any());
                     held.remove(&p.name_any());
                     continue;
                 }
-                _ => continue,
+                Err(_) => continue,
             };
-            let live = pod.metadata.deletion_timestamp.is_none();
-            for (set, member) in [
-                (&mut not_ready, live && !is_ready(&pod)),
-                (&mut held, live && (drained(&pod) || in_progress(&pod))),
-            ] {
-                if member {
-                    set.insert(pod.name_any());
-                } else {
-                    set.remove(&pod.name_any());
+            if let Some(pod) = pod {
+                let live = pod.metadata.deletion_timestamp.is_none();
+                let (n, h) = match relist.as_mut() {
+                    Some((n, h)) => (n, h),
+                    None => (&mut not_ready, &mut held),
+                };
+                for (set, member) in [
+                    (n, live && !is_ready(&pod)),
+                    (h, live && (drained(&pod) || in_progress(&pod))),
+                ] {
+                    if member {
+                        set.insert(pod.name_any());
+                    } else {
+                        set.remove(&pod.name_any());
+                    }
+                }
+                if relist.is_some() {
+                    continue;
                 }
             }
             if let Ok(mut s) = out.lock() {

@@ -13,6 +13,7 @@ mod report;
 mod status;
 mod workload;
 mod writes;
+mod written;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,8 @@ pub struct Context {
     slots: Mutex<HashMap<String, BTreeSet<WorkloadKey>>>,
     /// What each policy governs, for its status.
     report: report::PolicyReport,
+    /// Pods as our own last writes returned them, until the cache catches up.
+    written: written::Written,
 }
 
 impl Context {
@@ -164,6 +167,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         settings: settings.clone(),
         slots: Mutex::default(),
         report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+        written: written::Written::default(),
     });
 
     let (leading_tx, leading) = watch::channel(false);

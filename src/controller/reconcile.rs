@@ -120,12 +120,15 @@ async fn reconcile_workload(
         .annotations
         .get(STATUS_ANNOTATION)
         .and_then(|s| WorkloadStatus::parse(s));
-    let pods: Vec<Pod> = ctx
-        .cache
-        .pods_of(key)
-        .iter()
-        .map(|p| Pod::clone(p))
-        .collect();
+    // The cache, corrected by our own writes it has not delivered yet (see `written`).
+    let pods: Vec<Pod> = ctx.written.freshest(
+        key,
+        ctx.cache
+            .pods_of(key)
+            .iter()
+            .map(|p| Pod::clone(p))
+            .collect(),
+    );
     let now = Timestamp::now();
 
     // What is asked, and whether we may act on it.
@@ -399,39 +402,45 @@ async fn execute(
     match &step.action {
         Action::Wait { .. } => {}
         Action::Drain => {
-            ctx.patch_pod_status(
-                ns,
-                name,
-                gate(
-                    false,
-                    DRAINING_REASON,
-                    "taken out of load balancing before an in-place upgrade",
-                ),
-            )
-            .await
-            .map_err(kube("draining"))?;
+            let written = ctx
+                .patch_pod_status(
+                    ns,
+                    name,
+                    gate(
+                        false,
+                        DRAINING_REASON,
+                        "taken out of load balancing before an in-place upgrade",
+                    ),
+                )
+                .await
+                .map_err(kube("draining"))?;
+            ctx.written.remember(&workload.key, &written);
         }
         Action::Undrain => {
-            ctx.patch_pod_status(
-                ns,
-                name,
-                gate(true, SERVING_REASON, "in-place upgrade done"),
-            )
-            .await
-            .map_err(kube("undraining"))?;
+            let written = ctx
+                .patch_pod_status(
+                    ns,
+                    name,
+                    gate(true, SERVING_REASON, "in-place upgrade done"),
+                )
+                .await
+                .map_err(kube("undraining"))?;
+            ctx.written.remember(&workload.key, &written);
         }
         Action::MarkReady => {
-            ctx.patch_pod_status(
-                ns,
-                name,
-                gate(
-                    true,
-                    NOT_UPGRADING_REASON,
-                    "no in-place upgrade in progress",
-                ),
-            )
-            .await
-            .map_err(kube("marking ready"))?;
+            let written = ctx
+                .patch_pod_status(
+                    ns,
+                    name,
+                    gate(
+                        true,
+                        NOT_UPGRADING_REASON,
+                        "no in-place upgrade in progress",
+                    ),
+                )
+                .await
+                .map_err(kube("marking ready"))?;
+            ctx.written.remember(&workload.key, &written);
         }
         Action::Patch { targets } => {
             let (patch, _) =
@@ -439,9 +448,11 @@ async fn execute(
                     pod: name.into(),
                     source,
                 })?;
-            ctx.patch_pod(ns, name, patch)
+            let written = ctx
+                .patch_pod(ns, name, patch)
                 .await
                 .map_err(kube("upgrading"))?;
+            ctx.written.remember(&workload.key, &written);
             let what: Vec<String> = targets
                 .iter()
                 .map(|t| format!("{} {} -> {}", t.location.name, t.location.image, t.image))
@@ -465,9 +476,11 @@ async fn execute(
                         source,
                     }
                 })?;
-            ctx.patch_pod(ns, name, patch)
+            let written = ctx
+                .patch_pod(ns, name, patch)
                 .await
                 .map_err(kube("rolling back"))?;
+            ctx.written.remember(&workload.key, &written);
             let note = format!(
                 "in-place upgrade failed ({reason}: {message}); rolling back to the previous image"
             );
@@ -493,9 +506,11 @@ async fn execute(
                 pod: name.into(),
                 source,
             })?;
-            ctx.patch_pod(ns, name, patch)
+            let written = ctx
+                .patch_pod(ns, name, patch)
                 .await
                 .map_err(kube("recording the result of"))?;
+            ctx.written.remember(&workload.key, &written);
             match phase {
                 Phase::Succeeded => {
                     let secs = now.duration_since(state.patched_at).as_secs_f64();
