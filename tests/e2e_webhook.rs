@@ -8,11 +8,16 @@
 //! second, registered configuration whose URL nobody serves: "the webhook is down" for those
 //! namespaces only.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::{
+    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, install, is_ready, obj, spec_image,
+};
 use inplace_upgrade::admission::ClusterView as _;
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
 use inplace_upgrade::admission::serve::{self, LocalOptions};
@@ -23,7 +28,6 @@ use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -31,12 +35,7 @@ use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for, wait_list};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
 const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
-const NEW_PROXY: &str = "registry.istio.io/testing/proxyv2:1.24.2";
 const DOWN_LABEL: &str = "e2e.inplace-upgrade.io/webhook";
 
 struct Shared {
@@ -44,10 +43,6 @@ struct Shared {
     admin: SocketAddr,
     cert_dir: PathBuf,
     host: String,
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("test object literal matches its Kubernetes type")
 }
 
 fn free_port() -> AnyResult<u16> {
@@ -177,42 +172,6 @@ async fn simulate_outage_for_labelled_namespaces(client: &Client) -> AnyResult<(
     Ok(())
 }
 
-async fn install(client: &Client) -> AnyResult<()> {
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&inplace_upgrade::policy::crd_yaml()?)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    wait_for(
-        &crds,
-        &crd.name_any(),
-        "CRD Established",
-        |c: &CustomResourceDefinition| {
-            c.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await?;
-    let ns: Namespace = obj(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}));
-    match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A namespace of its own (labelled down when `webhook_down`) and a policy that selects it.
 async fn setup(prefix: &str, policy: Value, webhook_down: bool) -> AnyResult<(Client, String)> {
     let shared = shared()?;
@@ -293,27 +252,11 @@ fn fixture_workload(
     Ok(w)
 }
 
-fn spec_image(pod: &Pod, container: &str) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == container)
-        .and_then(|c| c.image.clone())
-}
-
 fn gated(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.readiness_gates.as_ref())
         .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn proxy_status(pod: &Pod) -> Option<(String, i32, String)> {

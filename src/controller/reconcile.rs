@@ -396,51 +396,39 @@ async fn execute(
             }
         }
     };
-    let gate = |ready: bool, reason: &str, message: &str| {
-        gate_condition_patch(ready, reason, message, now)
-    };
+    // Our readiness-gate condition, through `pods/status`; the returned pod is remembered
+    // until the watch delivers it.
+    let set_gate =
+        |ready: bool, reason: &'static str, message: &'static str, what: &'static str| async move {
+            let written = ctx
+                .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, now))
+                .await
+                .map_err(kube(what))?;
+            ctx.written.remember(&workload.key, &written);
+            Ok::<(), ReconcileError>(())
+        };
     match &step.action {
         Action::Wait { .. } => {}
         Action::Drain => {
-            let written = ctx
-                .patch_pod_status(
-                    ns,
-                    name,
-                    gate(
-                        false,
-                        DRAINING_REASON,
-                        "taken out of load balancing before an in-place upgrade",
-                    ),
-                )
-                .await
-                .map_err(kube("draining"))?;
-            ctx.written.remember(&workload.key, &written);
+            set_gate(
+                false,
+                DRAINING_REASON,
+                "taken out of load balancing before an in-place upgrade",
+                "draining",
+            )
+            .await?
         }
         Action::Undrain => {
-            let written = ctx
-                .patch_pod_status(
-                    ns,
-                    name,
-                    gate(true, SERVING_REASON, "in-place upgrade done"),
-                )
-                .await
-                .map_err(kube("undraining"))?;
-            ctx.written.remember(&workload.key, &written);
+            set_gate(true, SERVING_REASON, "in-place upgrade done", "undraining").await?
         }
         Action::MarkReady => {
-            let written = ctx
-                .patch_pod_status(
-                    ns,
-                    name,
-                    gate(
-                        true,
-                        NOT_UPGRADING_REASON,
-                        "no in-place upgrade in progress",
-                    ),
-                )
-                .await
-                .map_err(kube("marking ready"))?;
-            ctx.written.remember(&workload.key, &written);
+            set_gate(
+                true,
+                NOT_UPGRADING_REASON,
+                "no in-place upgrade in progress",
+                "marking ready",
+            )
+            .await?
         }
         Action::Patch { targets } => {
             let (patch, _) =
