@@ -28,16 +28,16 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 
 use common::*;
-use inplace_upgrade::TARGETS_ANNOTATION;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use inplace_upgrade::{PAUSED_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -986,9 +986,65 @@ async fn controller_and_webhook_under_their_service_accounts_upgrade_in_place() 
                 "the webhook injected the readiness gate into {name}: {gates:?}"
             );
         }
+        // A second team's namespace, governed by its own policy, with a Deployment of the same
+        // name and pods of the same shape: what the first team's annotation must not reach.
+        let other = env.namespace("deploy-other-team").await?;
+        create_policy(&client, &other, json!({})).await?;
+        let other_deployments = Api::<Deployment>::namespaced(client.clone(), &other);
+        other_deployments
+            .create(
+                &PostParams::default(),
+                &hello_deployment("hello-old-version.yaml.injected", 2, true)?,
+            )
+            .await?;
+        await_deployment_ready(&other_deployments, "hello", 2).await?;
+        let other_before = pods_by_name(&client, &other, "hello").await?;
+
+        // The upgrade is asked for by the namespace's own team (rights on workloads in `ns`
+        // only), not by an administrator: that is who annotates workloads in production.
+        let tenant = tenant_client(env, &client, &ns).await?;
+        assert_tenant_cannot_reach(&tenant, &ns, &other).await?;
         let target = "istio-proxy=proxyv2:1.24.2";
-        annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+        annotate(
+            &Api::<Deployment>::namespaced(tenant.clone(), &ns),
+            "hello",
+            TARGETS_ANNOTATION,
+            target,
+        )
+        .await?;
         await_phase(&deployments, "hello", target, "Completed").await?;
+        // The other team's same-named workload: same pods, same containers, nothing recorded.
+        let other_after = pods_by_name(&client, &other, "hello").await?;
+        assert_eq!(
+            other_after.keys().collect::<Vec<_>>(),
+            other_before.keys().collect::<Vec<_>>()
+        );
+        for (name, pod) in &other_after {
+            let (b, a) = (
+                facts(&other_before[name], "istio-proxy", "hello"),
+                facts(pod, "istio-proxy", "hello"),
+            );
+            assert_eq!(
+                (&a.uid, &a.proxy_id, a.proxy_restarts, &a.app_id),
+                (&b.uid, &b.proxy_id, b.proxy_restarts, &b.app_id),
+                "{other}/{name} was not touched"
+            );
+            assert_eq!(
+                spec_image(pod, "istio-proxy"),
+                spec_image(&other_before[name], "istio-proxy")
+            );
+            assert_eq!(
+                state_phase(pod),
+                None,
+                "{other}/{name} has no upgrade record"
+            );
+        }
+        let other_hello = other_deployments.get("hello").await?;
+        assert_eq!(
+            workload_status(other_hello.annotations()),
+            None,
+            "{other}/hello has no status: nothing asked for an upgrade there"
+        );
         let after = pods_by_name(&client, &ns, "hello").await?;
         assert_eq!(
             after.keys().collect::<Vec<_>>(),
@@ -1067,6 +1123,101 @@ async fn controller_and_webhook_under_their_service_accounts_upgrade_in_place() 
     stopped.0?;
     stopped.1?;
     restored?;
+    Ok(())
+}
+
+/// A client for a namespace's team: ServiceAccount `tenant` of `ns` with a Role that lets it
+/// manage workloads and pods in `ns` only (what the built-in `edit` role grants for these
+/// resources; `edit` itself is empty here: it is filled by kube-controller-manager's
+/// clusterrole-aggregation controller, which the test control plane does not run),
+/// authenticated by a TokenRequest token.
+async fn tenant_client(env: &TestEnv, admin: &Client, ns: &str) -> AnyResult<Client> {
+    let account: ServiceAccount = obj(json!({"metadata": {"name": "tenant"}}));
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &account)
+        .await?;
+    let verbs = json!([
+        "get", "list", "watch", "create", "update", "patch", "delete"
+    ]);
+    let role: Role = obj(json!({
+        "metadata": {"name": "tenant-edit"},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets",
+                "replicasets"], "verbs": verbs},
+            {"apiGroups": [""], "resources": ["pods", "services"], "verbs": verbs},
+        ],
+    }));
+    Api::<Role>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: RoleBinding = obj(json!({
+        "metadata": {"name": "tenant-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}],
+    }));
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let path = service_account_kubeconfig(env, admin, ns, "tenant").await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A team that manages the workloads of `own` has no way through our annotations to `other`: it cannot
+/// annotate the other namespace's workloads, set a target or a pause on any Namespace (a
+/// Namespace annotation upgrades every workload in it), or write a policy (which decides which
+/// namespaces may be upgraded and to which images). Each is refused by the API server (403).
+async fn assert_tenant_cannot_reach(tenant: &Client, own: &str, other: &str) -> AnyResult<()> {
+    fn refused<T: std::fmt::Debug>(what: &str, outcome: Result<T, kube::Error>) -> AnyResult<()> {
+        match outcome {
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+            other => Err(format!("{what}: expected 403 Forbidden, got {other:?}").into()),
+        }
+    }
+    let target = json!({"metadata": {"annotations": {
+        TARGETS_ANNOTATION: "istio-proxy=proxyv2:1.24.2",
+    }}});
+    let pause = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: "true"}}});
+    let merge = |v: &Value| Patch::Merge(v.clone());
+    let other_deployments = Api::<Deployment>::namespaced(tenant.clone(), other);
+    let params = PatchParams::default();
+    refused(
+        "the other team's Deployment annotated with a target",
+        other_deployments
+            .patch("hello", &params, &merge(&target))
+            .await,
+    )?;
+    refused(
+        "the other team's Deployment paused",
+        other_deployments
+            .patch("hello", &params, &merge(&pause))
+            .await,
+    )?;
+    let namespaces = Api::<Namespace>::all(tenant.clone());
+    for ns in [own, other] {
+        refused(
+            &format!("Namespace {ns} annotated with a target"),
+            namespaces.patch(ns, &params, &merge(&target)).await,
+        )?;
+    }
+    let policy: InPlaceUpgradePolicy = obj(json!({
+        "apiVersion": "inplace-upgrade.io/v1alpha1",
+        "kind": "InPlaceUpgradePolicy",
+        "metadata": {"name": format!("{own}-reaches-{other}")},
+        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": other}}},
+    }));
+    let policies = Api::<InPlaceUpgradePolicy>::all(tenant.clone());
+    refused(
+        "a policy created by the team",
+        policies.create(&PostParams::default(), &policy).await,
+    )?;
+    refused(
+        "the team's own policy loosened",
+        policies
+            .patch(own, &params, &merge(&json!({"spec": {"paused": false}})))
+            .await,
+    )?;
     Ok(())
 }
 
