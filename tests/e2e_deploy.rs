@@ -12,6 +12,11 @@
 //! - The webhook binary runs out of process under its ServiceAccount in self-managed
 //!   certificate mode: it writes its Secret and both configurations' caBundle and becomes ready
 //!   (every watch listed), again with no `forbidden` in its log.
+//! - The rollout is asked for by a namespace's team (a ServiceAccount with rights on workloads
+//!   in that namespace only), and that team cannot use our annotations to reach another
+//!   namespace: annotating or pausing the other namespace's workload, annotating any
+//!   Namespace, and creating or changing a policy are all refused (403); the other
+//!   namespace's same-named Deployment and its pods are left exactly as they were.
 //! - `kubectl auth can-i --list` for both ServiceAccounts equals the list checked in here.
 //! - The cert-manager overlay, the example policies and the generated webhook configurations
 //!   are checked without a cert-manager (rendered, dry-run, compared with the generator).
