@@ -134,6 +134,13 @@ impl ImageRef {
         } else {
             path.to_string()
         };
+        // Docker checks the length of the normalised name (`docker.io/library/` added), so a
+        // short name can be too long once normalised (found by fuzzing).
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(ImageError::NameTooLong {
+                image: image.into(),
+            });
+        }
         Ok(ImageRef {
             written: image.to_string(),
             name: name.to_string(),
@@ -557,6 +564,16 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(ImageRef::parse(&input), Err(expected), "{input:?}");
         }
+        // 255 characters once normalised (`docker.io/library/` + 237) is the longest name.
+        let longest = "a".repeat(237);
+        assert!(ImageRef::parse(&longest).is_ok());
+        let too_long = "a".repeat(238);
+        assert_eq!(
+            ImageRef::parse(&too_long),
+            Err(ImageError::NameTooLong {
+                image: too_long.clone()
+            })
+        );
         let upper_digest = format!("nginx@sha256:{}", "A".repeat(64));
         assert!(matches!(
             ImageRef::parse(&upper_digest),
