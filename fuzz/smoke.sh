@@ -34,7 +34,9 @@ for t in "${targets[@]}"; do
     if ! cargo +nightly fuzz run "${flags[@]}" "$t" "$work/$t" "$root/fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
         >"$work/$t.log" 2>&1; then
-        tail -40 "$work/$t.log"
+        # The panic message first: cargo-fuzz's own backtrace fills the end of the log.
+        grep -A4 'panicked at' "$work/$t.log" || true
+        grep -B2 -A6 '^Failing input' "$work/$t.log" || tail -40 "$work/$t.log"
         echo "fuzz target $t crashed; reproduce with: cargo +nightly fuzz run ${flags[*]} $t fuzz/artifacts/$t/<crash-file>" >&2
         exit 1
     fi
