@@ -699,3 +699,94 @@ async fn errors_are_one_line_with_the_documented_exit_code() -> TestResult {
     one_line_error(&run, 4, "cannot list resource \"deployments\"");
     Ok(())
 }
+
+#[tokio::test]
+async fn retry_of_a_namespace_wide_failure_retries_every_workload_it_blocks() -> TestResult {
+    let (client, ns) = setup("kc-nsretry", Some(json!({"readyTimeoutSeconds": 5}))).await?;
+    let deployments = deploy_hello(&client, &ns, 1, false).await?;
+    // A second Deployment of its own pods.
+    let mut other = hello_deployment("hello-old-version.yaml.injected", 1, false)?;
+    other.metadata.name = Some("hello2".into());
+    let mut spec = other.spec.take().ok_or("spec")?;
+    spec.selector = obj(json!({"matchLabels": {"app": "hello2"}}));
+    if let Some(labels) = spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.labels.as_mut())
+    {
+        labels.insert("app".into(), "hello2".into());
+    }
+    other.spec = Some(spec);
+    deployments.create(&PostParams::default(), &other).await?;
+    await_deployment_ready(&deployments, "hello2", 1).await?;
+
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    let run = kubectl(&["set", &format!("ns/{ns}"), target]).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    for name in ["hello", "hello2"] {
+        await_phase(&deployments, name, target, "Failed").await?;
+    }
+    // Both rolled back to the previous image.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    for app in ["hello", "hello2"] {
+        for (name, _) in pods_by_name(&client, &ns, app).await? {
+            wait_for(&pods, &name, "rolled back", |p: &Pod| {
+                spec_image(p, "istio-proxy").as_deref() == Some(OLD_PROXY)
+                    && state_phase(p).as_deref() == Some("RolledBack")
+            })
+            .await?;
+        }
+    }
+
+    let records = |pods: BTreeMap<String, Pod>| -> BTreeMap<String, String> {
+        pods.into_iter()
+            .map(|(n, p)| {
+                let record = p
+                    .annotations()
+                    .get(inplace_upgrade::STATE_ANNOTATION)
+                    .cloned();
+                (n, record.unwrap_or_default())
+            })
+            .collect()
+    };
+    let mut before = records(pods_by_name(&client, &ns, "hello").await?);
+    before.extend(records(pods_by_name(&client, &ns, "hello2").await?));
+
+    let run = kubectl(&["-n", &ns, "retry", "deploy/hello"]).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("deployment/hello2: retry requested too"),
+        "{run:?}"
+    );
+    // Both forget the failure...
+    for app in ["hello", "hello2"] {
+        let asked = deployments
+            .get(app)
+            .await?
+            .annotations()
+            .get(RETRY_ANNOTATION)
+            .cloned()
+            .ok_or(format!("{app} has no retry annotation"))?;
+        wait_for(&deployments, app, "the retry taken up", |d: &Deployment| {
+            workload_status(d.annotations()).is_some_and(|s| s["retry"] == asked.as_str())
+        })
+        .await?;
+    }
+    // ...and the target is tried again (where it fails again, the other workload stays
+    // blocked: a bad image does not spread, so one new attempt is what to expect).
+    let deadline = std::time::Instant::now() + testenv::WAIT_LIMIT;
+    loop {
+        let mut now = records(pods_by_name(&client, &ns, "hello").await?);
+        now.extend(records(pods_by_name(&client, &ns, "hello2").await?));
+        if now.iter().any(|(n, r)| before.get(n) != Some(r)) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no pod was patched again after the retry: {now:?}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
