@@ -310,6 +310,25 @@ async fn plan_names_what_blocks_the_rollout() -> TestResult {
         "{run:?}"
     );
     assert_eq!(versions(&client, &ns).await?, before);
+    // Set anyway: the webhook's warning, and a watch that waits for a policy until --timeout.
+    let run = kubectl(&["-n", &ns, "set", "deploy/hello", &image]).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("Warning: inplace-upgrade: no InPlaceUpgradePolicy enables namespace"),
+        "{run:?}"
+    );
+    let run = kubectl(&[
+        "-n",
+        &ns,
+        "status",
+        "deploy/hello",
+        "--watch",
+        "--timeout",
+        "3s",
+    ])
+    .await?;
+    one_line_error(&run, 6, "timed out after 3s waiting for deployment/hello");
 
     // The policy does not allow the container.
     let (client, ns) = setup("kc-container", Some(json!({"containers": ["hello"]}))).await?;
@@ -333,6 +352,14 @@ async fn plan_names_what_blocks_the_rollout() -> TestResult {
     assert!(
         blockers.contains("istio-proxy") && blockers.contains("containers"),
         "{blockers}"
+    );
+    assert_eq!(versions(&client, &ns).await?, before);
+    // The webhook's denial, word for word, and nothing written.
+    let run = kubectl(&["-n", &ns, "set", "deploy/hello", &image]).await?;
+    one_line_error(
+        &run,
+        5,
+        &format!("InPlaceUpgradePolicy {ns:?} rule containers refuses {image}: "),
     );
     assert_eq!(versions(&client, &ns).await?, before);
 
