@@ -130,6 +130,25 @@ async fn kubectl(args: &[&str]) -> AnyResult<Run> {
     kubectl_as(shared_controller()?.kubeconfig_path(), args).await
 }
 
+/// Runs `kubectl-inplace` with its stdout on a pseudo-terminal (util-linux `script`).
+async fn kubectl_on_tty(args: &[&str]) -> AnyResult<Run> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = vec![
+        quote(&plugin()?.display().to_string()),
+        "--kubeconfig".into(),
+        quote(&shared_controller()?.kubeconfig_path().display().to_string()),
+    ];
+    line.extend(args.iter().map(|a| quote(a)));
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    let out: Output = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// A namespace of its own and a policy that selects exactly it.
 async fn setup(prefix: &str, policy: Option<Value>) -> AnyResult<(Client, String)> {
     let env = shared_controller()?;
@@ -523,8 +542,14 @@ async fn set_pause_watch_status_and_rollback_in_place() -> TestResult {
     assert_eq!(run.code, 0, "{run:?}");
     let back = format!("istio-proxy={OLD_PROXY}");
     assert!(run.stdout.contains(&back), "{run:?}");
-    let run = kubectl(&["-n", &ns, "status", "deploy/hello", "-w"]).await?;
+    // Watched on a terminal: a progress bar redrawn in place.
+    let run = kubectl_on_tty(&["-n", &ns, "status", "deploy/hello", "-w"]).await?;
     assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("\x1b[2Kdeployment/hello  ["), "{run:?}");
+    assert!(
+        run.stdout.contains("[####################] 2/2  Completed"),
+        "{run:?}"
+    );
     let after = pods_by_name(&client, &ns, "hello").await?;
     for (name, uid) in &uids {
         let pod = after.get(name).ok_or(format!("pod {name} replaced"))?;

@@ -583,7 +583,7 @@ async fn watch_rows(
         if tty {
             let width = rows
                 .iter()
-                .map(|r| r.workload.len() + r.namespace.len() + 1)
+                .map(|r| r.workload.len() + if all { r.namespace.len() + 1 } else { 0 })
                 .max()
                 .unwrap_or(0);
             if drawn > 0 {

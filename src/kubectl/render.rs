@@ -227,15 +227,12 @@ pub fn watch_bar(row: &StatusRow, all_namespaces: bool, name_width: usize) -> St
     } else {
         row.workload.clone()
     };
-    let (done, total) = row
-        .status
-        .as_ref()
-        .map_or((0, 0), |s| (s.upgraded, s.total));
-    let mut line = format!(
-        "{name:<name_width$}  {}  {}",
-        progress_bar(done, total),
-        row.phase()
+    // No record yet: an empty bar, not a full one for 0/0.
+    let bar = row.status.as_ref().map_or_else(
+        || format!("[{}] -", ".".repeat(20)),
+        |s| progress_bar(s.upgraded, s.total),
     );
+    let mut line = format!("{name:<name_width$}  {bar}  {}", row.phase());
     let current = row.current();
     if current != "-" {
         line.push_str(&format!("  {current}"));
@@ -513,6 +510,10 @@ payments    statefulset/ledger   Failed        0/2        -                66m  
         assert_eq!(
             watch_bar(&rows[0], false, 18),
             "deployment/cart     [######..............] 1/3  Progressing  cart-7d9-abcde"
+        );
+        assert_eq!(
+            watch_bar(&rows[2], true, 20),
+            "shop/daemonset/agent  [....................] -  Pending"
         );
     }
 
