@@ -5,6 +5,7 @@
 //! or a leader change — carries on from there.
 
 mod cache;
+pub mod inputs;
 mod leader;
 mod metrics;
 mod queue;
@@ -28,7 +29,8 @@ pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
-pub use workload::{WorkloadKey, WorkloadKind, WorkloadView};
+pub use status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
+pub use workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled};
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.

@@ -109,3 +109,52 @@ impl WorkloadStatus {
             .collect()
     }
 }
+
+/// The failure memory the controller plans with, read from the previous status and the
+/// workload's current `inplace-upgrade.io/retry` value: a new retry request forgets the
+/// remembered failures and forgives pod failure records from before it (the value is the
+/// request's RFC 3339 time; any other value counts from `now`). Targets that failed in other
+/// workloads under a Namespace annotation are not included.
+pub fn failure_memory(
+    previous: Option<&WorkloadStatus>,
+    retry: Option<&str>,
+    now: Timestamp,
+) -> (Vec<FailedTarget>, Option<Timestamp>) {
+    match previous {
+        Some(p) if p.retry.as_deref() == retry => (p.failed(), p.retry_since),
+        _ => (
+            Vec::new(),
+            retry.map(|r| r.parse::<Timestamp>().unwrap_or(now)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_retry_forgets_remembered_failures() {
+        let now: Timestamp = "2026-01-02T00:00:00Z".parse().expect("time");
+        let previous = WorkloadStatus {
+            phase: WorkloadPhase::Failed,
+            failed_targets: vec![FailedTargetRecord {
+                container: "istio-proxy".into(),
+                image: "proxyv2:bad".into(),
+            }],
+            retry: Some("2026-01-01T00:00:00Z".into()),
+            retry_since: Some("2026-01-01T00:00:00Z".parse().expect("time")),
+            ..WorkloadStatus::default()
+        };
+        let (failed, since) = failure_memory(Some(&previous), Some("2026-01-01T00:00:00Z"), now);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(since, previous.retry_since);
+        let (failed, since) = failure_memory(Some(&previous), Some("2026-01-01T12:00:00Z"), now);
+        assert!(failed.is_empty());
+        assert_eq!(since, Some("2026-01-01T12:00:00Z".parse().expect("time")));
+        let (failed, since) = failure_memory(Some(&previous), Some("please"), now);
+        assert!(failed.is_empty());
+        assert_eq!(since, Some(now));
+        assert_eq!(failure_memory(None, None, now), (Vec::new(), None));
+    }
+}

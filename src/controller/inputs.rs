@@ -1,0 +1,173 @@
+//! Pure assembly of planner inputs from what the API shows: the PodDisruptionBudgets that
+//! select a workload's pods, and the pods no EndpointSlice serves any more. Shared by the
+//! controller's reconcile and `kubectl inplace plan`, so a dry run sees what the controller sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+
+use crate::plan::DisruptionBudget;
+use crate::policy::selector_matches;
+
+/// The PodDisruptionBudgets (of the workload's namespace) that select any of its pods. A PDB
+/// whose status the disruption controller has not computed yet allows nothing; an invalid
+/// selector is taken to select (the safe reading).
+pub fn disruption_budgets<'a>(
+    pdbs: impl Iterator<Item = &'a PodDisruptionBudget>,
+    pods: &[Pod],
+) -> Vec<DisruptionBudget> {
+    let empty = BTreeMap::new();
+    pdbs.filter_map(|pdb| {
+        let selector = pdb.spec.as_ref()?.selector.as_ref()?;
+        let selected: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| {
+                selector_matches(selector, p.metadata.labels.as_ref().unwrap_or(&empty))
+                    .unwrap_or(true)
+            })
+            .map(|p| p.name_any())
+            .collect();
+        (!selected.is_empty()).then(|| DisruptionBudget {
+            name: pdb.name_any(),
+            disruptions_allowed: pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+            pods: selected,
+        })
+    })
+    .collect()
+}
+
+/// The pods that no EndpointSlice (of the workload's namespace) lists as ready or serving:
+/// load balancers send them no new requests. Absent conditions read as true, as the
+/// EndpointConditions API says. (A Service with `publishNotReadyAddresses` keeps its pods
+/// ready there: their drain ends at the policy's drain timeout.)
+pub fn endpoints_drained<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    pods: &[Pod],
+) -> BTreeSet<String> {
+    let mut serving: BTreeSet<&str> = BTreeSet::new();
+    for endpoint in slices.flat_map(|s| s.endpoints.iter()) {
+        let Some(name) = endpoint
+            .target_ref
+            .as_ref()
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| t.name.as_deref())
+        else {
+            continue;
+        };
+        let c = endpoint.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        if ready || c.and_then(|c| c.serving).unwrap_or(ready) {
+            serving.insert(name);
+        }
+    }
+    pods.iter()
+        .map(|p| p.name_any())
+        .filter(|n| !serving.contains(n.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, app: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}}}))
+            .expect("pod")
+    }
+
+    fn slice(endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": endpoints}),
+        )
+        .expect("slice")
+    }
+
+    fn endpoint(pod: &str, conditions: serde_json::Value) -> serde_json::Value {
+        json!({"addresses": ["10.244.0.1"], "targetRef": {"kind": "Pod", "name": pod}, "conditions": conditions})
+    }
+
+    #[test]
+    fn a_pod_is_drained_when_no_slice_lists_it_ready_or_serving() {
+        let pods = [
+            pod("a", "x"),
+            pod("b", "x"),
+            pod("c", "x"),
+            pod("d", "x"),
+            pod("e", "x"),
+        ];
+        let slices = [
+            slice(json!([endpoint(
+                "a",
+                json!({"ready": true, "serving": true})
+            )])),
+            slice(json!([
+                endpoint("b", json!({"ready": false, "serving": false})),
+                // Terminating but still serving: not drained yet.
+                endpoint(
+                    "c",
+                    json!({"ready": false, "serving": true, "terminating": true})
+                ),
+                // No conditions: read as ready.
+                endpoint("d", json!({})),
+            ])),
+        ];
+        let drained = endpoints_drained(slices.iter(), &pods);
+        // e is in no slice at all (no Service selects it): nothing to wait for.
+        assert_eq!(drained, BTreeSet::from(["b".to_string(), "e".to_string()]));
+    }
+
+    #[test]
+    fn a_pod_listed_twice_is_drained_only_when_every_slice_agrees() {
+        let pods = [pod("a", "x")];
+        let slices = [
+            slice(json!([endpoint(
+                "a",
+                json!({"ready": false, "serving": false})
+            )])),
+            slice(json!([endpoint("a", json!({"ready": true}))])),
+        ];
+        assert!(endpoints_drained(slices.iter(), &pods).is_empty());
+    }
+
+    fn pdb(name: &str, selector: serde_json::Value, allowed: Option<i32>) -> PodDisruptionBudget {
+        let mut v = json!({"metadata": {"name": name}, "spec": {"selector": selector}});
+        if let Some(a) = allowed {
+            v["status"] = json!({"disruptionsAllowed": a, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1});
+        }
+        serde_json::from_value(v).expect("pdb")
+    }
+
+    #[test]
+    fn budgets_list_the_pods_they_select_and_allow_nothing_before_their_status() {
+        let pods = [pod("a", "x"), pod("b", "y")];
+        let pdbs = [
+            pdb("x-only", json!({"matchLabels": {"app": "x"}}), Some(1)),
+            pdb("fresh", json!({"matchLabels": {"app": "y"}}), None),
+            pdb("other", json!({"matchLabels": {"app": "z"}}), Some(5)),
+            pdb("everything", json!({}), Some(2)),
+        ];
+        let budgets = disruption_budgets(pdbs.iter(), &pods);
+        let summary: Vec<(&str, i32, Vec<&str>)> = budgets
+            .iter()
+            .map(|b| {
+                (
+                    b.name.as_str(),
+                    b.disruptions_allowed,
+                    b.pods.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("x-only", 1, vec!["a"]),
+                ("fresh", 0, vec!["b"]),
+                ("everything", 2, vec!["a", "b"])
+            ]
+        );
+    }
+}
