@@ -90,7 +90,7 @@ pub enum Error {
     },
 
     #[error(
-        "{what} does not cover {name}, the name the API server dials (it covers {covered}); issue it for the webhook's Service names"
+        "{what} does not cover {name}, a name clients reach the webhook by (it covers {covered}); issue it for the webhook's Service names"
     )]
     CertificateMissingName {
         what: String,
