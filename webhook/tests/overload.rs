@@ -57,6 +57,16 @@ impl Latch {
     }
 }
 
+/// Releases the latch when dropped, so a failing assertion ends the test instead of leaving
+/// the held requests (and the runtime's shutdown) waiting forever.
+struct ReleaseOnDrop(Arc<Latch>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// A review whose object carries `padding` extra bytes in an annotation.
 fn padded_review(uid: &str, padding: usize) -> Bytes {
     let pod = common::fixture("native-sidecar.yaml.injected", "Pod");
@@ -137,6 +147,7 @@ async fn a_flood_beyond_capacity_is_shed_at_once_with_503_and_the_server_recover
         .unwrap_or(400);
     let pki = Pki::new();
     let latch = Arc::new(Latch::default());
+    let _release = ReleaseOnDrop(latch.clone());
     let hold = latch.clone();
     let server = Server::start_with(
         loaded(pki.serving()),
