@@ -353,7 +353,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let settings = admission::Settings {
         controller_namespace: args.namespace,
     };
-    let router = serve::admission_router(view.clone(), settings, metrics);
+    let router = serve::admission_router(view.clone(), settings, metrics.clone());
 
     let ready_store = store.clone();
     let admin = inplace_upgrade_webhook::AdminRouter::new(Arc::new(registry), move || {
@@ -373,6 +373,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     inplace_upgrade_webhook::TlsServer::new(listener, router, store.server_config()?)
+        .metrics(metrics)
         .serve(shutdown())
         .await?;
     tracing::info!("shutting down");

@@ -27,7 +27,7 @@ use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -515,6 +515,43 @@ async fn with_the_webhook_down_pods_are_created_and_the_controller_upgrades_them
     Api::<Deployment>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &obj(deployment))
         .await?;
+    // Creations straight through the API server while nobody serves the registered URL: each
+    // succeeds (fail open). Dry run: admitted, never stored. The controller owner makes the
+    // webhook's matchCondition send them to us.
+    let owner = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "probe-owner"}})),
+        )
+        .await?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        let pod: Pod = obj(json!({
+            "metadata": {
+                "name": format!("probe-{i}"),
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "ConfigMap", "name": "probe-owner",
+                    "uid": owner.uid().unwrap_or_default(), "controller": true,
+                }],
+            },
+            "spec": {"containers": [{"name": "app", "image": OLD_PROXY}]},
+        }));
+        let started = std::time::Instant::now();
+        let admitted = Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&dry_run, &pod)
+            .await?;
+        latencies.push(format!("{:.0}", started.elapsed().as_secs_f64() * 1e3));
+        assert!(!gated(&admitted), "nobody mutated it");
+    }
+    eprintln!(
+        "webhook down (URL not served): pod creations succeeded in [{}] ms (timeoutSeconds {})",
+        latencies.join(", "),
+        configuration::TIMEOUT_SECONDS
+    );
     let created = await_pods(&client, &ns, "2 pods created", 2, |p| {
         proxy_status(p).is_some()
     })
@@ -559,6 +596,16 @@ async fn with_the_webhook_down_pods_are_created_and_the_controller_upgrades_them
             pod.name_any()
         );
     }
+    // The documented caveat, reported in the workload's status: no gate on either pod.
+    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("hello")
+        .await?;
+    let status: Value = serde_json::from_str(
+        d.annotations()
+            .get(inplace_upgrade::STATUS_ANNOTATION)
+            .ok_or("no workload status")?,
+    )?;
+    assert_eq!(status["ungatedPods"], json!(2), "{status}");
     Ok(())
 }
 

@@ -135,6 +135,8 @@ pub async fn start_certificates(
             reload_interval,
         } => (dir, *reload_interval),
         CertificateSource::SelfManaged(sm) => {
+            // A certificate for other names would fail every API server call: refuse it.
+            store.expect_names(SubjectAltNames::for_service(&sm.service, &sm.namespace));
             // Served at once from what was written or read, so the first replica does not wait
             // for kubelet to fill the mount; the mounted files then carry every renewal.
             let pair = ensure_secret(client, sm).await?;
@@ -148,9 +150,9 @@ pub async fn start_certificates(
         }
     };
     let files = CertificateFiles::in_dir(dir);
-    if let Err(e) = store.reload_files(&files) {
-        tracing::warn!(error = %e, dir = %dir.display(), "serving certificate files not readable yet; retrying");
-    }
+    // A refusal is logged (error level, naming the file and the reason) and counted inside,
+    // readiness stays false until a good pair arrives, and the poll below keeps trying.
+    let _ = store.reload_files(&files);
     tokio::spawn(store.poll_files(files, reload_interval, shutdown));
     Ok(())
 }
@@ -502,6 +504,7 @@ pub async fn start_local(
 
     let metrics = WebhookMetrics::new(&mut registry);
     let store = CertificateStore::new(metrics.clone());
+    store.expect_names(names.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -559,7 +562,7 @@ pub async fn start_local(
     let settings = Settings {
         controller_namespace: namespace.clone(),
     };
-    let router = admission_router(view.clone(), settings, metrics);
+    let router = admission_router(view.clone(), settings, metrics.clone());
     let listener =
         TcpListener::bind(listen)
             .await
@@ -578,6 +581,7 @@ pub async fn start_local(
         .map_err(kube_error("cannot register the webhook configurations"))?;
     tracing::info!(url = %options.webhook_url, "webhook configurations registered");
     let server = TlsServer::new(listener, router, store.server_config()?)
+        .metrics(metrics)
         .drain_timeout(Duration::from_secs(10));
     Ok(LocalWebhook {
         controller: handle,

@@ -68,9 +68,35 @@ pub enum Error {
     ParseCertificate { what: String, reason: String },
 
     #[error(
-        "the private key does not fit the certificate, or its algorithm is unsupported: {0}; write a matching tls.crt/tls.key pair"
+        "the private key {key} does not fit the certificate {cert}, or its algorithm is unsupported: {source}; write a matching tls.crt/tls.key pair"
     )]
-    KeyPair(#[source] rustls::Error),
+    KeyPair {
+        cert: String,
+        key: String,
+        #[source]
+        source: rustls::Error,
+    },
+
+    #[error("{what} expired at {not_after}; write a renewed certificate")]
+    CertificateExpired { what: String, not_after: String },
+
+    #[error(
+        "{what} is not valid before {shown}; check the clocks of the issuer and of this node, or wait"
+    )]
+    CertificateNotYetValid {
+        what: String,
+        not_before: std::time::SystemTime,
+        shown: String,
+    },
+
+    #[error(
+        "{what} does not cover {name}, a name clients reach the webhook by (it covers {covered}); issue it for the webhook's Service names"
+    )]
+    CertificateMissingName {
+        what: String,
+        name: String,
+        covered: String,
+    },
 
     #[error(
         "a serving certificate needs at least one DNS name or IP address: clients verify the subjectAltName"
@@ -130,7 +156,10 @@ impl Error {
             Error::NoPrivateKey { .. } => "no_private_key",
             Error::Pem { .. } => "pem",
             Error::ParseCertificate { .. } => "parse_certificate",
-            Error::KeyPair(_) => "key_pair",
+            Error::KeyPair { .. } => "key_pair",
+            Error::CertificateExpired { .. } => "certificate_expired",
+            Error::CertificateNotYetValid { .. } => "certificate_not_yet_valid",
+            Error::CertificateMissingName { .. } => "certificate_missing_name",
             Error::NoSubjectAltNames => "no_subject_alt_names",
             Error::Generate(_) => "generate",
             Error::TlsConfig(_) => "tls_config",

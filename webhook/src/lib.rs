@@ -3,8 +3,10 @@
 //!
 //! The crate knows nothing of what is being admitted. It owns the wire: body limits,
 //! decoding with typed errors, response encoding (base64 JSON patch), per-request tracing and
-//! metrics, the rustls server with certificate hot reload, the plain-HTTP admin endpoints, and
-//! certificate generation for development and self-managed in-cluster mode.
+//! metrics, the rustls server (TLS 1.2 and 1.3 only) with certificate hot reload and checks
+//! (expired, not yet valid, key mismatch and wrong names are refused and reported), load
+//! shedding (bounded connections and requests in flight, `503` beyond), the plain-HTTP admin
+//! endpoints, and certificate generation for development and self-managed in-cluster mode.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), inplace_upgrade_webhook::Error> {
@@ -27,7 +29,7 @@
 //!     let mut stopped = stopped.clone();
 //!     async move { let _ = stopped.wait_for(|stop| *stop).await; }
 //! };
-//! let store = CertificateStore::new(metrics);
+//! let store = CertificateStore::new(metrics.clone());
 //! let files = CertificateFiles::in_dir("/var/run/secrets/webhook-tls");
 //! tokio::spawn(store.clone().poll_files(files, Duration::from_secs(5), shutdown()));
 //!
@@ -39,7 +41,10 @@
 //!
 //! let listener = TcpListener::bind("0.0.0.0:8443").await
 //!     .map_err(|source| Error::Bind { address: "0.0.0.0:8443".into(), source })?;
-//! TlsServer::new(listener, router, store.server_config()?).serve(shutdown()).await?;
+//! TlsServer::new(listener, router, store.server_config()?)
+//!     .metrics(metrics)
+//!     .serve(shutdown())
+//!     .await?;
 //! # drop(stop);
 //! # Ok(()) }
 //! ```
@@ -58,7 +63,10 @@ pub use error::{Error, Result};
 pub use metrics::WebhookMetrics;
 pub use review::{decode_review, encode_response};
 pub use router::{AdmissionHandler, AdmissionRouter, DEFAULT_BODY_LIMIT};
-pub use server::{TlsServer, serve_admin};
+pub use server::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LARGE_IN_FLIGHT,
+    LARGE_BODY_THRESHOLD, TlsServer, serve_admin,
+};
 pub use tls::{CertificateFiles, CertificateStore, ReloadOutcome, server_config};
 
 pub use kube::core::admission::{AdmissionResponse, Operation};

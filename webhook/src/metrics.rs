@@ -21,6 +21,18 @@ pub(crate) struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShedLabels {
+    /// The bound that was reached: `in_flight`, `large_in_flight` or `connections`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CertificateErrorLabels {
+    /// `expired`, `not_yet_valid`, `key_mismatch`, `missing_name`, `unreadable` or `invalid`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReloadLabels {
     /// `success` or `error`.
     pub result: &'static str,
@@ -42,6 +54,10 @@ pub struct WebhookMetrics {
     pub(crate) latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pub(crate) certificate_reloads: Family<ReloadLabels, Counter>,
     pub(crate) certificate_not_after: Gauge<i64, AtomicI64>,
+    pub(crate) certificate_errors: Family<CertificateErrorLabels, Counter>,
+    pub(crate) certificate_valid: Gauge<i64, AtomicI64>,
+    pub(crate) shed: Family<ShedLabels, Counter>,
+    pub(crate) in_flight: Gauge<i64, AtomicI64>,
 }
 
 impl WebhookMetrics {
@@ -52,12 +68,23 @@ impl WebhookMetrics {
     /// - `webhook_certificate_reloads_total{result}`
     /// - `webhook_certificate_not_after_seconds` (Unix time the serving certificate expires;
     ///   0 while none is loaded)
+    /// - `webhook_certificate_errors_total{reason}` (certificates refused or gone bad:
+    ///   `expired`, `not_yet_valid`, `key_mismatch`, `missing_name`, `unreadable`, `invalid`)
+    /// - `webhook_certificate_valid` (1 while the served certificate is within its validity
+    ///   period, else 0)
+    /// - `webhook_admission_shed_total{reason}` (requests answered 503, or connections closed,
+    ///   at once because a bound was reached: `in_flight`, `large_in_flight`, `connections`)
+    /// - `webhook_admission_in_flight` (admission requests being served now)
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             certificate_reloads: Family::default(),
             certificate_not_after: Gauge::default(),
+            certificate_errors: Family::default(),
+            certificate_valid: Gauge::default(),
+            shed: Family::default(),
+            in_flight: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("webhook");
         registry.register(
@@ -80,12 +107,42 @@ impl WebhookMetrics {
             "Unix time at which the serving certificate expires (0 while none is loaded)",
             metrics.certificate_not_after.clone(),
         );
+        registry.register(
+            "certificate_errors",
+            "Serving certificates refused or gone bad, by reason; a refused one never replaces the one served",
+            metrics.certificate_errors.clone(),
+        );
+        registry.register(
+            "certificate_valid",
+            "1 while the served certificate is within its validity period, else 0",
+            metrics.certificate_valid.clone(),
+        );
+        registry.register(
+            "admission_shed",
+            "Admission requests answered 503 (or connections closed) at once because a bound was reached",
+            metrics.shed.clone(),
+        );
+        registry.register(
+            "admission_in_flight",
+            "Admission requests being served now",
+            metrics.in_flight.clone(),
+        );
         metrics
     }
 
     /// Metrics that are not registered anywhere, for callers that do not export them.
     pub fn unregistered() -> Self {
         Self::new(&mut Registry::default())
+    }
+
+    pub(crate) fn record_shed(&self, reason: &'static str) {
+        self.shed.get_or_create(&ShedLabels { reason }).inc();
+    }
+
+    pub(crate) fn record_certificate_error(&self, reason: &'static str) {
+        self.certificate_errors
+            .get_or_create(&CertificateErrorLabels { reason })
+            .inc();
     }
 
     pub(crate) fn record_reload(&self, result: &'static str) {

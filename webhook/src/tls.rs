@@ -9,7 +9,10 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -21,7 +24,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use crate::{Error, Result, WebhookMetrics, certs};
+use crate::{Error, Result, WebhookMetrics, certs, certs::SubjectAltNames};
 
 /// Where the serving certificate chain and its private key live, in PEM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +59,14 @@ pub enum ReloadOutcome {
 
 struct Serving {
     key: Arc<CertifiedKey>,
+    not_before: SystemTime,
     not_after: SystemTime,
+}
+
+impl Serving {
+    fn valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
 }
 
 /// The last contents read from the files, valid or not, so an unchanged pair is neither
@@ -67,13 +77,28 @@ enum Seen {
     Unreadable(String),
 }
 
+/// What the last read found, and when an unchanged but refused pair is worth reading again
+/// (a certificate that is not valid yet becomes valid without changing).
+struct LastRead {
+    seen: Seen,
+    retry_at: Option<SystemTime>,
+}
+
 /// Holds the certificate being served and hands it to every new TLS handshake.
+///
+/// A certificate is refused, and the one served before stays, when it cannot be parsed, its
+/// key does not match, it is expired or not yet valid, or it does not cover the names set
+/// with [`CertificateStore::expect_names`]. Every refusal is logged at error level with the
+/// reason and the file, and counted in `webhook_certificate_errors_total{reason}`.
 ///
 /// Connections already established keep the certificate they negotiated; only new
 /// handshakes see a replacement, so a rotation never drops a connection.
 pub struct CertificateStore {
     serving: RwLock<Option<Serving>>,
-    seen: Mutex<Option<Seen>>,
+    last_read: Mutex<Option<LastRead>>,
+    expected_names: RwLock<Option<SubjectAltNames>>,
+    /// The served certificate's expiry was already reported (once per certificate).
+    expiry_reported: AtomicBool,
     provider: Arc<CryptoProvider>,
     metrics: WebhookMetrics,
 }
@@ -91,15 +116,30 @@ impl CertificateStore {
     pub fn new(metrics: WebhookMetrics) -> Arc<Self> {
         Arc::new(Self {
             serving: RwLock::new(None),
-            seen: Mutex::new(None),
+            last_read: Mutex::new(None),
+            expected_names: RwLock::new(None),
+            expiry_reported: AtomicBool::new(false),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             metrics,
         })
     }
 
-    /// Whether a certificate is loaded, i.e. whether TLS handshakes can succeed.
+    /// Refuses, from now on, certificates that do not cover every name in `names` (the names
+    /// the API server dials). Without it any name is accepted: with cert-manager the names are
+    /// the Certificate's business.
+    pub fn expect_names(&self, names: SubjectAltNames) {
+        *self
+            .expected_names
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(names);
+    }
+
+    /// Whether a certificate is loaded and within its validity period now, i.e. whether
+    /// clients that trust its CA can complete a handshake: what readiness should report.
     pub fn is_loaded(&self) -> bool {
-        self.read_serving().is_some()
+        self.read_serving()
+            .as_ref()
+            .is_some_and(|serving| serving.valid_at(SystemTime::now()))
     }
 
     /// When the served certificate expires, if one is loaded.
@@ -119,34 +159,65 @@ impl CertificateStore {
     /// Parses a PEM chain (leaf first) and its private key and serves them from now on.
     ///
     /// On error the previous certificate stays in place and the error is counted in
-    /// `webhook_certificate_reloads_total{result="error"}`.
+    /// `webhook_certificate_reloads_total{result="error"}` and
+    /// `webhook_certificate_errors_total{reason}`.
     pub fn load_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<SystemTime> {
-        match self.parse(cert_pem, key_pem) {
+        self.load(
+            cert_pem,
+            key_pem,
+            "the serving certificate",
+            "its private key",
+        )
+    }
+
+    fn load(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_what: &str,
+        key_what: &str,
+    ) -> Result<SystemTime> {
+        match self.parse(cert_pem, key_pem, cert_what, key_what) {
             Ok(serving) => {
                 let not_after = serving.not_after;
                 let expires = unix_seconds(not_after);
-                if not_after <= SystemTime::now() {
-                    tracing::warn!(
-                        not_after = expires,
-                        "loaded serving certificate has already expired; renew it"
-                    );
-                }
                 *self.serving.write().unwrap_or_else(|e| e.into_inner()) = Some(serving);
+                self.expiry_reported.store(false, Ordering::Relaxed);
                 self.metrics.certificate_not_after.set(expires);
+                self.metrics.certificate_valid.set(1);
                 self.metrics.record_reload("success");
-                tracing::info!(not_after = expires, "serving certificate loaded");
+                tracing::info!(
+                    certificate = cert_what,
+                    not_after = %display_time(not_after),
+                    "serving certificate loaded"
+                );
                 Ok(not_after)
             }
             Err(err) => {
-                self.metrics.record_reload("error");
-                tracing::warn!(
-                    error = %err,
-                    keeps_previous = self.is_loaded(),
-                    "serving certificate rejected"
-                );
+                self.report_refusal(&err, cert_what, key_what);
                 Err(err)
             }
         }
+    }
+
+    fn report_refusal(&self, err: &Error, cert_what: &str, key_what: &str) {
+        let reason = certificate_error_reason(err);
+        self.metrics.record_reload("error");
+        self.metrics.record_certificate_error(reason);
+        let keeps_previous = self.is_loaded();
+        tracing::error!(
+            error = %err,
+            reason,
+            certificate = cert_what,
+            key = key_what,
+            keeps_previous,
+            "serving certificate refused; {}",
+            if keeps_previous {
+                "the previous certificate is still served"
+            } else {
+                "no valid certificate is served: TLS handshakes fail and readiness is false"
+            }
+        );
     }
 
     /// Re-reads `files` and loads them if their contents changed since the last call.
@@ -165,31 +236,74 @@ impl CertificateStore {
             Err(err) => Seen::Unreadable(err.to_string()),
         };
         {
-            let mut last = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if last.as_ref() == Some(&seen) {
+            let mut last = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = last.as_ref()
+                && last.seen == seen
+                && last.retry_at.is_none_or(|at| at > SystemTime::now())
+            {
                 return Ok(ReloadOutcome::Unchanged);
             }
-            *last = Some(seen);
+            *last = Some(LastRead {
+                seen,
+                retry_at: None,
+            });
         }
+        let (cert_what, key_what) = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+        );
         match read {
-            Ok(Some((cert, key))) => self
-                .load_pem(&cert, &key)
-                .map(|not_after| ReloadOutcome::Loaded { not_after }),
+            Ok(Some((cert, key))) => {
+                let loaded = self.load(&cert, &key, &cert_what, &key_what);
+                if let Err(Error::CertificateNotYetValid { not_before, .. }) = &loaded
+                    && let Some(last) = self
+                        .last_read
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                {
+                    last.retry_at = Some(*not_before);
+                }
+                loaded.map(|not_after| ReloadOutcome::Loaded { not_after })
+            }
             Ok(None) => Ok(ReloadOutcome::Unchanged),
             Err(err) => {
-                self.metrics.record_reload("error");
-                tracing::warn!(
-                    error = %err,
-                    keeps_previous = self.is_loaded(),
-                    "cannot read serving certificate files"
-                );
+                self.report_refusal(&err, &cert_what, &key_what);
                 Err(err)
             }
         }
     }
 
-    /// Reloads `files` now and then every `interval` until `shutdown` completes. Errors are
-    /// logged and counted; the previous certificate keeps being served.
+    /// Reports, once, that the served certificate has expired (it was valid when loaded):
+    /// an error log, `webhook_certificate_errors_total{reason="expired"}`,
+    /// `webhook_certificate_valid` 0; readiness turns false by itself. Returns whether the
+    /// served certificate is valid now.
+    pub fn check_expiry(&self) -> bool {
+        let now = SystemTime::now();
+        let expired = match self.read_serving().as_ref() {
+            None => return false,
+            Some(serving) if serving.valid_at(now) => None,
+            Some(serving) => Some(serving.not_after),
+        };
+        let Some(not_after) = expired else {
+            self.metrics.certificate_valid.set(1);
+            return true;
+        };
+        self.metrics.certificate_valid.set(0);
+        if !self.expiry_reported.swap(true, Ordering::Relaxed) {
+            self.metrics.record_certificate_error("expired");
+            tracing::error!(
+                not_after = %display_time(not_after),
+                reason = "expired",
+                "the served certificate has expired: API servers refuse it and readiness is false; write a renewed certificate"
+            );
+        }
+        false
+    }
+
+    /// Reloads `files` now and then every `interval` until `shutdown` completes, and checks
+    /// that the served certificate has not expired meanwhile. Errors are logged and counted;
+    /// the previous certificate keeps being served.
     pub async fn poll_files(
         self: Arc<Self>,
         files: CertificateFiles,
@@ -205,6 +319,7 @@ impl CertificateStore {
                 _ = ticker.tick() => {
                     // Already logged and counted inside.
                     let _ = self.reload_files(&files);
+                    self.check_expiry();
                 }
             }
         }
@@ -215,30 +330,70 @@ impl CertificateStore {
         server_config(self.clone(), self.provider.clone())
     }
 
-    fn parse(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Serving> {
+    fn parse(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_what: &str,
+        key_what: &str,
+    ) -> Result<Serving> {
         let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| Error::Pem {
-                what: "the certificate".into(),
+                what: cert_what.into(),
                 source,
             })?;
         let leaf = chain.first().ok_or_else(|| Error::NoCertificate {
-            what: "the certificate".into(),
+            what: cert_what.into(),
         })?;
-        let not_after = certs::inspect_der(leaf, "the serving certificate")?.not_after;
+        let info = certs::inspect_der(leaf, cert_what)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| match source {
             rustls::pki_types::pem::Error::NoItemsFound => Error::NoPrivateKey {
-                what: "the private key".into(),
+                what: key_what.into(),
             },
             source => Error::Pem {
-                what: "the private key".into(),
+                what: key_what.into(),
                 source,
             },
         })?;
-        let key = CertifiedKey::from_der(chain, key, &self.provider).map_err(Error::KeyPair)?;
+        let key = CertifiedKey::from_der(chain, key, &self.provider).map_err(|source| {
+            Error::KeyPair {
+                cert: cert_what.into(),
+                key: key_what.into(),
+                source,
+            }
+        })?;
+        let now = SystemTime::now();
+        if info.not_before > now {
+            return Err(Error::CertificateNotYetValid {
+                what: cert_what.into(),
+                not_before: info.not_before,
+                shown: display_time(info.not_before),
+            });
+        }
+        if info.not_after <= now {
+            return Err(Error::CertificateExpired {
+                what: cert_what.into(),
+                not_after: display_time(info.not_after),
+            });
+        }
+        if let Some(expected) = self
+            .expected_names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && let Some(missing) = missing_name(&info.subject_alt_names, expected)
+        {
+            return Err(Error::CertificateMissingName {
+                what: cert_what.into(),
+                name: missing,
+                covered: describe_names(&info.subject_alt_names),
+            });
+        }
         Ok(Serving {
             key: Arc::new(key),
-            not_after,
+            not_before: info.not_before,
+            not_after: info.not_after,
         })
     }
 
@@ -283,6 +438,60 @@ fn read_pair(files: &CertificateFiles) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         return Ok(None);
     }
     Ok(Some((cert, key)))
+}
+
+/// The reason label of `webhook_certificate_errors_total` for a refused certificate.
+fn certificate_error_reason(err: &Error) -> &'static str {
+    match err {
+        Error::CertificateExpired { .. } => "expired",
+        Error::CertificateNotYetValid { .. } => "not_yet_valid",
+        Error::CertificateMissingName { .. } => "missing_name",
+        Error::KeyPair {
+            source: rustls::Error::InconsistentKeys(_),
+            ..
+        } => "key_mismatch",
+        Error::ReadFile { .. } => "unreadable",
+        _ => "invalid",
+    }
+}
+
+/// The first expected name the certificate does not cover (DNS names case-insensitively).
+fn missing_name(covered: &SubjectAltNames, expected: &SubjectAltNames) -> Option<String> {
+    let dns = expected.dns_names.iter().find(|name| {
+        !covered
+            .dns_names
+            .iter()
+            .any(|have| have.eq_ignore_ascii_case(name))
+    });
+    if let Some(name) = dns {
+        return Some(name.clone());
+    }
+    expected
+        .ip_addresses
+        .iter()
+        .find(|ip| !covered.ip_addresses.contains(ip))
+        .map(ToString::to_string)
+}
+
+fn describe_names(names: &SubjectAltNames) -> String {
+    let all: Vec<String> = names
+        .dns_names
+        .iter()
+        .cloned()
+        .chain(names.ip_addresses.iter().map(ToString::to_string))
+        .collect();
+    if all.is_empty() {
+        "no names".to_owned()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// RFC 3339, for logs and messages read by people.
+pub(crate) fn display_time(time: SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{} (Unix seconds)", unix_seconds(time)))
 }
 
 fn unix_seconds(time: SystemTime) -> i64 {

@@ -4,8 +4,6 @@
 mod common;
 
 use std::{
-    net::SocketAddr,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -14,230 +12,20 @@ use std::{
 };
 
 use axum::Router;
-use bytes::Bytes;
-use common::{fixture, recording_handler, review};
+use common::tls::*;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode, client::conn::http1};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use inplace_upgrade_webhook::{
-    AdmissionRequest, AdmissionResponse, AdmissionRouter, CertificateFiles, CertificateStore,
-    ReloadOutcome, TlsServer, WebhookMetrics,
-    certs::{self, CertificatePem, SubjectAltNames},
+    AdminRouter, CertificateFiles, CertificateStore, ReloadOutcome, WebhookMetrics,
+    certs::{self, CertificatePem},
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use rustls::{
-    ClientConfig, RootCertStore, SupportedProtocolVersion,
-    pki_types::{CertificateDer, ServerName, pem::PemObject},
-};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncReadExt,
     net::{TcpListener, TcpStream},
     sync::oneshot,
-    task::JoinHandle,
 };
-use tokio_rustls::TlsConnector;
-
-const HOST: &str = "inplace-upgrade-webhook.inplace-upgrade-system.svc";
-const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-struct Pki {
-    ca: CertificatePem,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self {
-            ca: certs::generate_ca("test webhook CA", 30 * DAY).expect("CA"),
-        }
-    }
-
-    fn serving(&self) -> CertificatePem {
-        let names =
-            SubjectAltNames::for_service("inplace-upgrade-webhook", "inplace-upgrade-system")
-                .with_ip_address("127.0.0.1".parse().expect("ip"));
-        certs::generate_serving_certificate(&self.ca, "inplace-upgrade-webhook", &names, DAY)
-            .expect("serving certificate")
-    }
-}
-
-fn der(pem: &CertificatePem) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.cert_pem.as_bytes())
-        .expect("PEM")
-        .to_vec()
-}
-
-struct Server {
-    addr: SocketAddr,
-    store: Arc<CertificateStore>,
-    registry: Arc<Registry>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<inplace_upgrade_webhook::Result<()>>,
-}
-
-impl Server {
-    async fn start(store_setup: impl FnOnce(&Arc<CertificateStore>), extra: Router) -> Self {
-        let mut registry = Registry::default();
-        let metrics = WebhookMetrics::new(&mut registry);
-        let (_, handler) = recording_handler();
-        let router = AdmissionRouter::new(metrics.clone())
-            .handler("/mutate-pods", handler)
-            .handler("/slow", |req: &AdmissionRequest| {
-                // Blocks a worker on purpose: a request still in flight at shutdown.
-                std::thread::sleep(Duration::from_millis(600));
-                AdmissionResponse::from(req)
-            })
-            .into_router()
-            .merge(extra);
-        let store = CertificateStore::new(metrics);
-        store_setup(&store);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = TlsServer::new(listener, router, store.server_config().expect("config"))
-            .handshake_timeout(Duration::from_secs(2))
-            .drain_timeout(Duration::from_secs(30));
-        let task = tokio::spawn(server.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            store,
-            registry: Arc::new(registry),
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn metrics_text(&self) -> String {
-        let mut text = String::new();
-        encode(&mut text, &self.registry).expect("encode");
-        text
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("server stops well within its 30 s drain timeout")
-            .expect("server task")
-            .expect("server result");
-    }
-}
-
-fn client_config(
-    pki: &Pki,
-    versions: &[&'static SupportedProtocolVersion],
-    alpn: &[&[u8]],
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-        roots
-            .add(cert.expect("CA PEM"))
-            .expect("CA is a valid root");
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Every connection does a full handshake, so it shows the certificate served now (a
-    // resumed session reports the certificate of the session it resumes).
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
-
-struct Connection {
-    sender: http1::SendRequest<Full<Bytes>>,
-    peer_certificate: Vec<u8>,
-    version: rustls::ProtocolVersion,
-    alpn: Option<Vec<u8>>,
-}
-
-async fn tls_connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    name: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(name.to_owned()).expect("server name");
-    TlsConnector::from(config).connect(name, tcp).await
-}
-
-async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<Connection> {
-    let tls = tls_connect(addr, config, HOST).await?;
-    let (_, session) = tls.get_ref();
-    let peer_certificate = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|cert| cert.to_vec())
-        .unwrap_or_default();
-    let version = session.protocol_version().expect("negotiated");
-    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let (sender, connection) = http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(connection);
-    Ok(Connection {
-        sender,
-        peer_certificate,
-        version,
-        alpn,
-    })
-}
-
-fn pod_review_body(uid: &str) -> Bytes {
-    let pod = fixture("native-sidecar.yaml.injected", "Pod");
-    Bytes::from(serde_json::to_vec(&review(uid, "CREATE", &pod, None, false)).expect("json"))
-}
-
-fn admission_request(path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    Request::post(path)
-        .header("host", HOST)
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .expect("request")
-}
-
-/// Sends one review on the connection and returns the status and the echoed uid.
-async fn send(
-    connection: &mut Connection,
-    path: &str,
-    uid: &str,
-) -> Result<(StatusCode, String), String> {
-    connection.sender.ready().await.map_err(|e| e.to_string())?;
-    let response = connection
-        .sender
-        .send_request(admission_request(path, pod_review_body(uid)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        value["response"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    ))
-}
-
-fn loaded(pem: CertificatePem) -> impl FnOnce(&Arc<CertificateStore>) {
-    move |store| {
-        store
-            .load_pem(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes())
-            .expect("certificate loads");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_and_tls12_handshakes_serve_reviews() {
@@ -309,55 +97,6 @@ async fn alpn_h2_serves_reviews() {
     server.shutdown().await;
 }
 
-/// A ClientHello with the given legacy version and no `supported_versions` extension, which
-/// is how a TLS 1.1 (or 1.2-only) client offers its version. ECDHE suites, P-256 and X25519.
-fn client_hello(version: [u8; 2]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&version);
-    body.extend_from_slice(&[7; 32]); // random
-    body.push(0); // no session id
-    let suites: [u8; 8] = [0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x09, 0xc0, 0x13];
-    body.extend_from_slice(&(suites.len() as u16).to_be_bytes());
-    body.extend_from_slice(&suites);
-    body.extend_from_slice(&[1, 0]); // null compression only
-    let mut extensions = Vec::new();
-    let mut extension = |kind: u16, data: &[u8]| {
-        extensions.extend_from_slice(&kind.to_be_bytes());
-        extensions.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        extensions.extend_from_slice(data);
-    };
-    extension(0x000a, &[0, 4, 0x00, 0x17, 0x00, 0x1d]); // supported_groups
-    extension(0x000b, &[1, 0]); // ec_point_formats: uncompressed
-    extension(0x000d, &[0, 4, 0x04, 0x03, 0x08, 0x04]); // signature_algorithms
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(&extensions);
-
-    let mut handshake = vec![1]; // ClientHello
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
-}
-
-/// Writes `bytes` and returns what the server answers before closing (or within 3 s).
-async fn exchange_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(bytes).await.expect("write");
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while answer.len() < 64 * 1024 {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, tcp.read(&mut buffer)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
-        }
-    }
-    answer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls11_and_plaintext_http_are_refused() {
     let pki = Pki::new();
@@ -422,39 +161,6 @@ async fn no_certificate_means_no_handshake_until_one_is_loaded() {
         .expect("handshake once loaded");
     assert_eq!(connection.peer_certificate, der(&serving));
     server.shutdown().await;
-}
-
-/// Writes `pem` into a new timestamped directory and points `..data` at it with an atomic
-/// rename, the way kubelet updates a Secret volume; returns the directory.
-fn kubelet_write(dir: &Path, timestamp: &str, pem: &CertificatePem) -> std::path::PathBuf {
-    let version = dir.join(timestamp);
-    std::fs::create_dir(&version).expect("mkdir");
-    std::fs::write(version.join("tls.crt"), &pem.cert_pem).expect("write crt");
-    std::fs::write(version.join("tls.key"), &pem.key_pem).expect("write key");
-    let staging = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(timestamp, &staging).expect("symlink");
-    std::fs::rename(&staging, dir.join("..data")).expect("atomic swap");
-    for file in ["tls.crt", "tls.key"] {
-        let link = dir.join(file);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(file), &link).expect("symlink");
-        }
-    }
-    version
-}
-
-async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn metric_value(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,6 +457,126 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
         started.elapsed() >= Duration::from_millis(1900),
         "{:?}",
         started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+/// `openssl s_client` against `addr` with `flags`; its stdout and stderr together.
+fn openssl_s_client(addr: std::net::SocketAddr, flags: &[&str]) -> Option<(bool, String)> {
+    let output = std::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some((output.status.success(), text))
+}
+
+/// An HTTP/1.0 GET in plain text; the whole answer.
+async fn plaintext_get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    exchange_raw(
+        addr,
+        format!("GET {path} HTTP/1.0\r\nhost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls12_and_tls13_on_the_admission_port_and_plaintext_only_on_the_admin_port() {
+    let pki = Pki::new();
+    let server = Server::start(loaded(pki.serving()), Router::new()).await;
+
+    // TLS 1.0 and SSL 3.0 hellos get a protocol_version alert, like TLS 1.1.
+    for version in [[3, 1], [3, 0]] {
+        let answer = exchange_raw(server.addr, &client_hello(version)).await;
+        assert!(
+            answer.len() >= 7,
+            "{version:?}: expected an alert, got {answer:?}"
+        );
+        assert_eq!(answer[0], 0x15, "{version:?}: alert record, got {answer:?}");
+        assert_eq!(
+            answer[6], 70,
+            "{version:?}: protocol_version alert, got {answer:?}"
+        );
+    }
+
+    // A real TLS stack agrees: openssl (when installed) completes TLS 1.2 and 1.3 handshakes,
+    // and for 1.1 and 1.0, even with its own floor lowered, gets an alert and no certificate
+    // (rustls answers openssl's 1.1 hello with handshake_failure: no suite in common).
+    if openssl_s_client(server.addr, &["-help"]).is_some() {
+        for flag in ["-tls1_2", "-tls1_3"] {
+            let (ok, text) = openssl_s_client(server.addr, &[flag]).expect("openssl runs");
+            assert!(ok && text.contains("BEGIN CERTIFICATE"), "{flag}: {text}");
+        }
+        for flag in ["-tls1_1", "-tls1"] {
+            let (ok, text) =
+                openssl_s_client(server.addr, &[flag, "-cipher", "DEFAULT@SECLEVEL=0"])
+                    .expect("openssl runs");
+            assert!(!ok, "{flag} must fail: {text}");
+            assert!(!text.contains("BEGIN CERTIFICATE"), "{flag}: {text}");
+            let alert = text
+                .lines()
+                .find(|l| l.contains("alert"))
+                .unwrap_or_else(|| panic!("{flag}: the server sent no alert: {text}"));
+            assert!(text.contains("Cipher is (NONE)"), "{flag}: {text}");
+            eprintln!("openssl {flag}: {alert}");
+        }
+    } else {
+        eprintln!("openssl not installed: the hand-built hellos above are the proof");
+    }
+
+    // The admin port serves plain HTTP; the admission port never answers plain HTTP, and
+    // does not serve the admin paths over TLS either.
+    let store = server.store.clone();
+    let admin = AdminRouter::new(server.registry.clone(), move || store.is_loaded()).into_router();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin_addr = admin_listener.local_addr().expect("addr");
+    tokio::spawn(inplace_upgrade_webhook::serve_admin(
+        admin_listener,
+        admin,
+        std::future::pending(),
+    ));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let answer = plaintext_get(admin_addr, path).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"),
+            "admin {path}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        let answer = plaintext_get(server.addr, path).await;
+        assert!(
+            answer.is_empty() || answer[0] == 0x15,
+            "admission port answered plain HTTP on {path}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A TLS hello on the admin port gets no ServerHello: it is not a TLS port.
+    let answer = exchange_raw(admin_addr, &client_hello([3, 3])).await;
+    assert!(answer.first() != Some(&0x16), "{answer:?}");
+    let config = client_config(&pki, &[&rustls::version::TLS13], &[]);
+    let mut connection = connect(server.addr, config).await.expect("handshake");
+    connection.sender.ready().await.expect("ready");
+    let response = connection
+        .sender
+        .send_request(
+            Request::get("/metrics")
+                .header("host", HOST)
+                .body(Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_ne!(
+        response.status(),
+        StatusCode::OK,
+        "metrics over the admission port"
     );
     server.shutdown().await;
 }

@@ -2,6 +2,8 @@
 //! recording handler.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
