@@ -46,7 +46,10 @@ use inplace_upgrade_webhook::{
     AdmissionRequest, AdmissionRouter, CertificateStore, TlsServer, WebhookMetrics,
     certs::{self, SubjectAltNames},
 };
-use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Namespace};
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    core::v1::{Namespace, Pod},
+};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use rustls::{
     ClientConfig, RootCertStore,
@@ -614,7 +617,7 @@ fn run() -> Result<(), BoxError> {
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::new(&mut registry);
     let router = AdmissionRouter::new(metrics.clone())
-        .handler(PATH, move |request: &AdmissionRequest| {
+        .handler(PATH, move |request: &AdmissionRequest<Pod>| {
             mutate_pod(request, &view, &settings)
         })
         .into_router();
