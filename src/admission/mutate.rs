@@ -45,6 +45,10 @@ pub fn mutate_pod(
     let Some(pod) = &request.object else {
         return with_warnings(response, vec![warning("pod CREATE without an object")]);
     };
+    if pod.spec.is_none() {
+        // The API server never sends one; a patch adding the gate under `/spec` would not apply.
+        return with_warnings(response, vec![warning("the pod has no spec; not mutated")]);
+    }
     // At CREATE the pod may have neither a name (generateName) nor a namespace in its
     // metadata; the request carries the namespace.
     let namespace = pod
