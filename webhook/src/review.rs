@@ -303,6 +303,63 @@ mod tests {
     }
 
     #[test]
+    fn decodes_objects_straight_into_the_handlers_type() {
+        use k8s_openapi::api::core::v1::Pod;
+        let json = Some("application/json");
+        let typed = |body: &str| decode_review_as::<Pod>(json, body.as_bytes());
+        match typed(MINIMAL) {
+            Ok(Decoded::Request(request)) => {
+                let pod = request.object.expect("the pod");
+                assert_eq!(pod.metadata.name.as_deref(), Some("p"));
+                assert_eq!(request.types.kind, KIND);
+            }
+            other => panic!("expected a typed request, got {other:?}"),
+        }
+        // The object is not a Pod: the request comes without it, with the error.
+        let bad_pod = MINIMAL.replace(r#""metadata":{"name":"p"}"#, r#""spec":{"containers":7}"#);
+        match typed(&bad_pod) {
+            Ok(Decoded::UnreadableObject { request, error }) => {
+                assert_eq!(request.uid, "u-1");
+                assert!(request.object.is_none() && request.dry_run);
+                assert!(
+                    error.to_string().contains("invalid type: integer `7`"),
+                    "{error}"
+                );
+            }
+            other => panic!("expected an unreadable object, got {other:?}"),
+        }
+        // The envelope still decides first: wrong type, malformed request, broken JSON.
+        let cases = [
+            (
+                bad_pod.replace("admission.k8s.io/v1", "v1"),
+                "wrong_review_type",
+            ),
+            (
+                bad_pod.replace(r#""uid":"u-1""#, r#""uid":1"#),
+                "not_admission_review",
+            ),
+            (format!("{}}}", bad_pod.trim_end()), "invalid_json"),
+            (
+                bad_pod.replace(r#""request":"#, r#""other":"#),
+                "missing_request",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = typed(&body).expect_err(&body);
+            assert_eq!(err.metric_label(), expected, "{body}: {err}");
+        }
+        // The untyped decode refuses an object that is not even an object's shape.
+        let err = decode_review(
+            json,
+            bad_pod
+                .replace(r#""spec":{"containers":7}"#, r#""metadata":3"#)
+                .as_bytes(),
+        )
+        .expect_err("metadata must be an object");
+        assert_eq!(err.metric_label(), "not_admission_review");
+    }
+
+    #[test]
     fn encodes_patch_as_base64_and_omits_empty_status() {
         let req = decode_review(Some("application/json"), MINIMAL.as_bytes()).expect("valid");
         let patch: json_patch::Patch =
