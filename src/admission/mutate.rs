@@ -7,17 +7,19 @@
 //! reinvocation that Istio's injector triggers (`reinvocationPolicy: IfNeeded`) on an already
 //! mutated pod gives an empty patch.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use super::{ClusterView, Settings, typed, warning};
+use super::{ClusterView, Settings, warning};
 use crate::controller::{WorkloadKey, WorkloadKind, WorkloadView};
 use crate::image::same_image;
 use crate::policy::{Scope, governing_policy};
 use crate::target::{ResolvedTarget, TargetSource, effective_targets, resolve};
 use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
-use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Operation};
+use inplace_upgrade_webhook::{AdmissionHandler, AdmissionRequest, AdmissionResponse, Operation};
 
 /// What the webhook does to one new pod.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,10 +30,11 @@ pub struct PodMutation {
     pub warnings: Vec<String>,
 }
 
-/// The pod mutation as an admission response. Only pod CREATE is mutated; anything else is
-/// allowed unchanged. `dryRun` requests get the same answer: nothing here has side effects.
+/// The pod mutation as an admission response, on a review decoded straight into a [`Pod`].
+/// Only pod CREATE is mutated; anything else is allowed unchanged. `dryRun` requests get the
+/// same answer: nothing here has side effects.
 pub fn mutate_pod(
-    request: &AdmissionRequest,
+    request: &AdmissionRequest<Pod>,
     view: &impl ClusterView,
     settings: &Settings,
 ) -> AdmissionResponse {
@@ -39,25 +42,22 @@ pub fn mutate_pod(
     if request.operation != Operation::Create || request.kind.kind != "Pod" {
         return response;
     }
-    let Some(object) = &request.object else {
+    let Some(pod) = &request.object else {
         return with_warnings(response, vec![warning("pod CREATE without an object")]);
     };
-    let mut pod: Pod = match typed(object) {
-        Ok(pod) => pod,
-        Err(e) => {
-            return with_warnings(
-                response,
-                vec![warning(format!("cannot read the pod: {e}; not mutated"))],
-            );
-        }
-    };
+    if pod.spec.is_none() {
+        // The API server never sends one; a patch adding the gate under `/spec` would not apply.
+        return with_warnings(response, vec![warning("the pod has no spec; not mutated")]);
+    }
     // At CREATE the pod may have neither a name (generateName) nor a namespace in its
     // metadata; the request carries the namespace.
-    if pod.metadata.namespace.is_none() {
-        pod.metadata.namespace.clone_from(&request.namespace);
-    }
-    let mutation = decide(&pod, view, settings);
-    let patch = crate::patch::new_pod_patch(&pod, &mutation.targets, mutation.inject_gate);
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .or(request.namespace.as_deref());
+    let mutation = decide_in(pod, namespace, view, settings);
+    let patch = crate::patch::new_pod_patch(pod, &mutation.targets, mutation.inject_gate);
     let response = if patch.0.is_empty() {
         response
     } else {
@@ -76,6 +76,50 @@ pub fn mutate_pod(
     with_warnings(response, mutation.warnings)
 }
 
+/// The answer to a pod review whose object is not a valid Pod: allowed, unchanged, with a
+/// warning naming the problem (the webhook never denies a pod).
+pub fn unreadable_pod(
+    request: &AdmissionRequest<Pod>,
+    error: &serde_json::Error,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    if request.operation != Operation::Create || request.kind.kind != "Pod" {
+        return response;
+    }
+    with_warnings(
+        response,
+        vec![warning(format!(
+            "cannot read the pod: {error}; not mutated"
+        ))],
+    )
+}
+
+/// [`mutate_pod`] and [`unreadable_pod`] as the transport's handler over `view`.
+pub struct PodMutator<V> {
+    view: Arc<V>,
+    settings: Arc<Settings>,
+}
+
+impl<V> PodMutator<V> {
+    pub fn new(view: Arc<V>, settings: Arc<Settings>) -> Self {
+        PodMutator { view, settings }
+    }
+}
+
+impl<V: ClusterView + Send + Sync + 'static> AdmissionHandler<Pod> for PodMutator<V> {
+    fn review(&self, request: &AdmissionRequest<Pod>) -> AdmissionResponse {
+        mutate_pod(request, &*self.view, &self.settings)
+    }
+
+    fn review_unreadable(
+        &self,
+        request: &AdmissionRequest<Pod>,
+        error: &serde_json::Error,
+    ) -> Option<AdmissionResponse> {
+        Some(unreadable_pod(request, error))
+    }
+}
+
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
     if !warnings.is_empty() {
         response.warnings = Some(warnings);
@@ -85,8 +129,18 @@ fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> Admi
 
 /// The decision for one pod (namespace set), from the view alone.
 pub fn decide(pod: &Pod, view: &impl ClusterView, settings: &Settings) -> PodMutation {
+    decide_in(pod, pod.metadata.namespace.as_deref(), view, settings)
+}
+
+/// [`decide`] for a pod in `namespace` (which its metadata may not name yet).
+fn decide_in(
+    pod: &Pod,
+    namespace: Option<&str>,
+    view: &impl ClusterView,
+    settings: &Settings,
+) -> PodMutation {
     let mut out = PodMutation::default();
-    let Some(namespace) = pod.namespace() else {
+    let Some(namespace) = namespace.map(str::to_owned) else {
         out.warnings
             .push(warning("the pod has no namespace; not mutated"));
         return out;

@@ -85,12 +85,13 @@ pub fn admission_router<V: ClusterView + Send + Sync + 'static>(
     let (v1, s1) = (view.clone(), settings.clone());
     let (v2, s2) = (view, settings);
     AdmissionRouter::new(metrics)
-        .handler(MUTATE_PODS_PATH, move |r: &AdmissionRequest| {
-            mutate::mutate_pod(r, &*v1, &s1)
-        })
-        .handler(VALIDATE_WORKLOADS_PATH, move |r: &AdmissionRequest| {
-            validate::validate_workload_or_namespace(r, &*v2, &s2)
-        })
+        .handler(MUTATE_PODS_PATH, mutate::PodMutator::new(v1, s1))
+        .handler(
+            VALIDATE_WORKLOADS_PATH,
+            move |r: &AdmissionRequest<validate::WorkloadObject>| {
+                validate::validate_workload_or_namespace(r, &*v2, &s2)
+            },
+        )
         .handler(VALIDATE_POLICIES_PATH, validate::validate_policy)
         .into_router()
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ use super::configuration::{self, ConfigurationOptions, Endpoint};
 use super::*;
 use crate::controller::WorkloadView;
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
-use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, decode_review};
+use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Decoded, decode_review_as};
 
 const NS: &str = "dev";
 const PROXY_OLD: &str = "registry.istio.io/testing/proxyv2:latest";
@@ -186,13 +186,14 @@ fn pod_of(template_owner: &Value, owner_kind: &str, owner_name: &str) -> Value {
     pod
 }
 
-fn review(
+/// The AdmissionReview body the API server would send.
+fn review_body(
     kind: &str,
     operation: &str,
     object: &Value,
     old: Option<&Value>,
     dry_run: bool,
-) -> AdmissionRequest {
+) -> Vec<u8> {
     let (group, version, resource) = match kind {
         "Pod" => ("", "v1", "pods"),
         "Namespace" => ("", "v1", "namespaces"),
@@ -218,11 +219,23 @@ fn review(
             "dryRun": dry_run,
         }
     });
-    decode_review(
-        Some("application/json"),
-        &serde_json::to_vec(&body).expect("json"),
-    )
-    .expect("a valid AdmissionReview")
+    serde_json::to_vec(&body).expect("json")
+}
+
+/// The review as the transport decodes it for a handler of `K` objects.
+fn review<K: kube::Resource + serde::de::DeserializeOwned>(
+    kind: &str,
+    operation: &str,
+    object: &Value,
+    old: Option<&Value>,
+    dry_run: bool,
+) -> AdmissionRequest<K> {
+    let body = review_body(kind, operation, object, old, dry_run);
+    match decode_review_as::<K>(Some("application/json"), &body) {
+        Ok(Decoded::Request(request)) => request,
+        Ok(Decoded::UnreadableObject { error, .. }) => panic!("unreadable object: {error}"),
+        Err(e) => panic!("not a valid AdmissionReview: {e}"),
+    }
 }
 
 fn patch_of(response: &AdmissionResponse) -> Option<json_patch::Patch> {
@@ -254,12 +267,17 @@ fn gated(pod: &Value) -> bool {
         .is_some_and(|g| g.iter().any(|g| g["conditionType"] == READINESS_GATE))
 }
 
+/// The pod mutation as the transport runs it: the review decoded into a `Pod`, or the answer
+/// for a pod that is not one.
 fn mutate(view: &Fake, pod: &Value) -> AdmissionResponse {
-    mutate::mutate_pod(
-        &review("Pod", "CREATE", pod, None, false),
-        view,
-        &settings(),
-    )
+    let body = review_body("Pod", "CREATE", pod, None, false);
+    match decode_review_as::<Pod>(Some("application/json"), &body) {
+        Ok(Decoded::Request(request)) => mutate::mutate_pod(&request, view, &settings()),
+        Ok(Decoded::UnreadableObject { request, error }) => {
+            mutate::unreadable_pod(&request, &error)
+        }
+        Err(e) => panic!("not a valid AdmissionReview: {e}"),
+    }
 }
 
 /// Every workload kind, native and regular sidecar: the view with that workload and the pod its

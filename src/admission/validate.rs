@@ -4,11 +4,14 @@
 //! Denials carry the core's message (it names the entry, the container, the policy and the
 //! rule); things that may be fine later are admission warnings.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodSpec;
 use kube::ResourceExt;
-use kube::core::DynamicObject;
+use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Resource};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{ClusterView, Settings, typed, warning};
 use crate::TARGETS_ANNOTATION;
@@ -32,7 +35,7 @@ impl Verdict {
         }
     }
 
-    fn respond(self, request: &AdmissionRequest) -> AdmissionResponse {
+    fn respond<K: Resource>(self, request: &AdmissionRequest<K>) -> AdmissionResponse {
         let mut response = AdmissionResponse::from(request);
         if let Some(message) = self.denied {
             response = response.deny(message);
@@ -44,10 +47,61 @@ impl Verdict {
     }
 }
 
+/// What the validation of a workload or Namespace reads: the metadata, decoded; the spec kept
+/// as the JSON text it came in, read only when an annotation changed (most updates of a
+/// workload never touch it, and an UPDATE review carries two copies of it).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WorkloadObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<Box<RawValue>>,
+}
+
+impl WorkloadObject {
+    /// The pod template's spec, if the object has one that reads as a `PodSpec`.
+    pub fn pod_template_spec(&self) -> Option<PodSpec> {
+        #[derive(Deserialize)]
+        struct Spec {
+            template: Option<Template>,
+        }
+        #[derive(Deserialize)]
+        struct Template {
+            spec: Option<PodSpec>,
+        }
+        let spec: Spec = serde_json::from_str(self.spec.as_ref()?.get()).ok()?;
+        spec.template?.spec
+    }
+}
+
+impl Resource for WorkloadObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// Workloads (Deployment, StatefulSet, DaemonSet, ReplicaSet) and Namespaces at CREATE and
 /// UPDATE, when their `inplace-upgrade` annotation is new or changed.
 pub fn validate_workload_or_namespace(
-    request: &AdmissionRequest,
+    request: &AdmissionRequest<WorkloadObject>,
     view: &impl ClusterView,
     settings: &Settings,
 ) -> AdmissionResponse {
@@ -71,13 +125,13 @@ pub fn validate_workload_or_namespace(
 /// The decision of [`validate_workload_or_namespace`] on the decoded parts of a request.
 pub fn check_workload_or_namespace(
     kind: &str,
-    object: &DynamicObject,
-    old_object: Option<&DynamicObject>,
+    object: &WorkloadObject,
+    old_object: Option<&WorkloadObject>,
     request_namespace: Option<&str>,
     view: &impl ClusterView,
     settings: &Settings,
 ) -> Verdict {
-    let value = |o: &DynamicObject| o.annotations().get(TARGETS_ANNOTATION).cloned();
+    let value = |o: &WorkloadObject| o.annotations().get(TARGETS_ANNOTATION).cloned();
     let Some(written) = value(object) else {
         return Verdict::default();
     };
@@ -119,10 +173,7 @@ pub fn check_workload_or_namespace(
         .namespace()
         .or_else(|| request_namespace.map(str::to_owned))
         .unwrap_or_default();
-    let template: Option<PodSpec> = object
-        .data
-        .pointer("/spec/template/spec")
-        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let template = object.pod_template_spec();
     let ns = view.namespace(&namespace);
     let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
     let policies = view.policies();

@@ -21,7 +21,7 @@ use super::render::{
 };
 use super::resource::{self, ResourceKind, ResourceRef, Workload, api_error};
 use super::{Cli, Command, ExitStatus, GlobalArgs, KubectlError, Output};
-use crate::admission::validate::check_workload_or_namespace;
+use crate::admission::validate::{WorkloadObject, check_workload_or_namespace};
 use crate::admission::{ClusterView, Settings};
 use crate::annotation;
 use crate::controller::failure_memory;
@@ -838,6 +838,18 @@ impl ClusterView for Snapshot {
     }
 }
 
+/// An object read from the API server as the webhook decodes it (metadata, the spec raw).
+fn as_workload_object(object: &DynamicObject) -> Result<WorkloadObject, KubectlError> {
+    serde_json::to_string(object)
+        .and_then(|json| serde_json::from_str(&json))
+        .map_err(|e| {
+            KubectlError::Unavailable(format!(
+                "cannot read {} as a workload: {e}",
+                object.name_any()
+            ))
+        })
+}
+
 async fn set(ctx: &Ctx, resource: &ResourceRef, value: &str) -> Result<ExitStatus, KubectlError> {
     let client = &ctx.client;
     let object = resource::get_object(client, &ctx.namespace, resource).await?;
@@ -876,6 +888,8 @@ async fn set(ctx: &Ctx, resource: &ResourceRef, value: &str) -> Result<ExitStatu
     let settings = Settings {
         controller_namespace: ctx.global.controller_namespace.clone(),
     };
+    // The webhook's own view of an UPDATE: the old and the new object as it decodes them.
+    let (changed, object) = (as_workload_object(&changed)?, as_workload_object(&object)?);
     let verdict = check_workload_or_namespace(
         resource.kind.kind(),
         &changed,

@@ -1,7 +1,14 @@
-//! The mutate-path benchmark: pod CREATE AdmissionReviews built from a real Istio-injected pod,
-//! sent over TLS (HTTP/1.1 keep-alive and h2) to
-//! - ours: [`TlsServer`] + [`AdmissionRouter`] with the real pod mutation
-//!   ([`inplace_upgrade::admission::mutate::mutate_pod`]) over an in-memory cluster view, and
+//! The webhook benchmark: AdmissionReviews built from real Istio-injected objects, sent over TLS
+//! (HTTP/1.1 keep-alive and h2) on two paths,
+//! - mutate: pod CREATE of the fixture pod, answered by the real pod mutation
+//!   ([`inplace_upgrade::admission::mutate::mutate_pod`]), and
+//! - validate: Deployment UPDATE of the fixture Deployment (old and new objects; the new one
+//!   changes the `inplace-upgrade` annotation, so the full check runs), answered by the real
+//!   validation ([`inplace_upgrade::admission::validate::validate_workload_or_namespace`]),
+//!
+//! to
+//! - ours: [`TlsServer`] + [`AdmissionRouter`] with those handlers over an in-memory cluster
+//!   view, and
 //! - echo: a bare tokio-rustls + hyper + axum server with the same rustls configuration that
 //!   reads the body and answers with a same-size body (the bytes ours answered), the floor of
 //!   the transport on this machine,
@@ -38,15 +45,24 @@ use hyper_util::{
 };
 use inplace_upgrade::{
     TARGETS_ANNOTATION,
-    admission::{ClusterView, Settings, mutate::mutate_pod},
+    admission::{
+        ClusterView, Settings,
+        mutate::mutate_pod,
+        validate::{WorkloadObject, validate_workload_or_namespace},
+    },
     controller::{WorkloadKey, WorkloadView},
     policy::InPlaceUpgradePolicy,
 };
 use inplace_upgrade_webhook::{
-    AdmissionRequest, AdmissionRouter, CertificateStore, TlsServer, WebhookMetrics,
+    AdmissionRequest, AdmissionResponse, AdmissionRouter, CertificateStore, Decoded, TlsServer,
+    WebhookMetrics,
     certs::{self, SubjectAltNames},
+    decode_review, decode_review_as, encode_response,
 };
-use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Namespace};
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    core::v1::{Namespace, Pod},
+};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use rustls::{
     ClientConfig, RootCertStore,
@@ -63,8 +79,14 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/fixtures/istio/native-sidecar.yaml.injected"
 );
+/// The Deployment of the validate path.
+const DEPLOYMENT_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/istio/hello-multi.yaml.injected"
+);
 const HOST: &str = "inplace-upgrade-webhook.inplace-upgrade-system.svc";
 const PATH: &str = "/mutate-pods";
+const VALIDATE_PATH: &str = "/validate-workloads";
 const NAMESPACE: &str = "bench";
 const REPLICA_SET: &str = "hello-rs";
 const PROXY_NEW: &str = "registry.istio.io/testing/proxyv2:1.99.0";
@@ -81,6 +103,8 @@ const RATE_CONCURRENCY: usize = 16;
 const SATURATION_CONCURRENCY: usize = 16;
 const H2_CONNECTIONS: usize = 2;
 const RATES: [u32; 2] = [1_000, 5_000];
+/// CPU spent per in-process handler measurement.
+const MICRO: Duration = Duration::from_millis(1500);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -212,6 +236,53 @@ fn review_body(pod: &Value) -> Result<Bytes, BoxError> {
     Ok(Bytes::from(serde_json::to_vec(&review)?))
 }
 
+/// A Deployment UPDATE AdmissionReview of the fixture Deployment: the new object sets the
+/// `inplace-upgrade` annotation the old one lacks, so the validation parses it, reads the pod
+/// template and checks the governing policy (the expensive case; an update that leaves the
+/// annotation alone stops after comparing it).
+fn validate_body() -> Result<Bytes, BoxError> {
+    let text = std::fs::read_to_string(DEPLOYMENT_FIXTURE)
+        .map_err(|err| format!("cannot read the Istio fixture {DEPLOYMENT_FIXTURE}: {err}"))?;
+    let mut old = None;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = <Value as serde::Deserialize>::deserialize(document)
+            .map_err(|err| format!("{DEPLOYMENT_FIXTURE} is not YAML: {err}"))?;
+        if value["kind"] == "Deployment" {
+            old = Some(value);
+            break;
+        }
+    }
+    let mut old = old.ok_or_else(|| format!("{DEPLOYMENT_FIXTURE} holds no Deployment"))?;
+    old["metadata"]["namespace"] = json!(NAMESPACE);
+    old["metadata"]["uid"] = json!("6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c");
+    old["metadata"]["resourceVersion"] = json!("4711");
+    old["metadata"]["generation"] = json!(3);
+    let mut new = old.clone();
+    new["metadata"]["annotations"][TARGETS_ANNOTATION] = json!(format!("istio-proxy={PROXY_NEW}"));
+    let name = old["metadata"]["name"].clone();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "2b8e4f1a-9c3d-4e7b-a6f5-1d0c9b8a7e6f",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "requestKind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "requestResource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "name": name,
+            "namespace": NAMESPACE,
+            "operation": "UPDATE",
+            "userInfo": {"username": "kubernetes-admin",
+                         "groups": ["kubeadm:cluster-admins", "system:authenticated"]},
+            "object": new,
+            "oldObject": old,
+            "dryRun": false,
+            "options": {"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"},
+        }
+    });
+    Ok(Bytes::from(serde_json::to_vec(&review)?))
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Protocol {
     Http1,
@@ -288,10 +359,10 @@ impl Sender {
     }
 
     /// Sends one review and returns the response body.
-    async fn send(&mut self, body: Bytes) -> Result<Bytes, BoxError> {
+    async fn send(&mut self, path: &str, body: Bytes) -> Result<Bytes, BoxError> {
         let response = match self {
             Sender::Http1(sender) => {
-                let request = Request::post(PATH)
+                let request = Request::post(path)
                     .header(header::HOST, HOST)
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Full::new(body))?;
@@ -299,7 +370,7 @@ impl Sender {
                 sender.send_request(request).await?
             }
             Sender::H2(sender) => {
-                let request = Request::post(format!("https://{HOST}{PATH}"))
+                let request = Request::post(format!("https://{HOST}{path}"))
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Full::new(body))?;
                 sender.ready().await?;
@@ -354,7 +425,13 @@ struct Outcome {
 }
 
 /// Drives `senders` for `duration`: open loop at a fixed rate, or closed loop at saturation.
-async fn drive(senders: Vec<Sender>, body: Bytes, load: Load, duration: Duration) -> Outcome {
+async fn drive(
+    senders: Vec<Sender>,
+    path: &'static str,
+    body: Bytes,
+    load: Load,
+    duration: Duration,
+) -> Outcome {
     let started = Instant::now();
     let deadline = started + duration;
     let schedule = match load {
@@ -405,7 +482,7 @@ async fn drive(senders: Vec<Sender>, body: Bytes, load: Load, duration: Duration
                         now
                     }
                 };
-                match sender.send(body.clone()).await {
+                match sender.send(path, body.clone()).await {
                     Ok(_) => latencies.push(start.elapsed()),
                     Err(err) => {
                         errors += 1;
@@ -457,7 +534,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Cumulative bucket counts of the transport's latency histogram for our route, by bound.
-fn server_buckets(registry: &Registry) -> BTreeMap<u64, (f64, u64)> {
+fn server_buckets(registry: &Registry, path: &str) -> BTreeMap<u64, (f64, u64)> {
     let mut text = String::new();
     let mut buckets = BTreeMap::new();
     if encode(&mut text, registry).is_err() {
@@ -465,7 +542,7 @@ fn server_buckets(registry: &Registry) -> BTreeMap<u64, (f64, u64)> {
     }
     for line in text.lines() {
         if !line.starts_with("webhook_admission_duration_seconds_bucket{")
-            || !line.contains(&format!("route=\"{PATH}\""))
+            || !line.contains(&format!("route=\"{path}\""))
         {
             continue;
         }
@@ -541,17 +618,24 @@ fn rss_kib() -> Option<u64> {
 
 /// The bare floor: same rustls configuration, hyper's auto (HTTP/1.1 + h2) connection
 /// builder, an axum route that reads the whole body and answers with `answer`.
-async fn serve_echo(listener: TcpListener, config: Arc<rustls::ServerConfig>, answer: Bytes) {
-    let router = Router::new().route(
-        PATH,
-        post(move |body: Bytes| {
-            let answer = answer.clone();
-            async move {
-                drop(body);
-                ([(header::CONTENT_TYPE, "application/json")], answer)
-            }
-        }),
-    );
+async fn serve_echo(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    answers: Vec<(&'static str, Bytes)>,
+) {
+    let mut router = Router::new();
+    for (path, answer) in answers {
+        router = router.route(
+            path,
+            post(move |body: Bytes| {
+                let answer = answer.clone();
+                async move {
+                    drop(body);
+                    ([(header::CONTENT_TYPE, "application/json")], answer)
+                }
+            }),
+        );
+    }
     let acceptor = TlsAcceptor::from(config);
     let builder = auto::Builder::new(TokioExecutor::new());
     while let Ok((tcp, _)) = listener.accept().await {
@@ -573,18 +657,170 @@ fn loadavg() -> String {
         .unwrap_or_else(|err| format!("unknown ({err})"))
 }
 
+/// utime + stime of the calling thread, from /proc/thread-self/stat (10 ms resolution).
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU µs per call of `work`, on this thread, over at least `MICRO` of CPU.
+fn cpu_per_call(mut work: impl FnMut() -> usize) -> Result<(f64, usize), BoxError> {
+    for _ in 0..200 {
+        work();
+    }
+    let start = thread_cpu_time().ok_or("cannot read /proc/thread-self/stat")?;
+    let mut calls = 0u64;
+    let mut out = 0;
+    loop {
+        for _ in 0..100 {
+            out = work();
+        }
+        calls += 100;
+        let spent = thread_cpu_time().unwrap_or(start).saturating_sub(start);
+        if spent >= MICRO {
+            return Ok((spent.as_secs_f64() * 1e6 / calls as f64, out));
+        }
+    }
+}
+
+/// The handlers alone, in this thread: decode, decide, encode, with no TLS, HTTP or client.
+/// "before" is the decode this branch replaced, run in the same process: the review decoded
+/// into a `DynamicObject`, the pod converted to a `Pod` through `serde_json::to_value` and
+/// `from_value`, then the same mutation and encoding.
+fn handler_cost(
+    bodies: &[(&str, &'static str, Bytes)],
+    view: &BenchView,
+    settings: &Settings,
+) -> Result<(), BoxError> {
+    let json = Some("application/json");
+    let respond =
+        |response: AdmissionResponse| encode_response(&response).map_or(0, |body| body.len());
+    let mutate_body = &bodies[0].2;
+    let validate_body = &bodies[1].2;
+    let (after, size) = cpu_per_call(|| match decode_review_as::<Pod>(json, mutate_body) {
+        Ok(Decoded::Request(request)) => respond(mutate_pod(&request, view, settings)),
+        _ => 0,
+    })?;
+    let (before, _) = cpu_per_call(|| {
+        let Ok(request) = decode_review(json, mutate_body) else {
+            return 0;
+        };
+        let pod: Option<Pod> = request.object.as_ref().and_then(|o| {
+            serde_json::to_value(o)
+                .and_then(serde_json::from_value)
+                .ok()
+        });
+        let typed = AdmissionRequest::<Pod> {
+            types: request.types,
+            uid: request.uid,
+            kind: request.kind,
+            resource: request.resource,
+            sub_resource: request.sub_resource,
+            request_kind: request.request_kind,
+            request_resource: request.request_resource,
+            request_sub_resource: request.request_sub_resource,
+            name: request.name,
+            namespace: request.namespace,
+            operation: request.operation,
+            user_info: request.user_info,
+            object: pod,
+            old_object: None,
+            dry_run: request.dry_run,
+            options: request.options,
+        };
+        respond(mutate_pod(&typed, view, settings))
+    })?;
+    let (decode_only, _) =
+        cpu_per_call(|| decode_review_as::<Pod>(json, mutate_body).map_or(0, |_| 1))?;
+    let (validate, _) =
+        cpu_per_call(
+            || match decode_review_as::<WorkloadObject>(json, validate_body) {
+                Ok(Decoded::Request(request)) => {
+                    respond(validate_workload_or_namespace(&request, view, settings))
+                }
+                _ => 0,
+            },
+        )?;
+    let (validate_dynamic, _) =
+        cpu_per_call(|| decode_review(json, validate_body).map_or(0, |_| 1))?;
+    println!(
+        "  handlers alone, one thread, no TLS/HTTP (CPU us per review; load average {}):",
+        loadavg()
+    );
+    println!(
+        "    mutate   {after:>7.1} us  (decode into Pod alone {decode_only:.1} us; answer {size} bytes)"
+    );
+    println!(
+        "    mutate, before (DynamicObject + to_value/from_value) {before:>7.1} us  -> x{:.2}",
+        before / after
+    );
+    println!(
+        "    validate {validate:>7.1} us  (decoding the same review into DynamicObjects alone: {validate_dynamic:.1} us)"
+    );
+    Ok(())
+}
+
+/// One measured phase against one server.
+struct Measured {
+    outcome: Outcome,
+    throughput: f64,
+    cpu: Option<Duration>,
+    rss_delta: Option<i64>,
+    server_p99: String,
+}
+
+impl Measured {
+    fn cpu_per_request(&self) -> String {
+        let done = self.outcome.latencies.len();
+        self.cpu.filter(|_| done > 0).map_or("-".into(), |cpu| {
+            format!("{:.0}", cpu.as_secs_f64() * 1e6 / done as f64)
+        })
+    }
+
+    fn p(&self, percent: f64) -> Duration {
+        percentile(&self.outcome.latencies, percent)
+    }
+}
+
+/// `ours` over `echo` for a latency, as `x1.23`.
+fn times(ours: Duration, echo: Duration) -> String {
+    if echo.is_zero() {
+        "-".to_owned()
+    } else {
+        format!("x{:.2}", ours.as_secs_f64() / echo.as_secs_f64())
+    }
+}
+
 fn run() -> Result<(), BoxError> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("mutate bench: nproc {cores}, load average {}", loadavg());
+    println!("webhook bench: nproc {cores}, load average {}", loadavg());
     println!(
         "  servers: one tokio runtime ({cores} workers); load generator: a second runtime \
          ({cores} workers) in the same process, on the same cores"
     );
     let (pod, view) = scenario()?;
-    let body = review_body(&pod)?;
-    let settings = Settings {
+    handler_cost(
+        &[
+            ("mutate", PATH, review_body(&pod)?),
+            ("validate", VALIDATE_PATH, validate_body()?),
+        ],
+        &view,
+        &Settings {
+            controller_namespace: "inplace-upgrade-system".into(),
+        },
+    )?;
+    let view = Arc::new(view);
+    let bodies = [
+        ("mutate", PATH, review_body(&pod)?),
+        ("validate", VALIDATE_PATH, validate_body()?),
+    ];
+    let settings = Arc::new(Settings {
         controller_namespace: "inplace-upgrade-system".into(),
-    };
+    });
 
     let ca = certs::generate_ca("bench webhook CA", 30 * DAY)?;
     let names = SubjectAltNames::for_service("inplace-upgrade-webhook", "inplace-upgrade-system");
@@ -613,10 +849,17 @@ fn run() -> Result<(), BoxError> {
 
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::new(&mut registry);
+    let (mutate_view, mutate_settings) = (view.clone(), settings.clone());
     let router = AdmissionRouter::new(metrics.clone())
-        .handler(PATH, move |request: &AdmissionRequest| {
-            mutate_pod(request, &view, &settings)
+        .handler(PATH, move |request: &AdmissionRequest<Pod>| {
+            mutate_pod(request, &*mutate_view, &mutate_settings)
         })
+        .handler(
+            VALIDATE_PATH,
+            move |request: &AdmissionRequest<WorkloadObject>| {
+                validate_workload_or_namespace(request, &*view, &settings)
+            },
+        )
         .into_router();
     let store = CertificateStore::new(metrics);
     store.load_pem(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes())?;
@@ -636,28 +879,40 @@ fn run() -> Result<(), BoxError> {
         }),
     );
 
-    // One request to ours: the answer must carry the mutation, and the echo answers with
-    // exactly those bytes.
-    let answer = client_runtime.block_on(async {
-        let mut sender = Sender::connect(ours, Protocol::Http1, client_config.clone()).await?;
-        sender.send(body.clone()).await
-    })?;
-    let decoded: Value = serde_json::from_slice(&answer)?;
-    let patch_len = decoded["response"]["patch"].as_str().map_or(0, str::len);
-    if patch_len == 0 {
-        return Err(format!(
-            "the mutation gave no patch, so this would not measure it: {}",
-            String::from_utf8_lossy(&answer)
-        )
-        .into());
+    // One request of each path to ours: the mutation must carry a patch and the validation
+    // must allow; the echo answers each path with exactly the bytes ours answered.
+    let mut answers = Vec::new();
+    for (label, path, body) in &bodies {
+        let answer = client_runtime.block_on(async {
+            let mut sender = Sender::connect(ours, Protocol::Http1, client_config.clone()).await?;
+            sender.send(path, body.clone()).await
+        })?;
+        let decoded: Value = serde_json::from_slice(&answer)?;
+        let patch_len = decoded["response"]["patch"].as_str().map_or(0, str::len);
+        if *label == "mutate" && patch_len == 0 {
+            return Err(format!(
+                "the mutation gave no patch, so this would not measure it: {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into());
+        }
+        if *label == "validate" && decoded["response"]["allowed"] != true {
+            return Err(format!(
+                "the validation did not allow the Deployment, so this would not measure the full check: {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into());
+        }
+        println!(
+            "  {label}: review {} bytes, response {} bytes (base64 JSON patch {patch_len} bytes); \
+             ours https://{ours}{path}, echo https://{echo}{path}",
+            body.len(),
+            answer.len()
+        );
+        answers.push((*path, answer));
     }
-    server_runtime.spawn(serve_echo(echo_listener, server_config, answer.clone()));
-    println!(
-        "  review {} bytes (fixture {FIXTURE}), response {} bytes (base64 JSON patch {patch_len} \
-         bytes); ours https://{ours}{PATH}, echo https://{echo}{PATH}",
-        body.len(),
-        answer.len()
-    );
+    server_runtime.spawn(serve_echo(echo_listener, server_config, answers));
+    println!("  fixtures: {FIXTURE} (pod), {DEPLOYMENT_FIXTURE} (Deployment)");
     println!(
         "  phases of {} s after {} ms warm-up; fixed rates over {RATE_CONCURRENCY} HTTP/1.1 \
          connections or {RATE_CONCURRENCY} streams on {H2_CONNECTIONS} h2 connections",
@@ -666,7 +921,8 @@ fn run() -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "{:<8} {:<17} {:<5} {:>9} {:>9} {:>9} {:>10} {:>8} {:>11} {:>10} {:>9}",
+        "{:<9} {:<8} {:<17} {:<5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "path",
         "proto",
         "load",
         "srv",
@@ -675,122 +931,135 @@ fn run() -> Result<(), BoxError> {
         "p99.9 ms",
         "req/s",
         "errors",
-        "srv p99 ms",
-        "cpu us/req",
-        "rss KiB"
+        "srv p99",
+        "cpu us",
+        "rss KiB",
+        "p50/echo",
+        "p99/echo",
+        "tput/echo"
     );
 
     let rss_start = rss_kib();
     let cpu_start = cpu_time();
     let run_started = Instant::now();
     let mut summary = Vec::new();
-    for protocol in [Protocol::Http1, Protocol::H2] {
-        for load in RATES
-            .iter()
-            .map(|rate| Load::Rate(*rate))
-            .chain([Load::Saturation])
-        {
-            let concurrency = match load {
-                Load::Rate(_) => RATE_CONCURRENCY,
-                Load::Saturation => SATURATION_CONCURRENCY,
-            };
-            let mut pair = Vec::new();
-            for (server, addr) in [("ours", ours), ("echo", echo)] {
-                let (outcome, cpu, rss, server_side) = client_runtime.block_on(async {
-                    let senders = open(addr, protocol, &client_config, concurrency).await?;
-                    // Warm-up (allocator, caches, code paths), then fresh connections so the
-                    // measured phase starts with none of the warm-up's requests in flight.
-                    let warm = drive(senders, body.clone(), load, WARM_UP).await;
-                    if warm.errors > 0 {
-                        return Err(format!(
-                            "{server} failed during warm-up: {}",
-                            warm.first_error.unwrap_or_default()
-                        )
-                        .into());
-                    }
-                    let senders = open(addr, protocol, &client_config, concurrency).await?;
-                    let buckets_before = server_buckets(&registry);
-                    let cpu_before = cpu_time();
-                    let rss_before = rss_kib();
-                    let outcome = drive(senders, body.clone(), load, PHASE).await;
-                    let cpu = match (cpu_before, cpu_time()) {
-                        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
-                        _ => None,
-                    };
-                    let rss = match (rss_before, rss_kib()) {
-                        (Some(before), Some(after)) => Some(after as i64 - before as i64),
-                        _ => None,
-                    };
-                    let server_side = if server == "ours" {
-                        server_p99(&buckets_before, &server_buckets(&registry))
-                    } else {
-                        "-".into()
-                    };
-                    Ok::<_, BoxError>((outcome, cpu, rss, server_side))
-                })?;
-                let done = outcome.latencies.len();
-                let throughput = done as f64 / outcome.elapsed.as_secs_f64();
-                let cpu_per_request = cpu.filter(|_| done > 0).map_or("-".into(), |cpu| {
-                    format!("{:.0}", cpu.as_secs_f64() * 1e6 / done as f64)
-                });
-                println!(
-                    "{:<8} {:<17} {:<5} {:>9} {:>9} {:>9} {:>10.0} {:>8} {:>11} {:>10} {:>9}",
-                    protocol.name(),
-                    load.name(),
-                    server,
-                    ms(percentile(&outcome.latencies, 50.0)),
-                    ms(percentile(&outcome.latencies, 99.0)),
-                    ms(percentile(&outcome.latencies, 99.9)),
-                    throughput,
-                    outcome.errors,
-                    server_side,
-                    cpu_per_request,
-                    rss.map_or("-".into(), |delta| format!("{delta:+}")),
-                );
-                if let Some(err) = &outcome.first_error {
-                    println!("    first error: {err}");
-                }
-                if let Load::Rate(rate) = load
-                    && throughput < f64::from(rate) * 0.95
-                {
-                    println!(
-                        "    offered {rate} req/s not sustained: {throughput:.0} req/s achieved"
-                    );
-                }
-                pair.push((outcome, throughput));
-            }
-            if let [(ours_outcome, ours_rate), (echo_outcome, echo_rate)] = &pair[..] {
-                let ratio = |ours: Duration, echo: Duration| {
-                    if echo.is_zero() {
-                        "-".to_owned()
-                    } else {
-                        format!("{:.2}", ours.as_secs_f64() / echo.as_secs_f64())
-                    }
+    for (label, path, body) in &bodies {
+        for protocol in [Protocol::Http1, Protocol::H2] {
+            for load in RATES
+                .iter()
+                .map(|rate| Load::Rate(*rate))
+                .chain([Load::Saturation])
+            {
+                let concurrency = match load {
+                    Load::Rate(_) => RATE_CONCURRENCY,
+                    Load::Saturation => SATURATION_CONCURRENCY,
                 };
-                let line = format!(
-                    "{:<8} {:<17} ours/echo: p50 x{}, p99 x{}, p99.9 x{}, throughput {:.0}%",
+                let mut pair = Vec::new();
+                for (server, addr) in [("ours", ours), ("echo", echo)] {
+                    let measured = client_runtime.block_on(async {
+                        let senders = open(addr, protocol, &client_config, concurrency).await?;
+                        // Warm-up (allocator, caches, code paths), then fresh connections so
+                        // the measured phase starts with none of the warm-up's requests in
+                        // flight.
+                        let warm = drive(senders, path, body.clone(), load, WARM_UP).await;
+                        if warm.errors > 0 {
+                            return Err(format!(
+                                "{server} {label} failed during warm-up: {}",
+                                warm.first_error.unwrap_or_default()
+                            )
+                            .into());
+                        }
+                        let senders = open(addr, protocol, &client_config, concurrency).await?;
+                        let buckets_before = server_buckets(&registry, path);
+                        let cpu_before = cpu_time();
+                        let rss_before = rss_kib();
+                        let outcome = drive(senders, path, body.clone(), load, PHASE).await;
+                        let cpu = match (cpu_before, cpu_time()) {
+                            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+                            _ => None,
+                        };
+                        let rss_delta = match (rss_before, rss_kib()) {
+                            (Some(before), Some(after)) => Some(after as i64 - before as i64),
+                            _ => None,
+                        };
+                        let server_p99 = if server == "ours" {
+                            server_p99(&buckets_before, &server_buckets(&registry, path))
+                        } else {
+                            "-".into()
+                        };
+                        let throughput =
+                            outcome.latencies.len() as f64 / outcome.elapsed.as_secs_f64();
+                        Ok::<_, BoxError>(Measured {
+                            outcome,
+                            throughput,
+                            cpu,
+                            rss_delta,
+                            server_p99,
+                        })
+                    })?;
+                    pair.push((server, measured));
+                }
+                let echo_measured = &pair[1].1;
+                for (server, m) in &pair {
+                    let (p50, p99, tput) = if *server == "ours" {
+                        (
+                            times(m.p(50.0), echo_measured.p(50.0)),
+                            times(m.p(99.0), echo_measured.p(99.0)),
+                            if echo_measured.throughput > 0.0 {
+                                format!("{:.0}%", m.throughput / echo_measured.throughput * 100.0)
+                            } else {
+                                "-".into()
+                            },
+                        )
+                    } else {
+                        ("-".into(), "-".into(), "-".into())
+                    };
+                    println!(
+                        "{:<9} {:<8} {:<17} {:<5} {:>8} {:>8} {:>8} {:>8.0} {:>6} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9}",
+                        label,
+                        protocol.name(),
+                        load.name(),
+                        server,
+                        ms(m.p(50.0)),
+                        ms(m.p(99.0)),
+                        ms(m.p(99.9)),
+                        m.throughput,
+                        m.outcome.errors,
+                        m.server_p99,
+                        m.cpu_per_request(),
+                        m.rss_delta.map_or("-".into(), |delta| format!("{delta:+}")),
+                        p50,
+                        p99,
+                        tput,
+                    );
+                    if let Some(err) = &m.outcome.first_error {
+                        println!("    first error: {err}");
+                    }
+                    if let Load::Rate(rate) = load
+                        && m.throughput < f64::from(rate) * 0.95
+                    {
+                        println!(
+                            "    offered {rate} req/s not sustained: {:.0} req/s achieved",
+                            m.throughput
+                        );
+                    }
+                }
+                let ours_measured = &pair[0].1;
+                summary.push(format!(
+                    "{label:<9} {:<8} {:<17} ours/echo: p50 {}, p99 {}, p99.9 {}, throughput {:.0}%, cpu/req {} vs {} us",
                     protocol.name(),
                     load.name(),
-                    ratio(
-                        percentile(&ours_outcome.latencies, 50.0),
-                        percentile(&echo_outcome.latencies, 50.0)
-                    ),
-                    ratio(
-                        percentile(&ours_outcome.latencies, 99.0),
-                        percentile(&echo_outcome.latencies, 99.0)
-                    ),
-                    ratio(
-                        percentile(&ours_outcome.latencies, 99.9),
-                        percentile(&echo_outcome.latencies, 99.9)
-                    ),
-                    if *echo_rate > 0.0 {
-                        ours_rate / echo_rate * 100.0
+                    times(ours_measured.p(50.0), echo_measured.p(50.0)),
+                    times(ours_measured.p(99.0), echo_measured.p(99.0)),
+                    times(ours_measured.p(99.9), echo_measured.p(99.9)),
+                    if echo_measured.throughput > 0.0 {
+                        ours_measured.throughput / echo_measured.throughput * 100.0
                     } else {
                         0.0
                     },
-                );
-                println!("  {line}");
-                summary.push(line);
+                    ours_measured.cpu_per_request(),
+                    echo_measured.cpu_per_request(),
+                ));
             }
         }
     }
@@ -818,9 +1087,9 @@ fn run() -> Result<(), BoxError> {
         loadavg()
     );
     println!(
-        "cpu us/req is the whole process (load generator included) per completed request; \
-         srv p99 is the bucket bound of webhook_admission_duration_seconds (decode, mutate, \
-         encode; no network, no TLS)"
+        "cpu us is the whole process's CPU (load generator included) per completed request; \
+         rss KiB is the process's RSS change over the phase; srv p99 is the bucket bound of \
+         webhook_admission_duration_seconds (decode, decide, encode; no network, no TLS)"
     );
 
     let _ = stop.send(true);

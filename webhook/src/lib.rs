@@ -61,7 +61,7 @@ mod tls;
 pub use admin::AdminRouter;
 pub use error::{Error, Result};
 pub use metrics::WebhookMetrics;
-pub use review::{decode_review, encode_response};
+pub use review::{Decoded, decode_review, decode_review_as, encode_response};
 pub use router::{AdmissionHandler, AdmissionRouter, DEFAULT_BODY_LIMIT};
 pub use server::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LARGE_IN_FLIGHT,
@@ -71,6 +71,7 @@ pub use tls::{CertificateFiles, CertificateStore, ReloadOutcome, server_config};
 
 pub use kube::core::admission::{AdmissionResponse, Operation};
 
-/// The request type every handler receives: the object stays untyped JSON (with metadata
-/// parsed), so the transport never needs to know which kinds it serves.
-pub type AdmissionRequest = kube::core::admission::AdmissionRequest<kube::core::DynamicObject>;
+/// The request a handler receives, its objects decoded as `K`: untyped JSON (with metadata
+/// parsed) by default, or the typed object a handler asks for (see [`AdmissionHandler`]).
+pub type AdmissionRequest<K = kube::core::DynamicObject> =
+    kube::core::admission::AdmissionRequest<K>;

@@ -2,11 +2,13 @@
 //! tests can drive it with `tower::ServiceExt::oneshot`.
 
 use std::{
+    marker::PhantomData,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::Arc,
     time::Instant,
 };
 
+use axum::body::Bytes;
 use axum::{
     Router,
     body::Body,
@@ -16,15 +18,16 @@ use axum::{
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kube::core::{
-    Status,
+    DynamicObject, Resource, Status,
     admission::{AdmissionResponse, Operation},
 };
+use serde::de::DeserializeOwned;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
     AdmissionRequest, Error, WebhookMetrics,
     metrics::{LatencyLabels, RequestLabels},
-    review::{decode_review, encode_response},
+    review::{Decoded, decode_review_as, encode_response},
 };
 
 /// Largest request body accepted by default: 8 MiB.
@@ -35,35 +38,112 @@ use crate::{
 /// example a ConfigMap-sized annotation); 8 MiB leaves headroom and still refuses garbage.
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
-/// What the domain implements: decide one admission request.
+/// What the domain implements: decide one admission request whose objects are `K`.
+///
+/// `K` is what the review's `object` and `oldObject` are decoded into, in the same pass as the
+/// envelope: a typed object (`Pod`) for a handler that needs one, [`DynamicObject`] (the
+/// default) for one that serves several kinds as JSON.
 ///
 /// The call is synchronous on purpose: an admission decision should come from in-memory
 /// state, never from an API call per request. It must have no side effects when
 /// `request.dry_run` is true. The transport copies the request's `uid` into the response, so
 /// a handler cannot answer for the wrong request.
-pub trait AdmissionHandler: Send + Sync + 'static {
-    fn review(&self, request: &AdmissionRequest) -> AdmissionResponse;
+pub trait AdmissionHandler<K: Resource = DynamicObject>: Send + Sync + 'static {
+    fn review(&self, request: &AdmissionRequest<K>) -> AdmissionResponse;
+
+    /// The review is a valid AdmissionReview but its `object` or `oldObject` is not a `K`;
+    /// `request` carries neither object. `None` (the default) answers 400 with `error`.
+    fn review_unreadable(
+        &self,
+        request: &AdmissionRequest<K>,
+        error: &serde_json::Error,
+    ) -> Option<AdmissionResponse> {
+        let _ = (request, error);
+        None
+    }
 }
 
-impl<F> AdmissionHandler for F
+impl<K, F> AdmissionHandler<K> for F
 where
-    F: Fn(&AdmissionRequest) -> AdmissionResponse + Send + Sync + 'static,
+    K: Resource,
+    F: Fn(&AdmissionRequest<K>) -> AdmissionResponse + Send + Sync + 'static,
 {
-    fn review(&self, request: &AdmissionRequest) -> AdmissionResponse {
+    fn review(&self, request: &AdmissionRequest<K>) -> AdmissionResponse {
         self(request)
+    }
+}
+
+/// A handler with its object type, behind one object-safe interface for the router.
+trait Decide: Send + Sync {
+    fn decide(
+        &self,
+        span: &tracing::Span,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> (&'static str, Result<(Vec<u8>, bool), Error>);
+}
+
+struct Typed<K, H> {
+    handler: H,
+    // `fn() -> K`: the route never holds a `K`, so it is Send and Sync whatever `K` is.
+    object: PhantomData<fn() -> K>,
+}
+
+impl<K, H> Decide for Typed<K, H>
+where
+    K: Resource + DeserializeOwned + 'static,
+    H: AdmissionHandler<K>,
+{
+    fn decide(
+        &self,
+        span: &tracing::Span,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> (&'static str, Result<(Vec<u8>, bool), Error>) {
+        let (request, unreadable) = match decode_review_as::<K>(content_type, bytes) {
+            Ok(Decoded::Request(request)) => (request, None),
+            Ok(Decoded::UnreadableObject { request, error }) => (request, Some(error)),
+            Err(err) => return ("unknown", Err(err)),
+        };
+        let operation = operation_label(&request.operation);
+        span.record("uid", request.uid.as_str());
+        span.record("kind", request.kind.kind.as_str());
+        span.record("namespace", request.namespace.as_deref().unwrap_or(""));
+        span.record("name", request.name.as_str());
+        span.record("operation", operation);
+        span.record("dry_run", request.dry_run);
+
+        let outcome = catch_unwind(AssertUnwindSafe(|| match &unreadable {
+            None => Ok(self.handler.review(&request)),
+            Some(error) => self
+                .handler
+                .review_unreadable(&request, error)
+                .ok_or_else(|| Error::NotAdmissionReview(serde::de::Error::custom(error))),
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::HandlerPanicked {
+                uid: request.uid.clone(),
+            })
+        })
+        .and_then(|mut response| {
+            response.uid.clone_from(&request.uid);
+            let allowed = response.allowed;
+            encode_response(&response).map(|body| (body, allowed))
+        });
+        (operation, outcome)
     }
 }
 
 struct Route {
     path: String,
-    handler: Box<dyn AdmissionHandler>,
+    handler: Box<dyn Decide>,
     metrics: WebhookMetrics,
     body_limit: usize,
 }
 
 /// Builds the admission [`Router`]: one POST route per handler.
 pub struct AdmissionRouter {
-    routes: Vec<(String, Box<dyn AdmissionHandler>)>,
+    routes: Vec<(String, Box<dyn Decide>)>,
     metrics: WebhookMetrics,
     body_limit: usize,
 }
@@ -77,9 +157,18 @@ impl AdmissionRouter {
         }
     }
 
-    /// Serves `handler` at `path` (for example `/mutate-pods`).
-    pub fn handler(mut self, path: impl Into<String>, handler: impl AdmissionHandler) -> Self {
-        self.routes.push((path.into(), Box::new(handler)));
+    /// Serves `handler` at `path` (for example `/mutate-pods`); the reviews it gets have their
+    /// objects decoded as `K`.
+    pub fn handler<K, H>(mut self, path: impl Into<String>, handler: H) -> Self
+    where
+        K: Resource + DeserializeOwned + 'static,
+        H: AdmissionHandler<K>,
+    {
+        let route = Typed {
+            handler,
+            object: PhantomData,
+        };
+        self.routes.push((path.into(), Box::new(route)));
         self
     }
 
@@ -158,7 +247,7 @@ async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
         .latency
         .get_or_create(&LatencyLabels {
             route: route.path.clone(),
-            operation: operation.clone(),
+            operation: operation.to_owned(),
         })
         .observe(elapsed.as_secs_f64());
     route
@@ -166,7 +255,7 @@ async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
         .requests
         .get_or_create(&RequestLabels {
             route: route.path.clone(),
-            operation,
+            operation: operation.to_owned(),
             result,
         })
         .inc();
@@ -186,64 +275,35 @@ async fn review(
     route: &Arc<Route>,
     headers: &HeaderMap,
     body: Body,
-) -> (String, Result<(Vec<u8>, bool), Error>) {
+) -> (&'static str, Result<(Vec<u8>, bool), Error>) {
     let bytes = match read_body(headers, body, route.body_limit).await {
         Ok(bytes) => bytes,
-        Err(err) => return ("unknown".to_owned(), Err(err)),
+        Err(err) => return ("unknown", Err(err)),
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     // The admission span, passed along explicitly: on the blocking pool no span is current.
     let span = tracing::Span::current();
     if bytes.len() <= BLOCKING_DECODE_THRESHOLD {
-        return decide(route, &span, content_type.as_deref(), bytes);
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()));
+        return route.handler.decide(&span, content_type.as_deref(), &bytes);
     }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let route = route.clone();
     tokio::task::spawn_blocking(move || {
-        span.in_scope(|| decide(&route, &span, content_type.as_deref(), bytes))
+        span.in_scope(|| route.handler.decide(&span, content_type.as_deref(), &bytes))
     })
     .await
     .unwrap_or_else(|_| {
         // `decide` catches the handler's panics; this is the runtime shutting down.
         let uid = "(unknown)".to_owned();
-        ("unknown".to_owned(), Err(Error::HandlerPanicked { uid }))
+        ("unknown", Err(Error::HandlerPanicked { uid }))
     })
 }
 
-/// Decodes, asks the handler, encodes: the synchronous part of a review.
-fn decide(
-    route: &Route,
-    span: &tracing::Span,
-    content_type: Option<&str>,
-    bytes: Vec<u8>,
-) -> (String, Result<(Vec<u8>, bool), Error>) {
-    let request = match decode_review(content_type, &bytes) {
-        Ok(request) => request,
-        Err(err) => return ("unknown".to_owned(), Err(err)),
-    };
-    drop(bytes);
-    let operation = operation_label(&request);
-    span.record("uid", request.uid.as_str());
-    span.record("kind", request.kind.kind.as_str());
-    span.record("namespace", request.namespace.as_deref().unwrap_or(""));
-    span.record("name", request.name.as_str());
-    span.record("operation", operation.as_str());
-    span.record("dry_run", request.dry_run);
-
-    let outcome = catch_unwind(AssertUnwindSafe(|| route.handler.review(&request)))
-        .map_err(|_| Error::HandlerPanicked {
-            uid: request.uid.clone(),
-        })
-        .and_then(|mut response| {
-            response.uid.clone_from(&request.uid);
-            let allowed = response.allowed;
-            encode_response(&response).map(|body| (body, allowed))
-        });
-    (operation, outcome)
-}
-
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Error> {
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -252,7 +312,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         return Err(Error::BodyTooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().into()),
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Error::BodyTooLarge { limit })
         }
@@ -260,14 +320,13 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     }
 }
 
-fn operation_label(request: &AdmissionRequest) -> String {
-    match request.operation {
+fn operation_label(operation: &Operation) -> &'static str {
+    match operation {
         Operation::Create => "CREATE",
         Operation::Update => "UPDATE",
         Operation::Delete => "DELETE",
         Operation::Connect => "CONNECT",
     }
-    .to_owned()
 }
 
 /// An error answer: the HTTP status says what class of failure it is, and the body is an

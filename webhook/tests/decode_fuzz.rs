@@ -5,7 +5,8 @@ mod common;
 use std::sync::OnceLock;
 
 use common::{fixture, review};
-use inplace_upgrade_webhook::decode_review;
+use inplace_upgrade_webhook::{Decoded, decode_review, decode_review_as};
+use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -82,7 +83,35 @@ proptest! {
         if let Err(err) = decode_review(Some("application/json"), &bytes) {
             prop_assert!(err.status_code().is_client_error(), "{err}");
         }
+        typed_agrees(&bytes)?;
     }
+
+    #[test]
+    fn arbitrary_json_decodes_alike_typed(value in json_value()) {
+        typed_agrees(&serde_json::to_vec(&value).expect("json"))?;
+    }
+}
+
+/// The typed decode (objects straight into `Pod`) never panics, rejects only with client
+/// errors, and accepts an envelope exactly when the untyped decode does or its only problem
+/// is an object that is not a Pod.
+fn typed_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let untyped = decode_review(Some("application/json"), bytes);
+    match decode_review_as::<Pod>(Some("application/json"), bytes) {
+        Err(err) => {
+            prop_assert!(err.status_code().is_client_error(), "{err}");
+            prop_assert!(untyped.is_err(), "typed refused what untyped took: {err}");
+        }
+        Ok(Decoded::Request(request)) => {
+            if let Ok(untyped) = &untyped {
+                prop_assert_eq!(&request.uid, &untyped.uid);
+            }
+        }
+        Ok(Decoded::UnreadableObject { request, .. }) => {
+            prop_assert!(request.object.is_none() && request.old_object.is_none());
+        }
+    }
+    Ok(())
 }
 
 #[test]
