@@ -114,23 +114,28 @@ async fn run() -> AnyResult<()> {
     let deployments = deploy_ungated(&client, &ns, replicas).await?;
     let d2 = deployments.clone();
     results.push(
-        measure(&bench, &ns, "rollout restart (25% surge, 0 unavailable)", async move {
-            let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        measure(
+            &bench,
+            &ns,
+            "rollout restart (25% surge, 0 unavailable)",
+            async move {
+                let patch = json!({"spec": {"template": {"metadata": {"annotations": {
                 "kubectl.kubernetes.io/restartedAt": now_utc()}}}}});
-            let d = d2
-                .patch("hello", &PatchParams::default(), &Patch::Merge(&patch))
+                let d = d2
+                    .patch("hello", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                let generation = d.metadata.generation.unwrap_or(0);
+                testenv::wait_for(&d2, "hello", "rollout restart done", |d: &Deployment| {
+                    let s = d.status.clone().unwrap_or_default();
+                    s.observed_generation >= Some(generation)
+                        && s.updated_replicas == Some(replicas)
+                        && s.ready_replicas == Some(replicas)
+                        && s.replicas == Some(replicas)
+                })
                 .await?;
-            let generation = d.metadata.generation.unwrap_or(0);
-            testenv::wait_for(&d2, "hello", "rollout restart done", |d: &Deployment| {
-                let s = d.status.clone().unwrap_or_default();
-                s.observed_generation >= Some(generation)
-                    && s.updated_replicas == Some(replicas)
-                    && s.ready_replicas == Some(replicas)
-                    && s.replicas == Some(replicas)
-            })
-            .await?;
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?,
     );
 
@@ -141,24 +146,29 @@ async fn run() -> AnyResult<()> {
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let d2 = deployments.clone();
     results.push(
-        measure(&bench, &ns, "hand loop (scale +1, delete, scale -1)", async move {
-            let old: Vec<String> = pods
-                .list(&ListParams::default().labels("app=hello"))
-                .await?
-                .items
-                .iter()
-                .map(|p| p.name_any())
-                .collect();
-            for name in old {
-                scale(&d2, replicas + 1).await?;
-                all_ready(&d2, replicas + 1).await?;
-                pods.delete(&name, &DeleteParams::default()).await?;
-                scale(&d2, replicas).await?;
-                testenv::wait_deleted(&pods, &name, "the old pod gone").await?;
-                all_ready(&d2, replicas).await?;
-            }
-            Ok(())
-        })
+        measure(
+            &bench,
+            &ns,
+            "hand loop (scale +1, delete, scale -1)",
+            async move {
+                let old: Vec<String> = pods
+                    .list(&ListParams::default().labels("app=hello"))
+                    .await?
+                    .items
+                    .iter()
+                    .map(|p| p.name_any())
+                    .collect();
+                for name in old {
+                    scale(&d2, replicas + 1).await?;
+                    all_ready(&d2, replicas + 1).await?;
+                    pods.delete(&name, &DeleteParams::default()).await?;
+                    scale(&d2, replicas).await?;
+                    testenv::wait_deleted(&pods, &name, "the old pod gone").await?;
+                    all_ready(&d2, replicas).await?;
+                }
+                Ok(())
+            },
+        )
         .await?,
     );
 
@@ -223,10 +233,15 @@ async fn scale(api: &Api<Deployment>, replicas: i32) -> AnyResult<()> {
 }
 
 async fn all_ready(api: &Api<Deployment>, replicas: i32) -> AnyResult<()> {
-    testenv::wait_for(api, "hello", &format!("{replicas} Ready"), |d: &Deployment| {
-        let s = d.status.clone().unwrap_or_default();
-        s.replicas == Some(replicas) && s.ready_replicas == Some(replicas)
-    })
+    testenv::wait_for(
+        api,
+        "hello",
+        &format!("{replicas} Ready"),
+        |d: &Deployment| {
+            let s = d.status.clone().unwrap_or_default();
+            s.replicas == Some(replicas) && s.ready_replicas == Some(replicas)
+        },
+    )
     .await?;
     Ok(())
 }

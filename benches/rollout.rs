@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 use support::*;
 
@@ -234,9 +234,18 @@ async fn run() -> AnyResult<()> {
         "container Ready (watch) -> next pod's image patch",
         &to_patch,
     );
-    line("  admit write -> kubelet's pods/status write (pod Ready)", &admit_to_kubelet);
-    line("  kubelet's write -> EndpointSlice controller's write", &kubelet_to_slice);
-    line("  EndpointSlice write -> next pod's drain write", &slice_to_drain);
+    line(
+        "  admit write -> kubelet's pods/status write (pod Ready)",
+        &admit_to_kubelet,
+    );
+    line(
+        "  kubelet's write -> EndpointSlice controller's write",
+        &kubelet_to_slice,
+    );
+    line(
+        "  EndpointSlice write -> next pod's drain write",
+        &slice_to_drain,
+    );
     println!(
         "total rollout {:.2} s; floor N x (restart + readiness + grace) {:.2} s -> ratio {:.2}; N x (restart + grace) {:.2} s -> ratio {:.2}",
         total.as_secs_f64(),
@@ -247,7 +256,10 @@ async fn run() -> AnyResult<()> {
     );
     println!("controller requests during the rollout, per upgraded pod ({upgraded}):");
     for (what, n) in by_what(ours.iter().copied()) {
-        println!("  {what:<40} {n:>5}  {:>6.2}/pod", n as f64 / upgraded as f64);
+        println!(
+            "  {what:<40} {n:>5}  {:>6.2}/pod",
+            n as f64 / upgraded as f64
+        );
     }
     let writes_all = ours.iter().filter(|e| e.is_write()).count();
     let writes_no_events = ours

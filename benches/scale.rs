@@ -4,8 +4,8 @@
 //!    replicas, 100 per namespace), waits until every pod is Ready, starts a fresh controller
 //!    and measures its initial sync time (process start to `/readyz`), RSS and CPU after sync
 //!    and over the next 10 s; then the same at the full size. Memory per cached pod is the
-//!    RSS slope between the two sizes (it includes each pod's share of ReplicaSets,
-//!    Deployments and EndpointSlice-free namespaces: no Services here).
+//!    RSS slope between the two sizes (it includes each pod's share of its ReplicaSet,
+//!    Deployment and EndpointSlice: every Deployment has a Service, as in a mesh).
 //! 2. A namespace-wide upgrade (the Namespace's `inplace-upgrade` annotation) of
 //!    BENCH_WIDE single-replica gated Deployments in that cluster, once per
 //!    `maxConcurrentWorkloads` in BENCH_CONCURRENCY: time and the most pods unavailable and
@@ -92,9 +92,7 @@ async fn run() -> AnyResult<()> {
             &[],
         )?;
         let mut perf = Perf::attach(controller.pid(), &format!("sync-{}", size * per));
-        let sync = controller
-            .await_synced(Duration::from_secs(600))
-            .await?;
+        let sync = controller.await_synced(Duration::from_secs(600)).await?;
         let cpu_sync = controller.cpu_seconds();
         // The first term reconciles every workload once; give it a moment, then measure a
         // quiet 10 s.
@@ -207,7 +205,9 @@ async fn run() -> AnyResult<()> {
 
     println!();
     println!("## Scale");
-    println!("| pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | idle CPU after sync |");
+    println!(
+        "| pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | idle CPU after sync |"
+    );
     println!("|---|---|---|---|---|---|");
     for s in &samples {
         println!(
@@ -232,7 +232,9 @@ async fn run() -> AnyResult<()> {
         "namespace-wide upgrade of {wide} single-replica Deployments (restart 300 ms, readiness 300 ms, drain grace 0) beside {} pods; controller RSS {rss_wide:.1} MiB at the end",
         created * per
     );
-    println!("| maxConcurrentWorkloads | time s | vs 1 | most pods unavailable | most workloads Progressing | controller CPU s |");
+    println!(
+        "| maxConcurrentWorkloads | time s | vs 1 | most pods unavailable | most workloads Progressing | controller CPU s |"
+    );
     println!("|---|---|---|---|---|---|");
     let base = wide_results
         .iter()
@@ -274,10 +276,15 @@ async fn create_workloads(
     let namespaces = namespaces.clone();
     futures::stream::iter(from..to)
         .map(|i| {
-            let api = Api::<Deployment>::namespaced(client.clone(), &namespaces[(i / 100) as usize]);
+            let ns = namespaces[(i / 100) as usize].clone();
+            let api = Api::<Deployment>::namespaced(client.clone(), &ns);
+            let client = client.clone();
             async move {
-                let d = workload(&format!("app-{i}"), replicas, false)?;
+                let name = format!("app-{i}");
+                let d = workload(&name, replicas, false)?;
                 api.create(&PostParams::default(), &d).await?;
+                // Every app behind its own Service, as in a mesh: one EndpointSlice each.
+                common::create_service(&client, &ns, &name).await?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
         })
@@ -296,7 +303,11 @@ fn track_ready(client: &kube::Client) -> Arc<Mutex<HashMap<(String, String), i32
         let mut stream = watcher(api, watcher::Config::default().labels(LABEL)).boxed();
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev {
-                let n = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+                let n = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
                 r.lock()
                     .unwrap()
                     .insert((d.namespace().unwrap_or_default(), d.name_any()), n);

@@ -71,7 +71,10 @@ pub struct Bench {
 
 impl Bench {
     pub async fn start(mut options: Options, audit: bool) -> AnyResult<Bench> {
-        let temp = tempfile::Builder::new().prefix("inplace-bench-").tempdir()?;
+        controller_binary()?;
+        let temp = tempfile::Builder::new()
+            .prefix("inplace-bench-")
+            .tempdir()?;
         let dir = temp.path().to_path_buf();
         let audit_log = dir.join("audit.log");
         if audit {
@@ -164,6 +167,35 @@ impl Bench {
     }
 }
 
+/// A private copy of the `inplace-upgrade` binary cargo built for this run, taken once:
+/// the target directory is shared, and a later build must not change the code under test
+/// between the phases of a long run.
+fn controller_binary() -> AnyResult<PathBuf> {
+    static COPY: std::sync::OnceLock<Result<tempfile::TempPath, String>> =
+        std::sync::OnceLock::new();
+    let copy = COPY.get_or_init(|| {
+        let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
+        let mut file = tempfile::Builder::new()
+            .prefix("inplace-upgrade-bench-")
+            .tempfile()
+            .map_err(|e| e.to_string())?;
+        std::io::copy(
+            &mut std::fs::File::open(built).map_err(|e| format!("{}: {e}", built.display()))?,
+            &mut file,
+        )
+        .map_err(|e| e.to_string())?;
+        let path = file.into_temp_path();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(path)
+    });
+    match copy {
+        Ok(p) => Ok(p.to_path_buf()),
+        Err(e) => Err(format!("cannot copy the controller binary: {e}").into()),
+    }
+}
+
 /// One `inplace-upgrade controller` process (release build); killed when dropped.
 pub struct Controller {
     pub child: Child,
@@ -178,7 +210,7 @@ impl Controller {
             .local_addr()?
             .port();
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
+        let child = Command::new(controller_binary()?)
             .args(["controller", "--identity", "bench"])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-level", "info"])
@@ -390,7 +422,9 @@ impl AuditEvent {
     }
 
     pub fn subresource(&self) -> &str {
-        self.object_ref.as_ref().map_or("", |r| r.subresource.as_str())
+        self.object_ref
+            .as_ref()
+            .map_or("", |r| r.subresource.as_str())
     }
 
     pub fn name(&self) -> &str {
@@ -398,7 +432,9 @@ impl AuditEvent {
     }
 
     pub fn namespace(&self) -> &str {
-        self.object_ref.as_ref().map_or("", |r| r.namespace.as_str())
+        self.object_ref
+            .as_ref()
+            .map_or("", |r| r.namespace.as_str())
     }
 }
 
@@ -459,7 +495,11 @@ pub fn ms_between(a: Timestamp, b: Timestamp) -> f64 {
 
 /// The load average and the time, printed before and after each measurement.
 pub fn stamp(what: &str) {
-    println!("# {what}: {} UTC, load average {}", now_utc(), load_average());
+    println!(
+        "# {what}: {} UTC, load average {}",
+        now_utc(),
+        load_average()
+    );
 }
 
 /// `perf record` attached to a process while it lives, when `BENCH_PERF_DIR` is set (for
