@@ -71,11 +71,11 @@ pub struct Bench {
 
 impl Bench {
     pub async fn start(mut options: Options, audit: bool) -> AnyResult<Bench> {
-        controller_binary()?;
         let temp = tempfile::Builder::new()
             .prefix("inplace-bench-")
             .tempdir()?;
         let dir = temp.path().to_path_buf();
+        copy_binary(&dir)?;
         let audit_log = dir.join("audit.log");
         if audit {
             let policy = dir.join("audit-policy.yaml");
@@ -167,33 +167,26 @@ impl Bench {
     }
 }
 
-/// A private copy of the `inplace-upgrade` binary cargo built for this run, taken once:
-/// the target directory is shared, and a later build must not change the code under test
-/// between the phases of a long run.
+/// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary cargo built
+/// for this run: the target directory is shared, and a later build must not change the code
+/// under test between the phases of a long run. The copy lives in the bench's directory and
+/// goes with it.
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn copy_binary(dir: &Path) -> AnyResult<()> {
+    let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
+    let copy = dir.join("inplace-upgrade");
+    std::fs::copy(built, &copy)
+        .map_err(|e| format!("cannot copy the controller binary {}: {e}", built.display()))?;
+    let _ = BINARY.set(copy);
+    Ok(())
+}
+
 fn controller_binary() -> AnyResult<PathBuf> {
-    static COPY: std::sync::OnceLock<Result<tempfile::TempPath, String>> =
-        std::sync::OnceLock::new();
-    let copy = COPY.get_or_init(|| {
-        let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
-        let mut file = tempfile::Builder::new()
-            .prefix("inplace-upgrade-bench-")
-            .tempfile()
-            .map_err(|e| e.to_string())?;
-        std::io::copy(
-            &mut std::fs::File::open(built).map_err(|e| format!("{}: {e}", built.display()))?,
-            &mut file,
-        )
-        .map_err(|e| e.to_string())?;
-        let path = file.into_temp_path();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| e.to_string())?;
-        Ok(path)
-    });
-    match copy {
-        Ok(p) => Ok(p.to_path_buf()),
-        Err(e) => Err(format!("cannot copy the controller binary: {e}").into()),
-    }
+    BINARY
+        .get()
+        .cloned()
+        .ok_or_else(|| "start a Bench before a Controller".into())
 }
 
 /// One `inplace-upgrade controller` process (release build); killed when dropped.
