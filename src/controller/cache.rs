@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -62,6 +62,57 @@ impl OwnerIndex {
     }
 }
 
+/// Object names by namespace, so a reconcile reads its namespace's EndpointSlices,
+/// PodDisruptionBudgets and workloads without scanning the whole cluster's.
+struct NamespaceIndex<T: std::hash::Hash + Eq + Clone> {
+    by_namespace: HashMap<String, HashSet<T>>,
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Default for NamespaceIndex<T> {
+    fn default() -> Self {
+        Self {
+            by_namespace: HashMap::new(),
+        }
+    }
+}
+
+impl<T: std::hash::Hash + Eq + Clone> NamespaceIndex<T> {
+    fn set(&mut self, ns: &str, item: T, present: bool) {
+        if present {
+            self.by_namespace
+                .entry(ns.to_string())
+                .or_default()
+                .insert(item);
+        } else if let Some(set) = self.by_namespace.get_mut(ns) {
+            set.remove(&item);
+            if set.is_empty() {
+                self.by_namespace.remove(ns);
+            }
+        }
+    }
+
+    fn in_namespace(&self, ns: &str) -> Vec<T> {
+        self.by_namespace
+            .get(ns)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<T> {
+        self.by_namespace.values().flatten().cloned().collect()
+    }
+}
+
+type Shared<T> = Arc<RwLock<T>>;
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The controller's view of the cluster.
 #[derive(Clone)]
 pub struct Cache {
@@ -76,6 +127,10 @@ pub struct Cache {
     pub policies: Store<InPlaceUpgradePolicy>,
     pods_by_owner: Arc<RwLock<OwnerIndex>>,
     replica_sets_by_owner: Arc<RwLock<OwnerIndex>>,
+    slices_by_namespace: Shared<NamespaceIndex<String>>,
+    pdbs_by_namespace: Shared<NamespaceIndex<String>>,
+    /// Workloads of their own (not a ReplicaSet a Deployment controls) by namespace.
+    workloads_by_namespace: Shared<NamespaceIndex<WorkloadKey>>,
     synced: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -85,6 +140,30 @@ fn slim<K: Resource>(obj: &mut K) {
     if let Some(a) = obj.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// A pod as the controller reads it: metadata, status, and of the spec only what the
+/// planner and the patches use (each container's name, image and restartPolicy — the index
+/// in its list is the patch path —, the readiness gates and the node). An Istio-injected
+/// pod's env, args, probes, mounts and volumes are most of its size and never read.
+fn slim_pod(pod: &mut Pod) {
+    slim(pod);
+    let Some(spec) = pod.spec.take() else { return };
+    let container = |c: Container| Container {
+        name: c.name,
+        image: c.image,
+        restart_policy: c.restart_policy,
+        ..Container::default()
+    };
+    pod.spec = Some(PodSpec {
+        containers: spec.containers.into_iter().map(container).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|cs| cs.into_iter().map(container).collect()),
+        readiness_gates: spec.readiness_gates,
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
 }
 
 impl Cache {
@@ -117,6 +196,9 @@ impl Cache {
             policies,
             pods_by_owner: Default::default(),
             replica_sets_by_owner: Default::default(),
+            slices_by_namespace: Default::default(),
+            pdbs_by_namespace: Default::default(),
+            workloads_by_namespace: Default::default(),
             synced,
         };
         let waiter = cache.clone();
@@ -129,26 +211,32 @@ impl Cache {
 
         let c = cache.clone();
         let q = queue.clone();
-        drivers.push(drive(Api::<Pod>::all(client.clone()), w, move |ev| {
-            for pod in ev.objects() {
-                if ev.deleted {
-                    c.pods_by_owner
-                        .write()
-                        .unwrap()
-                        .delete(&pod.namespace().unwrap_or_default(), &pod.name_any());
-                } else {
-                    c.pods_by_owner.write().unwrap().apply(pod);
+        drivers.push(drive(
+            Api::<Pod>::all(client.clone()),
+            w,
+            slim_pod,
+            move |ev| {
+                for pod in ev.objects() {
+                    if ev.deleted {
+                        c.pods_by_owner
+                            .write()
+                            .unwrap()
+                            .delete(&pod.namespace().unwrap_or_default(), &pod.name_any());
+                    } else {
+                        c.pods_by_owner.write().unwrap().apply(pod);
+                    }
+                    if let Some(key) = c.workload_of_pod(pod) {
+                        q.enqueue(key);
+                    }
                 }
-                if let Some(key) = c.workload_of_pod(pod) {
-                    q.enqueue(key);
-                }
-            }
-        }));
+            },
+        ));
         let c = cache.clone();
         let q = queue.clone();
         drivers.push(drive(
             Api::<ReplicaSet>::all(client.clone()),
             w_rs,
+            slim,
             move |ev| {
                 for rs in ev.objects() {
                     if ev.deleted {
@@ -160,6 +248,13 @@ impl Cache {
                         c.replica_sets_by_owner.write().unwrap().apply(rs);
                     }
                     let ns = rs.namespace().unwrap_or_default();
+                    let key = WorkloadKey {
+                        kind: WorkloadKind::ReplicaSet,
+                        namespace: ns.clone(),
+                        name: rs.name_any(),
+                    };
+                    let own = controller_of(rs.owner_references()).is_none();
+                    write(&c.workloads_by_namespace).set(&ns, key, own && !ev.deleted);
                     match controller_of(rs.owner_references()) {
                         Some(o) if o.kind == "Deployment" => q.enqueue(WorkloadKey {
                             kind: WorkloadKind::Deployment,
@@ -176,29 +271,36 @@ impl Cache {
                 }
             },
         ));
+        let c = cache.clone();
         let q = queue.clone();
         drivers.push(drive(
             Api::<Deployment>::all(client.clone()),
             w_d,
-            move |ev| own_keys(&q, &ev, WorkloadKind::Deployment),
+            slim,
+            move |ev| own_keys(&c, &q, &ev, WorkloadKind::Deployment),
         ));
+        let c = cache.clone();
         let q = queue.clone();
         drivers.push(drive(
             Api::<StatefulSet>::all(client.clone()),
             w_ss,
-            move |ev| own_keys(&q, &ev, WorkloadKind::StatefulSet),
+            slim,
+            move |ev| own_keys(&c, &q, &ev, WorkloadKind::StatefulSet),
         ));
+        let c = cache.clone();
         let q = queue.clone();
         drivers.push(drive(
             Api::<DaemonSet>::all(client.clone()),
             w_ds,
-            move |ev| own_keys(&q, &ev, WorkloadKind::DaemonSet),
+            slim,
+            move |ev| own_keys(&c, &q, &ev, WorkloadKind::DaemonSet),
         ));
         let c = cache.clone();
         let q = queue.clone();
         drivers.push(drive(
             Api::<Namespace>::all(client.clone()),
             w_ns,
+            slim,
             move |ev| {
                 for ns in ev.objects() {
                     for key in c.workloads_in(Some(&ns.name_any())) {
@@ -212,10 +314,12 @@ impl Cache {
         drivers.push(drive(
             Api::<EndpointSlice>::all(client.clone()),
             w_eps,
+            slim,
             move |ev| {
                 // A drained pod leaving (or a pod re-joining) a slice moves its workload on.
                 for slice in ev.objects() {
                     let ns = slice.namespace().unwrap_or_default();
+                    write(&c.slices_by_namespace).set(&ns, slice.name_any(), !ev.deleted);
                     let mut keys = HashSet::new();
                     for target in slice.endpoints.iter().filter_map(|e| e.target_ref.as_ref()) {
                         if target.kind.as_deref() == Some("Pod") {
@@ -234,9 +338,12 @@ impl Cache {
         drivers.push(drive(
             Api::<PodDisruptionBudget>::all(client.clone()),
             w_pdb,
+            slim,
             move |ev| {
                 for pdb in ev.objects() {
-                    for key in c.workloads_in(pdb.namespace().as_deref()) {
+                    let ns = pdb.namespace().unwrap_or_default();
+                    write(&c.pdbs_by_namespace).set(&ns, pdb.name_any(), !ev.deleted);
+                    for key in c.workloads_in(Some(&ns)) {
                         q.enqueue(key);
                     }
                 }
@@ -247,6 +354,7 @@ impl Cache {
         drivers.push(drive(
             Api::<InPlaceUpgradePolicy>::all(client.clone()),
             w_pol,
+            slim,
             move |_| {
                 for key in c.workloads_in(None) {
                     q.enqueue(key);
@@ -366,50 +474,80 @@ impl Cache {
         self.namespaces.get(&ObjectRef::new(name))
     }
 
-    /// Every workload (of its own) in a namespace, or in the cluster.
+    /// Every workload (of its own) in a namespace, or in the cluster, from the namespace
+    /// index (sorted, so callers see a stable order).
     pub fn workloads_in(&self, namespace: Option<&str>) -> Vec<WorkloadKey> {
-        let in_ns =
-            |o: &dyn Fn() -> Option<String>| namespace.is_none() || o().as_deref() == namespace;
-        let mut keys = Vec::new();
-        let mut push = |kind, ns: Option<String>, name: String| {
-            if let Some(ns) = ns {
-                keys.push(WorkloadKey {
-                    kind,
-                    namespace: ns,
-                    name,
-                });
-            }
+        let index = read(&self.workloads_by_namespace);
+        let mut keys = match namespace {
+            Some(ns) => index.in_namespace(ns),
+            None => index.all(),
         };
-        for d in self
-            .deployments
-            .state()
-            .iter()
-            .filter(|d| in_ns(&|| d.namespace()))
-        {
-            push(WorkloadKind::Deployment, d.namespace(), d.name_any());
-        }
-        for s in self
-            .stateful_sets
-            .state()
-            .iter()
-            .filter(|s| in_ns(&|| s.namespace()))
-        {
-            push(WorkloadKind::StatefulSet, s.namespace(), s.name_any());
-        }
-        for d in self
-            .daemon_sets
-            .state()
-            .iter()
-            .filter(|d| in_ns(&|| d.namespace()))
-        {
-            push(WorkloadKind::DaemonSet, d.namespace(), d.name_any());
-        }
-        for rs in self.replica_sets.state().iter().filter(|rs| {
-            in_ns(&|| rs.namespace()) && controller_of(rs.owner_references()).is_none()
-        }) {
-            push(WorkloadKind::ReplicaSet, rs.namespace(), rs.name_any());
-        }
+        drop(index);
+        // A re-listed watch does not report what was deleted meanwhile: the store decides.
+        keys.retain(|k| self.has_workload(k));
+        keys.sort();
         keys
+    }
+
+    fn has_workload(&self, key: &WorkloadKey) -> bool {
+        macro_rules! at {
+            () => {
+                &ObjectRef::new(&key.name).within(&key.namespace)
+            };
+        }
+        match key.kind {
+            WorkloadKind::Deployment => self.deployments.get(at!()).is_some(),
+            WorkloadKind::StatefulSet => self.stateful_sets.get(at!()).is_some(),
+            WorkloadKind::DaemonSet => self.daemon_sets.get(at!()).is_some(),
+            WorkloadKind::ReplicaSet => self
+                .replica_sets
+                .get(at!())
+                .is_some_and(|rs| controller_of(rs.owner_references()).is_none()),
+        }
+    }
+
+    /// One annotation of a workload, read in place (no [`WorkloadView`] built).
+    pub fn workload_annotation(&self, key: &WorkloadKey, annotation: &str) -> Option<String> {
+        let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+        let of = |meta: &kube::api::ObjectMeta| {
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(annotation).cloned())
+        };
+        macro_rules! at {
+            () => {
+                &ObjectRef::new(name).within(ns)
+            };
+        }
+        match key.kind {
+            WorkloadKind::Deployment => self.deployments.get(at!()).and_then(|o| of(&o.metadata)),
+            WorkloadKind::StatefulSet => {
+                self.stateful_sets.get(at!()).and_then(|o| of(&o.metadata))
+            }
+            WorkloadKind::DaemonSet => self.daemon_sets.get(at!()).and_then(|o| of(&o.metadata)),
+            WorkloadKind::ReplicaSet => self.replica_sets.get(at!()).and_then(|o| of(&o.metadata)),
+        }
+    }
+
+    /// The EndpointSlices of a namespace.
+    pub fn endpoint_slices_in(&self, namespace: &str) -> Vec<Arc<EndpointSlice>> {
+        let names = read(&self.slices_by_namespace).in_namespace(namespace);
+        names
+            .iter()
+            .filter_map(|n| {
+                self.endpoint_slices
+                    .get(&ObjectRef::new(n).within(namespace))
+            })
+            .collect()
+    }
+
+    /// The PodDisruptionBudgets of a namespace.
+    pub fn pdbs_in(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+        let names = read(&self.pdbs_by_namespace).in_namespace(namespace);
+        names
+            .iter()
+            .filter_map(|n| self.pdbs.get(&ObjectRef::new(n).within(namespace)))
+            .collect()
     }
 }
 
@@ -425,14 +563,16 @@ impl<K> Touched<K> {
     }
 }
 
-fn own_keys<K: ResourceExt>(queue: &Queue, ev: &Touched<K>, kind: WorkloadKind) {
+fn own_keys<K: ResourceExt>(cache: &Cache, queue: &Queue, ev: &Touched<K>, kind: WorkloadKind) {
     for obj in ev.objects() {
         if let Some(namespace) = obj.namespace() {
-            queue.enqueue(WorkloadKey {
+            let key = WorkloadKey {
                 kind,
                 namespace,
                 name: obj.name_any(),
-            });
+            };
+            write(&cache.workloads_by_namespace).set(&key.namespace, key.clone(), !ev.deleted);
+            queue.enqueue(key);
         }
     }
 }
@@ -442,6 +582,7 @@ fn own_keys<K: ResourceExt>(queue: &Queue, ev: &Touched<K>, kind: WorkloadKind) 
 fn drive<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
     on_event: impl Fn(Touched<K>) + Send + 'static,
 ) -> futures::future::BoxFuture<'static, ()>
 where
@@ -449,7 +590,7 @@ where
 {
     let stream = watcher(api, watcher::Config::default().page_size(500))
         .default_backoff()
-        .modify(slim);
+        .modify(trim);
     let stream = reflector::reflector(writer, stream);
     Box::pin(async move {
         let mut stream = std::pin::pin!(stream);
@@ -472,4 +613,70 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{fixture_files, fixture_pods};
+
+    /// The slimmed pod must give the planner and the patches exactly what the full pod gives:
+    /// same targets resolved at the same indexes, same upgrade patch.
+    #[test]
+    fn a_slim_pod_resolves_and_patches_like_the_full_pod() {
+        let targets = crate::annotation::parse("istio-proxy=proxyv2:1.24.2").unwrap();
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let mut checked = 0;
+        for file in fixture_files() {
+            for full in fixture_pods(&file) {
+                let mut slim = full.clone();
+                slim_pod(&mut slim);
+                let (f, s) = (full.spec.as_ref().unwrap(), slim.spec.as_ref().unwrap());
+                let resolved = crate::target::resolve(f, &targets);
+                assert_eq!(resolved, crate::target::resolve(s, &targets), "{file}");
+                let Ok(resolved) = resolved else { continue };
+                if resolved.resolved.is_empty() {
+                    continue;
+                }
+                let patch = |p: &Pod| {
+                    crate::patch::upgrade_patch(p, &resolved.resolved, now)
+                        .map(|(patch, _)| serde_json::to_value(patch).unwrap())
+                        .map_err(|e| e.to_string())
+                };
+                assert_eq!(patch(&full), patch(&slim), "{file}");
+                assert_eq!(f.readiness_gates, s.readiness_gates);
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no fixture pod has an istio-proxy container");
+    }
+
+    #[test]
+    fn a_slim_pod_drops_what_is_never_read() {
+        let mut pod = fixture_pods("hello-old-version.yaml.injected").remove(0);
+        let before = serde_json::to_vec(&pod).unwrap().len();
+        slim_pod(&mut pod);
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none());
+        assert!(spec.containers.iter().all(|c| c.env.is_none()
+            && c.args.is_none()
+            && c.readiness_probe.is_none()
+            && c.volume_mounts.is_none()));
+        let after = serde_json::to_vec(&pod).unwrap().len();
+        assert!(after * 3 < before, "{before} bytes -> {after} bytes");
+    }
+
+    #[test]
+    fn the_namespace_index_adds_and_forgets() {
+        let mut index = NamespaceIndex::<String>::default();
+        index.set("a", "x".into(), true);
+        index.set("a", "y".into(), true);
+        index.set("b", "z".into(), true);
+        index.set("a", "x".into(), false);
+        assert_eq!(index.in_namespace("a"), vec!["y".to_string()]);
+        index.set("b", "z".into(), false);
+        assert!(index.in_namespace("b").is_empty());
+        assert!(!index.by_namespace.contains_key("b"));
+        assert_eq!(index.all(), vec!["y".to_string()]);
+    }
 }

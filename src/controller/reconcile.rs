@@ -226,36 +226,33 @@ async fn reconcile_workload(
     if asked.source == Some(TargetSource::Namespace) {
         // A bad image must not spread: a target that failed under the Namespace annotation in
         // one workload is not started in the others either.
+        // Every reconcile in such a namespace reads every other workload's status: read the
+        // annotation in place and parse only the records that hold failed targets.
         for other in ctx
             .cache
             .workloads_in(Some(&key.namespace))
             .iter()
             .filter(|k| *k != key)
         {
-            if let Some(s) = ctx.cache.workload(other).and_then(|w| {
-                w.annotations
-                    .get(STATUS_ANNOTATION)
-                    .and_then(|s| WorkloadStatus::parse(s))
-            }) && s.source == Some(TargetSource::Namespace)
+            if let Some(s) = ctx
+                .cache
+                .workload_annotation(other, STATUS_ANNOTATION)
+                .filter(|raw| raw.contains("failedTargets"))
+                .and_then(|raw| WorkloadStatus::parse(&raw))
+                && s.source == Some(TargetSource::Namespace)
             {
                 failed.extend(s.failed());
             }
         }
     }
 
-    let in_namespace = |ns: Option<String>| ns.as_deref() == Some(key.namespace.as_str());
     let budgets = disruption_budgets(
-        ctx.cache
-            .pdbs
-            .state_filter(|p| in_namespace(p.namespace()))
-            .iter()
-            .map(|p| &**p),
+        ctx.cache.pdbs_in(&key.namespace).iter().map(|p| &**p),
         &pods,
     );
     let endpoints_drained = endpoints_drained(
         ctx.cache
-            .endpoint_slices
-            .state_filter(|s| in_namespace(s.namespace()))
+            .endpoint_slices_in(&key.namespace)
             .iter()
             .map(|s| &**s),
         &pods,
