@@ -15,14 +15,14 @@ use kube::{Resource, ResourceExt};
 use super::Context;
 use super::inputs::{disruption_budgets, endpoints_drained};
 use super::metrics::{ErrorLabels, ResultLabels};
-use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus};
+use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
 use super::workload::{WorkloadKey, WorkloadView};
 use super::writes::is_conflict;
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, gate_condition_patch, rollback_patch,
     state_patch, upgrade_patch,
 };
-use crate::plan::{Action, FailedTarget, PlanInput, Step, Verdict, plan};
+use crate::plan::{Action, PlanInput, Step, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, TargetSource, effective_targets};
@@ -212,17 +212,9 @@ async fn reconcile_workload(
     // The workload's memory of failed targets, cleared by a new retry request. The retry
     // annotation holds the time of the request (RFC 3339, as `kubectl inplace retry` writes
     // it); any other value counts from when we first see it.
+    // `kubectl inplace plan` reads the same memory through the same function.
     let retry = workload.annotations.get(RETRY_ANNOTATION).cloned();
-    let retry_since = match &previous {
-        Some(p) if p.retry == retry => p.retry_since,
-        _ => retry
-            .as_ref()
-            .map(|r| r.parse::<Timestamp>().unwrap_or(now)),
-    };
-    let mut failed: Vec<FailedTarget> = match &previous {
-        Some(p) if p.retry == retry => p.failed(),
-        _ => Vec::new(),
-    };
+    let (mut failed, retry_since) = failure_memory(previous.as_ref(), retry.as_deref(), now);
     if asked.source == Some(TargetSource::Namespace) {
         // A bad image must not spread: a target that failed under the Namespace annotation in
         // one workload is not started in the others either.
