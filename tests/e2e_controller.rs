@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use futures::StreamExt;
-use inplace_upgrade::controller::{self, Settings};
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,55 +20,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_for};
 
-/// Installs the CRD and starts one controller for the whole test binary, on a thread and
-/// runtime of its own that live as long as the process.
-fn shared_controller() -> AnyResult<&'static TestEnv> {
-    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-    let env = TestEnv::shared()?;
-    STARTED
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build();
-                let runtime = match runtime {
-                    Ok(r) => r,
-                    Err(e) => return drop(tx.send(Err(e.to_string()))),
-                };
-                let started = runtime.block_on(async move {
-                    let client = env.client().map_err(|e| e.to_string())?;
-                    install(&client).await.map_err(|e| e.to_string())?;
-                    let mut registry = prometheus_client::registry::Registry::default();
-                    let settings = Settings {
-                        namespace: CONTROLLER_NAMESPACE.into(),
-                        identity: "e2e-controller".into(),
-                        concurrency: 8,
-                        lease_duration: std::time::Duration::from_secs(15),
-                    };
-                    let handle = controller::start(client, settings, &mut registry);
-                    let mut leading = handle.leading.clone();
-                    leading.wait_for(|l| *l).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(handle)
-                });
-                let ok = started.is_ok();
-                let _ = tx.send(started.map(drop));
-                if ok {
-                    runtime.block_on(std::future::pending::<()>());
-                }
-            });
-            rx.recv()
-                .map_err(|_| "the controller thread died".to_string())?
-        })
-        .clone()
-        .map_err(|e| format!("starting the controller: {e}"))?;
-    Ok(env)
-}
-
 /// A namespace of its own and a policy that selects exactly it.
 async fn setup(prefix: &str, policy: Value) -> AnyResult<(Client, String)> {
-    let env = shared_controller()?;
+    let env = shared_controller("e2e-controller")?;
     let ns = env.namespace(prefix).await?;
     let client = env.client()?;
     create_policy(&client, &ns, policy).await?;
@@ -624,7 +577,7 @@ async fn annotation_changed_mid_rollout_converges_to_the_newest_target() -> Test
 
 #[tokio::test]
 async fn a_namespace_no_policy_selects_is_left_alone_and_told_why() -> TestResult {
-    let env = shared_controller()?;
+    let env = shared_controller("e2e-controller")?;
     let ns = env.namespace("nopolicy").await?;
     let client = env.client()?;
     let deployments = deploy_hello(&client, &ns, 1, false).await?;

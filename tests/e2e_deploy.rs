@@ -39,7 +39,6 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -566,51 +565,6 @@ leases             []                  [a]              [get]
 
 // ---------------------------------------------------------------------------------------------
 // The controller binary under the deploy/ ServiceAccount.
-
-/// A kubeconfig for the environment's API server (server and CA from its admin kubeconfig)
-/// that authenticates with a fresh TokenRequest token of `service_account`.
-async fn service_account_kubeconfig(
-    env: &TestEnv,
-    client: &Client,
-    namespace: &str,
-    service_account: &str,
-) -> AnyResult<PathBuf> {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            // Empty: the API server's own audience.
-            audiences: Vec::new(),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(service_account, &PostParams::default(), &request)
-        .await?
-        .status
-        .ok_or("TokenRequest without status")?
-        .token;
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(env.kubeconfig_path())?)?;
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "cluster", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority-data": cluster["certificate-authority-data"],
-        }}],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [{"name": service_account, "context": {
-            "cluster": "cluster", "user": service_account, "namespace": namespace,
-        }}],
-        "current-context": service_account,
-    });
-    let path = env
-        .dir()
-        .join(format!("{namespace}-{service_account}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
-    Ok(path)
-}
 
 /// An `inplace-upgrade` subcommand as a child process with a kubeconfig, its output in a file;
 /// killed on drop.

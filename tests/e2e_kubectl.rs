@@ -12,65 +12,17 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::*;
-use inplace_upgrade::controller::{self, Settings};
 use inplace_upgrade::{PAUSED_ANNOTATION, RETRY_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use testenv::{TestEnv, wait_for};
+use testenv::wait_for;
 
 const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
-
-/// Installs the CRD and starts one controller for the whole test binary, on a thread and
-/// runtime of its own that live as long as the process (so no process outlives the tests).
-fn shared_controller() -> AnyResult<&'static TestEnv> {
-    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-    let env = TestEnv::shared()?;
-    STARTED
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build();
-                let runtime = match runtime {
-                    Ok(r) => r,
-                    Err(e) => return drop(tx.send(Err(e.to_string()))),
-                };
-                let started = runtime.block_on(async move {
-                    let client = env.client().map_err(|e| e.to_string())?;
-                    install(&client).await.map_err(|e| e.to_string())?;
-                    let mut registry = prometheus_client::registry::Registry::default();
-                    let settings = Settings {
-                        namespace: CONTROLLER_NAMESPACE.into(),
-                        identity: "e2e-kubectl".into(),
-                        concurrency: 8,
-                        lease_duration: std::time::Duration::from_secs(15),
-                    };
-                    let handle = controller::start(client, settings, &mut registry);
-                    let mut leading = handle.leading.clone();
-                    leading.wait_for(|l| *l).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(handle)
-                });
-                let ok = started.is_ok();
-                let _ = tx.send(started.map(drop));
-                if ok {
-                    runtime.block_on(std::future::pending::<()>());
-                }
-            });
-            rx.recv()
-                .map_err(|_| "the controller thread died".to_string())?
-        })
-        .clone()
-        .map_err(|e| format!("starting the controller: {e}"))?;
-    Ok(env)
-}
 
 /// The binary under the plugin name, copied (as an install would) into a directory of its
 /// own when first used.
@@ -127,7 +79,7 @@ async fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> AnyResult<Run> {
 }
 
 async fn kubectl(args: &[&str]) -> AnyResult<Run> {
-    kubectl_as(shared_controller()?.kubeconfig_path(), args).await
+    kubectl_as(shared_controller("e2e-kubectl")?.kubeconfig_path(), args).await
 }
 
 /// Runs `kubectl-inplace` with its stdout on a pseudo-terminal (util-linux `script`).
@@ -136,7 +88,12 @@ async fn kubectl_on_tty(args: &[&str]) -> AnyResult<Run> {
     let mut line = vec![
         quote(&plugin()?.display().to_string()),
         "--kubeconfig".into(),
-        quote(&shared_controller()?.kubeconfig_path().display().to_string()),
+        quote(
+            &shared_controller("e2e-kubectl")?
+                .kubeconfig_path()
+                .display()
+                .to_string(),
+        ),
     ];
     line.extend(args.iter().map(|a| quote(a)));
     let mut cmd = Command::new("script");
@@ -151,7 +108,7 @@ async fn kubectl_on_tty(args: &[&str]) -> AnyResult<Run> {
 
 /// A namespace of its own and a policy that selects exactly it.
 async fn setup(prefix: &str, policy: Option<Value>) -> AnyResult<(Client, String)> {
-    let env = shared_controller()?;
+    let env = shared_controller("e2e-kubectl")?;
     let ns = env.namespace(prefix).await?;
     let client = env.client()?;
     if let Some(policy) = policy {
@@ -618,53 +575,9 @@ async fn watch_exits_non_zero_when_the_rollout_fails_and_retry_tries_again() -> 
     Ok(())
 }
 
-/// A kubeconfig for the environment's API server that authenticates with a fresh
-/// TokenRequest token of `service_account`.
-async fn service_account_kubeconfig(
-    env: &TestEnv,
-    client: &Client,
-    namespace: &str,
-    service_account: &str,
-) -> AnyResult<PathBuf> {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(service_account, &PostParams::default(), &request)
-        .await?
-        .status
-        .ok_or("TokenRequest without status")?
-        .token;
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(env.kubeconfig_path())?)?;
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "cluster", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority-data": cluster["certificate-authority-data"],
-        }}],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [{"name": service_account, "context": {
-            "cluster": "cluster", "user": service_account, "namespace": namespace,
-        }}],
-        "current-context": service_account,
-    });
-    let path = env
-        .dir()
-        .join(format!("{namespace}-{service_account}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
-    Ok(path)
-}
-
 #[tokio::test]
 async fn errors_are_one_line_with_the_documented_exit_code() -> TestResult {
-    let env = shared_controller()?;
+    let env = shared_controller("e2e-kubectl")?;
     let (client, ns) = setup("kc-errors", Some(json!({}))).await?;
     deploy_hello(&client, &ns, 1, false).await?;
 

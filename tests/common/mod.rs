@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
+use inplace_upgrade::controller;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -495,4 +497,96 @@ pub fn gate(pod: &Pod) -> Option<(String, String)> {
         .iter()
         .find(|c| c.type_ == "inplace-upgrade.io/ready")?;
     Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+/// Installs the CRD and starts one in-process controller (identity `identity`) for the whole
+/// test binary, on a thread and runtime of its own that live as long as the process (so no
+/// process outlives the tests); waits until it leads.
+pub fn shared_controller(identity: &'static str) -> AnyResult<&'static TestEnv> {
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    let env = TestEnv::shared()?;
+    STARTED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => return drop(tx.send(Err(e.to_string()))),
+                };
+                let started = runtime.block_on(async move {
+                    let client = env.client().map_err(|e| e.to_string())?;
+                    install(&client).await.map_err(|e| e.to_string())?;
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    let settings = controller::Settings {
+                        namespace: CONTROLLER_NAMESPACE.into(),
+                        identity: identity.into(),
+                        concurrency: 8,
+                        lease_duration: std::time::Duration::from_secs(15),
+                    };
+                    let handle = controller::start(client, settings, &mut registry);
+                    let mut leading = handle.leading.clone();
+                    leading.wait_for(|l| *l).await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(handle)
+                });
+                let ok = started.is_ok();
+                let _ = tx.send(started.map(drop));
+                if ok {
+                    runtime.block_on(std::future::pending::<()>());
+                }
+            });
+            rx.recv()
+                .map_err(|_| "the controller thread died".to_string())?
+        })
+        .clone()
+        .map_err(|e| format!("starting the controller: {e}"))?;
+    Ok(env)
+}
+
+/// A kubeconfig for the environment's API server (server and CA from its admin kubeconfig)
+/// that authenticates with a fresh TokenRequest token of `service_account`.
+pub async fn service_account_kubeconfig(
+    env: &TestEnv,
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+) -> AnyResult<PathBuf> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            // Empty: the API server's own audience.
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?
+        .status
+        .ok_or("TokenRequest without status")?
+        .token;
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(env.kubeconfig_path())?)?;
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+        }}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": service_account, "context": {
+            "cluster": "cluster", "user": service_account, "namespace": namespace,
+        }}],
+        "current-context": service_account,
+    });
+    let path = env
+        .dir()
+        .join(format!("{namespace}-{service_account}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
 }
