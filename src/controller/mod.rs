@@ -180,6 +180,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         settings.lease_duration,
     );
     let (stop_tx, stop) = watch::channel(false);
+    let stepping_down = stop.clone();
     let election = tokio::spawn(leader::run(client, lease, leading_tx, stop));
 
     let handle = Handle {
@@ -191,7 +192,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     tokio::spawn(async move {
         cache.synced().await;
         tracing::info!("caches synced");
-        lead_while_elected(ctx, receiver, leading).await;
+        lead_while_elected(ctx, receiver, leading, stepping_down).await;
     });
     handle
 }
@@ -203,6 +204,7 @@ async fn lead_while_elected(
     ctx: Arc<Context>,
     mut receiver: queue::QueueReceiver,
     mut leading: watch::Receiver<bool>,
+    stepping_down: watch::Receiver<bool>,
 ) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
@@ -226,6 +228,10 @@ async fn lead_while_elected(
             _ = leading.wait_for(|l| !*l) => {}
         }
         ctx.metrics.leader.set(0);
-        tracing::warn!(identity = %ctx.settings.identity, "lost leadership: stopped acting");
+        if *stepping_down.borrow() {
+            tracing::info!(identity = %ctx.settings.identity, "stepped down: stopped acting");
+        } else {
+            tracing::warn!(identity = %ctx.settings.identity, "lost leadership: stopped acting");
+        }
     }
 }
