@@ -3,7 +3,7 @@
 //! Every event is also mapped to the workloads it concerns and queued for reconcile.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -351,17 +351,13 @@ impl Cache {
         ));
         let c = cache.clone();
         let q = queue;
-        let generations = Mutex::new(PolicyGenerations::default());
         drivers.push(drive(
             Api::<InPlaceUpgradePolicy>::all(client.clone()),
             w_pol,
             slim,
-            move |ev| {
-                let changed = generations.lock().unwrap().changed(&ev);
-                if changed {
-                    for key in c.workloads_in(None) {
-                        q.enqueue(key);
-                    }
+            move |_| {
+                for key in c.workloads_in(None) {
+                    q.enqueue(key);
                 }
             },
         ));
@@ -558,36 +554,12 @@ impl Cache {
 /// A watch event reduced to what the triggers need.
 pub struct Touched<K> {
     deleted: bool,
-    /// Part of a (re-)list: what was deleted while the watch was down is not reported.
-    initial: bool,
     object: K,
 }
 
 impl<K> Touched<K> {
     fn objects(&self) -> std::slice::Iter<'_, K> {
         std::slice::from_ref(&self.object).iter()
-    }
-}
-
-/// Which policy events change what the policies decide. Our own status writes (debounced, but
-/// one per change of what a policy governs) do not bump `metadata.generation` (status is a
-/// subresource), and re-queueing every workload of the cluster for each of them cost ~0.4 s of
-/// controller CPU per workload in a 200-workload namespace-wide rollout at concurrency 1.
-#[derive(Debug, Default)]
-struct PolicyGenerations(HashMap<String, Option<i64>>);
-
-impl PolicyGenerations {
-    /// A new, deleted or re-specified policy, or any policy of a re-list (a policy deleted
-    /// while the watch was down is not reported), changes decisions; a status write does not.
-    fn changed(&mut self, ev: &Touched<InPlaceUpgradePolicy>) -> bool {
-        let name = ev.object.name_any();
-        if ev.deleted {
-            self.0.remove(&name);
-            return true;
-        }
-        let generation = ev.object.metadata.generation;
-        let previous = self.0.insert(name, generation);
-        ev.initial || previous != Some(generation)
     }
 }
 
@@ -624,19 +596,14 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(o)) => on_event(Touched {
-                    deleted: false,
-                    initial: false,
-                    object: o,
-                }),
-                Ok(watcher::Event::InitApply(o)) => on_event(Touched {
-                    deleted: false,
-                    initial: true,
-                    object: o,
-                }),
+                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                    on_event(Touched {
+                        deleted: false,
+                        object: o,
+                    })
+                }
                 Ok(watcher::Event::Delete(o)) => on_event(Touched {
                     deleted: true,
-                    initial: false,
                     object: o,
                 }),
                 Ok(_) => {}
@@ -652,29 +619,6 @@ where
 mod tests {
     use super::*;
     use crate::testutil::{fixture_files, fixture_pods};
-
-    #[test]
-    fn only_new_deleted_or_respecified_policies_requeue_workloads() {
-        let event = |generation: i64, deleted: bool, initial: bool| Touched {
-            deleted,
-            initial,
-            object: serde_json::from_value::<InPlaceUpgradePolicy>(serde_json::json!({
-                "apiVersion": "inplace-upgrade.io/v1alpha1",
-                "kind": "InPlaceUpgradePolicy",
-                "metadata": {"name": "istio", "generation": generation},
-                "spec": {"namespaceSelector": {}},
-            }))
-            .unwrap(),
-        };
-        let mut seen = PolicyGenerations::default();
-        assert!(seen.changed(&event(1, false, false)), "a new policy");
-        assert!(!seen.changed(&event(1, false, false)), "our status write");
-        assert!(seen.changed(&event(2, false, false)), "a spec change");
-        assert!(!seen.changed(&event(2, false, false)));
-        assert!(seen.changed(&event(2, false, true)), "a re-list");
-        assert!(seen.changed(&event(2, true, false)), "deleted");
-        assert!(seen.changed(&event(2, false, false)), "created again");
-    }
 
     /// The slimmed pod must give the planner and the patches exactly what the full pod gives:
     /// same targets resolved at the same indexes, same upgrade patch.
