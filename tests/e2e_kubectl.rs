@@ -24,15 +24,22 @@ use testenv::wait_for;
 
 const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
 
-/// The binary under the plugin name, copied (as an install would) into a directory of its
-/// own when first used.
+/// The binary under the plugin name, linked (as an install would copy it) into a directory
+/// of its own under cargo's scratch directory when first used. A hard link costs no space;
+/// the directories of earlier runs whose process is gone are removed first.
 fn plugin() -> AnyResult<&'static Path> {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kubectl-inplace-e2e-{}", std::process::id()));
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubectl-inplace-e2e");
+        remove_stale_runs(&scratch);
+        let dir = scratch.join(std::process::id().to_string());
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let path = dir.join("kubectl-inplace");
-        std::fs::copy(env!("CARGO_BIN_EXE_inplace-upgrade"), &path).map_err(|e| e.to_string())?;
+        let built = env!("CARGO_BIN_EXE_inplace-upgrade");
+        let _ = std::fs::remove_file(&path);
+        if std::fs::hard_link(built, &path).is_err() {
+            std::fs::copy(built, &path).map_err(|e| e.to_string())?;
+        }
         let help = Command::new(&path)
             .arg("--help")
             .output()
@@ -48,6 +55,23 @@ fn plugin() -> AnyResult<&'static Path> {
     .as_ref()
     .map(PathBuf::as_path)
     .map_err(|e| format!("cannot install kubectl-inplace: {e}").into())
+}
+
+/// Removes the per-process directories under `scratch` whose process has exited.
+fn remove_stale_runs(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let alive = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 struct Run {

@@ -1,0 +1,732 @@
+//! The API server's own view of the webhook: pods created through a real kube-apiserver with
+//! our webhook registered (URL mode, TLS, `inplace-upgrade webhook` as its own process), next
+//! to the same creations with the webhook configurations removed (the baseline, same run).
+//!
+//! What is sent: pods built from the pod template of Istio's injected `hello` Deployment
+//! (`hello-old-version.yaml.injected`, `istio-proxy` as a regular container), owned by the
+//! ReplicaSet of that Deployment, which carries `inplace-upgrade: istio-proxy=proxyv2:1.24.2`
+//! — exactly what the ReplicaSet controller sends on a scale-up. They are created with
+//! `dryRun=All`: the request runs the whole admission chain, our webhook included, and is not
+//! stored, so the ReplicaSet controller never sees (and deletes) the extra pods and every
+//! round starts from the same cluster. Before each round a probe checks that the webhook
+//! really mutates (target image and readiness gate) or, in the baseline, really is gone.
+//! Then, per mode: `BENCH_PODS` creations one after another, the same number `BENCH_CONCURRENCY`
+//! at a time, and `BENCH_UPDATES` Deployment updates that change the annotation (the
+//! validating webhook's full check).
+//!
+//! Printed per phase and mode: the client's latency (median, p99, mean; the client is this
+//! process); from kube-apiserver's `/metrics`, deltas over the phase:
+//! `apiserver_request_duration_seconds` of the requests, and for our webhooks
+//! `apiserver_admission_webhook_admission_duration_seconds` (count, mean from `_sum`, share
+//! under 5 ms, and p50/p99 interpolated within its buckets — 5, 25, 100 ms…, so coarse: the
+//! mean and the client's figures are the precise ones). Rounds alternate the modes
+//! (`BENCH_ROUNDS`), so drift of this shared machine hits both.
+//!
+//! Knobs: BENCH_PODS (300), BENCH_CONCURRENCY (16), BENCH_UPDATES (100), BENCH_ROUNDS (2).
+//! Run: `cargo bench -p inplace-upgrade --bench admission`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use inplace_upgrade::admission::configuration::{
+    self, CONFIGURATION_NAME, ConfigurationOptions, Endpoint,
+};
+use inplace_upgrade::admission::serve;
+use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
+use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::*;
+
+const TARGET: &str = "istio-proxy=proxyv2:1.24.2";
+/// Dry-run updates never store, so the Deployment keeps `TARGET`: alternating these two, every
+/// update changes the annotation and the validating webhook's matchCondition sends each one.
+const UPDATE_TARGETS: [&str; 2] = ["istio-proxy=proxyv2:1.24.3", "istio-proxy=proxyv2:1.24.4"];
+const NEW_TAG: &str = ":1.24.2";
+const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("admission bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Webhook,
+    Baseline,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Webhook => "webhook",
+            Mode::Baseline => "no webhook",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Phase {
+    PodsSequential,
+    PodsConcurrent,
+    DeploymentUpdates,
+}
+
+/// What one phase measured, summed over rounds.
+#[derive(Default)]
+struct Measured {
+    client_ms: Vec<f64>,
+    request: Histogram,
+    webhook: Histogram,
+    /// The webhook's own `webhook_admission_duration_seconds` (decode, decide, encode).
+    server: Histogram,
+}
+
+async fn run() -> AnyResult<()> {
+    let pods = knob("BENCH_PODS", 300) as usize;
+    let concurrency = knob("BENCH_CONCURRENCY", 16).max(1) as usize;
+    let updates = knob("BENCH_UPDATES", 100) as usize;
+    let rounds = knob("BENCH_ROUNDS", 2).max(1);
+    stamp("admission bench start");
+    let bench = Bench::start(testenv::Options::default(), false).await?;
+    let client = bench.client.clone();
+    common::install(&client).await?;
+
+    // The controller runs for its Lease only: the webhook injects the readiness gate only
+    // while the controller is alive.
+    let kubeconfig = bench.controller_kubeconfig().await?;
+    let mut controller = Controller::start(
+        &kubeconfig,
+        bench.env.dir().join("logs/controller.log"),
+        &[],
+    )?;
+    controller.await_synced(Duration::from_secs(120)).await?;
+
+    let ca = certs::generate_ca("admission bench CA", Duration::from_secs(24 * 3600))?;
+    let names = SubjectAltNames::default().with_ip_address([127, 0, 0, 1].into());
+    let serving =
+        certs::generate_serving_certificate(&ca, "127.0.0.1", &names, Duration::from_secs(3600))?;
+    let cert_dir = bench.env.dir().join("webhook-tls");
+    serve::write_secret_dir(
+        &cert_dir,
+        &[
+            ("tls.crt", &serving.cert_pem),
+            ("tls.key", &serving.key_pem),
+        ],
+    )?;
+    let port = free_port()?;
+    let mut webhook = WebhookProcess::start(&bench, &cert_dir, port)?;
+    webhook.await_ready().await?;
+    let options = ConfigurationOptions {
+        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
+        ca_bundle: Some(ca.cert_pem.clone().into_bytes()),
+        own_namespace: CONTROLLER_NAMESPACE.into(),
+        cert_manager_certificate: None,
+    };
+
+    let ns = bench.env.namespace("admission").await?;
+    common::create_policy(&client, &ns, json!({})).await?;
+    let mut deployment = common::hello_deployment("hello-old-version.yaml.injected", 0, true)?;
+    deployment
+        .annotations_mut()
+        .insert(TARGETS_ANNOTATION.into(), TARGET.into());
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let deployment = deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let template = pod_template(&client, &ns, &deployment).await?;
+    let pod_bytes = serde_json::to_vec(&template)?.len();
+    println!(
+        "pods: the `hello` template of hello-old-version.yaml.injected, {pod_bytes} bytes as JSON, \
+         owned by the Deployment's ReplicaSet; dryRun=All; {pods} one at a time, {pods} with \
+         {concurrency} in flight, {updates} Deployment annotation updates; {rounds} rounds"
+    );
+
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let mut results: BTreeMap<(Phase, Mode), Measured> = BTreeMap::new();
+    let mut webhook_cpu = 0.0;
+    let mut webhook_requests = 0.0;
+    for round in 0..rounds {
+        for mode in [Mode::Webhook, Mode::Baseline] {
+            set_mode(&client, &pods_api, &template, &options, mode).await?;
+            stamp(&format!("round {} {}", round + 1, mode.label()));
+            let cpu_before = cpu_seconds(webhook.child.id());
+            let before = Metrics::scrape(&client, &webhook).await?;
+            let latencies = create_pods(&pods_api, &template, pods, 1).await?;
+            let after_sequential = Metrics::scrape(&client, &webhook).await?;
+            record(
+                results.entry((Phase::PodsSequential, mode)).or_default(),
+                latencies,
+                &before,
+                &after_sequential,
+                &POD_CREATE,
+            );
+            let latencies = create_pods(&pods_api, &template, pods, concurrency).await?;
+            let after_concurrent = Metrics::scrape(&client, &webhook).await?;
+            record(
+                results.entry((Phase::PodsConcurrent, mode)).or_default(),
+                latencies,
+                &after_sequential,
+                &after_concurrent,
+                &POD_CREATE,
+            );
+            let latencies = update_deployment(&deployments, updates).await?;
+            let after_updates = Metrics::scrape(&client, &webhook).await?;
+            record(
+                results.entry((Phase::DeploymentUpdates, mode)).or_default(),
+                latencies,
+                &after_concurrent,
+                &after_updates,
+                &DEPLOYMENT_UPDATE,
+            );
+            if mode == Mode::Webhook {
+                webhook_cpu += cpu_seconds(webhook.child.id()) - cpu_before;
+                webhook_requests += after_updates
+                    .histogram(ADMISSION, &[])
+                    .minus(&before.histogram(ADMISSION, &[]))
+                    .count;
+            }
+        }
+    }
+    stamp("admission bench end");
+    report(&results, pods, concurrency);
+    println!(
+        "webhook process: {:.0} µs CPU per admission call ({webhook_requests:.0} calls), \
+         RSS {:.1} MiB (peak {:.1})",
+        webhook_cpu / webhook_requests.max(1.0) * 1e6,
+        proc_status(webhook.child.id(), "VmRSS:") / 1024.0,
+        proc_status(webhook.child.id(), "VmHWM:") / 1024.0,
+    );
+    if let Some(status) = webhook.child.try_wait()? {
+        return Err(format!("the webhook exited during the run ({status})").into());
+    }
+    Ok(())
+}
+
+/// The pod the ReplicaSet controller would create from the Deployment's template.
+async fn pod_template(client: &Client, ns: &str, deployment: &Deployment) -> AnyResult<Value> {
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), ns);
+    let uid = deployment.uid().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rs = loop {
+        let list = replica_sets.list(&ListParams::default()).await?;
+        if let Some(rs) = list.items.into_iter().find(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        }) {
+            break rs;
+        }
+        if Instant::now() > deadline {
+            return Err("the Deployment controller created no ReplicaSet within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .ok_or("the ReplicaSet has no pod template")?;
+    let mut pod = json!({
+        "metadata": serde_json::to_value(template.metadata.clone().unwrap_or_default())?,
+        "spec": serde_json::to_value(template.spec.clone().ok_or("the template has no spec")?)?,
+    });
+    pod["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.name_any(),
+        "uid": rs.uid().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
+    }]);
+    Ok(pod)
+}
+
+fn pod_named(template: &Value, name: &str) -> AnyResult<Pod> {
+    let mut pod = template.clone();
+    pod["metadata"]["name"] = json!(name);
+    Ok(serde_json::from_value(pod)?)
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// Whether the API server answered the creation with our mutation applied.
+fn mutated(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let image = spec
+        .and_then(|s| s.containers.iter().find(|c| c.name == "istio-proxy"))
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or_default();
+    let gated = spec
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE));
+    image.ends_with(NEW_TAG) && gated
+}
+
+/// Registers or removes the webhook configurations, then waits until a probe creation shows
+/// the API server acting on it (its webhook informer lags the write).
+async fn set_mode(
+    client: &Client,
+    pods: &Api<Pod>,
+    template: &Value,
+    options: &ConfigurationOptions,
+    mode: Mode,
+) -> AnyResult<()> {
+    match mode {
+        Mode::Webhook => configuration::apply(client, options, "admission-bench").await?,
+        Mode::Baseline => {
+            let params = DeleteParams::default();
+            let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+                .delete(CONFIGURATION_NAME, &params)
+                .await?;
+            let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                .delete(CONFIGURATION_NAME, &params)
+                .await?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let probe = pods
+            .create(
+                &dry_run(),
+                &pod_named(template, &format!("probe-{probes}"))?,
+            )
+            .await?;
+        if mutated(&probe) == (mode == Mode::Webhook) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "after 60 s the API server still {} our webhook",
+                if mode == Mode::Webhook {
+                    "does not call (or the webhook does not mutate for)"
+                } else {
+                    "calls"
+                }
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `count` dry-run creations, `in_flight` at a time; each one's latency in ms.
+async fn create_pods(
+    pods: &Api<Pod>,
+    template: &Value,
+    count: usize,
+    in_flight: usize,
+) -> AnyResult<Vec<f64>> {
+    let requests = (0..count).map(|i| {
+        let pods = pods.clone();
+        let pod = pod_named(template, &format!("hello-bench-{i}"));
+        async move {
+            let pod = pod?;
+            let started = Instant::now();
+            pods.create(&dry_run(), &pod).await?;
+            Ok::<f64, Box<dyn std::error::Error>>(ms(started.elapsed()))
+        }
+    });
+    let results: Vec<_> = stream::iter(requests)
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// `count` dry-run Deployment updates, each changing the target, one at a time.
+async fn update_deployment(deployments: &Api<Deployment>, count: usize) -> AnyResult<Vec<f64>> {
+    let params = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let target = UPDATE_TARGETS[i % 2];
+        let patch = json!({"metadata": {"annotations": {TARGETS_ANNOTATION: target}}});
+        let started = Instant::now();
+        deployments
+            .patch("hello", &params, &Patch::Merge(&patch))
+            .await?;
+        latencies.push(ms(started.elapsed()));
+    }
+    Ok(latencies)
+}
+
+const REQUEST: &str = "apiserver_request_duration_seconds";
+const ADMISSION: &str = "apiserver_admission_webhook_admission_duration_seconds";
+const SERVER: &str = "webhook_admission_duration_seconds";
+
+/// Which requests a phase sends: the API server's labels for them, and the webhook that
+/// sees them.
+struct Requests {
+    verb: &'static str,
+    resource: &'static str,
+    webhook: &'static str,
+    route: &'static str,
+}
+
+const POD_CREATE: Requests = Requests {
+    verb: "POST",
+    resource: "pods",
+    webhook: configuration::MUTATE_PODS_WEBHOOK,
+    route: "/mutate-pods",
+};
+
+const DEPLOYMENT_UPDATE: Requests = Requests {
+    verb: "PATCH",
+    resource: "deployments",
+    webhook: configuration::VALIDATE_WORKLOADS_WEBHOOK,
+    route: "/validate-workloads",
+};
+
+fn record(
+    into: &mut Measured,
+    latencies: Vec<f64>,
+    before: &Metrics,
+    after: &Metrics,
+    requests: &Requests,
+) {
+    into.client_ms.extend(latencies);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        after
+            .histogram(name, labels)
+            .minus(&before.histogram(name, labels))
+    };
+    let request = [
+        ("verb", requests.verb),
+        ("resource", requests.resource),
+        ("dry_run", "All"),
+    ];
+    into.request.add(&delta(REQUEST, &request));
+    into.webhook
+        .add(&delta(ADMISSION, &[("name", requests.webhook)]));
+    into.server
+        .add(&delta(SERVER, &[("route", requests.route)]));
+}
+
+fn report(results: &BTreeMap<(Phase, Mode), Measured>, pods: usize, concurrency: usize) {
+    println!();
+    println!(
+        "| phase | mode | requests | client p50 ms | client p99 ms | client mean ms | API server mean ms | API server p50/p99 ms (buckets) | webhook calls | webhook mean ms | webhook ≤ 5 ms | webhook p50/p99 ms (buckets) | webhook server-side mean ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((phase, mode), m) in results {
+        let phase_label = match phase {
+            Phase::PodsSequential => format!("pod CREATE ×{pods}, 1 in flight"),
+            Phase::PodsConcurrent => format!("pod CREATE ×{pods}, {concurrency} in flight"),
+            Phase::DeploymentUpdates => "Deployment UPDATE (annotation)".to_string(),
+        };
+        let webhook = if m.webhook.count > 0.0 {
+            format!(
+                "{:.0} | {:.2} | {:.1}% | {} / {} | {:.3}",
+                m.webhook.count,
+                m.webhook.mean() * 1e3,
+                m.webhook.share_at_most(0.005) * 100.0,
+                m.webhook.quantile_ms(0.5),
+                m.webhook.quantile_ms(0.99),
+                m.server.mean() * 1e3,
+            )
+        } else {
+            "0 | – | – | – | –".to_string()
+        };
+        println!(
+            "| {phase_label} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} | {webhook} |",
+            mode.label(),
+            m.client_ms.len(),
+            percentile(&m.client_ms, 50.0),
+            percentile(&m.client_ms, 99.0),
+            mean(&m.client_ms),
+            m.request.mean() * 1e3,
+            m.request.quantile_ms(0.5),
+            m.request.quantile_ms(0.99),
+        );
+    }
+    println!();
+    println!("ratios, webhook ÷ no webhook (same run):");
+    for phase in [
+        Phase::PodsSequential,
+        Phase::PodsConcurrent,
+        Phase::DeploymentUpdates,
+    ] {
+        let (Some(ours), Some(base)) = (
+            results.get(&(phase, Mode::Webhook)),
+            results.get(&(phase, Mode::Baseline)),
+        ) else {
+            continue;
+        };
+        println!(
+            "  {phase:?}: client p50 ×{:.2}, client p99 ×{:.2}, API server mean ×{:.2} (+{:.2} ms; the webhook call's own mean {:.2} ms)",
+            percentile(&ours.client_ms, 50.0) / percentile(&base.client_ms, 50.0),
+            percentile(&ours.client_ms, 99.0) / percentile(&base.client_ms, 99.0),
+            ours.request.mean() / base.request.mean(),
+            (ours.request.mean() - base.request.mean()) * 1e3,
+            ours.webhook.mean() * 1e3,
+        );
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// A Prometheus histogram (cumulative buckets), summed over the series that matched.
+#[derive(Clone, Default, Debug)]
+struct Histogram {
+    /// Upper bound → cumulative count; `f64::INFINITY` for `+Inf`.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl Histogram {
+    fn add(&mut self, other: &Histogram) {
+        for &(le, n) in &other.buckets {
+            match self.buckets.iter_mut().find(|(l, _)| *l == le) {
+                Some((_, m)) => *m += n,
+                None => self.buckets.push((le, n)),
+            }
+        }
+        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    fn minus(&self, earlier: &Histogram) -> Histogram {
+        let mut out = self.clone();
+        for (le, n) in &mut out.buckets {
+            if let Some((_, m)) = earlier.buckets.iter().find(|(l, _)| l == le) {
+                *n -= m;
+            }
+        }
+        out.sum -= earlier.sum;
+        out.count -= earlier.count;
+        out
+    }
+
+    fn mean(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count
+        } else {
+            f64::NAN
+        }
+    }
+
+    fn share_at_most(&self, bound: f64) -> f64 {
+        let within = self
+            .buckets
+            .iter()
+            .find(|(le, _)| *le == bound)
+            .map_or(f64::NAN, |(_, n)| *n);
+        within / self.count
+    }
+
+    /// The `q` quantile as Prometheus's `histogram_quantile` estimates it (linear within the
+    /// bucket), in ms; "> X" when it falls in the `+Inf` bucket.
+    fn quantile_ms(&self, q: f64) -> String {
+        if self.count <= 0.0 {
+            return "–".into();
+        }
+        let rank = q * self.count;
+        let mut lower = (0.0, 0.0);
+        for &(le, n) in &self.buckets {
+            if n >= rank {
+                if le.is_infinite() {
+                    return format!("> {:.0}", lower.0 * 1e3);
+                }
+                let within = if n > lower.1 {
+                    (rank - lower.1) / (n - lower.1)
+                } else {
+                    0.0
+                };
+                return format!("{:.1}", (lower.0 + (le - lower.0) * within) * 1e3);
+            }
+            lower = (le, n);
+        }
+        "–".into()
+    }
+}
+
+/// One scrape of kube-apiserver's and the webhook's `/metrics`: the lines of the metrics
+/// this bench reads.
+struct Metrics {
+    lines: Vec<String>,
+}
+
+impl Metrics {
+    async fn scrape(client: &Client, webhook: &WebhookProcess) -> AnyResult<Metrics> {
+        let apiserver = client
+            .request_text(http::Request::get("/metrics").body(Vec::new())?)
+            .await?;
+        let ours = admin_get(webhook.admin, "/metrics")
+            .await
+            .ok_or("the webhook's /metrics did not answer")?;
+        let lines = apiserver
+            .lines()
+            .chain(ours.lines())
+            .filter(|l| {
+                [REQUEST, ADMISSION, SERVER]
+                    .iter()
+                    .any(|m| l.starts_with(m))
+            })
+            .map(str::to_owned)
+            .collect();
+        Ok(Metrics { lines })
+    }
+
+    /// The histogram `name`, summed over every series whose labels include `labels`.
+    fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Histogram {
+        let mut h = Histogram::default();
+        for line in &self.lines {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let pairs = parse_labels(label_text);
+            if !labels
+                .iter()
+                .all(|(k, v)| pairs.get(*k).is_some_and(|x| x == v))
+            {
+                continue;
+            }
+            match metric.strip_prefix(name) {
+                Some("_bucket") => {
+                    let le = match pairs.get("le").map(String::as_str) {
+                        Some("+Inf") => f64::INFINITY,
+                        Some(v) => v.parse().unwrap_or(f64::NAN),
+                        None => continue,
+                    };
+                    h.add(&Histogram {
+                        buckets: vec![(le, value)],
+                        ..Histogram::default()
+                    });
+                }
+                Some("_sum") => h.sum += value,
+                Some("_count") => h.count += value,
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
+/// `a="x",b="y"` → map (label values here never hold quotes or commas).
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.to_owned(), v.trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+fn free_port() -> AnyResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `inplace-upgrade webhook` serving `cert_dir` on `port` (a private copy of the binary, as
+/// [`Bench::start`] makes for the controller); killed when dropped.
+struct WebhookProcess {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl WebhookProcess {
+    fn start(bench: &Bench, cert_dir: &Path, port: u16) -> AnyResult<Self> {
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let log = bench.env.dir().join("logs/webhook.log");
+        let binary = bench.env.dir().join("inplace-upgrade-webhook");
+        std::fs::copy(env!("CARGO_BIN_EXE_inplace-upgrade"), &binary)?;
+        let child = Command::new(&binary)
+            .arg("webhook")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-addr", &admin.to_string()])
+            .arg("--cert-dir")
+            .arg(cert_dir)
+            .args(["--log-level", "info"])
+            .arg("--kubeconfig")
+            .arg(bench.env.kubeconfig_path())
+            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Self { child, admin, log })
+    }
+
+    /// Until `/readyz` answers 200: certificate loaded, caches synced.
+    async fn await_ready(&mut self) -> AnyResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(
+                    format!("the webhook exited ({status}); see {}", self.log.display()).into(),
+                );
+            }
+            if admin_get(self.admin, "/readyz").await.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the webhook was not ready within 120 s; see {}",
+                    self.log.display()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for WebhookProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of a 200 answer to `GET path` on the webhook's plain-HTTP admin port.
+async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    if answer.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
