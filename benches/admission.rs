@@ -197,6 +197,10 @@ async fn run() -> AnyResult<()> {
                 &DEPLOYMENT_UPDATE,
             );
             if mode == Mode::Webhook {
+                println!(
+                    "  TCP connections to the webhook now: {}",
+                    connections(port)
+                );
                 webhook_cpu += cpu_seconds(webhook.child.id()) - cpu_before;
                 webhook_requests += after_updates
                     .histogram(ADMISSION, &[])
@@ -644,6 +648,31 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
             Some((k.to_owned(), v.trim_matches('"').to_owned()))
         })
         .collect()
+}
+
+/// The sockets of connections to `port` on this host by state (`ss`): many in TIME-WAIT
+/// would mean the API server opens a connection per call instead of reusing one.
+fn connections(port: u16) -> String {
+    let Ok(out) = Command::new("ss")
+        .args(["-Htan", &format!("dport = :{port}")])
+        .output()
+    else {
+        return "unknown (no ss)".into();
+    };
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(state) = line.split_whitespace().next() {
+            *states.entry(state.to_owned()).or_default() += 1;
+        }
+    }
+    if states.is_empty() {
+        return "none".into();
+    }
+    states
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn free_port() -> AnyResult<u16> {
