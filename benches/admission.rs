@@ -14,6 +14,10 @@
 //! at a time, and `BENCH_UPDATES` Deployment updates that change the annotation (the
 //! validating webhook's full check).
 //!
+//! Three modes, alternating within each round: our configurations as registered; none (the
+//! baseline); and ours without the pod webhook's matchCondition (`has-controller`) — an
+//! experiment on what that CEL filter costs the API server against what it saves.
+//!
 //! Printed per phase and mode: the client's latency (median, p99, mean; the client is this
 //! process); from kube-apiserver's `/metrics`, deltas over the phase:
 //! `apiserver_request_duration_seconds` of the requests, and for our webhooks
@@ -22,7 +26,9 @@
 //! mean and the client's figures are the precise ones). Rounds alternate the modes
 //! (`BENCH_ROUNDS`), so drift of this shared machine hits both.
 //!
-//! Knobs: BENCH_PODS (300), BENCH_CONCURRENCY (16), BENCH_UPDATES (100), BENCH_ROUNDS (2).
+//! Knobs: BENCH_PODS (300), BENCH_CONCURRENCY (16), BENCH_UPDATES (100), BENCH_ROUNDS (2);
+//! BENCH_PPROF_DIR=<dir> also saves a 10 s kube-apiserver CPU profile per mode (read with
+//! `go tool pprof -top <file>`).
 //! Run: `cargo bench -p inplace-upgrade --bench admission`.
 
 #[path = "../tests/common/mod.rs"]
@@ -69,16 +75,31 @@ async fn main() {
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
+    /// Our configurations as `inplace-upgrade` registers them.
     Webhook,
+    /// The same without the pod webhook's matchCondition (a design experiment: every pod
+    /// CREATE is sent, bare pods included).
+    WebhookWithoutMatchCondition,
     Baseline,
 }
+
+const MODES: [Mode; 3] = [
+    Mode::Webhook,
+    Mode::Baseline,
+    Mode::WebhookWithoutMatchCondition,
+];
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Webhook => "webhook",
+            Mode::WebhookWithoutMatchCondition => "webhook, no matchCondition",
             Mode::Baseline => "no webhook",
         }
+    }
+
+    fn calls_webhook(self) -> bool {
+        self != Mode::Baseline
     }
 }
 
@@ -97,6 +118,11 @@ struct Measured {
     webhook: Histogram,
     /// The webhook's own `webhook_admission_duration_seconds` (decode, decide, encode).
     server: Histogram,
+    /// CPU seconds of kube-apiserver and of the webhook process over the phase.
+    apiserver_cpu: f64,
+    webhook_cpu: f64,
+    /// Wall seconds of the phase.
+    wall: f64,
 }
 
 async fn run() -> AnyResult<()> {
@@ -105,7 +131,11 @@ async fn run() -> AnyResult<()> {
     let updates = knob("BENCH_UPDATES", 100) as usize;
     let rounds = knob("BENCH_ROUNDS", 2).max(1);
     stamp("admission bench start");
-    let bench = Bench::start(testenv::Options::default(), false).await?;
+    let mut options = testenv::Options::default();
+    if std::env::var_os("BENCH_PPROF_DIR").is_some() {
+        options.apiserver_args.push("--profiling=true".into());
+    }
+    let bench = Bench::start(options, false).await?;
     let client = bench.client.clone();
     common::install(&client).await?;
 
@@ -159,18 +189,33 @@ async fn run() -> AnyResult<()> {
          {concurrency} in flight, {updates} Deployment annotation updates; {rounds} rounds"
     );
 
+    let apiserver = bench
+        .env
+        .pids()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "kube-apiserver")
+        })
+        .ok_or("no kube-apiserver process among the control plane's")?;
+    // What kube-apiserver burns with nothing sent (watches, leases, the controllers): taken
+    // off each phase's CPU in proportion to its wall time.
+    let idle_from = cpu_seconds(apiserver);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_rate = (cpu_seconds(apiserver) - idle_from) / 5.0;
+    println!(
+        "kube-apiserver idle: {:.0} ms CPU per second (taken off the per-request CPU below)",
+        idle_rate * 1e3
+    );
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     let mut results: BTreeMap<(Phase, Mode), Measured> = BTreeMap::new();
-    let mut webhook_cpu = 0.0;
-    let mut webhook_requests = 0.0;
     for round in 0..rounds {
-        for mode in [Mode::Webhook, Mode::Baseline] {
+        for mode in MODES {
             set_mode(&client, &pods_api, &template, &options, mode).await?;
             stamp(&format!("round {} {}", round + 1, mode.label()));
-            let cpu_before = cpu_seconds(webhook.child.id());
-            let before = Metrics::scrape(&client, &webhook).await?;
+            let before = Metrics::scrape(&client, &webhook, apiserver).await?;
             let latencies = create_pods(&pods_api, &template, pods, 1).await?;
-            let after_sequential = Metrics::scrape(&client, &webhook).await?;
+            let after_sequential = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
                 results.entry((Phase::PodsSequential, mode)).or_default(),
                 latencies,
@@ -179,7 +224,7 @@ async fn run() -> AnyResult<()> {
                 &POD_CREATE,
             );
             let latencies = create_pods(&pods_api, &template, pods, concurrency).await?;
-            let after_concurrent = Metrics::scrape(&client, &webhook).await?;
+            let after_concurrent = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
                 results.entry((Phase::PodsConcurrent, mode)).or_default(),
                 latencies,
@@ -188,7 +233,7 @@ async fn run() -> AnyResult<()> {
                 &POD_CREATE,
             );
             let latencies = update_deployment(&deployments, updates).await?;
-            let after_updates = Metrics::scrape(&client, &webhook).await?;
+            let after_updates = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
                 results.entry((Phase::DeploymentUpdates, mode)).or_default(),
                 latencies,
@@ -196,25 +241,33 @@ async fn run() -> AnyResult<()> {
                 &after_updates,
                 &DEPLOYMENT_UPDATE,
             );
-            if mode == Mode::Webhook {
+            if mode.calls_webhook() {
                 println!(
                     "  TCP connections to the webhook now: {}",
                     connections(port)
                 );
-                webhook_cpu += cpu_seconds(webhook.child.id()) - cpu_before;
-                webhook_requests += after_updates
-                    .histogram(ADMISSION, &[])
-                    .minus(&before.histogram(ADMISSION, &[]))
-                    .count;
             }
         }
     }
+    if let Ok(dir) = std::env::var("BENCH_PPROF_DIR") {
+        for mode in MODES {
+            set_mode(&client, &pods_api, &template, &options, mode).await?;
+            let file = Path::new(&dir).join(format!(
+                "kube-apiserver-{}.pprof",
+                mode.label().replace(' ', "-")
+            ));
+            let created = profile_creations(&client, &pods_api, &template, &file).await?;
+            println!(
+                "kube-apiserver CPU profile over {created} sequential creations, {}: {}",
+                mode.label(),
+                file.display()
+            );
+        }
+    }
     stamp("admission bench end");
-    report(&results, pods, concurrency);
+    report(&results, pods, concurrency, idle_rate);
     println!(
-        "webhook process: {:.0} µs CPU per admission call ({webhook_requests:.0} calls), \
-         RSS {:.1} MiB (peak {:.1})",
-        webhook_cpu / webhook_requests.max(1.0) * 1e6,
+        "webhook process: RSS {:.1} MiB (peak {:.1})",
         proc_status(webhook.child.id(), "VmRSS:") / 1024.0,
         proc_status(webhook.child.id(), "VmHWM:") / 1024.0,
     );
@@ -294,18 +347,46 @@ async fn set_mode(
     options: &ConfigurationOptions,
     mode: Mode,
 ) -> AnyResult<()> {
-    match mode {
-        Mode::Webhook => configuration::apply(client, options, "admission-bench").await?,
-        Mode::Baseline => {
-            let params = DeleteParams::default();
-            let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                .delete(CONFIGURATION_NAME, &params)
-                .await?;
-            let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
-                .delete(CONFIGURATION_NAME, &params)
-                .await?;
+    // Always through "none": a probe cannot tell the two webhook modes apart, but it can
+    // tell none from some.
+    let params = DeleteParams::default();
+    for deleted in [
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(CONFIGURATION_NAME, &params)
+            .await
+            .map(|_| ()),
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(CONFIGURATION_NAME, &params)
+            .await
+            .map(|_| ()),
+    ] {
+        match deleted {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    await_probe(pods, template, false).await?;
+    if !mode.calls_webhook() {
+        return Ok(());
+    }
+    let (mut mutating, validating) = configuration::webhook_configurations(options);
+    if mode == Mode::WebhookWithoutMatchCondition {
+        for webhook in mutating.webhooks.iter_mut().flatten() {
+            webhook.match_conditions = None;
+        }
+    }
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await?;
+    await_probe(pods, template, true).await
+}
+
+/// Probes with dry-run creations until one comes back mutated (or not, as asked).
+async fn await_probe(pods: &Api<Pod>, template: &Value, mutating: bool) -> AnyResult<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut probes = 0;
     loop {
@@ -316,13 +397,13 @@ async fn set_mode(
                 &pod_named(template, &format!("probe-{probes}"))?,
             )
             .await?;
-        if mutated(&probe) == (mode == Mode::Webhook) {
+        if mutated(&probe) == mutating {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "after 60 s the API server still {} our webhook",
-                if mode == Mode::Webhook {
+                if mutating {
                     "does not call (or the webhook does not mutate for)"
                 } else {
                     "calls"
@@ -332,6 +413,36 @@ async fn set_mode(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// kube-apiserver's own CPU profile (its `/debug/pprof/profile`, 10 s; Go keeps function
+/// names even in a stripped binary, which `perf` cannot read) while pods are created one
+/// after another; how many were created.
+async fn profile_creations(
+    client: &Client,
+    pods: &Api<Pod>,
+    template: &Value,
+    file: &Path,
+) -> AnyResult<usize> {
+    let request = http::Request::get("/debug/pprof/profile?seconds=10").body(Vec::new())?;
+    let profile = client.request_stream(request);
+    tokio::pin!(profile);
+    let mut created = 0;
+    let params = dry_run();
+    let stream = loop {
+        let pod = pod_named(template, &format!("hello-profile-{created}"))?;
+        tokio::select! {
+            stream = &mut profile => break stream?,
+            result = pods.create(&params, &pod) => {
+                result?;
+                created += 1;
+            }
+        }
+    };
+    let mut bytes = Vec::new();
+    futures::AsyncReadExt::read_to_end(&mut Box::pin(stream), &mut bytes).await?;
+    std::fs::write(file, bytes)?;
+    Ok(created)
 }
 
 /// `count` dry-run creations, `in_flight` at a time; each one's latency in ms.
@@ -412,6 +523,9 @@ fn record(
     requests: &Requests,
 ) {
     into.client_ms.extend(latencies);
+    into.apiserver_cpu += after.apiserver_cpu - before.apiserver_cpu;
+    into.webhook_cpu += after.webhook_cpu - before.webhook_cpu;
+    into.wall += (after.at - before.at).as_secs_f64();
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after
             .histogram(name, labels)
@@ -429,12 +543,19 @@ fn record(
         .add(&delta(SERVER, &[("route", requests.route)]));
 }
 
-fn report(results: &BTreeMap<(Phase, Mode), Measured>, pods: usize, concurrency: usize) {
+fn report(
+    results: &BTreeMap<(Phase, Mode), Measured>,
+    pods: usize,
+    concurrency: usize,
+    idle_rate: f64,
+) {
+    let apiserver_cpu =
+        |m: &Measured| (m.apiserver_cpu - idle_rate * m.wall) / m.client_ms.len().max(1) as f64;
     println!();
     println!(
-        "| phase | mode | requests | client p50 ms | client p99 ms | client mean ms | API server mean ms | API server p50/p99 ms (buckets) | webhook calls | webhook mean ms | webhook ≤ 5 ms | webhook p50/p99 ms (buckets) | webhook server-side mean ms |"
+        "| phase | mode | requests | client p50 ms | client p99 ms | client mean ms | API server mean ms | API server p50/p99 ms (buckets) | webhook calls | webhook mean ms | webhook ≤ 5 ms | webhook p50/p99 ms (buckets) | webhook server-side mean ms | kube-apiserver CPU µs/request (net of idle) | webhook CPU µs/request |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((phase, mode), m) in results {
         let phase_label = match phase {
             Phase::PodsSequential => format!("pod CREATE ×{pods}, 1 in flight"),
@@ -454,8 +575,9 @@ fn report(results: &BTreeMap<(Phase, Mode), Measured>, pods: usize, concurrency:
         } else {
             "0 | – | – | – | –".to_string()
         };
+        let per_request = |cpu: f64| cpu / m.client_ms.len().max(1) as f64 * 1e6;
         println!(
-            "| {phase_label} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} | {webhook} |",
+            "| {phase_label} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} | {webhook} | {:.0} | {:.0} |",
             mode.label(),
             m.client_ms.len(),
             percentile(&m.client_ms, 50.0),
@@ -464,29 +586,35 @@ fn report(results: &BTreeMap<(Phase, Mode), Measured>, pods: usize, concurrency:
             m.request.mean() * 1e3,
             m.request.quantile_ms(0.5),
             m.request.quantile_ms(0.99),
+            apiserver_cpu(m) * 1e6,
+            per_request(m.webhook_cpu),
         );
     }
     println!();
-    println!("ratios, webhook ÷ no webhook (same run):");
+    println!("ratios against no webhook (same run):");
     for phase in [
         Phase::PodsSequential,
         Phase::PodsConcurrent,
         Phase::DeploymentUpdates,
     ] {
-        let (Some(ours), Some(base)) = (
-            results.get(&(phase, Mode::Webhook)),
-            results.get(&(phase, Mode::Baseline)),
-        ) else {
+        let Some(base) = results.get(&(phase, Mode::Baseline)) else {
             continue;
         };
-        println!(
-            "  {phase:?}: client p50 ×{:.2}, client p99 ×{:.2}, API server mean ×{:.2} (+{:.2} ms; the webhook call's own mean {:.2} ms)",
-            percentile(&ours.client_ms, 50.0) / percentile(&base.client_ms, 50.0),
-            percentile(&ours.client_ms, 99.0) / percentile(&base.client_ms, 99.0),
-            ours.request.mean() / base.request.mean(),
-            (ours.request.mean() - base.request.mean()) * 1e3,
-            ours.webhook.mean() * 1e3,
-        );
+        for mode in [Mode::Webhook, Mode::WebhookWithoutMatchCondition] {
+            let Some(ours) = results.get(&(phase, mode)) else {
+                continue;
+            };
+            println!(
+                "  {phase:?}, {}: client p50 ×{:.2}, client p99 ×{:.2}, API server mean ×{:.2} (+{:.2} ms; the webhook call's own mean {:.2} ms), kube-apiserver CPU per request ×{:.2}",
+                mode.label(),
+                percentile(&ours.client_ms, 50.0) / percentile(&base.client_ms, 50.0),
+                percentile(&ours.client_ms, 99.0) / percentile(&base.client_ms, 99.0),
+                ours.request.mean() / base.request.mean(),
+                (ours.request.mean() - base.request.mean()) * 1e3,
+                ours.webhook.mean() * 1e3,
+                apiserver_cpu(ours) / apiserver_cpu(base),
+            );
+        }
     }
 }
 
@@ -575,10 +703,21 @@ impl Histogram {
 /// this bench reads.
 struct Metrics {
     lines: Vec<String>,
+    /// CPU seconds so far of kube-apiserver and of the webhook process.
+    apiserver_cpu: f64,
+    webhook_cpu: f64,
+    at: Instant,
 }
 
 impl Metrics {
-    async fn scrape(client: &Client, webhook: &WebhookProcess) -> AnyResult<Metrics> {
+    async fn scrape(
+        client: &Client,
+        webhook: &WebhookProcess,
+        apiserver: u32,
+    ) -> AnyResult<Metrics> {
+        let at = Instant::now();
+        let apiserver_cpu = cpu_seconds(apiserver);
+        let webhook_cpu = cpu_seconds(webhook.child.id());
         let apiserver = client
             .request_text(http::Request::get("/metrics").body(Vec::new())?)
             .await?;
@@ -595,7 +734,12 @@ impl Metrics {
             })
             .map(str::to_owned)
             .collect();
-        Ok(Metrics { lines })
+        Ok(Metrics {
+            lines,
+            apiserver_cpu,
+            webhook_cpu,
+            at,
+        })
     }
 
     /// The histogram `name`, summed over every series whose labels include `labels`.
@@ -650,11 +794,12 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The sockets of connections to `port` on this host by state (`ss`): many in TIME-WAIT
-/// would mean the API server opens a connection per call instead of reusing one.
+/// The sockets of connections to `port` on this host by state (`ss`; both ends are local, so
+/// one connection shows twice): many in TIME-WAIT would mean the API server opens a
+/// connection per call instead of reusing one.
 fn connections(port: u16) -> String {
     let Ok(out) = Command::new("ss")
-        .args(["-Htan", &format!("dport = :{port}")])
+        .args(["-Htan", &format!("( sport = :{port} or dport = :{port} )")])
         .output()
     else {
         return "unknown (no ss)".into();
