@@ -248,6 +248,22 @@ pub fn gate_condition_patch(ready: bool, reason: &str, message: &str, now: Times
     })
 }
 
+/// One `pods/status` strategic merge patch that records a finished upgrade in the state
+/// annotation and sets our readiness gate condition True. The API server keeps the spec of a
+/// `pods/status` write but persists `metadata.annotations` (checked against a real API server
+/// in `tests/e2e_controller.rs`), so a drained pod is put back and its record closed in one
+/// atomic write: no step between the two for a crash to stop at.
+pub fn finish_with_gate_patch(
+    state: &PodUpgradeState,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<Value, StateError> {
+    let mut body = gate_condition_patch(true, reason, message, now);
+    body["metadata"] = json!({ "annotations": { STATE_ANNOTATION: state.to_json()? } });
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

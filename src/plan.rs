@@ -92,11 +92,14 @@ pub enum Action {
     Undrain,
     /// Apply [`crate::patch::rollback_patch`].
     Rollback { reason: String, message: String },
-    /// Record a terminal phase in the state annotation ([`crate::patch::state_patch`]).
+    /// Record a terminal phase in the state annotation ([`crate::patch::state_patch`]);
+    /// with `open_gate`, set the readiness gate condition True in the same write (a pod
+    /// whose upgrade or rollback is done and that we drained: one write instead of two).
     Finish {
         phase: Phase,
         reason: Option<String>,
         message: Option<String>,
+        open_gate: bool,
     },
     /// Set the readiness gate condition True on a new pod that has none.
     MarkReady,
@@ -280,14 +283,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         message: Some(format!(
                             "the image was changed to {spec_image:?} by someone else during the upgrade"
                         )),
+                        // Not ours any more: what happens to the pod next is planned afresh.
+                        open_gate: false,
                     },
                 ),
                 (Phase::Patched, ContainerState::Upgraded) => {
                     let newer = newer_targets(spec, input.targets);
                     if !newer.is_empty() {
                         replans.push((name, newer));
-                    } else if gate_not_true || drained_by_us {
-                        p.step(name, open_gate.clone());
                     } else {
                         p.step(
                             name,
@@ -295,6 +298,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                                 phase: Phase::Succeeded,
                                 reason: None,
                                 message: None,
+                                open_gate: gate_not_true || drained_by_us,
                             },
                         );
                     }
@@ -303,18 +307,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     failure.get_or_insert_with(|| {
                         (name.to_string(), rolled_back_reason(st))
                     });
-                    if gate_not_true || drained_by_us {
-                        p.step(name, open_gate.clone());
-                    } else {
-                        p.step(
-                            name,
-                            Action::Finish {
-                                phase: Phase::RolledBack,
-                                reason: None,
-                                message: None,
-                            },
-                        );
-                    }
+                    p.step(
+                        name,
+                        Action::Finish {
+                            phase: Phase::RolledBack,
+                            reason: None,
+                            message: None,
+                            open_gate: gate_not_true || drained_by_us,
+                        },
+                    );
                 }
                 (Phase::Patched, ContainerState::Failed { reason, message }) => {
                     failure.get_or_insert_with(|| {
@@ -347,6 +348,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                                 phase: Phase::Failed,
                                 reason: Some(reason.as_str().into()),
                                 message: Some(message),
+                                open_gate: false,
                             },
                         );
                     }
@@ -360,6 +362,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                             phase: Phase::Failed,
                             reason: Some("RollbackFailed".into()),
                             message: Some(message),
+                            open_gate: false,
                         },
                     );
                 }

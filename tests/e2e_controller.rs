@@ -157,6 +157,54 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
     Ok(())
 }
 
+/// The fact the controller's last write per pod rests on (undrain and record success in one
+/// `pods/status` patch): the API server keeps the spec of a `pods/status` write but persists
+/// `metadata.annotations`.
+#[tokio::test]
+async fn a_pods_status_patch_persists_annotations_but_not_the_spec() -> TestResult {
+    let (client, ns) = setup("podstatus", json!({})).await?;
+    deploy_hello(&client, &ns, 1, false).await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let (name, before) = pods_by_name(&client, &ns, "hello")
+        .await?
+        .into_iter()
+        .next()
+        .ok_or("no hello pod")?;
+    let body = json!({
+        "metadata": {"annotations": {"example.com/recorded": "yes"}},
+        "spec": {"containers": [{"name": "istio-proxy", "image": "example.com/other:1"}]},
+        "status": {"conditions": [{"type": "example.com/probe", "status": "True"}]},
+    });
+    let written = pods
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(body),
+        )
+        .await?;
+    let read = pods.get(&name).await?;
+    for pod in [&written, &read] {
+        assert_eq!(
+            pod.annotations()
+                .get("example.com/recorded")
+                .map(String::as_str),
+            Some("yes"),
+            "the annotation was persisted"
+        );
+        assert_eq!(
+            spec_image(pod, "istio-proxy"),
+            spec_image(&before, "istio-proxy"),
+            "the spec was kept"
+        );
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        assert!(
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "example.com/probe")),
+            "the condition was written"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn native_sidecar_tag_form_upgrades_ungated_pods_and_leaves_istio_init_alone() -> TestResult {
     let (client, ns) = setup("native", json!({})).await?;
@@ -354,6 +402,9 @@ async fn namespace_annotation_rolls_workloads_within_the_concurrency_limit() -> 
     let target = "istio-proxy=proxyv2:1.24.2";
     let namespaces = Api::<Namespace>::all(client.clone());
     annotate(&namespaces, &ns, TARGETS_ANNOTATION, target).await?;
+    // Two of the three wait for the slot with nothing of theirs changing: only the slot's
+    // release can wake them (the policy's status writes, and other tests' policies, do not
+    // re-queue them), so a lost wake-up stalls here and the wait below times out.
     for name in names {
         let d = await_phase(&deployments, name, target, "Completed").await?;
         assert_eq!(

@@ -351,13 +351,24 @@ impl Cache {
         ));
         let c = cache.clone();
         let q = queue;
+        let watched = RwLock::new(super::policy_watch::PolicyWatch::default());
         drivers.push(drive(
             Api::<InPlaceUpgradePolicy>::all(client.clone()),
             w_pol,
             slim,
-            move |_| {
-                for key in c.workloads_in(None) {
-                    q.enqueue(key);
+            move |ev| {
+                // Our own status writes change nothing that governs (see `policy_watch`).
+                for policy in ev.objects() {
+                    let Some(affected) = write(&watched).change(policy, ev.deleted) else {
+                        continue;
+                    };
+                    for ns in c.namespaces.state() {
+                        if affected.namespace(ns.labels()) {
+                            c.workloads_in(Some(&ns.name_any()))
+                                .into_iter()
+                                .for_each(|k| q.enqueue(k));
+                        }
+                    }
                 }
             },
         ));

@@ -8,15 +8,16 @@ mod cache;
 pub mod inputs;
 mod leader;
 mod metrics;
+mod policy_watch;
 mod queue;
 mod reconcile;
 mod report;
+mod slots;
 mod status;
 mod workload;
 mod writes;
 mod written;
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,8 +58,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub settings: Settings,
-    /// Workloads rolling under each policy (`maxConcurrentWorkloads`).
-    slots: Mutex<HashMap<String, BTreeSet<WorkloadKey>>>,
+    /// Workloads rolling, and waiting to, under each policy (`maxConcurrentWorkloads`).
+    slots: Mutex<slots::Slots>,
     /// What each policy governs, for its status.
     report: report::PolicyReport,
     /// Pods as our own last writes returned them, until the cache catches up.
@@ -67,36 +68,41 @@ pub struct Context {
 
 impl Context {
     /// Takes (or keeps) a rollout slot under `policy` for `key`; false when `max` workloads
-    /// already roll under it.
+    /// already roll under it (or older waiters come first), and `key` then waits in line: a
+    /// freed slot re-queues it.
     fn claim_slot(&self, policy: &str, key: &WorkloadKey, max: i32) -> bool {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for (p, keys) in slots.iter_mut() {
-            if p != policy {
-                keys.remove(key);
-            }
-        }
-        let keys = slots.entry(policy.to_string()).or_default();
-        if keys.contains(key) {
-            return true;
-        }
-        if keys.len() < usize::try_from(max.max(1)).unwrap_or(usize::MAX) {
-            keys.insert(key.clone());
-            return true;
-        }
-        false
+        let max = usize::try_from(max).unwrap_or(1);
+        let (granted, wake) = self.slots().claim(policy, key, max);
+        self.wake(wake);
+        granted
     }
 
+    /// Keeps a slot for `key`, which is rolling under `policy`, whatever the limit.
+    fn hold_slot(&self, policy: &str, key: &WorkloadKey) {
+        let wake = self.slots().hold(policy, key);
+        self.wake(wake);
+    }
+
+    /// `key` neither rolls nor waits for a slot any more: its slot goes to the oldest waiter.
     fn release_slot(&self, key: &WorkloadKey) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.values_mut().for_each(|keys| {
-            keys.remove(key);
-        });
+        let wake = self.slots().release(key);
+        self.wake(wake);
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, slots::Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self, keys: slots::Wake) {
+        for key in keys {
+            self.queue.enqueue(key);
+        }
     }
 
     /// At the start of a term: the workloads whose status says they are rolling hold their
     /// slots, so a new workload cannot overtake them.
     fn restore_slots(&self) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.slots().clear();
         for key in self.cache.workloads_in(None) {
             let Some(w) = self.cache.workload(&key) else {
                 continue;
@@ -111,7 +117,7 @@ impl Context {
             if let (status::WorkloadPhase::Progressing, Some(policy)) =
                 (status.phase, &status.policy)
             {
-                self.claim_slot(policy, &key, i32::MAX);
+                self.hold_slot(policy, &key);
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
@@ -19,8 +19,8 @@ use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_m
 use super::workload::{WorkloadKey, WorkloadView};
 use super::writes::is_conflict;
 use crate::patch::{
-    DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, gate_condition_patch, rollback_patch,
-    state_patch, upgrade_patch,
+    DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
+    gate_condition_patch, rollback_patch, state_patch, upgrade_patch,
 };
 use crate::plan::{Action, PlanInput, Step, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
@@ -84,6 +84,9 @@ pub async fn reconcile(ctx: Arc<Context>, key: WorkloadKey) {
     }
 }
 
+/// Message of the gate condition set True when we are done with a pod.
+const UPGRADE_DONE: &str = "in-place upgrade done";
+
 /// The policy used when none governs: nothing new may start (no targets are passed), but
 /// pods we were working on are finished and gated pods are released. Every field takes its
 /// documented default.
@@ -105,6 +108,7 @@ async fn reconcile_workload(
 ) -> Result<Option<Duration>, ReconcileError> {
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.release_slot(key);
+        ctx.written.forget_status(key);
         ctx.report.record(key, None);
         return Ok(None);
     };
@@ -115,10 +119,14 @@ async fn reconcile_workload(
         .as_ref()
         .map(|n| n.annotations())
         .unwrap_or(&empty);
-    let previous = workload
+    let cached_status = workload
         .annotations
         .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s));
+        .map(String::as_str);
+    let previous = ctx
+        .written
+        .freshest_status(key, cached_status)
+        .and_then(|s| WorkloadStatus::parse(&s));
     // The cache, corrected by our own writes it has not delivered yet (see `written`).
     let pods: Vec<Pod> = ctx.written.freshest(
         key,
@@ -168,6 +176,7 @@ async fn reconcile_workload(
         && previous.is_none()
         && !pods.iter().any(ours)
     {
+        ctx.release_slot(key);
         ctx.report.record(key, None);
         return Ok(None); // never annotated, nothing of ours on its pods: not our business
     }
@@ -265,6 +274,7 @@ async fn reconcile_workload(
 
     // Gates on starting new pods that only the controller can see.
     let mut hold: Option<String> = None;
+    let mut waiting_for_slot = false;
     if plan.steps.iter().any(|s| s.action.starts_upgrade()) {
         if !workload.settled {
             hold = Some(format!(
@@ -274,6 +284,7 @@ async fn reconcile_workload(
         } else if let Some(policy) = &policy_name
             && !ctx.claim_slot(policy, key, spec.max_concurrent_workloads)
         {
+            waiting_for_slot = true;
             hold = Some(format!(
                 "waiting for a rollout slot: policy {policy} allows {} workload(s) at once",
                 spec.max_concurrent_workloads
@@ -305,12 +316,12 @@ async fn reconcile_workload(
         (retry, retry_since),
         now,
     );
-    if matches!(status.phase, WorkloadPhase::Progressing) {
-        if let Some(policy) = &status.policy {
-            ctx.claim_slot(policy, key, i32::MAX);
-        }
-    } else {
-        ctx.release_slot(key);
+    // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
+    // its slot, if it had one, goes to the oldest waiter).
+    match (status.phase, &status.policy) {
+        (WorkloadPhase::Progressing, Some(policy)) => ctx.hold_slot(policy, key),
+        _ if waiting_for_slot => {}
+        _ => ctx.release_slot(key),
     }
     ctx.report.record(
         key,
@@ -326,6 +337,7 @@ async fn reconcile_workload(
     if asked.source.is_none() && asked.problem.is_none() {
         // Nothing asked (any more): no progress to report, and a stale record goes.
         if previous.is_some() {
+            ctx.written.forget_status(key);
             ctx.annotate_workload(key, STATUS_ANNOTATION, None)
                 .await
                 .map_err(|source| ReconcileError::Kube {
@@ -336,20 +348,34 @@ async fn reconcile_workload(
         return Ok(recheck_after(plan.recheck_at, now));
     }
     let changed_phase = previous.as_ref().map(|p| p.phase) != Some(status.phase);
-    if previous.as_ref() != Some(&status) {
-        let raw = serde_json::to_string(&status).unwrap_or_default();
-        ctx.annotate_workload(key, STATUS_ANNOTATION, Some(&raw))
-            .await
-            .map_err(|source| ReconcileError::Kube {
-                what: format!("recording the status of {key}"),
-                source,
-            })?;
-        if changed_phase {
-            announce(ctx, &workload, &status).await;
-        }
+    let recheck = recheck_after(plan.recheck_at, now);
+    if previous.as_ref() == Some(&status) {
+        ctx.written.defer_progress(key, true, Instant::now());
+        return Ok(recheck);
     }
-
-    Ok(recheck_after(plan.recheck_at, now))
+    // Progress alone (pods starting, finishing) waits a moment to be written with what follows.
+    let urgent = previous
+        .as_ref()
+        .is_none_or(|p| !p.only_progress_since(&status));
+    if let Some(left) = ctx.written.defer_progress(key, urgent, Instant::now()) {
+        return Ok(Some(recheck.map_or(left, |r| r.min(left))));
+    }
+    let raw = serde_json::to_string(&status).unwrap_or_default();
+    if let Err(source) = ctx
+        .annotate_workload(key, STATUS_ANNOTATION, Some(&raw))
+        .await
+    {
+        ctx.written.forget_status(key);
+        return Err(ReconcileError::Kube {
+            what: format!("recording the status of {key}"),
+            source,
+        });
+    }
+    ctx.written.remember_status(key, cached_status, &raw);
+    if changed_phase {
+        announce(ctx, &workload, &status).await;
+    }
+    Ok(recheck)
 }
 
 fn recheck_after(at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
@@ -406,9 +432,7 @@ async fn execute(
             )
             .await?
         }
-        Action::Undrain => {
-            set_gate(true, SERVING_REASON, "in-place upgrade done", "undraining").await?
-        }
+        Action::Undrain => set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining").await?,
         Action::MarkReady => {
             set_gate(
                 true,
@@ -428,18 +452,9 @@ async fn execute(
                 .patch_pod(ns, name, patch)
                 .await
                 .map_err(kube("upgrading"))?;
+            // No Event here: the pod's one Event is `Upgraded` (or a warning), naming the
+            // images, when it is done; the workload's status shows the pods in flight.
             ctx.written.remember(&workload.key, &written);
-            let what: Vec<String> = targets
-                .iter()
-                .map(|t| format!("{} {} -> {}", t.location.name, t.location.image, t.image))
-                .collect();
-            ctx.event(
-                &pod.object_ref(&()),
-                false,
-                "Upgrading",
-                format!("in-place upgrade: {}", what.join(", ")),
-            )
-            .await;
         }
         Action::Rollback { reason, message } => {
             let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
@@ -473,19 +488,26 @@ async fn execute(
             phase,
             reason,
             message,
+            open_gate,
         } => {
             let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
                 return Ok(());
             };
             let done = state.finished(*phase, reason.clone(), message.clone(), now);
-            let patch = state_patch(pod, &done).map_err(|source| ReconcileError::State {
+            let state_error = |source| ReconcileError::State {
                 pod: name.into(),
                 source,
-            })?;
-            let written = ctx
-                .patch_pod(ns, name, patch)
-                .await
-                .map_err(kube("recording the result of"))?;
+            };
+            let written = if *open_gate {
+                // Back into load balancing and the record closed, in one `pods/status` write.
+                let body = finish_with_gate_patch(&done, SERVING_REASON, UPGRADE_DONE, now)
+                    .map_err(state_error)?;
+                ctx.patch_pod_status(ns, name, body).await
+            } else {
+                let patch = state_patch(pod, &done).map_err(state_error)?;
+                ctx.patch_pod(ns, name, patch).await
+            }
+            .map_err(kube("recording the result of"))?;
             ctx.written.remember(&workload.key, &written);
             match phase {
                 Phase::Succeeded => {
@@ -497,11 +519,19 @@ async fn execute(
                             result: "succeeded",
                         })
                         .inc();
+                    let what: Vec<String> = done
+                        .containers
+                        .iter()
+                        .map(|c| format!("{} {} -> {}", c.name, c.previous_image, c.target_image))
+                        .collect();
                     ctx.event(
                         &pod.object_ref(&()),
                         false,
                         "Upgraded",
-                        "in-place upgrade done: every target runs and is Ready".into(),
+                        format!(
+                            "in-place upgrade done: {}; every target runs and is Ready",
+                            what.join(", ")
+                        ),
                     )
                     .await;
                 }

@@ -110,6 +110,19 @@ impl WorkloadStatus {
     }
 }
 
+impl WorkloadStatus {
+    /// True when `next` differs from `self` only in progress: which pods are being upgraded
+    /// (`currentPods`) and how many are done (`upgraded`). Such a change may wait a little and
+    /// ride along with the next ones; a phase or message change, a failure or a retry may not.
+    pub fn only_progress_since(&self, next: &WorkloadStatus) -> bool {
+        WorkloadStatus {
+            upgraded: next.upgraded,
+            current_pods: next.current_pods.clone(),
+            ..self.clone()
+        } == *next
+    }
+}
+
 /// The failure memory the controller plans with, read from the previous status and the
 /// workload's current `inplace-upgrade.io/retry` value: a new retry request forgets the
 /// remembered failures and forgives pod failure records from before it (the value is the
@@ -156,5 +169,41 @@ mod tests {
         assert!(failed.is_empty());
         assert_eq!(since, Some(now));
         assert_eq!(failure_memory(None, None, now), (Vec::new(), None));
+    }
+
+    #[test]
+    fn pods_starting_and_finishing_are_progress_but_a_new_phase_or_failure_is_not() {
+        let rolling = WorkloadStatus {
+            phase: WorkloadPhase::Progressing,
+            upgraded: 1,
+            total: 3,
+            current_pods: vec!["b".into()],
+            ..WorkloadStatus::default()
+        };
+        let next = WorkloadStatus {
+            upgraded: 2,
+            current_pods: vec!["c".into()],
+            ..rolling.clone()
+        };
+        assert!(rolling.only_progress_since(&next));
+        let done = WorkloadStatus {
+            phase: WorkloadPhase::Completed,
+            current_pods: vec![],
+            ..next.clone()
+        };
+        assert!(!next.only_progress_since(&done));
+        let failed = WorkloadStatus {
+            failed_targets: vec![FailedTargetRecord {
+                container: "istio-proxy".into(),
+                image: "proxyv2:bad".into(),
+            }],
+            ..next.clone()
+        };
+        assert!(!rolling.only_progress_since(&failed));
+        let blocked = WorkloadStatus {
+            message: Some("waiting for a rollout slot".into()),
+            ..rolling.clone()
+        };
+        assert!(!rolling.only_progress_since(&blocked));
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -19,7 +20,17 @@ use super::workload::WorkloadKey;
 #[derive(Default)]
 pub struct Written {
     pods: Mutex<HashMap<WorkloadKey, HashMap<String, Pod>>>,
+    /// Status annotations we wrote: (the value the cache showed then, ours).
+    statuses: Mutex<HashMap<WorkloadKey, (Option<String>, String)>>,
+    /// Since when a progress-only status change has waited to be written.
+    deferred: Mutex<HashMap<WorkloadKey, Instant>>,
 }
+
+/// How long a progress-only status change (pods started or finished) may wait to be written
+/// together with the next ones: the workload's status is at most this far behind its pods,
+/// and a rollout writes it about once per this period instead of twice per pod. Phase changes,
+/// failures and messages are written at once.
+pub const PROGRESS_DEBOUNCE: Duration = Duration::from_secs(5);
 
 fn version(pod: &Pod) -> Option<u64> {
     pod.resource_version()?.parse().ok()
@@ -62,6 +73,64 @@ impl Written {
             *written = kept;
         }
         pods
+    }
+}
+
+impl Written {
+    pub fn remember_status(&self, workload: &WorkloadKey, replaced: Option<&str>, ours: &str) {
+        let mut written = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        written.insert(
+            workload.clone(),
+            (replaced.map(str::to_string), ours.to_string()),
+        );
+    }
+
+    /// The workload's status annotation, ours while the cache still shows the value our last
+    /// write replaced (so a reconcile before the watch catches up does not write it again).
+    /// Only the controller writes it, so any other cached value is newer than ours.
+    pub fn freshest_status(&self, workload: &WorkloadKey, cached: Option<&str>) -> Option<String> {
+        let mut written = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get(workload) {
+            Some((replaced, ours)) if replaced.as_deref() == cached => Some(ours.clone()),
+            Some(_) => {
+                written.remove(workload);
+                cached.map(str::to_string)
+            }
+            None => cached.map(str::to_string),
+        }
+    }
+
+    /// Forgets our status write and any wait (the write failed, the status was cleared, or
+    /// the workload is gone).
+    pub fn forget_status(&self, workload: &WorkloadKey) {
+        let mut written = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        written.remove(workload);
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        deferred.remove(workload);
+    }
+
+    /// For a status change that is progress only: `None` to write it now (it has waited
+    /// [`PROGRESS_DEBOUNCE`]), or how much longer to wait. `urgent` changes (and writes that
+    /// are no longer needed) end the wait.
+    pub fn defer_progress(
+        &self,
+        workload: &WorkloadKey,
+        urgent: bool,
+        now: Instant,
+    ) -> Option<Duration> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if urgent {
+            deferred.remove(workload);
+            return None;
+        }
+        let since = *deferred.entry(workload.clone()).or_insert(now);
+        match PROGRESS_DEBOUNCE.checked_sub(now.saturating_duration_since(since)) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => {
+                deferred.remove(workload);
+                None
+            }
+        }
     }
 }
 
@@ -127,5 +196,46 @@ mod tests {
             w.pods.lock().unwrap().is_empty(),
             "a deleted pod's entry goes"
         );
+    }
+
+    #[test]
+    fn our_status_write_counts_until_the_cache_shows_something_else() {
+        let w = Written::default();
+        assert_eq!(w.freshest_status(&key(), Some("a")).as_deref(), Some("a"));
+        w.remember_status(&key(), Some("a"), "b");
+        assert_eq!(w.freshest_status(&key(), Some("a")).as_deref(), Some("b"));
+        assert_eq!(w.freshest_status(&key(), Some("b")).as_deref(), Some("b"));
+        assert_eq!(
+            w.freshest_status(&key(), Some("a")).as_deref(),
+            Some("a"),
+            "caught up once: the cache is trusted again"
+        );
+        w.remember_status(&key(), None, "c");
+        assert_eq!(w.freshest_status(&key(), None).as_deref(), Some("c"));
+        w.forget_status(&key());
+        assert_eq!(w.freshest_status(&key(), None), None);
+    }
+
+    #[test]
+    fn progress_waits_at_most_the_debounce_and_urgent_changes_never_wait() {
+        let w = Written::default();
+        let t0 = Instant::now();
+        assert_eq!(w.defer_progress(&key(), false, t0), Some(PROGRESS_DEBOUNCE));
+        let half = PROGRESS_DEBOUNCE / 2;
+        assert_eq!(
+            w.defer_progress(&key(), false, t0 + half),
+            Some(PROGRESS_DEBOUNCE - half)
+        );
+        assert_eq!(
+            w.defer_progress(&key(), false, t0 + PROGRESS_DEBOUNCE),
+            None
+        );
+        // The wait starts again for the next change; an urgent one ends it.
+        assert!(
+            w.defer_progress(&key(), false, t0 + PROGRESS_DEBOUNCE)
+                .is_some()
+        );
+        assert_eq!(w.defer_progress(&key(), true, t0 + PROGRESS_DEBOUNCE), None);
+        assert!(w.deferred.lock().unwrap().is_empty());
     }
 }

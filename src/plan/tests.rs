@@ -239,6 +239,11 @@ fn summary(plan: &Plan) -> Vec<(String, String)> {
                 Action::Wait { .. } => "Wait".into(),
                 Action::Undrain => "Undrain".into(),
                 Action::Rollback { reason, .. } => format!("Rollback {reason}"),
+                Action::Finish {
+                    phase,
+                    open_gate: true,
+                    ..
+                } => format!("Undrain+Finish {phase:?}"),
                 Action::Finish { phase, .. } => format!("Finish {phase:?}"),
                 Action::MarkReady => "MarkReady".into(),
             };
@@ -513,7 +518,11 @@ fn in_progress_pods_wait_finish_and_count_against_the_budget() {
     let mut upgraded = waiting.clone();
     upgraded.ctr = Ctr::up("containerd://a-2", 1, -5);
     let world = World::new(&[upgraded.clone(), gated(p("b", OLD, true))]);
-    assert_eq!(summary(&world.plan()), s(&[("a", "Undrain")]));
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", "Undrain+Finish Succeeded")]),
+        "the gate opens in the same write that records success"
+    );
 
     upgraded.gate = Some((true, SERVING_REASON, -1));
     upgraded.ready = true;
@@ -632,9 +641,10 @@ fn a_new_pod_patched_directly_is_admitted_when_upgraded() {
     pod.gate = None;
     pod.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
     pod.ctr = Ctr::up("containerd://a-2", 1, -5);
+    // The gate condition is created True in the write that records success.
     assert_eq!(
         summary(&World::new(&[pod]).plan()),
-        s(&[("a", "MarkReady")])
+        s(&[("a", "Undrain+Finish Succeeded")])
     );
 }
 
