@@ -52,13 +52,7 @@ async fn run() -> AnyResult<()> {
     let bench = Bench::start(options, true).await?;
     let client = bench.client.clone();
     common::install(&client).await?;
-    let kubeconfig = bench.controller_kubeconfig().await?;
-    let mut controller = Controller::start(
-        &kubeconfig,
-        bench.env.dir().join("logs/controller.log"),
-        &[],
-    )?;
-    let sync = controller.await_synced(Duration::from_secs(120)).await?;
+    let (controller, sync) = bench.start_controller("controller.log").await?;
     let after_sync = bench.audit.mark();
 
     let ns = bench.env.namespace("rollout").await?;

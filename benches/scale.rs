@@ -12,7 +12,10 @@
 //!    workloads Progressing at once.
 //!
 //! Knobs: BENCH_PODS (10000), BENCH_WORKLOADS (2000), BENCH_NODES (20), BENCH_WIDE (500),
-//! BENCH_CONCURRENCY ("50,10,1"), BENCH_PERF_DIR (perf profiles of each controller).
+//! BENCH_CONCURRENCY ("50,10,1"; empty: no namespace-wide upgrade), BENCH_PERF_DIR (perf
+//! profiles of each controller), BENCH_COMPARE (other controllers measured in the same
+//! cluster right before this build, at both sizes: `label=TOKENS;…`, each token a binary
+//! path — e.g. main's build — or a `KEY=VALUE` for its environment).
 //! Run: `cargo bench -p inplace-upgrade --bench scale` (long: tens of minutes at full size).
 
 #[path = "../tests/common/mod.rs"]
@@ -44,10 +47,12 @@ async fn main() {
 }
 
 struct Sample {
+    controller: String,
     pods: u64,
     workloads: u64,
     sync: Duration,
     rss: f64,
+    peak_rss: f64,
     cpu_sync: f64,
     cpu_idle: f64,
 }
@@ -57,6 +62,7 @@ async fn run() -> AnyResult<()> {
     let workloads = knob("BENCH_WORKLOADS", 2_000).max(2);
     let per = (pods / workloads).max(1);
     let wide = knob("BENCH_WIDE", 500);
+    let compare = variants(&std::env::var("BENCH_COMPARE").unwrap_or_default())?;
     let concurrency: Vec<i32> = std::env::var("BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "50,10,1".into())
         .split(',')
@@ -69,7 +75,6 @@ async fn run() -> AnyResult<()> {
     let bench = Bench::start(options, false).await?;
     let client = bench.client.clone();
     common::install(&client).await?;
-    let kubeconfig = bench.controller_kubeconfig().await?;
 
     let ready = track_ready(&client);
     let mut samples = Vec::new();
@@ -86,42 +91,18 @@ async fn run() -> AnyResult<()> {
             started.elapsed().as_secs_f64(),
             load_average()
         );
-        let mut controller = Controller::start(
-            &kubeconfig,
-            bench.env.dir().join(format!("logs/controller-{size}.log")),
-            &[],
-        )?;
-        let mut perf = Perf::attach(controller.pid(), &format!("sync-{}", size * per));
-        let sync = controller.await_synced(Duration::from_secs(600)).await?;
-        let cpu_sync = controller.cpu_seconds();
-        // The first term reconciles every workload once; give it a moment, then measure a
-        // quiet 10 s.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        perf.stop();
-        let before = controller.cpu_seconds();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let cpu_idle = (controller.cpu_seconds() - before) / 10.0;
-        let s = Sample {
-            pods: size * per,
-            workloads: size,
-            sync,
-            rss: controller.rss_mib(),
-            cpu_sync,
-            cpu_idle,
-        };
-        println!(
-            "# {} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, then {:.1}% of a core (load average {})",
-            s.pods,
-            s.sync.as_secs_f64(),
-            s.rss,
-            controller.peak_rss_mib(),
-            s.cpu_sync,
-            s.cpu_idle * 100.0,
-            load_average()
-        );
-        samples.push(s);
+        // The variants first, so the build under test is measured last either way.
+        for variant in &compare {
+            samples.push(measure(&bench, Some(variant), size, per).await?);
+        }
+        samples.push(measure(&bench, None, size, per).await?);
     }
 
+    print_scale(&samples);
+    if concurrency.is_empty() {
+        stamp("scale bench end");
+        return Ok(());
+    }
     // The namespace-wide upgrade, in the full cluster.
     let ns = bench.env.namespace("wide").await?;
     common::create_policy(
@@ -130,12 +111,7 @@ async fn run() -> AnyResult<()> {
         json!({"drain": {"gracePeriodSeconds": 0, "timeoutSeconds": 60}, "maxUnavailable": 1}),
     )
     .await?;
-    let mut controller = Controller::start(
-        &kubeconfig,
-        bench.env.dir().join("logs/controller-wide.log"),
-        &[],
-    )?;
-    controller.await_synced(Duration::from_secs(600)).await?;
+    let (controller, _) = bench.start_controller("controller-wide.log").await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     futures::stream::iter(0..wide)
         .map(|i| {
@@ -204,30 +180,6 @@ async fn run() -> AnyResult<()> {
     let rss_wide = controller.rss_mib();
 
     println!();
-    println!("## Scale");
-    println!(
-        "| pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | idle CPU after sync |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for s in &samples {
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1}% |",
-            s.pods,
-            s.workloads,
-            s.sync.as_secs_f64(),
-            s.cpu_sync,
-            s.rss,
-            s.cpu_idle * 100.0
-        );
-    }
-    if let [a, b] = &samples[..] {
-        println!(
-            "memory per cached pod (RSS slope): {:.2} KiB; sync time ratio full/half {:.2}",
-            (b.rss - a.rss) * 1024.0 / (b.pods - a.pods) as f64,
-            b.sync.as_secs_f64() / a.sync.as_secs_f64()
-        );
-    }
-    println!();
     println!(
         "namespace-wide upgrade of {wide} single-replica Deployments (restart 300 ms, readiness 300 ms, drain grace 0) beside {} pods; controller RSS {rss_wide:.1} MiB at the end",
         created * per
@@ -249,6 +201,107 @@ async fn run() -> AnyResult<()> {
     }
     stamp("scale bench end");
     Ok(())
+}
+
+/// Starts a fresh controller (a variant, or the build under test) in the synced cluster and
+/// measures its initial sync, then its RSS and idle CPU.
+async fn measure(
+    bench: &Bench,
+    variant: Option<&Variant>,
+    workloads: u64,
+    per: u64,
+) -> AnyResult<Sample> {
+    let pods = workloads * per;
+    let controller = variant.map_or("this build".to_string(), |v| v.label.clone());
+    let tag = variant.map_or(String::new(), |v| format!("{}-", v.label));
+    let mut c = bench
+        .spawn_controller(&format!("controller-{tag}{pods}.log"), variant)
+        .await?;
+    let mut perf = Perf::attach(c.pid(), &format!("sync-{tag}{pods}"));
+    let sync = c.await_synced(Duration::from_secs(600)).await?;
+    let cpu_sync = c.cpu_seconds();
+    // The first term reconciles every workload once; give it a moment, then measure a
+    // quiet 10 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    perf.stop();
+    let before = c.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu_idle = (c.cpu_seconds() - before) / 10.0;
+    let s = Sample {
+        controller,
+        pods,
+        workloads,
+        sync,
+        rss: c.rss_mib(),
+        peak_rss: c.peak_rss_mib(),
+        cpu_sync,
+        cpu_idle,
+    };
+    println!(
+        "# {}, {pods} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, then {:.1}% of a core (load average {})",
+        s.controller,
+        s.sync.as_secs_f64(),
+        s.rss,
+        s.peak_rss,
+        s.cpu_sync,
+        s.cpu_idle * 100.0,
+        load_average()
+    );
+    Ok(s)
+}
+
+fn print_scale(samples: &[Sample]) {
+    println!();
+    println!("## Scale");
+    println!(
+        "| controller | pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | peak RSS MiB | idle CPU after sync |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for s in samples {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1}% |",
+            s.controller,
+            s.pods,
+            s.workloads,
+            s.sync.as_secs_f64(),
+            s.cpu_sync,
+            s.rss,
+            s.peak_rss,
+            s.cpu_idle * 100.0
+        );
+    }
+    let mut controllers: Vec<&str> = samples.iter().map(|s| s.controller.as_str()).collect();
+    controllers.dedup();
+    controllers.sort();
+    controllers.dedup();
+    for controller in &controllers {
+        let of: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.controller == *controller)
+            .collect();
+        if let [a, b] = &of[..] {
+            println!(
+                "{controller}: memory per cached pod (RSS slope) {:.2} KiB; sync time ratio full/half {:.2}",
+                (b.rss - a.rss) * 1024.0 / (b.pods - a.pods) as f64,
+                b.sync.as_secs_f64() / a.sync.as_secs_f64()
+            );
+        }
+    }
+    for ours in samples.iter().filter(|s| s.controller == "this build") {
+        for base in samples
+            .iter()
+            .filter(|s| s.controller != "this build" && s.pods == ours.pods)
+        {
+            println!(
+                "{} pods, this build / {}: RSS {:.2}, CPU to sync {:.2}, sync time {:.2}",
+                ours.pods,
+                base.controller,
+                ours.rss / base.rss,
+                ours.cpu_sync / base.cpu_sync,
+                ours.sync.as_secs_f64() / base.sync.as_secs_f64()
+            );
+        }
+    }
 }
 
 /// A `hello` Deployment named `name` with its own `app` label.
@@ -282,9 +335,16 @@ async fn create_workloads(
             async move {
                 let name = format!("app-{i}");
                 let d = workload(&name, replicas, false)?;
-                api.create(&PostParams::default(), &d).await?;
+                // A create the API server completed but answered too late for the client
+                // (seen at load average 15) is retried by the client: already there is done.
+                done(
+                    api.create(&PostParams::default(), &d)
+                        .await
+                        .map(drop)
+                        .map_err(Into::into),
+                )?;
                 // Every app behind its own Service, as in a mesh: one EndpointSlice each.
-                common::create_service(&client, &ns, &name).await?;
+                done(common::create_service(&client, &ns, &name).await)?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
         })
@@ -292,6 +352,14 @@ async fn create_workloads(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// A create's result, with "already exists" taken as done.
+fn done(result: AnyResult<()>) -> AnyResult<()> {
+    match result {
+        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        other => other,
+    }
 }
 
 /// Ready replicas of every benchmark Deployment, kept by a watch.

@@ -117,6 +117,36 @@ impl Bench {
         })
     }
 
+    /// Starts the controller under test (as `bench-controller`, logging to `logs/<log>` in
+    /// the bench's directory) and waits for its initial sync; returns it and the sync time.
+    pub async fn start_controller(&self, log: &str) -> AnyResult<(Controller, Duration)> {
+        let mut controller = self.spawn_controller(log, None).await?;
+        let sync = controller.await_synced(Duration::from_secs(600)).await?;
+        Ok((controller, sync))
+    }
+
+    /// Starts a controller without waiting for its sync: the build under test, or a
+    /// [`Variant`] to compare it with.
+    pub async fn spawn_controller(
+        &self,
+        log: &str,
+        variant: Option<&Variant>,
+    ) -> AnyResult<Controller> {
+        let kubeconfig = self.controller_kubeconfig().await?;
+        let binary = match variant.and_then(|v| v.binary.clone()) {
+            Some(b) => b,
+            None => controller_binary()?,
+        };
+        let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
+        Controller::start_binary(
+            &binary,
+            env,
+            &kubeconfig,
+            self.env.dir().join("logs").join(log),
+            &[],
+        )
+    }
+
     /// A kubeconfig for the ServiceAccount `bench-controller` (cluster-admin), so the audit
     /// log can tell the controller's requests from everyone else's.
     pub async fn controller_kubeconfig(&self) -> AnyResult<PathBuf> {
@@ -167,6 +197,40 @@ impl Bench {
     }
 }
 
+/// Another way to run the controller, measured beside the build under test: another build
+/// (e.g. main's), or this one with other environment variables (a preloaded allocator, its
+/// settings).
+#[derive(Clone, Debug, Default)]
+pub struct Variant {
+    pub label: String,
+    /// `None`: the build under test.
+    pub binary: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Parses `label=TOKENS;label=TOKENS`: a token `KEY=VALUE` sets an environment variable of
+/// the controller, any other token is the binary to run (default: the build under test).
+pub fn variants(spec: &str) -> AnyResult<Vec<Variant>> {
+    let mut out = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (label, tokens) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("variant {entry:?} is not label=TOKENS"))?;
+        let mut variant = Variant {
+            label: label.trim().to_string(),
+            ..Variant::default()
+        };
+        for token in tokens.split_whitespace() {
+            match token.split_once('=') {
+                Some((k, v)) => variant.env.push((k.to_string(), v.to_string())),
+                None => variant.binary = Some(PathBuf::from(token)),
+            }
+        }
+        out.push(variant);
+    }
+    Ok(out)
+}
+
 /// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary cargo built
 /// for this run: the target directory is shared, and a later build must not change the code
 /// under test between the phases of a long run. The copy lives in the bench's directory and
@@ -199,11 +263,22 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(kubeconfig: &Path, log: PathBuf, extra: &[&str]) -> AnyResult<Controller> {
+        Self::start_binary(&controller_binary()?, &[], kubeconfig, log, extra)
+    }
+
+    /// [`Controller::start`] of another build of `inplace-upgrade`, with more environment.
+    pub fn start_binary(
+        binary: &Path,
+        env: &[(String, String)],
+        kubeconfig: &Path,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> AnyResult<Controller> {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let started = Instant::now();
-        let child = Command::new(controller_binary()?)
+        let child = Command::new(binary)
             .args(["controller", "--identity", "bench"])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-level", "info"])
@@ -211,6 +286,7 @@ impl Controller {
             .arg(kubeconfig)
             .args(extra)
             .env("POD_NAMESPACE", "inplace-upgrade-system")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;

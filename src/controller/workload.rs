@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::Hasher;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
@@ -191,14 +192,8 @@ pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool 
     let desired = spec.replicas.unwrap_or(1);
     // Compared in place (every reconcile of a Deployment runs this; serialising two Istio
     // pod templates per ReplicaSet was a tenth of the controller's CPU at sync): the specs
-    // as they are, the metadata without the hash label.
-    let without_hash = |m: Option<&ObjectMeta>| {
-        let mut m = m.cloned().unwrap_or_default();
-        if let Some(labels) = m.labels.as_mut() {
-            labels.remove("pod-template-hash");
-        }
-        m
-    };
+    // as they are, the metadata without the hash label. (Works alike on full templates and
+    // on the digests the controller's cache keeps instead: [`template_digest`].)
     let wanted = &spec.template;
     let wanted_meta = without_hash(wanted.metadata.as_ref());
     let same = |rs: &ReplicaSet| {
@@ -220,6 +215,54 @@ pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool 
     current.len() == 1
         && replicas(current[0]) == (desired, desired)
         && old.iter().all(|rs| replicas(rs) == (0, 0))
+}
+
+/// What a cached Deployment or ReplicaSet keeps of its pod template (an Istio-injected
+/// template is tens of KiB decoded, and the controller keeps thousands): a template with
+/// only this annotation, a digest of the template that [`deployment_settled`] compares as it
+/// compares templates — equal exactly when the templates are, `pod-template-hash` aside.
+pub const TEMPLATE_DIGEST_ANNOTATION: &str = "inplace-upgrade.io/cached-template-digest";
+
+/// `template` reduced to its digest (see [`TEMPLATE_DIGEST_ANNOTATION`]).
+pub fn template_digest(template: &PodTemplateSpec) -> PodTemplateSpec {
+    /// Hashes what serde writes, without building the JSON.
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Default::default());
+    // Serialising a k8s-openapi value to a writer that never fails cannot fail (its maps
+    // have string keys); were it to, the digest would still be the same for equal templates.
+    let _ = serde_json::to_writer(
+        &mut hashing,
+        &(without_hash(template.metadata.as_ref()), &template.spec),
+    );
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                TEMPLATE_DIGEST_ANNOTATION.to_string(),
+                format!("{:016x}", hashing.0.finish()),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: None,
+    }
+}
+
+/// A template's metadata without the `pod-template-hash` label the Deployment controller adds
+/// to its ReplicaSets' templates.
+fn without_hash(meta: Option<&ObjectMeta>) -> ObjectMeta {
+    let mut m = meta.cloned().unwrap_or_default();
+    if let Some(labels) = m.labels.as_mut() {
+        labels.remove("pod-template-hash");
+    }
+    m
 }
 
 /// The controlling owner reference of an object, if any.
@@ -447,6 +490,47 @@ mod tests {
         for (d, rss, settled, why) in cases {
             let refs: Vec<&ReplicaSet> = rss.iter().collect();
             assert_eq!(deployment_settled(&d, &refs), settled, "{why}");
+            // The same with the digests the controller's cache keeps instead of templates.
+            let mut d = d;
+            let spec = d.spec.as_mut().unwrap();
+            spec.template = template_digest(&spec.template);
+            let rss: Vec<ReplicaSet> = rss
+                .into_iter()
+                .map(|mut rs| {
+                    let t = rs.spec.as_mut().unwrap().template.as_mut().unwrap();
+                    *t = template_digest(t);
+                    rs
+                })
+                .collect();
+            let refs: Vec<&ReplicaSet> = rss.iter().collect();
+            assert_eq!(deployment_settled(&d, &refs), settled, "digests: {why}");
         }
+    }
+
+    #[test]
+    fn template_digests_differ_where_templates_do() {
+        let template = |image: &str, labels: serde_json::Value| -> PodTemplateSpec {
+            serde_json::from_value(json!({"metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": image}]}}))
+            .expect("template literal")
+        };
+        let web = template("nginx:1", json!({"app": "web"}));
+        let digest = |t: &PodTemplateSpec| template_digest(t).metadata.unwrap().annotations;
+        assert_eq!(
+            digest(&web),
+            digest(&template(
+                "nginx:1",
+                json!({"app": "web", "pod-template-hash": "x"})
+            ))
+        );
+        assert_ne!(
+            digest(&web),
+            digest(&template("nginx:2", json!({"app": "web"})))
+        );
+        assert_ne!(
+            digest(&web),
+            digest(&template("nginx:1", json!({"app": "api"})))
+        );
+        assert!(template_digest(&web).spec.is_none());
     }
 }
