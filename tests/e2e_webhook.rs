@@ -516,8 +516,8 @@ async fn with_the_webhook_down_pods_are_created_and_the_controller_upgrades_them
         .create(&PostParams::default(), &obj(deployment))
         .await?;
     // Creations straight through the API server while nobody serves the registered URL: each
-    // succeeds (fail open). Dry run: admitted, never stored. The controller owner makes the
-    // webhook's matchCondition send them to us.
+    // succeeds (fail open). Dry run: admitted, never stored. A controller owner, as the pods
+    // the webhook acts on have.
     let owner = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),

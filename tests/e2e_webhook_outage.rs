@@ -217,7 +217,7 @@ async fn probe(
     };
     let mut latencies = Vec::new();
     for i in 0..PROBES {
-        // A controller owner, so the webhook's matchCondition sends it to us.
+        // A controller owner, as the pods the webhook acts on have.
         let pod: Pod = obj(json!({
             "metadata": {
                 "name": format!("probe-{phase}-{i}"),
