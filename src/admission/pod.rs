@@ -3,22 +3,24 @@
 //! A full `k8s_openapi` [`Pod`] decode allocates every probe, env var, volume and security
 //! context of every container (most of a 6 KB Istio-injected pod) only for the mutation to read
 //! names and images. [`AdmittedPod`] keeps what the decision and the patch need: the metadata
-//! that finds the owning workload (name, generateName, namespace, labels, ownerReferences),
+//! that finds the owning workload (name, generateName, namespace, labels, ownerReferences;
+//! annotations too, so a pod with a malformed annotation is still reported unreadable),
 //! every container and init container **in order** with its name, image and restartPolicy (the
 //! JSON patch indexes into those arrays), and the readiness gates. Every other field is skipped
 //! by serde without being allocated.
 //!
-//! It decodes what `k8s_openapi` would (same leniency on `null` and missing fields, same check
-//! of `apiVersion`/`kind`) on the fields it reads; a pod that only one of the two would refuse
-//! differs in a field the mutation never reads.
+//! It decodes what `k8s_openapi` would on the fields it reads (same leniency on `null` and
+//! missing fields, a field given twice keeps its last value, same check of `apiVersion`/`kind`);
+//! a pod that only one of the two would refuse differs in a field the mutation never reads.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, PodReadinessGate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{NamespaceResourceScope, Resource as _};
-use serde::de::{Error as _, MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::target::{ContainerRef, PodContainers};
@@ -26,126 +28,173 @@ use crate::target::{ContainerRef, PodContainers};
 /// A Pod as the mutation reads it (see the module doc for what is kept).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdmittedPod {
-    /// Only `name`, `generateName`, `namespace`, `labels` and `ownerReferences` are read;
-    /// every other field is left empty.
+    /// Only `name`, `generateName`, `namespace`, `labels`, `annotations` and
+    /// `ownerReferences` are read; every other field is left empty.
     pub metadata: ObjectMeta,
     pub spec: Option<AdmittedPodSpec>,
 }
 
 /// The containers and readiness gates of a pod spec.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdmittedPodSpec {
     /// Every container, in the pod's order.
-    #[serde(default, deserialize_with = "null_as_default")]
     pub containers: Vec<AdmittedContainer>,
     /// Every init container, in the pod's order (`None` when the pod has none).
-    #[serde(default)]
     pub init_containers: Option<Vec<AdmittedContainer>>,
-    #[serde(default)]
     pub readiness_gates: Option<Vec<PodReadinessGate>>,
 }
 
 /// One container (or init container) of the pod: what locating and patching it needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdmittedContainer {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
     pub image: Option<String>,
-    #[serde(default)]
     pub restart_policy: Option<String>,
 }
 
-/// The metadata fields read, decoded without the rest (annotations, managedFields, …).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AdmittedMeta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    generate_name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    owner_references: Option<Vec<OwnerReference>>,
+/// Generates a struct of optional fields and a `Deserialize` for it that reads a JSON object
+/// the way `k8s_openapi` reads its types: a field given twice keeps its last value, `null`
+/// is absent, unknown fields are skipped unread, and anything but an object is refused.
+macro_rules! wire_struct {
+    ($name:ident, $expecting:literal, { $($field:ident: $ty:ty = $key:literal),+ $(,)? }) => {
+        #[derive(Default)]
+        struct $name {
+            $($field: Option<$ty>,)+
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> Visitor<'de> for Fields {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        let mut out = $name::default();
+                        while let Some(key) = map.next_key_seed(FieldName(&[$($key),+]))? {
+                            match key {
+                                $(Some($key) => out.$field = map.next_value()?,)+
+                                _ => {
+                                    map.next_value::<IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                deserializer.deserialize_map(Fields)
+            }
+        }
+    };
 }
 
-impl From<AdmittedMeta> for ObjectMeta {
-    fn from(meta: AdmittedMeta) -> Self {
+/// Reads an object key as one of the fields read, without allocating it.
+struct FieldName(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for FieldName {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldName {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().find(|field| **field == key).copied())
+    }
+}
+
+wire_struct!(WirePod, "a Pod object", {
+    api_version: String = "apiVersion",
+    kind: String = "kind",
+    metadata: WireMeta = "metadata",
+    spec: WireSpec = "spec",
+});
+
+wire_struct!(WireMeta, "a Pod's metadata", {
+    name: String = "name",
+    generate_name: String = "generateName",
+    namespace: String = "namespace",
+    labels: BTreeMap<String, String> = "labels",
+    annotations: BTreeMap<String, String> = "annotations",
+    owner_references: Vec<OwnerReference> = "ownerReferences",
+});
+
+wire_struct!(WireSpec, "a Pod's spec", {
+    containers: Vec<WireContainer> = "containers",
+    init_containers: Vec<WireContainer> = "initContainers",
+    readiness_gates: Vec<PodReadinessGate> = "readinessGates",
+});
+
+wire_struct!(WireContainer, "a container", {
+    name: String = "name",
+    image: String = "image",
+    restart_policy: String = "restartPolicy",
+});
+
+impl From<WireMeta> for ObjectMeta {
+    fn from(meta: WireMeta) -> Self {
         ObjectMeta {
             name: meta.name,
             generate_name: meta.generate_name,
             namespace: meta.namespace,
             labels: meta.labels,
+            annotations: meta.annotations,
             owner_references: meta.owner_references,
             ..ObjectMeta::default()
         }
     }
 }
 
-/// The pod as it is on the wire, before the checks `k8s_openapi` makes.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WirePod {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<AdmittedMeta>,
-    #[serde(default)]
-    spec: Option<AdmittedPodSpec>,
+impl From<WireContainer> for AdmittedContainer {
+    fn from(c: WireContainer) -> Self {
+        AdmittedContainer {
+            name: c.name.unwrap_or_default(),
+            image: c.image,
+            restart_policy: c.restart_policy,
+        }
+    }
+}
+
+impl From<WireSpec> for AdmittedPodSpec {
+    fn from(spec: WireSpec) -> Self {
+        let containers = |list: Vec<WireContainer>| list.into_iter().map(Into::into).collect();
+        AdmittedPodSpec {
+            containers: spec.containers.map(containers).unwrap_or_default(),
+            init_containers: spec.init_containers.map(containers),
+            readiness_gates: spec.readiness_gates,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for AdmittedPod {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A map only: serde's derive would also read a JSON array as the struct's fields.
-        let pod = deserializer.deserialize_map(PodVisitor)?;
+        let pod = WirePod::deserialize(deserializer)?;
         // As `k8s_openapi`'s Pod: the type fields may be absent, but not another type's.
         if let Some(api_version) = pod.api_version.filter(|v| v != Pod::API_VERSION) {
             return Err(D::Error::invalid_value(
-                serde::de::Unexpected::Str(&api_version),
+                Unexpected::Str(&api_version),
                 &Pod::API_VERSION,
             ));
         }
         if let Some(kind) = pod.kind.filter(|k| k != Pod::KIND) {
-            return Err(D::Error::invalid_value(
-                serde::de::Unexpected::Str(&kind),
-                &Pod::KIND,
-            ));
+            return Err(D::Error::invalid_value(Unexpected::Str(&kind), &Pod::KIND));
         }
         Ok(AdmittedPod {
             metadata: pod.metadata.map(ObjectMeta::from).unwrap_or_default(),
-            spec: pod.spec,
+            spec: pod.spec.map(AdmittedPodSpec::from),
         })
     }
-}
-
-struct PodVisitor;
-
-impl<'de> Visitor<'de> for PodVisitor {
-    type Value = WirePod;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a Pod object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<WirePod, A::Error> {
-        WirePod::deserialize(MapAccessDeserializer::new(map))
-    }
-}
-
-/// `null` reads as the default, as `k8s_openapi` reads its required fields.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
 impl kube::Resource for AdmittedPod {
@@ -252,6 +301,28 @@ mod tests {
         )
         .expect("k8s_openapi is lenient too");
         assert!(full.spec.expect("spec").containers.is_empty());
+    }
+
+    #[test]
+    fn a_field_given_twice_keeps_its_last_value_as_in_k8s_openapi() {
+        let body = r#"{"metadata":{"name":"a","name":"b"},"spec":{"containers":[
+            {"name":"c","image":"x:1","image":"x:2"}],"containers":[
+            {"name":"d","image":"y:1","restartPolicy":"Never","image":"y:2"}]}}"#;
+        let pod: AdmittedPod = serde_json::from_str(body).expect("reads");
+        let full: Pod = serde_json::from_str(body).expect("k8s_openapi reads it");
+        assert_eq!(pod.metadata.name.as_deref(), Some("b"));
+        assert_eq!(pod.metadata.name, full.metadata.name);
+        let (spec, full_spec) = (pod.spec.expect("spec"), full.spec.expect("spec"));
+        let read: Vec<_> = spec.containers().collect();
+        assert_eq!(read, full_spec.containers().collect::<Vec<_>>());
+        assert_eq!(
+            read,
+            vec![ContainerRef {
+                name: "d",
+                image: Some("y:2"),
+                restart_policy: Some("Never"),
+            }]
+        );
     }
 
     #[test]
