@@ -9,7 +9,9 @@
 //! which treats an upper-case first component as a registry host) so that an upper-case
 //! repository is reported as such instead of as a generic format error.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use oci_spec::distribution::Reference;
 
@@ -126,9 +128,11 @@ impl ImageRef {
                 image: image.into(),
             });
         }
-        Reference::try_from(image).map_err(|_| ImageError::InvalidFormat {
-            image: image.into(),
-        })?;
+        if !docker_grammar_accepts(image) {
+            return Err(ImageError::InvalidFormat {
+                image: image.into(),
+            });
+        }
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
             format!("{OFFICIAL_NAMESPACE}/{path}")
         } else {
@@ -337,6 +341,33 @@ fn with_version(name: &str, tag: Option<&str>, digest: Option<&str>) -> String {
         out.push_str(digest);
     }
     out
+}
+
+/// How many verdicts of oci-spec's grammar are remembered before the memory is emptied. A
+/// cluster has a few hundred distinct images at most; the bound only stops a stream of
+/// distinct strings from growing the memory (at most ~530 bytes each: the checks before this
+/// one bound the name, tag and digest).
+const GRAMMAR_VERDICTS: usize = 4096;
+
+/// oci-spec's verdict on `image` (the authority on the grammar), remembered per string: its
+/// regex is the costliest step of a parse by far, and the webhook parses the same few images
+/// (a workload's annotation, its pods' current images) for every pod it admits.
+fn docker_grammar_accepts(image: &str) -> bool {
+    static VERDICTS: LazyLock<Mutex<HashMap<Box<str>, bool>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    // A panic while the lock was held cannot leave a wrong verdict: entries are whole.
+    let lock = || VERDICTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(verdict) = lock().get(image) {
+        return *verdict;
+    }
+    // Outside the lock: the regex takes microseconds, and concurrent callers may run it twice.
+    let verdict = Reference::try_from(image).is_ok();
+    let mut verdicts = lock();
+    if verdicts.len() >= GRAMMAR_VERDICTS {
+        verdicts.clear();
+    }
+    verdicts.insert(image.into(), verdict);
+    verdict
 }
 
 fn check_characters(image: &str) -> Result<(), ImageError> {

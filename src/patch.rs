@@ -7,7 +7,7 @@
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, TestOperation};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodReadinessGate};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -199,6 +199,17 @@ pub fn state_patch(pod: &Pod, state: &PodUpgradeState) -> Result<Patch, StateErr
 /// inject our readiness gate (creating `readinessGates` if absent). Idempotent: a pod that
 /// already has the images and the gate gets an empty patch, so reinvocation changes nothing.
 pub fn new_pod_patch(pod: &Pod, targets: &[ResolvedTarget], inject_gate: bool) -> Patch {
+    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
+    new_pod_patch_with_gates(gates, targets, inject_gate)
+}
+
+/// [`new_pod_patch`] from the pod's `spec.readinessGates` alone (all it reads of the pod), for
+/// the webhook, which decodes only part of the pod.
+pub fn new_pod_patch_with_gates(
+    readiness_gates: Option<&[PodReadinessGate]>,
+    targets: &[ResolvedTarget],
+    inject_gate: bool,
+) -> Patch {
     let mut ops = Vec::new();
     for t in targets.iter().filter(|t| t.location.image != t.image) {
         let loc = &t.location;
@@ -207,13 +218,11 @@ pub fn new_pod_patch(pod: &Pod, targets: &[ResolvedTarget], inject_gate: bool) -
             json!(t.image),
         ));
     }
-    if inject_gate && !has_readiness_gate(pod) {
+    let has_gate =
+        readiness_gates.is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE));
+    if inject_gate && !has_gate {
         let gate = json!({ "conditionType": READINESS_GATE });
-        let has_list = pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.readiness_gates.is_some());
-        if has_list {
+        if readiness_gates.is_some() {
             ops.push(add(
                 PointerBuf::from_tokens(["spec", "readinessGates", "-"]),
                 gate,

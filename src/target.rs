@@ -74,32 +74,66 @@ pub enum TargetError {
     },
 }
 
+/// One container of a pod spec as [`locate`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerRef<'a> {
+    pub name: &'a str,
+    pub image: Option<&'a str>,
+    pub restart_policy: Option<&'a str>,
+}
+
+/// What locating a target reads of a pod spec: its containers and init containers, each in
+/// the spec's order (the index is what a JSON patch addresses). Implemented by the full
+/// [`PodSpec`] and by the admission webhook's partial pod decode.
+pub trait PodContainers {
+    fn containers(&self) -> impl Iterator<Item = ContainerRef<'_>>;
+    fn init_containers(&self) -> impl Iterator<Item = ContainerRef<'_>>;
+}
+
+impl PodContainers for PodSpec {
+    fn containers(&self) -> impl Iterator<Item = ContainerRef<'_>> {
+        self.containers.iter().map(|c| ContainerRef {
+            name: &c.name,
+            image: c.image.as_deref(),
+            restart_policy: c.restart_policy.as_deref(),
+        })
+    }
+    fn init_containers(&self) -> impl Iterator<Item = ContainerRef<'_>> {
+        self.init_containers.iter().flatten().map(|c| ContainerRef {
+            name: &c.name,
+            image: c.image.as_deref(),
+            restart_policy: c.restart_policy.as_deref(),
+        })
+    }
+}
+
 /// Find a container by name. `Ok(None)` means the pod has no such container: the target does
 /// not apply to this pod (a Namespace annotation applies only to pods that have the
 /// container), which is not an error.
-pub fn locate(spec: &PodSpec, container: &str) -> Result<Option<ContainerLocation>, TargetError> {
+pub fn locate(
+    spec: &impl PodContainers,
+    container: &str,
+) -> Result<Option<ContainerLocation>, TargetError> {
+    let found = |kind, index, c: ContainerRef<'_>| ContainerLocation {
+        name: c.name.to_owned(),
+        kind,
+        index,
+        image: c.image.unwrap_or_default().to_owned(),
+    };
     if let Some((index, c)) = spec
-        .containers
-        .iter()
+        .containers()
         .enumerate()
         .find(|(_, c)| c.name == container)
     {
-        return Ok(Some(ContainerLocation {
-            name: c.name.clone(),
-            kind: ContainerKind::Container,
-            index,
-            image: c.image.clone().unwrap_or_default(),
-        }));
+        return Ok(Some(found(ContainerKind::Container, index, c)));
     }
-    let init = spec.init_containers.as_deref().unwrap_or_default();
-    match init.iter().enumerate().find(|(_, c)| c.name == container) {
-        Some((index, c)) if c.restart_policy.as_deref() == Some("Always") => {
-            Ok(Some(ContainerLocation {
-                name: c.name.clone(),
-                kind: ContainerKind::NativeSidecar,
-                index,
-                image: c.image.clone().unwrap_or_default(),
-            }))
+    match spec
+        .init_containers()
+        .enumerate()
+        .find(|(_, c)| c.name == container)
+    {
+        Some((index, c)) if c.restart_policy == Some("Always") => {
+            Ok(Some(found(ContainerKind::NativeSidecar, index, c)))
         }
         Some(_) => Err(TargetError::RunToCompletionInit {
             container: container.into(),
@@ -140,7 +174,7 @@ impl PodTargets {
 }
 
 /// Resolve every target against a pod spec.
-pub fn resolve(spec: &PodSpec, targets: &[Target]) -> Result<PodTargets, TargetError> {
+pub fn resolve(spec: &impl PodContainers, targets: &[Target]) -> Result<PodTargets, TargetError> {
     let mut out = PodTargets::default();
     for target in targets {
         match locate(spec, &target.container)? {

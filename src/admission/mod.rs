@@ -11,6 +11,7 @@
 
 pub mod configuration;
 pub mod mutate;
+pub mod pod;
 pub mod serve;
 pub mod validate;
 

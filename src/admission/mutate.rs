@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Deserialize;
 
+use super::pod::AdmittedPod;
 use super::{ClusterView, Settings, warning};
 use crate::controller::{WorkloadKey, WorkloadKind, WorkloadView};
 use crate::image::same_image;
@@ -30,11 +30,12 @@ pub struct PodMutation {
     pub warnings: Vec<String>,
 }
 
-/// The pod mutation as an admission response, on a review decoded straight into a [`Pod`].
+/// The pod mutation as an admission response, on a review decoded straight into the parts of
+/// the pod it reads ([`AdmittedPod`]).
 /// Only pod CREATE is mutated; anything else is allowed unchanged. `dryRun` requests get the
 /// same answer: nothing here has side effects.
 pub fn mutate_pod(
-    request: &AdmissionRequest<Pod>,
+    request: &AdmissionRequest<AdmittedPod>,
     view: &impl ClusterView,
     settings: &Settings,
 ) -> AdmissionResponse {
@@ -57,7 +58,9 @@ pub fn mutate_pod(
         .as_deref()
         .or(request.namespace.as_deref());
     let mutation = decide_in(pod, namespace, view, settings);
-    let patch = crate::patch::new_pod_patch(pod, &mutation.targets, mutation.inject_gate);
+    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
+    let patch =
+        crate::patch::new_pod_patch_with_gates(gates, &mutation.targets, mutation.inject_gate);
     let response = if patch.0.is_empty() {
         response
     } else {
@@ -79,7 +82,7 @@ pub fn mutate_pod(
 /// The answer to a pod review whose object is not a valid Pod: allowed, unchanged, with a
 /// warning naming the problem (the webhook never denies a pod).
 pub fn unreadable_pod(
-    request: &AdmissionRequest<Pod>,
+    request: &AdmissionRequest<AdmittedPod>,
     error: &serde_json::Error,
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
@@ -106,14 +109,14 @@ impl<V> PodMutator<V> {
     }
 }
 
-impl<V: ClusterView + Send + Sync + 'static> AdmissionHandler<Pod> for PodMutator<V> {
-    fn review(&self, request: &AdmissionRequest<Pod>) -> AdmissionResponse {
+impl<V: ClusterView + Send + Sync + 'static> AdmissionHandler<AdmittedPod> for PodMutator<V> {
+    fn review(&self, request: &AdmissionRequest<AdmittedPod>) -> AdmissionResponse {
         mutate_pod(request, &*self.view, &self.settings)
     }
 
     fn review_unreadable(
         &self,
-        request: &AdmissionRequest<Pod>,
+        request: &AdmissionRequest<AdmittedPod>,
         error: &serde_json::Error,
     ) -> Option<AdmissionResponse> {
         Some(unreadable_pod(request, error))
@@ -128,13 +131,13 @@ fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> Admi
 }
 
 /// The decision for one pod (namespace set), from the view alone.
-pub fn decide(pod: &Pod, view: &impl ClusterView, settings: &Settings) -> PodMutation {
+pub fn decide(pod: &AdmittedPod, view: &impl ClusterView, settings: &Settings) -> PodMutation {
     decide_in(pod, pod.metadata.namespace.as_deref(), view, settings)
 }
 
 /// [`decide`] for a pod in `namespace` (which its metadata may not name yet).
 fn decide_in(
-    pod: &Pod,
+    pod: &AdmittedPod,
     namespace: Option<&str>,
     view: &impl ClusterView,
     settings: &Settings,
@@ -287,7 +290,7 @@ enum Owner {
 
 /// The workload at the top of the pod's owner chain, from the caches.
 fn owning_workload(
-    pod: &Pod,
+    pod: &AdmittedPod,
     namespace: &str,
     owner_kind: &str,
     owner_name: &str,

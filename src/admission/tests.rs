@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::configuration::{self, ConfigurationOptions, Endpoint};
 use super::*;
+use crate::admission::pod::AdmittedPod;
 use crate::controller::WorkloadView;
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Decoded, decode_review_as};
@@ -267,11 +268,11 @@ fn gated(pod: &Value) -> bool {
         .is_some_and(|g| g.iter().any(|g| g["conditionType"] == READINESS_GATE))
 }
 
-/// The pod mutation as the transport runs it: the review decoded into a `Pod`, or the answer
+/// The pod mutation as the transport runs it: the review decoded into an `AdmittedPod`, or the answer
 /// for a pod that is not one.
 fn mutate(view: &Fake, pod: &Value) -> AdmissionResponse {
     let body = review_body("Pod", "CREATE", pod, None, false);
-    match decode_review_as::<Pod>(Some("application/json"), &body) {
+    match decode_review_as::<AdmittedPod>(Some("application/json"), &body) {
         Ok(Decoded::Request(request)) => mutate::mutate_pod(&request, view, &settings()),
         Ok(Decoded::UnreadableObject { request, error }) => {
             mutate::unreadable_pod(&request, &error)

@@ -4,7 +4,7 @@
 use std::{
     marker::PhantomData,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::Instant,
 };
 
@@ -21,6 +21,7 @@ use kube::core::{
     DynamicObject, Resource, Status,
     admission::{AdmissionResponse, Operation},
 };
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, field::Empty};
 
@@ -139,6 +140,53 @@ struct Route {
     handler: Box<dyn Decide>,
     metrics: WebhookMetrics,
     body_limit: usize,
+    series: Series,
+}
+
+/// The labels an operation can have, in [`Series`] order.
+const OPERATIONS: [&str; 5] = ["CREATE", "UPDATE", "DELETE", "CONNECT", "unknown"];
+/// The results a request can have, in [`Series`] order.
+const RESULTS: [&str; 3] = ["allowed", "denied", "error"];
+
+/// This route's metric series, looked up in their families once and then kept: a lookup
+/// hashes and allocates the label set, which every request would otherwise pay twice. Created
+/// on first use, so `/metrics` shows only the series that happened.
+#[derive(Default)]
+struct Series {
+    latency: [OnceLock<Histogram>; OPERATIONS.len()],
+    requests: [[OnceLock<Counter>; RESULTS.len()]; OPERATIONS.len()],
+}
+
+impl Route {
+    fn record(&self, operation: &'static str, result: &'static str, seconds: f64) {
+        let op = OPERATIONS
+            .iter()
+            .position(|o| *o == operation)
+            .unwrap_or(OPERATIONS.len() - 1);
+        let res = RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(RESULTS.len() - 1);
+        self.series.latency[op]
+            .get_or_init(|| {
+                let labels = LatencyLabels {
+                    route: self.path.clone(),
+                    operation: OPERATIONS[op].to_owned(),
+                };
+                self.metrics.latency.get_or_create(&labels).clone()
+            })
+            .observe(seconds);
+        self.series.requests[op][res]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    route: self.path.clone(),
+                    operation: OPERATIONS[op].to_owned(),
+                    result: RESULTS[res],
+                };
+                self.metrics.requests.get_or_create(&labels).clone()
+            })
+            .inc();
+    }
 }
 
 /// Builds the admission [`Router`]: one POST route per handler.
@@ -190,6 +238,7 @@ impl AdmissionRouter {
                 handler,
                 metrics: self.metrics.clone(),
                 body_limit: self.body_limit,
+                series: Series::default(),
             });
             router = router.route(
                 &path,
@@ -242,23 +291,7 @@ async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
             "error"
         }
     };
-    route
-        .metrics
-        .latency
-        .get_or_create(&LatencyLabels {
-            route: route.path.clone(),
-            operation: operation.to_owned(),
-        })
-        .observe(elapsed.as_secs_f64());
-    route
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route.path.clone(),
-            operation: operation.to_owned(),
-            result,
-        })
-        .inc();
+    route.record(operation, result, elapsed.as_secs_f64());
     match outcome {
         Ok((body, _)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(err) => error_response(err.status_code(), err.to_string()),
