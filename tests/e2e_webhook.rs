@@ -394,14 +394,27 @@ async fn scaled_up_pods_get_the_target_and_the_gate_and_become_ready() -> TestRe
 #[tokio::test]
 async fn a_statefulset_native_sidecar_gets_the_target_at_creation() -> TestResult {
     let (client, ns) = setup("sts", json!({}), false).await?;
+    // Created empty, then scaled once the webhook has seen it: the StatefulSet controller
+    // creates the first pod the moment the StatefulSet exists, which can be before the
+    // webhook's watch delivers it (that pod is then admitted unchanged with a warning, and the
+    // controller upgrades it later; e2e_webhook_outage covers that path).
     let sts = fixture_workload(
         "statefulset.yaml.injected",
         "StatefulSet",
-        2,
+        0,
         Some("istio-proxy=:1.24.2"),
     )?;
-    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let sts = statefulsets
         .create(&PostParams::default(), &obj(sts))
+        .await?;
+    await_webhook_knows(&client, &ns, &sts).await?;
+    statefulsets
+        .patch(
+            &sts.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
         .await?;
     let pods = await_pods(&client, &ns, "2 pods at the target, gated, Ready", 2, |p| {
         spec_image(p, "istio-proxy").as_deref() == Some(NEW_PROXY) && gated(p) && is_ready(p)
@@ -426,6 +439,52 @@ async fn a_statefulset_native_sidecar_gets_the_target_at_creation() -> TestResul
         );
     }
     Ok(())
+}
+
+/// Until a dry-run pod owned by `sts` comes back from the API server mutated: the webhook's
+/// caches hold the StatefulSet and its policy.
+async fn await_webhook_knows(client: &Client, ns: &str, sts: &StatefulSet) -> AnyResult<()> {
+    let template = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .ok_or("the StatefulSet has no pod template")?;
+    let probe: Pod = obj(json!({
+        "metadata": {
+            "name": format!("{}-probe", sts.name_any()),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts.name_any(),
+                "uid": sts.uid().unwrap_or_default(), "controller": true,
+            }],
+        },
+        "spec": template,
+    }));
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = std::time::Instant::now() + testenv::WAIT_LIMIT;
+    loop {
+        let answered = pods.create(&dry_run, &probe).await?;
+        let proxy = answered
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|ics| ics.iter().find(|c| c.name == "istio-proxy"))
+            .and_then(|c| c.image.clone());
+        if proxy.as_deref() == Some(NEW_PROXY) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the webhook never mutated a pod of StatefulSet {ns}/{}",
+                sts.name_any()
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn kubectl_apply(env: &TestEnv, ns: &str, object: &Value) -> AnyResult<std::process::Output> {
