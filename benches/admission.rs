@@ -36,11 +36,11 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{CONTROLLER_NAMESPACE, WebhookProcess, admin_get, free_port};
 use futures::{StreamExt, stream};
 use inplace_upgrade::admission::configuration::{
     self, CONFIGURATION_NAME, ConfigurationOptions, Endpoint,
@@ -63,7 +63,6 @@ const TARGET: &str = "istio-proxy=proxyv2:1.24.2";
 /// update changes the annotation and the validating webhook's matchCondition sends each one.
 const UPDATE_TARGETS: [&str; 2] = ["istio-proxy=proxyv2:1.24.3", "istio-proxy=proxyv2:1.24.4"];
 const NEW_TAG: &str = ":1.24.2";
-const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
 
 #[tokio::main]
 async fn main() {
@@ -165,7 +164,16 @@ async fn run() -> AnyResult<()> {
         ],
     )?;
     let port = free_port()?;
-    let mut webhook = WebhookProcess::start(&bench, &cert_dir, port)?;
+    // A private copy of the binary, as `Bench::start` makes for the controller.
+    let binary = bench.env.dir().join("inplace-upgrade-webhook");
+    std::fs::copy(env!("CARGO_BIN_EXE_inplace-upgrade"), &binary)?;
+    let mut webhook = WebhookProcess::start(
+        &binary,
+        bench.env.kubeconfig_path(),
+        &cert_dir,
+        port,
+        bench.env.dir().join("logs/webhook.log"),
+    )?;
     webhook.await_ready().await?;
     let options = ConfigurationOptions {
         endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
@@ -727,9 +735,10 @@ impl Metrics {
         let apiserver = client
             .request_text(http::Request::get("/metrics").body(Vec::new())?)
             .await?;
-        let ours = admin_get(webhook.admin, "/metrics")
-            .await
-            .ok_or("the webhook's /metrics did not answer")?;
+        let ours = match admin_get(webhook.admin, "/metrics").await {
+            Some((200, body)) => body,
+            _ => return Err("the webhook's /metrics did not answer 200".into()),
+        };
         let lines = apiserver
             .lines()
             .chain(ours.lines())
@@ -824,89 +833,4 @@ fn connections(port: u16) -> String {
         .map(|(s, n)| format!("{n} {s}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn free_port() -> AnyResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// `inplace-upgrade webhook` serving `cert_dir` on `port` (a private copy of the binary, as
-/// [`Bench::start`] makes for the controller); killed when dropped.
-struct WebhookProcess {
-    child: Child,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl WebhookProcess {
-    fn start(bench: &Bench, cert_dir: &Path, port: u16) -> AnyResult<Self> {
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let log = bench.env.dir().join("logs/webhook.log");
-        let binary = bench.env.dir().join("inplace-upgrade-webhook");
-        std::fs::copy(env!("CARGO_BIN_EXE_inplace-upgrade"), &binary)?;
-        let child = Command::new(&binary)
-            .arg("webhook")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-addr", &admin.to_string()])
-            .arg("--cert-dir")
-            .arg(cert_dir)
-            .args(["--log-level", "info"])
-            .arg("--kubeconfig")
-            .arg(bench.env.kubeconfig_path())
-            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(Self { child, admin, log })
-    }
-
-    /// Until `/readyz` answers 200: certificate loaded, caches synced.
-    async fn await_ready(&mut self) -> AnyResult<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(
-                    format!("the webhook exited ({status}); see {}", self.log.display()).into(),
-                );
-            }
-            if admin_get(self.admin, "/readyz").await.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the webhook was not ready within 120 s; see {}",
-                    self.log.display()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for WebhookProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The body of a 200 answer to `GET path` on the webhook's plain-HTTP admin port.
-async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    if answer.split_whitespace().nth(1) != Some("200") {
-        return None;
-    }
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
 }

@@ -1195,12 +1195,6 @@ async fn is_ready_at(port: u16) -> bool {
     response.starts_with(b"HTTP/1.1 200")
 }
 
-fn free_port() -> AnyResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The webhook under its ServiceAccount, in self-managed certificate mode: it lists and watches
 /// everything it caches, watches the controller's Lease, writes the one Secret and the caBundle
 /// of both configurations from deploy/, and becomes ready once kubelet would have mounted the

@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, install, is_ready, obj, spec_image,
+    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, free_port, install, is_ready, obj,
+    spec_image,
 };
 use inplace_upgrade::admission::ClusterView as _;
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
@@ -43,12 +44,6 @@ struct Shared {
     admin: SocketAddr,
     cert_dir: PathBuf,
     host: String,
-}
-
-fn free_port() -> AnyResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Starts `run` (controller + webhook) once for the test binary, on a thread and runtime of its

@@ -25,16 +25,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, Replica, TestResult, create_policy, install,
-    is_ready, obj, spec_image,
+    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, Replica, TestResult, WebhookProcess, create_policy,
+    free_port, install, is_ready, obj, spec_image,
 };
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
 use inplace_upgrade::admission::serve;
@@ -48,7 +46,6 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_list};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -56,93 +53,22 @@ const OLD_PROXY: &str = "registry.istio.io/testing/proxyv2:latest";
 /// Dry-run pod creations per phase.
 const PROBES: usize = 3;
 
-fn free_port() -> AnyResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// One `inplace-upgrade webhook` process serving `cert_dir` on `port`; killed when dropped.
-struct WebhookProcess {
-    child: Child,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl WebhookProcess {
-    fn start(env: &TestEnv, cert_dir: &Path, port: u16, run: usize) -> AnyResult<Self> {
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let log = env
-            .dir()
+/// The webhook as its own process, its log named after the `run`.
+fn start_webhook(
+    env: &TestEnv,
+    cert_dir: &Path,
+    port: u16,
+    run: usize,
+) -> AnyResult<WebhookProcess> {
+    WebhookProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_inplace-upgrade")),
+        env.kubeconfig_path(),
+        cert_dir,
+        port,
+        env.dir()
             .join("logs")
-            .join(format!("webhook-outage-{run}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_inplace-upgrade"))
-            .arg("webhook")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-addr", &admin.to_string()])
-            .arg("--cert-dir")
-            .arg(cert_dir)
-            .args(["--log-level", "info"])
-            .arg("--kubeconfig")
-            .arg(env.kubeconfig_path())
-            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(Self { child, admin, log })
-    }
-
-    /// Until `/readyz` says 200: certificate loaded, caches synced.
-    async fn await_ready(&mut self) -> AnyResult<()> {
-        let deadline = Instant::now() + testenv::WAIT_LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!(
-                    "the webhook exited ({status}): {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                )
-                .into());
-            }
-            if admin_status(self.admin, "/readyz").await == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("the webhook never became ready".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) -> AnyResult<()> {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()?;
-        if !status.success() {
-            return Err(format!("kill {signal} failed").into());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for WebhookProcess {
-    fn drop(&mut self) {
-        let _ = self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    answer.split_whitespace().nth(1)?.parse().ok()
+            .join(format!("webhook-outage-{run}.log")),
+    )
 }
 
 /// Our TLS server on the webhook's port, with the webhook's certificate: it completes the
@@ -306,7 +232,7 @@ async fn pods_are_created_while_the_webhook_is_killed_or_hung_and_the_controller
         ],
     )?;
     let port = free_port()?;
-    let mut webhook = WebhookProcess::start(env, &cert_dir, port, 1)?;
+    let mut webhook = start_webhook(env, &cert_dir, port, 1)?;
     webhook.await_ready().await?;
     configuration::apply(
         &client,
@@ -378,7 +304,7 @@ async fn pods_are_created_while_the_webhook_is_killed_or_hung_and_the_controller
     phase!("hung", true);
     let hung_requests = hung.stop().await?;
 
-    let mut webhook = WebhookProcess::start(env, &cert_dir, port, 2)?;
+    let mut webhook = start_webhook(env, &cert_dir, port, 2)?;
     webhook.await_ready().await?;
     phase!("restarted", false);
     webhook.signal("-STOP")?;

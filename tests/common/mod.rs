@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each suite uses a different subset
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -589,4 +590,102 @@ pub async fn service_account_kubeconfig(
         .join(format!("{namespace}-{service_account}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
     Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> AnyResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One `inplace-upgrade webhook` process (certificates from files in `cert_dir`, served on
+/// `port`, its admin port free-picked); killed when dropped.
+pub struct WebhookProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl WebhookProcess {
+    pub fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        cert_dir: &Path,
+        port: u16,
+        log: PathBuf,
+    ) -> AnyResult<Self> {
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let child = Command::new(binary)
+            .arg("webhook")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-addr", &admin.to_string()])
+            .arg("--cert-dir")
+            .arg(cert_dir)
+            .args(["--log-level", "info"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Self { child, admin, log })
+    }
+
+    /// Until `/readyz` says 200: certificate loaded, caches synced.
+    pub async fn await_ready(&mut self) -> AnyResult<()> {
+        let deadline = std::time::Instant::now() + testenv::WAIT_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!(
+                    "the webhook exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+                .into());
+            }
+            if admin_get(self.admin, "/readyz").await.map(|(code, _)| code) == Some(200) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(
+                    format!("the webhook never became ready; see {}", self.log.display()).into(),
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) -> AnyResult<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill {signal} failed").into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WebhookProcess {
+    fn drop(&mut self) {
+        let _ = self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on a plain-HTTP admin port: the status code and the body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_owned()))
 }
