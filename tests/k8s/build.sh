@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane the tests run on: kube-apiserver, kube-controller-manager
-# and kubectl, from the release pinned in tests/k8s/go.mod, into a cache outside the repo keyed
-# by that release and go.sum. A warm cache makes this a no-op. Prints the bin directory.
+# Builds the Kubernetes binaries the tests run on, from the release pinned in tests/k8s/go.mod,
+# into a cache outside the repo keyed by that release, go.sum and the Go version. A warm cache
+# makes this a no-op. Prints the bin directory.
+#   control plane: kube-apiserver, kube-controller-manager, kubectl
+#   real nodes:    kubelet, kube-proxy, kube-scheduler (tests/testenv --real-nodes)
 #
 #   INPLACE_K8S_CACHE  cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/inplace-upgrade)
 set -euo pipefail
@@ -14,7 +16,7 @@ root=${INPLACE_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inplace-upgrade}
 bin="$root/kubernetes-$version/bin"
 key="$version $(sha256sum "$here/go.sum" | cut -c1-16) $(go env GOVERSION)"
 
-binaries=(kube-apiserver kube-controller-manager kubectl)
+binaries=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
 warm() {
   [[ -f $bin/.key && $(cat "$bin/.key") == "$key" ]] || return 1
   for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || return 1; done

@@ -1,5 +1,5 @@
-// Builds the Kubernetes control-plane binaries the test harness runs (kube-apiserver,
-// kube-controller-manager, kubectl). See tests/k8s/build.sh.
+// Builds the Kubernetes binaries the test harness runs (control plane and real nodes).
+// See tests/k8s/build.sh.
 module inplace-upgrade/tests/k8s
 
 go 1.25.0
