@@ -467,6 +467,57 @@ async fn failed_namespace_target_does_not_spread_to_other_workloads() -> TestRes
     Ok(())
 }
 
+/// The same promise with ungated pods, which are patched the moment their workload gets a
+/// slot: the slot the failed workload frees must not reach a sibling before that sibling can
+/// see the failure. (Before the fix the freed slot woke the next workload while the failed
+/// one's status was still unwritten, and it patched the bad image within the same second.)
+#[tokio::test]
+async fn a_freed_rollout_slot_does_not_carry_a_failed_namespace_target_to_the_next_workload()
+-> TestResult {
+    let (client, ns) = setup(
+        "nsslot",
+        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5}),
+    )
+    .await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let names = ["one", "two", "three"];
+    for name in names {
+        let mut d = hello_deployment("hello-old-version.yaml.injected", 1, false)?;
+        d.metadata.name = Some(name.into());
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+    for name in names {
+        await_deployment_ready(&deployments, name, 1).await?;
+    }
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    annotate(
+        &Api::<Namespace>::all(client.clone()),
+        &ns,
+        TARGETS_ANNOTATION,
+        target,
+    )
+    .await?;
+    for name in names {
+        await_phase(&deployments, name, target, "Failed").await?;
+    }
+    for name in names {
+        await_deployment_ready(&deployments, name, 1).await?;
+    }
+    // Every patch leaves its record on the pod, rolled back or not.
+    let tried: Vec<String> = pods_by_name(&client, &ns, "hello")
+        .await?
+        .into_iter()
+        .filter(|(_, p)| p.annotations().contains_key(STATE_ANNOTATION))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        tried.len(),
+        1,
+        "the failed target was patched on one pod of one workload only: {tried:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn stateful_set_and_daemon_set_are_upgraded_in_place() -> TestResult {
     use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};

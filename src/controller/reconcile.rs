@@ -235,9 +235,12 @@ async fn reconcile_workload(
             .iter()
             .filter(|k| *k != key)
         {
+            // Our own status writes count at once (`written`): a failure recorded a moment ago
+            // in a sibling must stop this workload even before the watch delivers it.
+            let cached = ctx.cache.workload_annotation(other, STATUS_ANNOTATION);
             if let Some(s) = ctx
-                .cache
-                .workload_annotation(other, STATUS_ANNOTATION)
+                .written
+                .freshest_status(other, cached.as_deref())
                 .filter(|raw| raw.contains("failedTargets"))
                 .and_then(|raw| WorkloadStatus::parse(&raw))
                 && s.source == Some(TargetSource::Namespace)
@@ -295,17 +298,7 @@ async fn reconcile_workload(
         plan.steps.retain(|s| !s.action.starts_upgrade());
     }
 
-    let results = join_all(
-        plan.steps
-            .iter()
-            .map(|step| execute(ctx, &workload, &pods, step, now)),
-    )
-    .await;
-    for r in results {
-        r?;
-    }
-
-    // Progress record, written only when it changed.
+    // Progress record, written only when it changed. It follows from the plan alone.
     let status = progress(
         &asked,
         policy_name,
@@ -316,6 +309,26 @@ async fn reconcile_workload(
         (retry, retry_since),
         now,
     );
+    // A new failure is recorded before anything is done about it (the rollback) and before
+    // the workload's rollout slot is freed: under a Namespace annotation the other workloads
+    // read it (through `written`) from the moment it is known, so a freed slot or any other
+    // wake-up cannot start the failed target on them before the watch delivers it.
+    let mut previous = previous;
+    if asked.source.is_some() && status.records_a_new_failure(previous.as_ref()) {
+        ctx.written.defer_progress(key, true, Instant::now());
+        write_status(ctx, &workload, cached_status, previous.as_ref(), &status).await?;
+        previous = Some(status.clone());
+    }
+
+    let results = join_all(
+        plan.steps
+            .iter()
+            .map(|step| execute(ctx, &workload, &pods, step, now)),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
     // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
     // its slot, if it had one, goes to the oldest waiter).
     match (status.phase, &status.policy) {
@@ -347,7 +360,6 @@ async fn reconcile_workload(
         }
         return Ok(recheck_after(plan.recheck_at, now));
     }
-    let changed_phase = previous.as_ref().map(|p| p.phase) != Some(status.phase);
     let recheck = recheck_after(plan.recheck_at, now);
     if previous.as_ref() == Some(&status) {
         ctx.written.defer_progress(key, true, Instant::now());
@@ -360,7 +372,21 @@ async fn reconcile_workload(
     if let Some(left) = ctx.written.defer_progress(key, urgent, Instant::now()) {
         return Ok(Some(recheck.map_or(left, |r| r.min(left))));
     }
-    let raw = serde_json::to_string(&status).unwrap_or_default();
+    write_status(ctx, &workload, cached_status, previous.as_ref(), &status).await?;
+    Ok(recheck)
+}
+
+/// Writes the workload's status annotation, remembers it until the watch delivers it, and
+/// announces a phase change with an Event.
+async fn write_status(
+    ctx: &Context,
+    workload: &WorkloadView,
+    cached_status: Option<&str>,
+    previous: Option<&WorkloadStatus>,
+    status: &WorkloadStatus,
+) -> Result<(), ReconcileError> {
+    let key = &workload.key;
+    let raw = serde_json::to_string(status).unwrap_or_default();
     if let Err(source) = ctx
         .annotate_workload(key, STATUS_ANNOTATION, Some(&raw))
         .await
@@ -372,10 +398,10 @@ async fn reconcile_workload(
         });
     }
     ctx.written.remember_status(key, cached_status, &raw);
-    if changed_phase {
-        announce(ctx, &workload, &status).await;
+    if previous.map(|p| p.phase) != Some(status.phase) {
+        announce(ctx, workload, status).await;
     }
-    Ok(recheck)
+    Ok(())
 }
 
 fn recheck_after(at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
