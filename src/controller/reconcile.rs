@@ -298,7 +298,16 @@ async fn reconcile_workload(
         plan.steps.retain(|s| !s.action.starts_upgrade());
     }
 
-    // Progress record, written only when it changed. It follows from the plan alone.
+    let results = join_all(
+        plan.steps
+            .iter()
+            .map(|step| execute(ctx, &workload, &pods, step, now)),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
+    // Progress record, written only when it changed.
     let status = progress(
         &asked,
         policy_name,
@@ -309,28 +318,18 @@ async fn reconcile_workload(
         (retry, retry_since),
         now,
     );
-    // A new failure is recorded before anything is done about it (the rollback) and before
-    // the workload's rollout slot is freed: under a Namespace annotation the other workloads
-    // read it (through `written`) from the moment it is known, so a freed slot or any other
-    // wake-up cannot start the failed target on them before the watch delivers it.
-    let mut previous = previous;
-    if asked.source.is_some() && status.records_a_new_failure(previous.as_ref()) {
-        ctx.written.defer_progress(key, true, Instant::now());
-        write_status(ctx, &workload, cached_status, previous.as_ref(), &status).await?;
-        previous = Some(status.clone());
-    }
-
-    let results = join_all(
-        plan.steps
-            .iter()
-            .map(|step| execute(ctx, &workload, &pods, step, now)),
-    )
-    .await;
-    for r in results {
-        r?;
+    let mut recheck = recheck_after(plan.recheck_at, now);
+    if let Some(left) =
+        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?
+    {
+        // A progress-only change waits to be written: come back when it is due.
+        recheck = Some(recheck.map_or(left, |r| r.min(left)));
     }
     // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
-    // its slot, if it had one, goes to the oldest waiter).
+    // its slot, if it had one, goes to the oldest waiter). Slots change hands only now that
+    // the status saying why is written (and counts at once, through `written`): a waiter woken
+    // by a failure sees the failure, under a Namespace annotation, before it could start the
+    // same target, and nobody sees two workloads `Progressing` under a limit of one.
     match (status.phase, &status.policy) {
         (WorkloadPhase::Progressing, Some(policy)) => ctx.hold_slot(policy, key),
         _ if waiting_for_slot => {}
@@ -347,6 +346,22 @@ async fn reconcile_workload(
     ctx.metrics
         .workloads_in_progress
         .set(i64::try_from(ctx.report.progressing()).unwrap_or(i64::MAX));
+    Ok(recheck)
+}
+
+/// Brings the workload's status annotation to `status`: written at once when the phase, the
+/// message or the failure memory changed; when only progress did, after at most
+/// `written::PROGRESS_DEBOUNCE` (it then returns how much longer it waits); cleared when
+/// nothing is asked.
+async fn record_status(
+    ctx: &Context,
+    workload: &WorkloadView,
+    asked: &Asked,
+    cached_status: Option<&str>,
+    previous: Option<WorkloadStatus>,
+    status: &WorkloadStatus,
+) -> Result<Option<Duration>, ReconcileError> {
+    let key = &workload.key;
     if asked.source.is_none() && asked.problem.is_none() {
         // Nothing asked (any more): no progress to report, and a stale record goes.
         if previous.is_some() {
@@ -358,22 +373,21 @@ async fn reconcile_workload(
                     source,
                 })?;
         }
-        return Ok(recheck_after(plan.recheck_at, now));
+        return Ok(None);
     }
-    let recheck = recheck_after(plan.recheck_at, now);
-    if previous.as_ref() == Some(&status) {
+    if previous.as_ref() == Some(status) {
         ctx.written.defer_progress(key, true, Instant::now());
-        return Ok(recheck);
+        return Ok(None);
     }
     // Progress alone (pods starting, finishing) waits a moment to be written with what follows.
     let urgent = previous
         .as_ref()
-        .is_none_or(|p| !p.only_progress_since(&status));
+        .is_none_or(|p| !p.only_progress_since(status));
     if let Some(left) = ctx.written.defer_progress(key, urgent, Instant::now()) {
-        return Ok(Some(recheck.map_or(left, |r| r.min(left))));
+        return Ok(Some(left));
     }
-    write_status(ctx, &workload, cached_status, previous.as_ref(), &status).await?;
-    Ok(recheck)
+    write_status(ctx, workload, cached_status, previous.as_ref(), status).await?;
+    Ok(None)
 }
 
 /// Writes the workload's status annotation, remembers it until the watch delivers it, and

@@ -111,13 +111,6 @@ impl WorkloadStatus {
 }
 
 impl WorkloadStatus {
-    /// True when this status remembers a failed target that `previous` did not.
-    pub fn records_a_new_failure(&self, previous: Option<&WorkloadStatus>) -> bool {
-        self.failed_targets
-            .iter()
-            .any(|f| previous.is_none_or(|p| !p.failed_targets.contains(f)))
-    }
-
     /// True when `next` differs from `self` only in progress: which pods are being upgraded
     /// (`currentPods`) and how many are done (`upgraded`). Such a change may wait a little and
     /// ride along with the next ones; a phase or message change, a failure or a retry may not.
@@ -176,28 +169,6 @@ mod tests {
         assert!(failed.is_empty());
         assert_eq!(since, Some(now));
         assert_eq!(failure_memory(None, None, now), (Vec::new(), None));
-    }
-
-    #[test]
-    fn only_a_failed_target_not_remembered_before_is_a_new_failure() {
-        let bad = |image: &str| FailedTargetRecord {
-            container: "istio-proxy".into(),
-            image: image.into(),
-        };
-        let failed = WorkloadStatus {
-            phase: WorkloadPhase::Failed,
-            failed_targets: vec![bad("proxyv2:bad")],
-            ..WorkloadStatus::default()
-        };
-        assert!(failed.records_a_new_failure(None));
-        assert!(failed.records_a_new_failure(Some(&WorkloadStatus::default())));
-        assert!(!failed.records_a_new_failure(Some(&failed)));
-        let again = WorkloadStatus {
-            failed_targets: vec![bad("proxyv2:bad"), bad("proxyv2:worse")],
-            ..failed.clone()
-        };
-        assert!(again.records_a_new_failure(Some(&failed)));
-        assert!(!WorkloadStatus::default().records_a_new_failure(Some(&failed)));
     }
 
     #[test]
