@@ -47,34 +47,3 @@ pub const RETRY_ANNOTATION: &str = "inplace-upgrade.io/retry";
 pub const READINESS_GATE: &str = "inplace-upgrade.io/ready";
 /// Field manager for every write we make.
 pub const FIELD_MANAGER: &str = "inplace-upgrade";
-
-/// Every error the domain core can report. Each variant's message names the offending input
-/// and what to do about it, so it can be shown to a user as is (admission denial, Event).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Annotation(#[from] annotation::AnnotationError),
-    #[error(transparent)]
-    Image(#[from] image::ImageError),
-    #[error(transparent)]
-    Target(#[from] target::TargetError),
-    #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
-    #[error(transparent)]
-    State(#[from] state::StateError),
-}
-
-impl Error {
-    /// A short, stable label for metrics and Event reasons.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Annotation(_) => "annotation",
-            Error::Image(_) => "image",
-            Error::Target(_) => "target",
-            Error::Policy(_) => "policy",
-            Error::State(_) => "state",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

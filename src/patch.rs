@@ -47,6 +47,26 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
 
+/// The three operations that change one container's image, and the rule that makes the change
+/// safe: `test` that the container at `index` is still `name` and still runs `from`, then
+/// `replace` the image with `to`. Sent in one request with the state annotation, they apply
+/// together or not at all; a pod someone else changed since we read it (another writer's
+/// image, a reordered container list) fails the `test` and is re-read and re-planned, never
+/// overwritten.
+fn swap_image(
+    kind: ContainerKind,
+    index: usize,
+    name: &str,
+    from: &str,
+    to: &str,
+) -> [PatchOperation; 3] {
+    [
+        test(image_path(kind, index, "name"), json!(name)),
+        test(image_path(kind, index, "image"), json!(from)),
+        replace(image_path(kind, index, "image"), json!(to)),
+    ]
+}
+
 /// Set one annotation, creating `metadata.annotations` when the pod has none. The key is a
 /// JSON-pointer token, so `/` is escaped (`inplace-upgrade.io~1state`).
 pub fn set_annotation(pod: &Pod, key: &str, value: &str) -> PatchOperation {
@@ -100,17 +120,8 @@ pub fn upgrade_patch(
     let mut containers = Vec::new();
     for t in targets {
         let loc = &t.location;
-        ops.push(test(
-            image_path(loc.kind, loc.index, "name"),
-            json!(loc.name),
-        ));
-        ops.push(test(
-            image_path(loc.kind, loc.index, "image"),
-            json!(loc.image),
-        ));
-        ops.push(replace(
-            image_path(loc.kind, loc.index, "image"),
-            json!(t.image),
+        ops.extend(swap_image(
+            loc.kind, loc.index, &loc.name, &loc.image, &t.image,
         ));
         let (container_id, restart_count, was_running) = baseline_of(pod, loc.kind, &loc.name);
         let previous_image = existing
@@ -155,14 +166,12 @@ pub fn rollback_patch(
     let mut ops = Vec::new();
     let mut containers = Vec::new();
     for c in &state.containers {
-        ops.push(test(image_path(c.kind, c.index, "name"), json!(c.name)));
-        ops.push(test(
-            image_path(c.kind, c.index, "image"),
-            json!(c.target_image),
-        ));
-        ops.push(replace(
-            image_path(c.kind, c.index, "image"),
-            json!(c.previous_image),
+        ops.extend(swap_image(
+            c.kind,
+            c.index,
+            &c.name,
+            &c.target_image,
+            &c.previous_image,
         ));
         let (container_id, restart_count, was_running) = baseline_of(pod, c.kind, &c.name);
         containers.push(ContainerBaseline {
@@ -196,16 +205,10 @@ pub fn state_patch(pod: &Pod, state: &PodUpgradeState) -> Result<Patch, StateErr
 }
 
 /// The webhook's mutation of a pod being created: set the target images and, when asked,
-/// inject our readiness gate (creating `readinessGates` if absent). Idempotent: a pod that
+/// inject our readiness gate (creating `readinessGates` if absent). It reads only the pod's
+/// `spec.readinessGates` (the webhook decodes only part of the pod). Idempotent: a pod that
 /// already has the images and the gate gets an empty patch, so reinvocation changes nothing.
-pub fn new_pod_patch(pod: &Pod, targets: &[ResolvedTarget], inject_gate: bool) -> Patch {
-    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
-    new_pod_patch_with_gates(gates, targets, inject_gate)
-}
-
-/// [`new_pod_patch`] from the pod's `spec.readinessGates` alone (all it reads of the pod), for
-/// the webhook, which decodes only part of the pod.
-pub fn new_pod_patch_with_gates(
+pub fn new_pod_patch(
     readiness_gates: Option<&[PodReadinessGate]>,
     targets: &[ResolvedTarget],
     inject_gate: bool,
@@ -323,6 +326,10 @@ mod tests {
             ..PodStatus::default()
         });
         pod
+    }
+
+    fn gates_of(pod: &Pod) -> Option<&[PodReadinessGate]> {
+        pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref())
     }
 
     fn image_of(pod: &Pod, name: &str) -> String {
@@ -542,7 +549,7 @@ mod tests {
                 let targets = annotation::parse("istio-proxy=:1.24.2").expect("valid");
                 let resolved =
                     target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-                let patch = new_pod_patch(&pod, &resolved.resolved, true);
+                let patch = new_pod_patch(gates_of(&pod), &resolved.resolved, true);
                 let mutated = apply(&pod, &patch).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(image_of(&mutated, "istio-proxy"), NEW_PROXY, "{file}");
                 let gates = mutated
@@ -561,12 +568,17 @@ mod tests {
                 let again =
                     target::resolve(mutated.spec.as_ref().expect("spec"), &targets).expect("ok");
                 assert!(
-                    new_pod_patch(&mutated, &again.resolved, true).0.is_empty(),
+                    new_pod_patch(gates_of(&mutated), &again.resolved, true)
+                        .0
+                        .is_empty(),
                     "{file}"
                 );
                 // Without the gate only the image changes.
-                let no_gate =
-                    apply(&pod, &new_pod_patch(&pod, &resolved.resolved, false)).expect("applies");
+                let no_gate = apply(
+                    &pod,
+                    &new_pod_patch(gates_of(&pod), &resolved.resolved, false),
+                )
+                .expect("applies");
                 assert_eq!(
                     no_gate
                         .spec
@@ -586,7 +598,7 @@ mod tests {
                 condition_type: "example.com/other".into(),
             }]);
         }
-        let mutated = apply(&pod, &new_pod_patch(&pod, &[], true)).expect("applies");
+        let mutated = apply(&pod, &new_pod_patch(gates_of(&pod), &[], true)).expect("applies");
         let gates: Vec<String> = mutated
             .spec
             .and_then(|s| s.readiness_gates)

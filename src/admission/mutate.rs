@@ -59,8 +59,7 @@ pub fn mutate_pod(
         .or(request.namespace.as_deref());
     let mutation = decide_in(pod, namespace, view, settings);
     let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
-    let patch =
-        crate::patch::new_pod_patch_with_gates(gates, &mutation.targets, mutation.inject_gate);
+    let patch = crate::patch::new_pod_patch(gates, &mutation.targets, mutation.inject_gate);
     let response = if patch.0.is_empty() {
         response
     } else {
