@@ -27,7 +27,9 @@ pub mod patch;
 pub mod plan;
 pub mod policy;
 pub mod state;
+pub mod status;
 pub mod target;
+pub mod workload;
 
 #[cfg(test)]
 mod testutil;

@@ -39,6 +39,8 @@ use crate::policy::{ImageAllowlist, InPlaceUpgradePolicySpec, OnFailure};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, ResolvedTarget};
 
+pub mod inputs;
+
 /// A PodDisruptionBudget as the planner needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisruptionBudget {
@@ -49,9 +51,12 @@ pub struct DisruptionBudget {
     pub pods: BTreeSet<String>,
 }
 
-/// A target that failed in this workload (or, under a Namespace annotation, in another one):
-/// it is not started again until the annotation changes or the user asks for a retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A target that failed in a workload: it is not started again there (nor, under a Namespace
+/// annotation, in the namespace's other workloads) until the annotation changes or the user
+/// asks for a retry. The one record of it: the workload's status keeps it (`failedTargets`),
+/// the planner and the webhook read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FailedTarget {
     pub container: String,
     pub image: String,

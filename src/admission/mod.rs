@@ -27,8 +27,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::controller::{self, Cache, WorkloadKey, WorkloadView};
+use crate::controller::{self, Cache};
 use crate::policy::InPlaceUpgradePolicy;
+use crate::workload::{WorkloadKey, WorkloadView};
 
 /// Path of the pod mutation.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";

@@ -14,10 +14,10 @@ use serde::Deserialize;
 
 use super::pod::AdmittedPod;
 use super::{ClusterView, Settings, warning};
-use crate::controller::{WorkloadKey, WorkloadKind, WorkloadView};
 use crate::image::same_image;
 use crate::policy::{Scope, governing_policy};
 use crate::target::{ResolvedTarget, TargetSource, effective_targets, resolve};
+use crate::workload::{Owner, WorkloadView, controller_of, owning_workload};
 use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::{AdmissionHandler, AdmissionRequest, AdmissionResponse, Operation};
 
@@ -166,15 +166,17 @@ fn decide_in(
         ));
         return out;
     }
-    let workload = match owning_workload(pod, &namespace, &owner.kind, &owner.name, view) {
-        Owner::Workload(w) => w,
+    let owner = owning_workload(&namespace, pod.owner_references(), pod.labels(), |rs| {
+        view.replica_set(&namespace, rs)
+            .map(|rs| controller_of(rs.owner_references()).cloned())
+    });
+    let workload = match owner {
+        Owner::Workload(key) => match view.workload(&key) {
+            Some(w) => w,
+            None => return not_cached(out, key.to_string()),
+        },
+        Owner::UnknownReplicaSet(what) => return not_cached(out, what),
         Owner::NotOurs => return out,
-        Owner::Unknown(what) => {
-            out.warnings.push(warning(format!(
-                "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
-            )));
-            return out;
-        }
     };
     let ns = view.namespace(&namespace);
     let empty = Default::default();
@@ -278,61 +280,12 @@ fn decide_in(
     out
 }
 
-enum Owner {
-    Workload(WorkloadView),
-    /// Owned by something that is not one of our workload kinds (e.g. an Argo Rollout's
-    /// ReplicaSet).
-    NotOurs,
-    /// The owner is not in the cache (yet): names it.
-    Unknown(String),
-}
-
-/// The workload at the top of the pod's owner chain, from the caches.
-fn owning_workload(
-    pod: &AdmittedPod,
-    namespace: &str,
-    owner_kind: &str,
-    owner_name: &str,
-    view: &impl ClusterView,
-) -> Owner {
-    let key = |kind, name: &str| WorkloadKey {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
-    let found = |key: WorkloadKey| match view.workload(&key) {
-        Some(w) => Owner::Workload(w),
-        None => Owner::Unknown(key.to_string()),
-    };
-    match owner_kind {
-        "StatefulSet" => found(key(WorkloadKind::StatefulSet, owner_name)),
-        "DaemonSet" => found(key(WorkloadKind::DaemonSet, owner_name)),
-        "ReplicaSet" => match view.replica_set(namespace, owner_name) {
-            Some(rs) => match rs
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-            {
-                Some(o) if o.kind == "Deployment" => found(key(WorkloadKind::Deployment, &o.name)),
-                Some(_) => Owner::NotOurs,
-                None => found(key(WorkloadKind::ReplicaSet, owner_name)),
-            },
-            // A Deployment's new ReplicaSet creates its first pods right after it is created,
-            // possibly before our watch delivers it. Its name is `<deployment>-<pod-template-hash>`
-            // and the pod carries that hash label, which identifies the Deployment.
-            None => pod
-                .labels()
-                .get("pod-template-hash")
-                .and_then(|hash| owner_name.strip_suffix(hash.as_str()))
-                .and_then(|prefix| prefix.strip_suffix('-'))
-                .and_then(|deployment| view.workload(&key(WorkloadKind::Deployment, deployment)))
-                .map_or_else(
-                    || Owner::Unknown(format!("ReplicaSet {namespace}/{owner_name}")),
-                    Owner::Workload,
-                ),
-        },
-        _ => Owner::NotOurs,
-    }
+/// The pod's owner is not in the webhook's cache (yet): not mutated, and said so.
+fn not_cached(mut out: PodMutation, what: String) -> PodMutation {
+    out.warnings.push(warning(format!(
+        "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
+    )));
+    out
 }
 
 /// The workload's memory of failed targets (its status annotation), and under a Namespace

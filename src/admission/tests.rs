@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::configuration::{self, ConfigurationOptions, Endpoint};
 use super::*;
 use crate::admission::pod::AdmittedPod;
-use crate::controller::WorkloadView;
+use crate::workload::WorkloadView;
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Decoded, decode_review_as};
 

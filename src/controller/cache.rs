@@ -29,10 +29,11 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
 use super::queue::Queue;
-use super::workload::{
-    WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled, template_digest,
-};
 use crate::policy::InPlaceUpgradePolicy;
+use crate::workload::{
+    Owner, WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled,
+    owning_workload, template_digest,
+};
 
 /// Children by their controlling owner: `(namespace, owner kind, owner name) -> child names`.
 #[derive(Default)]
@@ -654,12 +655,17 @@ impl Cache {
     }
 
     pub fn workload_of_pod(&self, pod: &Pod) -> Option<WorkloadKey> {
-        super::workload::workload_of_pod(pod, |rs_name| {
+        let namespace = pod.namespace()?;
+        let owner = owning_workload(&namespace, pod.owner_references(), pod.labels(), |rs| {
             let rs = self
                 .replica_sets
-                .get(&ObjectRef::new(rs_name).within(&pod.namespace()?))?;
-            controller_of(rs.owner_references()).cloned()
-        })
+                .get(&ObjectRef::new(rs).within(&namespace))?;
+            Some(controller_of(rs.owner_references()).cloned())
+        });
+        match owner {
+            Owner::Workload(key) => Some(key),
+            Owner::UnknownReplicaSet(_) | Owner::NotOurs => None,
+        }
     }
 
     /// The workload behind `key`, if it still exists and is a workload of its own (a

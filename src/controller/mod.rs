@@ -5,7 +5,6 @@
 //! or a leader change — carries on from there.
 
 mod cache;
-pub mod inputs;
 mod leader;
 mod metrics;
 mod policy_watch;
@@ -13,8 +12,6 @@ mod queue;
 mod reconcile;
 mod report;
 mod slots;
-mod status;
-mod workload;
 mod writes;
 mod written;
 
@@ -26,12 +23,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::status::{WorkloadPhase, WorkloadStatus};
+use crate::workload::WorkloadKey;
+
 pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
-pub use status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-pub use workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled};
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.
@@ -110,13 +108,11 @@ impl Context {
             let Some(status) = w
                 .annotations
                 .get(crate::STATUS_ANNOTATION)
-                .and_then(|s| status::WorkloadStatus::parse(s))
+                .and_then(|s| WorkloadStatus::parse(s))
             else {
                 continue;
             };
-            if let (status::WorkloadPhase::Progressing, Some(policy)) =
-                (status.phase, &status.policy)
-            {
+            if let (WorkloadPhase::Progressing, Some(policy)) = (status.phase, &status.policy) {
                 self.hold_slot(policy, &key);
             }
         }

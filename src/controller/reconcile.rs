@@ -13,19 +13,20 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::{disruption_budgets, endpoints_drained};
 use super::metrics::{ErrorLabels, ResultLabels};
-use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-use super::workload::{WorkloadKey, WorkloadView};
 use super::writes::is_conflict;
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
     gate_condition_patch, rollback_patch, state_patch, upgrade_patch,
 };
+use crate::plan::FailedTarget;
+use crate::plan::inputs::{disruption_budgets, endpoints_drained};
 use crate::plan::{Action, PlanInput, Step, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
 use crate::state::{Phase, PodUpgradeState};
+use crate::status::{WorkloadPhase, WorkloadStatus, failure_memory};
 use crate::target::{self, TargetSource, effective_targets};
+use crate::workload::{WorkloadKey, WorkloadView};
 use crate::{
     PAUSED_ANNOTATION, READINESS_GATE, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION,
     TARGETS_ANNOTATION,
@@ -245,7 +246,7 @@ async fn reconcile_workload(
                 .and_then(|raw| WorkloadStatus::parse(&raw))
                 && s.source == Some(TargetSource::Namespace)
             {
-                failed.extend(s.failed());
+                failed.extend(s.failed_targets);
             }
         }
     }
@@ -681,7 +682,7 @@ fn progress(
         message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
     }
     // Failure memory: what failed stays failed for this annotation until a retry.
-    let mut failed_targets: Vec<FailedTargetRecord> = match previous {
+    let mut failed_targets: Vec<FailedTarget> = match previous {
         Some(p) if p.retry == retry && p.target == asked.written => p.failed_targets.clone(),
         _ => Vec::new(),
     };
@@ -697,7 +698,7 @@ fn progress(
         && !retry_since.is_some_and(|r| state.phase != Phase::Patched && state.patched_at <= r)
     {
         for c in &state.containers {
-            let record = FailedTargetRecord {
+            let record = FailedTarget {
                 container: c.name.clone(),
                 image: c.target_image.clone(),
             };

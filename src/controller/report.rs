@@ -14,12 +14,12 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::Context;
-use super::status::WorkloadPhase;
-use super::workload::WorkloadKey;
 use crate::FIELD_MANAGER;
 use crate::policy::{
     InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, InPlaceUpgradePolicyStatus, selector_matches,
 };
+use crate::status::WorkloadPhase;
+use crate::workload::WorkloadKey;
 
 /// How long the writer waits after a change for more changes to fold into the same write.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -171,7 +171,7 @@ pub async fn write_policy_statuses(ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::WorkloadKind;
+    use crate::workload::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
         WorkloadKey {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::workload::WorkloadKey;
+use crate::workload::WorkloadKey;
 
 #[derive(Default)]
 struct PolicySlots {
@@ -99,7 +99,7 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::WorkloadKind;
+    use crate::workload::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
         WorkloadKey {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::workload::WorkloadKey;
+use crate::workload::WorkloadKey;
 
 #[derive(Default)]
 pub struct Written {
@@ -156,7 +156,7 @@ mod tests {
 
     fn key() -> WorkloadKey {
         WorkloadKey {
-            kind: crate::controller::WorkloadKind::Deployment,
+            kind: crate::workload::WorkloadKind::Deployment,
             namespace: "ns".into(),
             name: "web".into(),
         }

@@ -24,13 +24,14 @@ use super::{Cli, Command, ExitStatus, GlobalArgs, KubectlError, Output};
 use crate::admission::validate::{WorkloadObject, check_workload_or_namespace};
 use crate::admission::{ClusterView, Settings};
 use crate::annotation;
-use crate::controller::failure_memory;
-use crate::controller::inputs::{disruption_budgets, endpoints_drained};
-use crate::controller::{WorkloadKey, WorkloadPhase, WorkloadStatus, WorkloadView};
+use crate::plan::inputs::{disruption_budgets, endpoints_drained};
 use crate::plan::{Action, PlanInput, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, Scope, governing_policy};
 use crate::state::PodUpgradeState;
+use crate::status::failure_memory;
+use crate::status::{WorkloadPhase, WorkloadStatus};
 use crate::target::{self, TargetSource, effective_targets};
+use crate::workload::{WorkloadKey, WorkloadView};
 use crate::{
     PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION,
 };

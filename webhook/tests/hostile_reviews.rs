@@ -22,8 +22,8 @@ use inplace_upgrade::{
     admission::{
         ClusterView, MUTATE_PODS_PATH, Settings, VALIDATE_WORKLOADS_PATH, serve::admission_router,
     },
-    controller::{WorkloadKey, WorkloadView},
     policy::InPlaceUpgradePolicy,
+    workload::{WorkloadKey, WorkloadView},
 };
 use inplace_upgrade_webhook::{DEFAULT_BODY_LIMIT, WebhookMetrics};
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Namespace};

@@ -42,13 +42,6 @@ impl WorkloadPhase {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FailedTargetRecord {
-    pub container: String,
-    pub image: String,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
@@ -78,7 +71,7 @@ pub struct WorkloadStatus {
     pub message: Option<String>,
     /// Targets that failed here: not started again until the annotation changes or a retry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_targets: Vec<FailedTargetRecord>,
+    pub failed_targets: Vec<FailedTarget>,
     /// The last `inplace-upgrade.io/retry` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
@@ -97,16 +90,6 @@ fn is_zero(n: &u32) -> bool {
 impl WorkloadStatus {
     pub fn parse(raw: &str) -> Option<Self> {
         serde_json::from_str(raw).ok()
-    }
-
-    pub fn failed(&self) -> Vec<FailedTarget> {
-        self.failed_targets
-            .iter()
-            .map(|f| FailedTarget {
-                container: f.container.clone(),
-                image: f.image.clone(),
-            })
-            .collect()
     }
 }
 
@@ -134,7 +117,7 @@ pub fn failure_memory(
     now: Timestamp,
 ) -> (Vec<FailedTarget>, Option<Timestamp>) {
     match previous {
-        Some(p) if p.retry.as_deref() == retry => (p.failed(), p.retry_since),
+        Some(p) if p.retry.as_deref() == retry => (p.failed_targets.clone(), p.retry_since),
         _ => (
             Vec::new(),
             retry.map(|r| r.parse::<Timestamp>().unwrap_or(now)),
@@ -151,7 +134,7 @@ mod tests {
         let now: Timestamp = "2026-01-02T00:00:00Z".parse().expect("time");
         let previous = WorkloadStatus {
             phase: WorkloadPhase::Failed,
-            failed_targets: vec![FailedTargetRecord {
+            failed_targets: vec![FailedTarget {
                 container: "istio-proxy".into(),
                 image: "proxyv2:bad".into(),
             }],
@@ -193,7 +176,7 @@ mod tests {
         };
         assert!(!next.only_progress_since(&done));
         let failed = WorkloadStatus {
-            failed_targets: vec![FailedTargetRecord {
+            failed_targets: vec![FailedTarget {
                 container: "istio-proxy".into(),
                 image: "proxyv2:bad".into(),
             }],
