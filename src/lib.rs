@@ -22,6 +22,7 @@ pub mod annotation;
 pub mod classify;
 pub mod controller;
 pub mod image;
+pub mod intent;
 pub mod kubectl;
 pub mod patch;
 pub mod plan;

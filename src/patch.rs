@@ -104,18 +104,16 @@ fn has_readiness_gate(pod: &Pod) -> bool {
 /// The upgrade patch for the pending targets of a pod, and the state it records.
 ///
 /// The previous image is what the spec has now, unless an upgrade is already in progress
-/// (the annotation changed mid-rollout): then the last image known to run before it is kept,
-/// so a rollback returns to it.
+/// (`recorded`, the pod's state annotation, is `Patched`: the annotation changed mid-rollout):
+/// then the last image known to run before it is kept, so a rollback returns to it.
 pub fn upgrade_patch(
     pod: &Pod,
+    recorded: Option<&PodUpgradeState>,
     targets: &[ResolvedTarget],
     now: Timestamp,
 ) -> Result<(Patch, PodUpgradeState), StateError> {
     let now = kubernetes_time(now);
-    let existing = PodUpgradeState::from_pod(pod)
-        .ok()
-        .flatten()
-        .filter(|s| s.phase == Phase::Patched);
+    let existing = recorded.filter(|s| s.phase == Phase::Patched);
     let mut ops = Vec::new();
     let mut containers = Vec::new();
     for t in targets {
@@ -328,6 +326,10 @@ mod tests {
         pod
     }
 
+    fn recorded(pod: &Pod) -> Option<PodUpgradeState> {
+        PodUpgradeState::from_pod(pod).expect("a valid record")
+    }
+
     fn gates_of(pod: &Pod) -> Option<&[PodReadinessGate]> {
         pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref())
     }
@@ -357,7 +359,7 @@ mod tests {
                 let resolved = target::resolve(spec, &targets).expect("resolves");
                 let pending: Vec<_> = resolved.pending().cloned().collect();
                 assert_eq!(pending.len(), 1, "{file}");
-                let (patch, state) = upgrade_patch(&pod, &pending, now()).expect("patch");
+                let (patch, state) = upgrade_patch(&pod, None, &pending, now()).expect("patch");
                 let patched = apply(&pod, &patch).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(image_of(&patched, "istio-proxy"), NEW_PROXY, "{file}");
                 // istio-init runs the same image and must be left alone.
@@ -415,7 +417,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("native-sidecar.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:1.24.2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let ops = serde_json::to_value(&patch).expect("json");
         let paths: Vec<(&str, &str)> = ops
             .as_array()
@@ -446,7 +448,7 @@ mod tests {
         pod.metadata.annotations = None;
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, state) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, state) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let patched = apply(&pod, &patch).expect("applies to a pod without annotations");
         assert_eq!(
             PodUpgradeState::from_pod(&patched).expect("ok"),
@@ -460,7 +462,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("hello-old-version.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let mut changed = pod.clone();
         if let Some(c) = changed
             .spec
@@ -477,7 +479,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("hello-multi.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:bad").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, state) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, state) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let mut upgraded = apply(&pod, &patch).expect("applies");
         // The new container crash-loops with a new ID.
         if let Some(s) = upgraded
@@ -524,14 +526,15 @@ mod tests {
         let spec = pod.spec.clone().expect("spec");
         let first =
             target::resolve(&spec, &annotation::parse("istio-proxy=:2").expect("v")).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &first.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &first.resolved, now()).expect("patch");
         let mid = apply(&pod, &patch).expect("applies");
         let second = target::resolve(
             mid.spec.as_ref().expect("spec"),
             &annotation::parse("istio-proxy=:3").expect("v"),
         )
         .expect("ok");
-        let (_, state) = upgrade_patch(&mid, &second.resolved, now()).expect("patch");
+        let (_, state) =
+            upgrade_patch(&mid, recorded(&mid).as_ref(), &second.resolved, now()).expect("patch");
         assert_eq!(
             state.containers[0].previous_image,
             "registry.istio.io/testing/proxyv2:latest"
@@ -618,7 +621,7 @@ mod tests {
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
         let precise: Timestamp = "2026-01-01T00:00:07.999Z".parse().expect("timestamp");
-        let (_, state) = upgrade_patch(&pod, &resolved.resolved, precise).expect("patch");
+        let (_, state) = upgrade_patch(&pod, None, &resolved.resolved, precise).expect("patch");
         assert_eq!(state.patched_at.to_string(), "2026-01-01T00:00:07Z");
         let (_, rolled) = rollback_patch(&pod, &state, "x", "y", precise).expect("patch");
         assert_eq!(rolled.patched_at.to_string(), "2026-01-01T00:00:07Z");

@@ -265,6 +265,23 @@ impl InPlaceUpgradePolicySpec {
         }
     }
 
+    /// Whether this policy lets `container` change to `image` (resolved): its `containers`
+    /// rule, then its `allowedImages` (`allowlist`, compiled once by [`Self::image_allowlist`]).
+    pub fn check_target(
+        &self,
+        allowlist: &ImageAllowlist,
+        container: &str,
+        image: &str,
+    ) -> Result<(), PolicyError> {
+        if !self.allows_container(container) {
+            return Err(PolicyError::ContainerNotAllowed {
+                container: container.to_owned(),
+                allowed: self.containers.clone(),
+            });
+        }
+        allowlist.check(image)
+    }
+
     /// Compile `allowedImages` once, to check many targets.
     pub fn image_allowlist(&self) -> Result<ImageAllowlist, PolicyError> {
         ImageAllowlist::new(&self.allowed_images)

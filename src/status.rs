@@ -5,7 +5,8 @@
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::FailedTarget;
+use crate::READINESS_GATE;
+use crate::plan::{Action, FailedTarget, Plan, Verdict};
 use crate::target::TargetSource;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +123,101 @@ pub fn failure_memory(
             Vec::new(),
             retry.map(|r| r.parse::<Timestamp>().unwrap_or(now)),
         ),
+    }
+}
+
+/// What the status reports besides the plan: what is asked and what stops it (from the
+/// workload's decision, [`crate::intent::Intent::reported`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reported<'a> {
+    /// The targets as written (normalised), `target` in the status.
+    pub target: &'a str,
+    pub source: Option<TargetSource>,
+    /// The governing policy.
+    pub policy: Option<&'a str>,
+    /// Reported instead of the plan's verdict (`Invalid`, `NoPolicy`, `Blocked`).
+    pub problem: Option<(WorkloadPhase, &'a str)>,
+    /// Why new pods wait though the plan would start them (the workload's own rollout, a
+    /// rollout slot): `Blocked` when nothing else is in flight.
+    pub hold: Option<&'a str>,
+    /// The `inplace-upgrade.io/retry` value in force, and when it was asked for.
+    pub retry: Option<&'a str>,
+    pub retry_since: Option<Timestamp>,
+}
+
+/// The status that a workload's plan gives: the phase and message from the plan's verdict (or
+/// what stops it), progress from the plan's counts and steps, and the failure memory: what
+/// `previous` remembered for the same targets and retry request, and what failed now.
+pub fn progress(
+    reported: &Reported<'_>,
+    plan: &Plan,
+    previous: Option<&WorkloadStatus>,
+    now: Timestamp,
+) -> WorkloadStatus {
+    let finishing = |a: &Action| matches!(a, Action::MarkReady | Action::Finish { .. });
+    let current_pods = plan
+        .steps
+        .iter()
+        .filter(|s| !finishing(&s.action))
+        .map(|s| s.pod.clone())
+        .collect();
+    let (mut phase, mut message) = match &plan.verdict {
+        Verdict::Progressing => (WorkloadPhase::Progressing, None),
+        Verdict::Completed => (WorkloadPhase::Completed, None),
+        Verdict::Paused => (
+            WorkloadPhase::Paused,
+            Some("paused; resumes before the next pod".to_string()),
+        ),
+        Verdict::Blocked { reason } => (WorkloadPhase::Blocked, Some(reason.clone())),
+        Verdict::Failed { pod, reason } => {
+            (WorkloadPhase::Failed, Some(format!("pod {pod}: {reason}")))
+        }
+    };
+    if let Some((p, m)) = reported.problem {
+        (phase, message) = (p, Some(m.to_string()));
+    } else if let Some(hold) = reported.hold
+        && phase == WorkloadPhase::Progressing
+        && plan.steps.iter().all(|s| finishing(&s.action))
+    {
+        (phase, message) = (WorkloadPhase::Blocked, Some(hold.to_string()));
+    }
+    let ungated = plan.counts.ungated;
+    if ungated > 0 && phase == WorkloadPhase::Progressing {
+        let note = format!(
+            "{ungated} pod(s) have no {READINESS_GATE} readiness gate (created before the webhook): they are upgraded without being drained first"
+        );
+        message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
+    }
+    // What failed stays failed for these targets until a retry.
+    let mut failed_targets: Vec<FailedTarget> = match previous {
+        Some(p) if p.retry.as_deref() == reported.retry && p.target == reported.target => {
+            p.failed_targets.clone()
+        }
+        _ => Vec::new(),
+    };
+    for record in &plan.failed_targets {
+        if !failed_targets.contains(record) {
+            failed_targets.push(record.clone());
+        }
+    }
+    let last_transition_time = match previous {
+        Some(p) if p.phase == phase => p.last_transition_time,
+        _ => Some(now),
+    };
+    WorkloadStatus {
+        phase,
+        target: reported.target.to_string(),
+        source: reported.source,
+        policy: reported.policy.map(str::to_string),
+        upgraded: plan.counts.upgraded,
+        total: plan.counts.targeted,
+        current_pods,
+        ungated_pods: ungated,
+        message,
+        failed_targets,
+        retry: reported.retry.map(str::to_string),
+        retry_since: reported.retry_since,
+        last_transition_time,
     }
 }
 

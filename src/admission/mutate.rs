@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use serde::Deserialize;
 
 use super::pod::AdmittedPod;
 use super::{ClusterView, Settings, warning};
-use crate::image::same_image;
-use crate::policy::{Scope, governing_policy};
-use crate::target::{ResolvedTarget, TargetSource, effective_targets, resolve};
+use crate::STATUS_ANNOTATION;
+use crate::intent::{self, Subject};
+use crate::policy::PolicyError;
+use crate::status::WorkloadStatus;
+use crate::target::{ResolvedTarget, resolve};
 use crate::workload::{Owner, WorkloadView, controller_of, owning_workload};
-use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::{AdmissionHandler, AdmissionRequest, AdmissionResponse, Operation};
 
 /// What the webhook does to one new pod.
@@ -179,17 +180,21 @@ fn decide_in(
         Owner::NotOurs => return out,
     };
     let ns = view.namespace(&namespace);
-    let empty = Default::default();
-    let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
-    let ns_annotations = ns.as_ref().map(|n| n.annotations()).unwrap_or(&empty);
     let policies = view.policies();
-    let scope = Scope {
-        namespace: &namespace,
-        namespace_labels: ns_labels,
-        workload_labels: &workload.labels,
+    let status = workload
+        .annotations
+        .get(STATUS_ANNOTATION)
+        .and_then(|s| WorkloadStatus::parse(s));
+    let subject = Subject {
+        workload: &workload,
+        namespace: ns.as_deref(),
+        policies: &policies,
         controller_namespace: &settings.controller_namespace,
+        status: status.as_ref(),
+        now: Timestamp::now(),
     };
-    let governance = match governing_policy(&policies, &scope) {
+    let intent = intent::decide(&subject, || sibling_statuses(view, &workload));
+    let governance = match &intent.governance {
         Ok(Some(g)) => g,
         Ok(None) => return out, // the validating webhook and the status report this
         Err(e) => {
@@ -198,32 +203,28 @@ fn decide_in(
             return out;
         }
     };
-    let spec = &governance.policy.spec;
+    let spec = intent.spec;
     let policy_name = governance.policy.name_any();
     // The gate goes into every pod a policy governs, annotated or not: a readiness gate cannot
     // be added to a running pod, so only a pod born with it can be drained by a later
     // in-place upgrade. (The controller sets its condition True within moments.)
     out.inject_gate = spec.readiness_gate && view.controller_alive();
 
-    let asked = effective_targets(
-        workload
-            .annotations
-            .get(TARGETS_ANNOTATION)
-            .map(String::as_str),
-        ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str),
-    );
-    let (source, targets) = match asked {
-        Ok(Some(asked)) => asked,
-        Ok(None) => return out,
-        Err(e) => {
-            out.warnings.push(warning(format!(
-                "the inplace-upgrade annotation of {} is invalid: {e}; no image was set on this pod",
-                workload.key
-            )));
-            return out;
-        }
-    };
-    let resolved = match pod.spec.as_ref().map(|spec| resolve(spec, &targets)) {
+    if let Some(e) = &intent.asked.invalid {
+        out.warnings.push(warning(format!(
+            "the inplace-upgrade annotation of {} is invalid: {e}; no image was set on this pod",
+            workload.key
+        )));
+        return out;
+    }
+    if intent.asked.source.is_none() {
+        return out; // nothing asked
+    }
+    let resolved = match pod
+        .spec
+        .as_ref()
+        .map(|spec| resolve(spec, intent.targets()))
+    {
         Some(Ok(resolved)) => resolved,
         Some(Err(e)) => {
             out.warnings
@@ -235,10 +236,7 @@ fn decide_in(
     if resolved.resolved.is_empty() {
         return out; // e.g. a Namespace-wide istio-proxy target on a pod without the sidecar (yet)
     }
-    let paused_here = |a: &std::collections::BTreeMap<String, String>| {
-        a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
-    };
-    if governance.paused() || paused_here(&workload.annotations) || paused_here(ns_annotations) {
+    if intent.paused() {
         return out; // paused: no new image, but the gate keeps the pod upgradable later
     }
     let allowlist = match spec.image_allowlist() {
@@ -250,32 +248,24 @@ fn decide_in(
             return out;
         }
     };
-    let failed = failed_targets(&workload, source, view);
     for target in resolved.pending() {
         let name = &target.location.name;
-        if failed
-            .iter()
-            .any(|f| &f.container == name && same_image(&f.image, &target.image))
-        {
+        if intent.failed.iter().any(|f| f.is(name, &target.image)) {
             out.warnings.push(warning(format!(
                 "target {name}={} failed before in this workload; not set on the new pod (change the annotation or ask for a retry)",
                 target.image
             )));
             continue;
         }
-        if !spec.allows_container(name) {
-            out.warnings.push(warning(format!(
+        match spec.check_target(&allowlist, name, &target.image) {
+            Ok(()) => out.targets.push(target.clone()),
+            Err(PolicyError::ContainerNotAllowed { .. }) => out.warnings.push(warning(format!(
                 "InPlaceUpgradePolicy {policy_name:?} (containers) does not allow container {name:?}; not set"
-            )));
-            continue;
-        }
-        if let Err(e) = allowlist.check(&target.image) {
-            out.warnings.push(warning(format!(
+            ))),
+            Err(e) => out.warnings.push(warning(format!(
                 "InPlaceUpgradePolicy {policy_name:?} (allowedImages): {e}; not set"
-            )));
-            continue;
+            ))),
         }
-        out.targets.push(target.clone());
     }
     out
 }
@@ -288,52 +278,16 @@ fn not_cached(mut out: PodMutation, what: String) -> PodMutation {
     out
 }
 
-/// The workload's memory of failed targets (its status annotation), and under a Namespace
-/// annotation the failures recorded by the other workloads of the namespace: a bad image must
-/// not spread through scale-ups. A retry request not yet acted on by the controller lifts the
-/// memory, as the controller does.
-fn failed_targets(
-    workload: &WorkloadView,
-    source: TargetSource,
-    view: &impl ClusterView,
-) -> Vec<FailedRecord> {
-    let memory = |w: &WorkloadView| -> Option<StatusMemory> {
-        let status: StatusMemory = w
-            .annotations
-            .get(STATUS_ANNOTATION)
-            .and_then(|s| serde_json::from_str(s).ok())?;
-        (status.retry.as_ref() == w.annotations.get(RETRY_ANNOTATION)).then_some(status)
-    };
-    let mut failed = memory(workload)
-        .map(|m| m.failed_targets)
-        .unwrap_or_default();
-    if source == TargetSource::Namespace {
-        for other in view.workloads_in(&workload.key.namespace) {
-            if other.key == workload.key {
-                continue;
-            }
-            if let Some(m) = memory(&other).filter(|m| m.source == Some(TargetSource::Namespace)) {
-                failed.extend(m.failed_targets);
-            }
-        }
-    }
-    failed
-}
-
-/// The part of the controller's `inplace-upgrade.io/status` record the webhook reads.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusMemory {
-    #[serde(default)]
-    source: Option<TargetSource>,
-    #[serde(default)]
-    failed_targets: Vec<FailedRecord>,
-    #[serde(default)]
-    retry: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FailedRecord {
-    container: String,
-    image: String,
+/// The status records of the namespace's other workloads, as the webhook's view shows them.
+fn sibling_statuses(view: &impl ClusterView, workload: &WorkloadView) -> Vec<WorkloadStatus> {
+    view.workloads_in(&workload.key.namespace)
+        .into_iter()
+        .filter(|other| other.key != workload.key)
+        .filter_map(|other| {
+            other
+                .annotations
+                .get(STATUS_ANNOTATION)
+                .and_then(|s| WorkloadStatus::parse(s))
+        })
+        .collect()
 }

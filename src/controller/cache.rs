@@ -919,7 +919,7 @@ mod tests {
                     continue;
                 }
                 let patch = |p: &Pod| {
-                    crate::patch::upgrade_patch(p, &resolved.resolved, now)
+                    crate::patch::upgrade_patch(p, None, &resolved.resolved, now)
                         .map(|(patch, _)| serde_json::to_value(patch).unwrap())
                         .map_err(|e| e.to_string())
                 };

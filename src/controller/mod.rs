@@ -24,7 +24,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::status::{WorkloadPhase, WorkloadStatus};
-use crate::workload::WorkloadKey;
 
 pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
@@ -65,34 +64,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// Takes (or keeps) a rollout slot under `policy` for `key`; false when `max` workloads
-    /// already roll under it (or older waiters come first), and `key` then waits in line: a
-    /// freed slot re-queues it.
-    fn claim_slot(&self, policy: &str, key: &WorkloadKey, max: i32) -> bool {
-        let max = usize::try_from(max).unwrap_or(1);
-        let (granted, wake) = self.slots().claim(policy, key, max);
-        self.wake(wake);
-        granted
-    }
-
-    /// Keeps a slot for `key`, which is rolling under `policy`, whatever the limit.
-    fn hold_slot(&self, policy: &str, key: &WorkloadKey) {
-        let wake = self.slots().hold(policy, key);
-        self.wake(wake);
-    }
-
-    /// `key` neither rolls nor waits for a slot any more: its slot goes to the oldest waiter.
-    fn release_slot(&self, key: &WorkloadKey) {
-        let wake = self.slots().release(key);
-        self.wake(wake);
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, slots::Slots> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(&self, keys: slots::Wake) {
-        for key in keys {
+    /// Changes the rollout slots under their lock and re-queues the workloads a freed slot may
+    /// be due to now (see [`slots::SlotTurn`], the one user besides [`Self::restore_slots`]).
+    fn with_slots(&self, change: impl FnOnce(&mut slots::Slots) -> slots::Wake) {
+        let wake = change(&mut self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in wake {
             self.queue.enqueue(key);
         }
     }
@@ -100,7 +76,10 @@ impl Context {
     /// At the start of a term: the workloads whose status says they are rolling hold their
     /// slots, so a new workload cannot overtake them.
     fn restore_slots(&self) {
-        self.slots().clear();
+        self.with_slots(|slots| {
+            slots.clear();
+            Vec::new()
+        });
         for key in self.cache.workloads_in(None) {
             let Some(w) = self.cache.workload(&key) else {
                 continue;
@@ -113,7 +92,7 @@ impl Context {
                 continue;
             };
             if let (WorkloadPhase::Progressing, Some(policy)) = (status.phase, &status.policy) {
-                self.hold_slot(policy, &key);
+                self.with_slots(|slots| slots.hold(policy, &key));
             }
         }
     }

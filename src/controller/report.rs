@@ -63,15 +63,6 @@ impl PolicyReport {
         }
     }
 
-    /// How many workloads are rolling now.
-    pub fn progressing(&self) -> usize {
-        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        workloads
-            .values()
-            .filter(|(_, phase)| *phase == WorkloadPhase::Progressing)
-            .count()
-    }
-
     /// The status each policy should show.
     fn statuses(
         &self,

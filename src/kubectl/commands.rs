@@ -24,13 +24,13 @@ use super::{Cli, Command, ExitStatus, GlobalArgs, KubectlError, Output};
 use crate::admission::validate::{WorkloadObject, check_workload_or_namespace};
 use crate::admission::{ClusterView, Settings};
 use crate::annotation;
+use crate::intent::{self, Subject};
 use crate::plan::inputs::{disruption_budgets, endpoints_drained};
-use crate::plan::{Action, PlanInput, Verdict, plan};
-use crate::policy::{InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, Scope, governing_policy};
+use crate::plan::{Action, Verdict, plan};
+use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
-use crate::status::failure_memory;
-use crate::status::{WorkloadPhase, WorkloadStatus};
-use crate::target::{self, TargetSource, effective_targets};
+use crate::status::{WorkloadPhase, WorkloadStatus, progress};
+use crate::target::{self, TargetSource};
 use crate::workload::{WorkloadKey, WorkloadView};
 use crate::{
     PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION,
@@ -125,20 +125,6 @@ fn annotations_of(ns: Option<&Namespace>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The targets the controller acts on now, as it records them in `status.target`.
-fn effective(
-    workload: &BTreeMap<String, String>,
-    namespace: &BTreeMap<String, String>,
-) -> (String, Option<TargetSource>) {
-    let w = workload.get(TARGETS_ANNOTATION).map(String::as_str);
-    let n = namespace.get(TARGETS_ANNOTATION).map(String::as_str);
-    match effective_targets(w, n) {
-        Ok(Some((source, targets))) => (annotation::render(&targets), Some(source)),
-        Ok(None) => (String::new(), None),
-        Err(_) => (w.or(n).unwrap_or_default().to_string(), None),
-    }
-}
-
 async fn policies(client: &Client) -> Result<Vec<InPlaceUpgradePolicy>, KubectlError> {
     match Api::<InPlaceUpgradePolicy>::all(client.clone())
         .list(&ListParams::default())
@@ -185,103 +171,36 @@ async fn build_plan(
 ) -> Result<PlanReport, KubectlError> {
     let client = &ctx.client;
     let ns_name = ctx.namespace.as_str();
-    let Workload { view, .. } = resource::get_workload(client, ns_name, resource, "plan").await?;
-    let namespace = resource::namespace(client, ns_name).await;
-    let ns_labels = namespace
-        .as_ref()
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_else(|| {
-            BTreeMap::from([("kubernetes.io/metadata.name".into(), ns_name.to_string())])
-        });
-    let ns_annotations = annotations_of(namespace.as_ref());
-    let mut blockers = Vec::new();
-
-    let (targets, source) = if images.is_empty() {
-        let w = view.annotations.get(TARGETS_ANNOTATION).map(String::as_str);
-        let n = ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str);
-        match effective_targets(w, n) {
-            Ok(Some((TargetSource::Workload, t))) => (t, "workload annotation"),
-            Ok(Some((TargetSource::Namespace, t))) => (t, "namespace annotation"),
-            Ok(None) => {
-                blockers.push(format!(
-                    "no target: neither {resource} nor namespace {ns_name} has the {TARGETS_ANNOTATION} annotation; give --image CONTAINER=IMAGE or run kubectl inplace set"
-                ));
-                (Vec::new(), "")
-            }
-            Err(e) => {
-                return Err(KubectlError::Refused(format!(
-                    "annotation {TARGETS_ANNOTATION}: {:?} is invalid: {e}",
-                    w.or(n).unwrap_or_default()
-                )));
-            }
-        }
-    } else {
+    let Workload { mut view, .. } =
+        resource::get_workload(client, ns_name, resource, "plan").await?;
+    if !images.is_empty() {
+        // Planned as if the workload were annotated with them.
         let joined = images.join(",");
-        let t = annotation::parse(&joined)
+        annotation::parse(&joined)
             .map_err(|e| KubectlError::Usage(format!("--image {joined:?} is invalid: {e}")))?;
-        (t, "--image")
-    };
-
-    let all_policies = policies(client).await?;
-    let scope = Scope {
-        namespace: ns_name,
-        namespace_labels: &ns_labels,
-        workload_labels: &view.labels,
-        controller_namespace: &ctx.global.controller_namespace,
-    };
-    // Without a governing policy nothing starts; the planner still shows what would change,
-    // under the policy defaults.
-    let defaults: InPlaceUpgradePolicySpec =
-        serde_json::from_value(json!({"namespaceSelector": {}})).map_err(|e| {
-            KubectlError::Unavailable(format!("cannot build the default policy: {e}"))
-        })?;
-    let mut paused = false;
-    let (spec, policy_name) = match governing_policy(&all_policies, &scope) {
-        Ok(Some(g)) => {
-            if g.paused() {
-                paused = true;
-                blockers.push(format!(
-                    "paused by InPlaceUpgradePolicy {}",
-                    g.paused_by.join(", ")
-                ));
-            }
-            (g.policy.spec.clone(), Some(g.policy.name_any()))
-        }
-        Ok(None) => {
-            blockers.push(format!(
-                "no InPlaceUpgradePolicy enables namespace {ns_name:?} for this {}; create one (see deploy/examples)",
-                view.key.kind.as_str()
-            ));
-            (defaults, None)
-        }
-        Err(e) => {
-            blockers.push(format!(
-                "{e}; nothing is upgraded until that policy is fixed"
-            ));
-            (defaults, None)
-        }
-    };
-    for (what, annotations) in [
-        (resource.to_string(), &view.annotations),
-        (format!("namespace/{ns_name}"), &ns_annotations),
-    ] {
-        if annotations
-            .get(PAUSED_ANNOTATION)
-            .is_some_and(|v| v == "true")
-        {
-            paused = true;
-            blockers.push(format!(
-                "paused by annotation {PAUSED_ANNOTATION} on {what}; kubectl inplace resume {what}"
-            ));
-        }
+        view.annotations.insert(TARGETS_ANNOTATION.into(), joined);
     }
-    if !view.settled {
-        blockers.push(format!(
-            "the {}'s own rollout is in progress; in-place upgrades start once it finishes",
-            view.key.kind.as_str()
-        ));
-    }
-
+    // An unreadable Namespace: its name label is all the policies' selectors can go by.
+    let namespace = resource::namespace(client, ns_name)
+        .await
+        .unwrap_or_else(|| unreadable_namespace(ns_name));
+    let policies = policies(client).await?;
+    // The Namespace-wide failure memory: the other workloads' records, as the controller reads them.
+    let siblings = if intent::namespace_wide(&view, Some(&namespace)) {
+        resource::list_workloads(client, Some(ns_name))
+            .await?
+            .into_iter()
+            .filter(|other| other.key != view.key)
+            .filter_map(|other| {
+                other
+                    .annotations
+                    .get(STATUS_ANNOTATION)
+                    .and_then(|s| WorkloadStatus::parse(s))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let pods = resource::pods_of(client, &view).await?;
     let list = |what: &'static str| {
         let what = format!("{what} in namespace {ns_name:?}");
@@ -295,51 +214,147 @@ async fn build_plan(
         .list(&ListParams::default())
         .await
         .map_err(list("endpointslices"))?;
-    let budgets = disruption_budgets(pdbs.items.iter(), &pods);
-    let drained = endpoints_drained(slices.items.iter(), &pods);
+    plan_report(
+        &Cluster {
+            workload: &view,
+            namespace: &namespace,
+            policies: &policies,
+            siblings,
+            pods: &pods,
+            pdbs: &pdbs.items,
+            slices: &slices.items,
+        },
+        resource,
+        !images.is_empty(),
+        &ctx.global.controller_namespace,
+        Timestamp::now(),
+    )
+}
+
+/// A Namespace that cannot be read, as the policies' selectors see it: its name label only.
+fn unreadable_namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                name.to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// What `plan` read of the cluster.
+struct Cluster<'a> {
+    /// The workload, with `--image` (if given) as its annotation.
+    workload: &'a WorkloadView,
+    namespace: &'a Namespace,
+    policies: &'a [InPlaceUpgradePolicy],
+    /// The status records of the namespace's other workloads (read only under a Namespace
+    /// annotation).
+    siblings: Vec<WorkloadStatus>,
+    pods: &'a [Pod],
+    pdbs: &'a [PodDisruptionBudget],
+    slices: &'a [EndpointSlice],
+}
+
+/// The dry run from what was read: the controller's own decision ([`intent::decide`]), plan
+/// and status ([`progress`]), and every blocker named.
+fn plan_report(
+    cluster: &Cluster<'_>,
+    resource: &ResourceRef,
+    from_image: bool,
+    controller_namespace: &str,
+    now: Timestamp,
+) -> Result<PlanReport, KubectlError> {
+    let view = cluster.workload;
+    let ns_name = view.key.namespace.as_str();
     let previous = view
         .annotations
         .get(STATUS_ANNOTATION)
         .and_then(|s| WorkloadStatus::parse(s));
-    let now = Timestamp::now();
-    let (failed, retry_since) = failure_memory(
-        previous.as_ref(),
-        view.annotations.get(RETRY_ANNOTATION).map(String::as_str),
-        now,
-    );
-    let input = PlanInput {
-        targets: &targets,
-        pods: &pods,
-        policy: &spec,
-        desired_replicas: view.desired_replicas,
-        paused,
-        failed_targets: &failed,
-        retry_since,
-        disruption_budgets: &budgets,
-        endpoints_drained: &drained,
+    let subject = Subject {
+        workload: view,
+        namespace: Some(cluster.namespace),
+        policies: cluster.policies,
+        controller_namespace,
+        status: previous.as_ref(),
         now,
     };
-    let planned = plan(&input);
-    let verdict = match &planned.verdict {
-        Verdict::Progressing => "Progressing",
-        Verdict::Completed => "Completed",
-        Verdict::Paused => "Paused",
-        Verdict::Blocked { reason } => {
-            blockers.extend(reason.split("; ").map(str::to_string));
-            "Blocked"
-        }
-        Verdict::Failed { pod, reason } => {
+    let intent = intent::decide(&subject, || cluster.siblings.clone());
+    if let Some(e) = &intent.asked.invalid {
+        return Err(KubectlError::Refused(format!(
+            "annotation {TARGETS_ANNOTATION}: {:?} is invalid: {e}",
+            intent.asked.written
+        )));
+    }
+    let source = match intent.asked.source {
+        Some(_) if from_image => "--image",
+        Some(TargetSource::Workload) => "workload annotation",
+        Some(TargetSource::Namespace) => "namespace annotation",
+        None => "",
+    };
+
+    let mut blockers = Vec::new();
+    if intent.asked.source.is_none() {
+        blockers.push(format!(
+            "no target: neither {resource} nor namespace {ns_name} has the {TARGETS_ANNOTATION} annotation; give --image CONTAINER=IMAGE or run kubectl inplace set"
+        ));
+    }
+    match &intent.governance {
+        Ok(Some(g)) if g.paused() => blockers.push(format!(
+            "paused by InPlaceUpgradePolicy {}",
+            g.paused_by.join(", ")
+        )),
+        Ok(Some(_)) => {}
+        Ok(None) => blockers.push(format!(
+            "no InPlaceUpgradePolicy enables namespace {ns_name:?} for this {}; create one (see deploy/examples)",
+            view.key.kind.as_str()
+        )),
+        Err(e) => blockers.push(format!(
+            "{e}; nothing is upgraded until that policy is fixed"
+        )),
+    }
+    for (what, paused) in [
+        (resource.to_string(), intent.paused_workload),
+        (format!("namespace/{ns_name}"), intent.paused_namespace),
+    ] {
+        if paused {
             blockers.push(format!(
-                "pod {pod}: {reason}; kubectl inplace retry {resource} tries the target again"
+                "paused by annotation {PAUSED_ANNOTATION} on {what}; kubectl inplace resume {what}"
             ));
-            "Failed"
         }
-    };
-    let verdict = if policy_name.is_none() && !targets.is_empty() {
-        "NoPolicy"
-    } else {
-        verdict
-    };
+    }
+    if let Some(hold) = &intent.hold {
+        blockers.push(hold.clone());
+    }
+
+    let budgets = disruption_budgets(cluster.pdbs.iter(), cluster.pods);
+    let drained = endpoints_drained(cluster.slices.iter(), cluster.pods);
+    let input = intent.plan_input(cluster.pods, view.desired_replicas, &budgets, &drained, now);
+    let mut planned = plan(&input);
+    if intent.hold.is_some() {
+        planned.hold_new_pods();
+    }
+    match &planned.verdict {
+        Verdict::Blocked { reason } => blockers.extend(reason.split("; ").map(str::to_string)),
+        Verdict::Failed { pod, reason } => blockers.push(format!(
+            "pod {pod}: {reason}; kubectl inplace retry {resource} tries the target again"
+        )),
+        Verdict::Progressing | Verdict::Completed | Verdict::Paused => {}
+    }
+    // What the controller would record (the rollout slots aside: only it knows them).
+    let verdict = progress(
+        &intent.reported(intent.hold.as_deref()),
+        &planned,
+        previous.as_ref(),
+        now,
+    )
+    .phase;
+    let pods = cluster.pods;
+    let targets = &intent.asked.targets;
 
     // The pods in the order the planner takes them: in-flight first, then not Ready ones,
     // then by name (its stable sort).
@@ -361,7 +376,7 @@ async fn build_plan(
         let ready = is_ready(pod);
         let record = PodUpgradeState::from_pod(pod).ok().flatten();
         let active = record.as_ref().filter(|s| s.phase.in_progress());
-        let changes: Vec<ContainerChange> = match (active, target::resolve(spec, &targets)) {
+        let changes: Vec<ContainerChange> = match (active, target::resolve(spec, targets)) {
             (Some(st), _) => st
                 .containers
                 .iter()
@@ -438,17 +453,17 @@ async fn build_plan(
     Ok(PlanReport {
         namespace: ns_name.to_string(),
         workload: resource.to_string(),
-        targets: annotation::render(&targets),
+        targets: intent.asked.written.clone(),
         source: source.to_string(),
-        policy: policy_name.map(|name| PolicySummary {
+        policy: intent.policy.clone().map(|name| PolicySummary {
             name,
-            max_unavailable: match &spec.max_unavailable {
+            max_unavailable: match &intent.spec.max_unavailable {
                 IntOrString::Int(n) => n.to_string(),
                 IntOrString::String(s) => s.clone(),
             },
-            pods_at_once: spec.max_unavailable_pods(view.desired_replicas).ok(),
-            on_failure: format!("{:?}", spec.on_failure),
-            ready_timeout_seconds: spec.ready_timeout_seconds,
+            pods_at_once: intent.spec.max_unavailable_pods(view.desired_replicas).ok(),
+            on_failure: format!("{:?}", intent.spec.on_failure),
+            ready_timeout_seconds: intent.spec.ready_timeout_seconds,
         }),
         desired_replicas: view.desired_replicas,
         disruption_budgets: budgets
@@ -460,7 +475,7 @@ async fn build_plan(
             })
             .collect(),
         pods: pods_out,
-        verdict: verdict.to_string(),
+        verdict: verdict.as_str().to_string(),
         blockers,
     })
 }
@@ -489,7 +504,8 @@ async fn status_rows(ctx: &Ctx, one: Option<&ResourceRef>) -> Result<Vec<StatusR
             namespaces.insert(ns.clone(), annotations);
         }
         let ns_annotations = namespaces.get(&ns).cloned().unwrap_or_default();
-        let (target, _) = effective(&view.annotations, &ns_annotations);
+        // The targets as the controller records them in `status.target`.
+        let target = intent::asked(&view.annotations, &ns_annotations).written;
         let recorded = view
             .annotations
             .get(STATUS_ANNOTATION)
@@ -720,7 +736,7 @@ async fn retry(
     let Workload { view, .. } =
         resource::get_workload(client, &ctx.namespace, resource, "retry").await?;
     let ns_annotations = annotations_of(resource::namespace(client, &ctx.namespace).await.as_ref());
-    let (_, source) = effective(&view.annotations, &ns_annotations);
+    let source = intent::asked(&view.annotations, &ns_annotations).source;
     let recorded_source = view
         .annotations
         .get(STATUS_ANNOTATION)
