@@ -275,3 +275,355 @@ impl<'p> Intent<'p> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::workload::{WorkloadKey, WorkloadKind};
+
+    const NS: &str = "shop";
+    const BAD: &str = "registry.example/proxyv2:bad";
+
+    fn now() -> Timestamp {
+        "2026-01-02T00:00:00Z".parse().expect("time")
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn workload(annotations: BTreeMap<String, String>) -> WorkloadView {
+        WorkloadView {
+            key: WorkloadKey {
+                kind: WorkloadKind::Deployment,
+                namespace: NS.into(),
+                name: "web".into(),
+            },
+            uid: "u".into(),
+            labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+            annotations,
+            desired_replicas: 3,
+            selector: None,
+            settled: true,
+        }
+    }
+
+    fn namespace(annotations: &[(&str, &str)]) -> Namespace {
+        serde_json::from_value(json!({"metadata": {
+            "name": NS,
+            "labels": {"kubernetes.io/metadata.name": NS},
+            "annotations": self::annotations(annotations),
+        }}))
+        .expect("namespace literal")
+    }
+
+    fn policy(name: &str, spec: Value) -> InPlaceUpgradePolicy {
+        let mut full = json!({"namespaceSelector": {}});
+        if let (Some(a), Value::Object(b)) = (full.as_object_mut(), spec) {
+            a.extend(b);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "inplace-upgrade.io/v1alpha1", "kind": "InPlaceUpgradePolicy",
+            "metadata": {"name": name}, "spec": full,
+        }))
+        .expect("policy literal")
+    }
+
+    fn failed(image: &str) -> FailedTarget {
+        FailedTarget {
+            container: "istio-proxy".into(),
+            image: image.into(),
+        }
+    }
+
+    /// The record a workload that failed `image` under `source` keeps.
+    fn failed_status(source: TargetSource, image: &str) -> WorkloadStatus {
+        WorkloadStatus {
+            phase: WorkloadPhase::Failed,
+            target: format!("istio-proxy={image}"),
+            source: Some(source),
+            failed_targets: vec![failed(image)],
+            ..WorkloadStatus::default()
+        }
+    }
+
+    struct Case<'a> {
+        workload: WorkloadView,
+        namespace: Option<Namespace>,
+        policies: Vec<InPlaceUpgradePolicy>,
+        status: Option<WorkloadStatus>,
+        siblings: Option<Vec<WorkloadStatus>>,
+        why: &'a str,
+    }
+
+    impl Case<'_> {
+        /// The decision; `siblings: None` means they must not be read.
+        fn decide(&self) -> Intent<'_> {
+            let subject = Subject {
+                workload: &self.workload,
+                namespace: self.namespace.as_ref(),
+                policies: &self.policies,
+                controller_namespace: "inplace-upgrade-system",
+                status: self.status.as_ref(),
+                now: now(),
+            };
+            let why = self.why;
+            decide(&subject, || match &self.siblings {
+                Some(s) => s.clone(),
+                None => panic!("{why}: the siblings were read"),
+            })
+        }
+    }
+
+    fn case<'a>(why: &'a str, workload_annotations: &[(&str, &str)]) -> Case<'a> {
+        Case {
+            workload: workload(annotations(workload_annotations)),
+            namespace: Some(namespace(&[])),
+            policies: vec![policy("mesh", json!({}))],
+            status: None,
+            siblings: None,
+            why,
+        }
+    }
+
+    #[test]
+    fn the_workload_annotation_wins_and_then_siblings_are_never_read() {
+        let mut c = case("own annotation", &[(TARGETS_ANNOTATION, "istio-proxy=:2")]);
+        c.namespace = Some(namespace(&[(TARGETS_ANNOTATION, "istio-proxy=:3")]));
+        let intent = c.decide();
+        assert_eq!(intent.asked.source, Some(TargetSource::Workload));
+        assert_eq!(intent.asked.written, "istio-proxy=:2");
+        assert_eq!(intent.targets().len(), 1);
+        assert!(!namespace_wide(&c.workload, c.namespace.as_ref()));
+        assert!(intent.problem.is_none() && !intent.paused() && intent.hold.is_none());
+        assert_eq!(intent.policy.as_deref(), Some("mesh"));
+    }
+
+    /// The disagreement `kubectl inplace plan` had: it read the workload's own memory only.
+    #[test]
+    fn under_a_namespace_annotation_a_target_failed_in_a_sibling_is_not_started() {
+        let mut c = case("namespace annotation", &[]);
+        c.namespace = Some(namespace(&[(
+            TARGETS_ANNOTATION,
+            &format!("istio-proxy={BAD}"),
+        )]));
+        c.siblings = Some(vec![
+            failed_status(TargetSource::Namespace, BAD),
+            // A sibling's own annotation failing says nothing about the namespace's target.
+            failed_status(TargetSource::Workload, "registry.example/proxyv2:other"),
+            WorkloadStatus::default(),
+        ]);
+        assert!(namespace_wide(&c.workload, c.namespace.as_ref()));
+        let intent = c.decide();
+        assert_eq!(intent.asked.source, Some(TargetSource::Namespace));
+        assert_eq!(intent.failed, vec![failed(BAD)]);
+        assert_eq!(
+            intent
+                .plan_input(&[], 3, &[], &BTreeSet::new(), now())
+                .failed_targets,
+            [failed(BAD)]
+        );
+    }
+
+    /// The disagreement the webhook had: it let a sibling's retry request, not yet taken up
+    /// by the controller, lift that sibling's failure; the controller keeps it until the
+    /// sibling's own status forgets it.
+    #[test]
+    fn a_siblings_failure_counts_until_its_own_status_forgets_it() {
+        let mut c = case("sibling retry pending", &[]);
+        c.namespace = Some(namespace(&[(
+            TARGETS_ANNOTATION,
+            &format!("istio-proxy={BAD}"),
+        )]));
+        let mut sibling = failed_status(TargetSource::Namespace, BAD);
+        sibling.retry = Some("2026-01-01T00:00:00Z".into());
+        c.siblings = Some(vec![sibling]);
+        assert_eq!(c.decide().failed, vec![failed(BAD)]);
+    }
+
+    #[test]
+    fn the_workloads_own_memory_lasts_until_a_new_retry_request() {
+        let target = format!("istio-proxy={BAD}");
+        let mut c = case("own memory", &[(TARGETS_ANNOTATION, &target)]);
+        c.status = Some(failed_status(TargetSource::Workload, BAD));
+        let intent = c.decide();
+        assert_eq!(intent.failed, vec![failed(BAD)]);
+        assert_eq!((intent.retry.as_deref(), intent.retry_since), (None, None));
+
+        let asked_at = "2026-01-01T12:00:00Z";
+        let mut c = case(
+            "a new retry",
+            &[(TARGETS_ANNOTATION, &target), (RETRY_ANNOTATION, asked_at)],
+        );
+        c.status = Some(failed_status(TargetSource::Workload, BAD));
+        let intent = c.decide();
+        assert!(intent.failed.is_empty());
+        assert_eq!(intent.retry.as_deref(), Some(asked_at));
+        assert_eq!(intent.retry_since, asked_at.parse().ok());
+
+        // The retry taken up (recorded in the status): what failed since is remembered again.
+        let mut c = case(
+            "a retry taken up",
+            &[(TARGETS_ANNOTATION, &target), (RETRY_ANNOTATION, asked_at)],
+        );
+        let mut status = failed_status(TargetSource::Workload, BAD);
+        status.retry = Some(asked_at.into());
+        status.retry_since = asked_at.parse().ok();
+        c.status = Some(status);
+        assert_eq!(c.decide().failed, vec![failed(BAD)]);
+
+        // Not a time: counts from now.
+        let mut c = case(
+            "any value",
+            &[(TARGETS_ANNOTATION, &target), (RETRY_ANNOTATION, "please")],
+        );
+        c.status = Some(failed_status(TargetSource::Workload, BAD));
+        assert_eq!(c.decide().retry_since, Some(now()));
+    }
+
+    /// The disagreement `kubectl inplace plan` had: a broken policy paused the workload in the
+    /// controller, not in the dry run.
+    #[test]
+    fn a_broken_policy_blocks_and_pauses_whatever_else_holds() {
+        let broken = policy(
+            "broken",
+            json!({"workloadSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+        );
+        for (annotated, why) in [(true, "annotated"), (false, "nothing asked")] {
+            let pairs: &[(&str, &str)] = if annotated {
+                &[(TARGETS_ANNOTATION, "istio-proxy=:2")]
+            } else {
+                &[]
+            };
+            let mut c = case(why, pairs);
+            c.policies.push(broken.clone());
+            let intent = c.decide();
+            assert!(intent.paused(), "{why}");
+            assert!(
+                matches!(&intent.problem, Some((WorkloadPhase::Blocked, m)) if m.contains("broken")),
+                "{why}: {:?}",
+                intent.problem
+            );
+            assert!(intent.targets().is_empty(), "{why}");
+            assert!(
+                intent.policy.is_none() && std::ptr::eq(intent.spec, &*NO_POLICY),
+                "{why}"
+            );
+            let drained = BTreeSet::new();
+            let input = intent.plan_input(&[], 3, &[], &drained, now());
+            assert!(input.paused && input.targets.is_empty(), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_annotation_is_reported_before_any_policy_problem() {
+        let mut c = case("malformed", &[(TARGETS_ANNOTATION, "istio-proxy")]);
+        c.policies = vec![policy(
+            "broken",
+            json!({"workloadSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+        )];
+        let intent = c.decide();
+        assert!(intent.asked.invalid.is_some());
+        assert_eq!(intent.asked.written, "istio-proxy", "kept as written");
+        assert!(matches!(intent.problem, Some((WorkloadPhase::Invalid, _))));
+        assert!(intent.targets().is_empty());
+    }
+
+    /// The defaults `kubectl inplace plan` built for itself are the controller's, built once.
+    #[test]
+    fn without_a_policy_nothing_starts_under_the_one_default() {
+        let mut c = case("no policy", &[(TARGETS_ANNOTATION, "istio-proxy=:2")]);
+        c.policies.clear();
+        let intent = c.decide();
+        assert!(matches!(intent.problem, Some((WorkloadPhase::NoPolicy, _))));
+        assert!(intent.targets().is_empty() && !intent.paused());
+        assert!(std::ptr::eq(intent.spec, &*NO_POLICY));
+        // Nothing asked, no policy: nothing to report either.
+        let mut c = case("nothing at all", &[]);
+        c.policies.clear();
+        assert!(c.decide().problem.is_none());
+        // The controller's namespace is reached by no empty selector.
+        let mut c = case("own namespace", &[(TARGETS_ANNOTATION, "istio-proxy=:2")]);
+        c.workload.key.namespace = "inplace-upgrade-system".into();
+        assert!(matches!(
+            c.decide().problem,
+            Some((WorkloadPhase::NoPolicy, _))
+        ));
+    }
+
+    #[test]
+    fn the_no_policy_default_takes_the_documented_defaults() {
+        assert_eq!(NO_POLICY.max_unavailable_pods(10).ok(), Some(1));
+        assert_eq!(NO_POLICY.on_failure, crate::policy::OnFailure::Rollback);
+        assert!(NO_POLICY.readiness_gate && !NO_POLICY.paused);
+    }
+
+    #[test]
+    fn any_pause_pauses() {
+        let target = (TARGETS_ANNOTATION, "istio-proxy=:2");
+        let paused = (PAUSED_ANNOTATION, "true");
+        let cases: Vec<(Case, bool)> = vec![
+            (case("not paused", &[target]), false),
+            (case("workload annotation", &[target, paused]), true),
+            (
+                case(
+                    "annotation not \"true\"",
+                    &[target, (PAUSED_ANNOTATION, "yes")],
+                ),
+                false,
+            ),
+            (
+                Case {
+                    namespace: Some(namespace(&[paused])),
+                    ..case("namespace annotation", &[target])
+                },
+                true,
+            ),
+            (
+                Case {
+                    // A paused policy of lower priority still pauses: an emergency stop.
+                    policies: vec![
+                        policy("mesh", json!({"priority": 10})),
+                        policy("stop", json!({"paused": true})),
+                    ],
+                    ..case("paused policy", &[target])
+                },
+                true,
+            ),
+        ];
+        for (c, expected) in cases {
+            let intent = c.decide();
+            assert_eq!(intent.paused(), expected, "{}", c.why);
+            assert_eq!(
+                intent
+                    .plan_input(&[], 3, &[], &BTreeSet::new(), now())
+                    .paused,
+                expected,
+                "{}",
+                c.why
+            );
+        }
+    }
+
+    #[test]
+    fn new_pods_wait_for_the_workloads_own_rollout() {
+        let mut c = case("mid-rollout", &[(TARGETS_ANNOTATION, "istio-proxy=:2")]);
+        c.workload.settled = false;
+        let intent = c.decide();
+        assert_eq!(
+            intent.hold.as_deref(),
+            Some("waiting for the Deployment's own rollout to finish")
+        );
+        // Held is not paused: pods in flight go on, failures are rolled back.
+        assert!(!intent.paused() && intent.problem.is_none());
+        assert_eq!(
+            intent.reported(intent.hold.as_deref()).hold,
+            intent.hold.as_deref()
+        );
+    }
+}

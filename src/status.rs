@@ -285,4 +285,205 @@ mod tests {
         };
         assert!(!rolling.only_progress_since(&blocked));
     }
+
+    fn step(pod: &str, action: Action) -> crate::plan::Step {
+        crate::plan::Step {
+            pod: pod.into(),
+            action,
+            state: None,
+        }
+    }
+
+    fn plan(verdict: Verdict, steps: Vec<crate::plan::Step>) -> Plan {
+        Plan {
+            steps,
+            verdict,
+            recheck_at: None,
+            counts: crate::plan::Counts {
+                targeted: 3,
+                upgraded: 1,
+                ungated: 0,
+            },
+            failed_targets: Vec::new(),
+        }
+    }
+
+    fn reported() -> Reported<'static> {
+        Reported {
+            target: "istio-proxy=proxyv2:2",
+            source: Some(TargetSource::Namespace),
+            policy: Some("mesh"),
+            problem: None,
+            hold: None,
+            retry: None,
+            retry_since: None,
+        }
+    }
+
+    fn bad() -> FailedTarget {
+        FailedTarget {
+            container: "istio-proxy".into(),
+            image: "proxyv2:bad".into(),
+        }
+    }
+
+    #[test]
+    fn the_status_reports_the_plan() {
+        let now: Timestamp = "2026-01-02T00:00:00Z".parse().expect("time");
+        let drain = || step("b", Action::Drain);
+        let finish = || {
+            step(
+                "a",
+                Action::Finish {
+                    phase: crate::state::Phase::Succeeded,
+                    reason: None,
+                    message: None,
+                    open_gate: true,
+                },
+            )
+        };
+        let progressing = progress(
+            &reported(),
+            &plan(Verdict::Progressing, vec![finish(), drain()]),
+            None,
+            now,
+        );
+        assert_eq!(
+            (progressing.phase, progressing.upgraded, progressing.total),
+            (WorkloadPhase::Progressing, 1, 3)
+        );
+        assert_eq!(
+            progressing.current_pods,
+            ["b"],
+            "pods being finished are not current"
+        );
+        assert_eq!(progressing.policy.as_deref(), Some("mesh"));
+        assert_eq!(progressing.source, Some(TargetSource::Namespace));
+        assert_eq!(progressing.last_transition_time, Some(now));
+
+        // A problem replaces the verdict.
+        let no_policy = Reported {
+            problem: Some((WorkloadPhase::NoPolicy, "no policy")),
+            ..reported()
+        };
+        let s = progress(&no_policy, &plan(Verdict::Completed, vec![]), None, now);
+        assert_eq!(
+            (s.phase, s.message.as_deref()),
+            (WorkloadPhase::NoPolicy, Some("no policy"))
+        );
+
+        // A hold is Blocked only when nothing else is in flight.
+        let held = Reported {
+            hold: Some("waiting for a rollout slot"),
+            ..reported()
+        };
+        let s = progress(
+            &held,
+            &plan(Verdict::Progressing, vec![finish()]),
+            None,
+            now,
+        );
+        assert_eq!(
+            (s.phase, s.message.as_deref()),
+            (WorkloadPhase::Blocked, Some("waiting for a rollout slot"))
+        );
+        let s = progress(&held, &plan(Verdict::Progressing, vec![drain()]), None, now);
+        assert_eq!(s.phase, WorkloadPhase::Progressing);
+
+        // Ungated pods are named while rolling.
+        let mut ungated = plan(Verdict::Progressing, vec![drain()]);
+        ungated.counts.ungated = 2;
+        let s = progress(&reported(), &ungated, None, now);
+        assert!(
+            s.message
+                .is_some_and(|m| m.starts_with("2 pod(s) have no inplace-upgrade.io/ready"))
+        );
+        assert_eq!(s.ungated_pods, 2);
+
+        // The same phase keeps its transition time.
+        let earlier: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let before = WorkloadStatus {
+            last_transition_time: Some(earlier),
+            ..progressing.clone()
+        };
+        let s = progress(
+            &reported(),
+            &plan(Verdict::Progressing, vec![drain()]),
+            Some(&before),
+            now,
+        );
+        assert_eq!(s.last_transition_time, Some(earlier));
+    }
+
+    #[test]
+    fn failures_are_remembered_for_the_same_targets_and_retry() {
+        let now: Timestamp = "2026-01-02T00:00:00Z".parse().expect("time");
+        let mut failing = plan(
+            Verdict::Failed {
+                pod: "a".into(),
+                reason: "ErrImagePull: not found".into(),
+            },
+            vec![],
+        );
+        failing.failed_targets = vec![bad()];
+        let failed = progress(&reported(), &failing, None, now);
+        assert_eq!(failed.phase, WorkloadPhase::Failed);
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("pod a: ErrImagePull: not found")
+        );
+        assert_eq!(failed.failed_targets, [bad()]);
+        // Kept while the targets and the retry request stay, and not recorded twice.
+        let again = progress(&reported(), &failing, Some(&failed), now);
+        assert_eq!(again.failed_targets, [bad()]);
+        let later = progress(
+            &reported(),
+            &plan(Verdict::Completed, vec![]),
+            Some(&failed),
+            now,
+        );
+        assert_eq!(later.failed_targets, [bad()]);
+        // Forgotten when the targets change or a new retry is asked for.
+        let changed = Reported {
+            target: "istio-proxy=proxyv2:3",
+            ..reported()
+        };
+        let s = progress(
+            &changed,
+            &plan(Verdict::Progressing, vec![]),
+            Some(&failed),
+            now,
+        );
+        assert!(s.failed_targets.is_empty());
+        let retried = Reported {
+            retry: Some("2026-01-01T12:00:00Z"),
+            ..reported()
+        };
+        let s = progress(
+            &retried,
+            &plan(Verdict::Progressing, vec![]),
+            Some(&failed),
+            now,
+        );
+        assert!(s.failed_targets.is_empty());
+        assert_eq!(s.retry.as_deref(), Some("2026-01-01T12:00:00Z"));
+    }
+
+    /// The webhook and the planner read this record through these very types: a field renamed
+    /// here is renamed for every reader.
+    #[test]
+    fn the_failure_memory_round_trips_as_written() {
+        let status = WorkloadStatus {
+            phase: WorkloadPhase::Failed,
+            source: Some(TargetSource::Namespace),
+            failed_targets: vec![bad()],
+            ..WorkloadStatus::default()
+        };
+        let raw = serde_json::to_string(&status).expect("json");
+        assert!(
+            raw.contains(r#""failedTargets":[{"container":"istio-proxy","image":"proxyv2:bad"}]"#),
+            "{raw}"
+        );
+        assert_eq!(WorkloadStatus::parse(&raw), Some(status));
+    }
 }

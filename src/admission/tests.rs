@@ -546,6 +546,81 @@ fn a_namespace_target_that_failed_in_another_workload_does_not_spread() {
     );
 }
 
+/// The record the controller writes, through its own type: the webhook reads that type too,
+/// so a renamed status field cannot silently stop it refusing a bad image.
+fn recorded_failure(source: crate::target::TargetSource, retry: Option<&str>) -> String {
+    serde_json::to_string(&crate::status::WorkloadStatus {
+        phase: crate::status::WorkloadPhase::Failed,
+        source: Some(source),
+        failed_targets: vec![crate::plan::FailedTarget {
+            container: "istio-proxy".into(),
+            image: PROXY_NEW.into(),
+        }],
+        retry: retry.map(str::to_string),
+        ..Default::default()
+    })
+    .expect("status json")
+}
+
+/// Before, the webhook lifted a sibling's failure as soon as that sibling had a retry request
+/// of its own, while the controller kept it until the sibling's status forgot it (`kubectl
+/// inplace retry` asks every blocked sibling, then the workload itself).
+#[test]
+fn a_siblings_failure_blocks_until_its_status_forgets_it_as_in_the_controller() {
+    let (_, mut view, pod, field) = every_kind("x=y:1").remove(0);
+    view.deployments[0].metadata.annotations = None;
+    view.namespaces = vec![namespace(
+        json!({ TARGETS_ANNOTATION: format!("istio-proxy={PROXY_NEW}") }),
+    )];
+    let mut other = workload("frontend.yaml.injected", "Deployment", None);
+    other["metadata"]["annotations"] = json!({
+        crate::STATUS_ANNOTATION: recorded_failure(crate::target::TargetSource::Namespace, None),
+        crate::RETRY_ANNOTATION: "2026-11-22T03:00:00Z",
+    });
+    view.deployments.push(obj(other.clone()));
+    let response = mutate(&view, &pod);
+    assert_eq!(
+        container_image(&mutated(&pod, &response), field, "istio-proxy").as_deref(),
+        Some(PROXY_OLD)
+    );
+    assert!(
+        response
+            .warnings
+            .unwrap_or_default()
+            .join("\n")
+            .contains("failed before"),
+        "named"
+    );
+    // The sibling's status took the retry up and forgot the failure: the target is set.
+    other["metadata"]["annotations"][crate::STATUS_ANNOTATION] = json!(
+        serde_json::to_string(&crate::status::WorkloadStatus {
+            source: Some(crate::target::TargetSource::Namespace),
+            retry: Some("2026-11-22T03:00:00Z".into()),
+            ..Default::default()
+        })
+        .expect("json")
+    );
+    view.deployments.pop();
+    view.deployments.push(obj(other));
+    assert_eq!(
+        container_image(&mutated(&pod, &mutate(&view, &pod)), field, "istio-proxy").as_deref(),
+        Some(PROXY_NEW)
+    );
+}
+
+#[test]
+fn the_workloads_own_recorded_failure_is_read_through_the_controllers_type() {
+    let (_, mut view, pod, field) = every_kind(&format!("istio-proxy={PROXY_NEW}")).remove(0);
+    view.deployments[0].annotations_mut().insert(
+        crate::STATUS_ANNOTATION.into(),
+        recorded_failure(crate::target::TargetSource::Workload, None),
+    );
+    assert_eq!(
+        container_image(&mutated(&pod, &mutate(&view, &pod)), field, "istio-proxy").as_deref(),
+        Some(PROXY_OLD)
+    );
+}
+
 #[test]
 fn paused_means_the_gate_but_no_image() {
     let pause_policy = |v: &mut Fake| v.policies.push(policy("stop", json!({"paused": true})));

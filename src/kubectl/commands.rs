@@ -1021,6 +1021,177 @@ mod tests {
             .expect("pod")
     }
 
+    /// A namespace `shop` with a policy, a Deployment `web` of three Ready pods running
+    /// `app=nginx:1`, and one sibling workload's status record.
+    struct Shop {
+        workload: WorkloadView,
+        namespace: Namespace,
+        policies: Vec<InPlaceUpgradePolicy>,
+        siblings: Vec<WorkloadStatus>,
+        pods: Vec<Pod>,
+    }
+
+    impl Shop {
+        fn new(
+            workload_annotations: serde_json::Value,
+            namespace_annotations: serde_json::Value,
+        ) -> Self {
+            let deployment: k8s_openapi::api::apps::v1::Deployment =
+                serde_json::from_value(json!({
+                    "metadata": {"name": "web", "namespace": "shop", "generation": 1,
+                                 "annotations": workload_annotations},
+                    "spec": {"replicas": 3, "selector": {}, "template": {}},
+                    "status": {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3},
+                }))
+                .expect("deployment");
+            let running = |name: &str| -> Pod {
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "shop"},
+                    "spec": {"containers": [{"name": "app", "image": "nginx:1"}]},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                               "containerStatuses": [{"name": "app", "image": "nginx:1", "imageID": "",
+                                   "containerID": format!("containerd://{name}"), "ready": true,
+                                   "restartCount": 0, "state": {"running": {}}}]},
+                }))
+                .expect("pod")
+            };
+            Shop {
+                workload: WorkloadView::from_deployment(&deployment),
+                namespace: serde_json::from_value(json!({"metadata": {"name": "shop",
+                    "labels": {"kubernetes.io/metadata.name": "shop"},
+                    "annotations": namespace_annotations}}))
+                .expect("namespace"),
+                policies: vec![policy("mesh", json!({"namespaceSelector": {}}))],
+                siblings: Vec::new(),
+                pods: vec![running("web-1"), running("web-2"), running("web-3")],
+            }
+        }
+
+        fn plan(&self, from_image: bool) -> PlanReport {
+            let cluster = Cluster {
+                workload: &self.workload,
+                namespace: &self.namespace,
+                policies: &self.policies,
+                siblings: self.siblings.clone(),
+                pods: &self.pods,
+                pdbs: &[],
+                slices: &[],
+            };
+            let resource: ResourceRef = "deploy/web".parse().expect("resource");
+            let now = "2026-01-02T00:00:00Z".parse().expect("time");
+            plan_report(
+                &cluster,
+                &resource,
+                from_image,
+                "inplace-upgrade-system",
+                now,
+            )
+            .expect("a report")
+        }
+    }
+
+    fn policy(name: &str, spec: serde_json::Value) -> InPlaceUpgradePolicy {
+        serde_json::from_value(json!({"apiVersion": "inplace-upgrade.io/v1alpha1",
+            "kind": "InPlaceUpgradePolicy", "metadata": {"name": name}, "spec": spec}))
+        .expect("policy")
+    }
+
+    fn nexts(report: &PlanReport) -> Vec<&str> {
+        report.pods.iter().map(|p| p.next.as_str()).collect()
+    }
+
+    #[test]
+    fn plan_reports_what_the_controller_would_do() {
+        let shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Progressing");
+        assert!(report.blockers.is_empty(), "{:?}", report.blockers);
+        assert_eq!(report.source, "workload annotation");
+        assert_eq!(
+            nexts(&report),
+            ["upgrade now", "waits for its turn", "waits for its turn"]
+        );
+    }
+
+    /// Before: `plan` read the workload's own failure memory only and said "upgrade now" for
+    /// a target the controller held back because it failed in another workload.
+    #[test]
+    fn plan_honours_the_namespace_wide_failure_memory() {
+        let mut shop = Shop::new(json!({}), json!({TARGETS_ANNOTATION: "app=nginx:2"}));
+        shop.siblings = vec![WorkloadStatus {
+            phase: WorkloadPhase::Failed,
+            source: Some(TargetSource::Namespace),
+            failed_targets: vec![crate::plan::FailedTarget {
+                container: "app".into(),
+                image: "docker.io/library/nginx:2".into(),
+            }],
+            ..WorkloadStatus::default()
+        }];
+        let report = shop.plan(false);
+        assert_eq!(report.source, "namespace annotation");
+        assert_eq!(report.verdict, "Failed");
+        assert!(!nexts(&report).contains(&"upgrade now"), "{report:?}");
+        assert!(
+            report.blockers.iter().any(|b| b.contains("failed before")),
+            "{:?}",
+            report.blockers
+        );
+    }
+
+    /// Before: a broken policy paused the workload in the controller, and `plan` still said
+    /// "upgrade now" (verdict Progressing).
+    #[test]
+    fn plan_stops_on_a_broken_policy_as_the_controller_does() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.policies.push(policy(
+            "broken",
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+        ));
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert!(
+            report.blockers.iter().any(|b| b.contains("broken")
+                && b.ends_with("nothing is upgraded until that policy is fixed")),
+            "{:?}",
+            report.blockers
+        );
+    }
+
+    /// Before: without a policy `plan` planned under its own copy of the defaults and said
+    /// "upgrade now" for pods the controller never touches.
+    #[test]
+    fn plan_starts_nothing_without_a_policy_but_shows_the_changes() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.policies.clear();
+        let report = shop.plan(true);
+        assert_eq!(report.verdict, "NoPolicy");
+        assert_eq!(report.source, "--image");
+        assert!(report.policy.is_none());
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert!(
+            report
+                .pods
+                .iter()
+                .all(|p| p.changes.len() == 1 && p.changes[0].target == "nginx:2")
+        );
+    }
+
+    /// Before: `plan` named the workload's own rollout as a blocker and still said "upgrade
+    /// now"; the controller holds new pods back until it is done.
+    #[test]
+    fn plan_holds_new_pods_while_the_workloads_own_rollout_runs() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.workload.settled = false;
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert_eq!(
+            report.blockers,
+            ["waiting for the Deployment's own rollout to finish"]
+        );
+    }
+
     #[test]
     fn rollback_needs_one_recorded_previous_image_per_container() {
         let agree = [

@@ -663,6 +663,91 @@ fn failed_targets_memory_blocks_every_pod() {
     assert_eq!(summary(&world.plan()), s(&[("a", "Patch app=nginx:3")]));
 }
 
+/// Execution writes from what the planner read: each step carries the pod's parsed record,
+/// and the status counts come with the plan.
+#[test]
+fn steps_carry_the_record_read_and_the_plan_counts_the_pods() {
+    let mut failing = p("a", NEW, false);
+    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
+    failing.ctr = Ctr {
+        waiting: Some("CrashLoopBackOff"),
+        running: false,
+        ready: false,
+        ..Ctr::up("containerd://a-3", 2, -5)
+    };
+    let mut done = p("b", NEW, true);
+    done.state = Some(
+        PodUpgradeState::parse(&patched_state(Phase::Patched, -100, "x", 0))
+            .expect("state")
+            .finished(Phase::Succeeded, None, None, ts(-50))
+            .to_json()
+            .expect("json"),
+    );
+    let ungated_old = p("c", OLD, true);
+    let gone = P {
+        terminating: true,
+        ..p("d", OLD, true)
+    };
+    let new_pod = gated(p("e", OLD, true));
+    let world = World::new(&[failing.clone(), done, ungated_old, gone, new_pod]).max_unavailable(3);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Rollback CrashLoopBackOff")]));
+    let rollback = &plan.steps[0];
+    assert_eq!(
+        rollback.state,
+        failing
+            .state
+            .as_deref()
+            .map(|j| PodUpgradeState::parse(j).expect("state"))
+    );
+    // a (in flight), b (done), c, e; d terminates.
+    assert_eq!(
+        plan.counts,
+        Counts {
+            targeted: 4,
+            upgraded: 1,
+            ungated: 3,
+        }
+    );
+    // The failing pod's record is what the workload remembers.
+    assert_eq!(
+        plan.failed_targets,
+        [FailedTarget {
+            container: "app".into(),
+            image: NEW.into(),
+        }]
+    );
+    // Paused, the failure is not a verdict and nothing is remembered yet.
+    let mut world = world;
+    world.paused = true;
+    assert!(world.plan().failed_targets.is_empty());
+}
+
+/// A failure known before the last retry request is forgiven: not remembered again.
+#[test]
+fn a_failure_from_before_the_retry_is_not_remembered_again() {
+    let mut rolled = p("a", OLD, true);
+    rolled.state = Some(
+        PodUpgradeState::parse(&patched_state(Phase::RolledBack, -100, "x", 0))
+            .expect("state")
+            .finished(Phase::RolledBack, None, None, ts(-50))
+            .to_json()
+            .expect("json"),
+    );
+    let mut world = World::new(&[rolled]);
+    let plan = world.plan();
+    assert!(matches!(plan.verdict, Verdict::Failed { .. }));
+    assert_eq!(plan.failed_targets.len(), 1);
+    world.retry_since = Some(ts(-120));
+    assert_eq!(
+        world.plan().failed_targets.len(),
+        1,
+        "a retry older than the attempt"
+    );
+    world.retry_since = Some(ts(-60));
+    assert!(world.plan().failed_targets.is_empty());
+}
+
 #[test]
 fn pause_stops_starts_but_never_leaves_pods_drained() {
     let mut drained = gated(p("a", OLD, false));
