@@ -27,6 +27,7 @@ pub mod kubectl;
 pub mod patch;
 pub mod plan;
 pub mod policy;
+pub mod serve;
 pub mod state;
 pub mod status;
 pub mod target;

@@ -366,18 +366,20 @@ mod tests {
         let rollout_rs = |_: &str| Some(Some(owner("Rollout", "r")));
         let no_labels = BTreeMap::new();
         let hashed = BTreeMap::from([("pod-template-hash".to_string(), "5d4f8c7b9".to_string())]);
-        let of = |owners: &[OwnerReference],
-                  labels: &BTreeMap<String, String>,
-                  rs: &dyn Fn(&str) -> Option<Option<OwnerReference>>| {
+        /// How the test looks a ReplicaSet up.
+        type Lookup<'a> = &'a dyn Fn(&str) -> Option<Option<OwnerReference>>;
+        let of = |owners: &[OwnerReference], labels: &BTreeMap<String, String>, rs: Lookup| {
             owning_workload("ns", owners, labels, rs)
         };
-        let cases: [(
+        /// Owners, labels, the ReplicaSet lookup, the expected owner, why.
+        type Case<'a> = (
             Vec<OwnerReference>,
-            &BTreeMap<String, String>,
-            &dyn Fn(&str) -> Option<Option<OwnerReference>>,
+            &'a BTreeMap<String, String>,
+            Lookup<'a>,
             Owner,
-            &str,
-        ); 10] = [
+            &'a str,
+        );
+        let cases: [Case; 10] = [
             (
                 owned_by("ReplicaSet", "web-1"),
                 &no_labels,

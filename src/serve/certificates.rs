@@ -1,100 +1,21 @@
-//! Serving the admission handlers over the transport crate, in three modes:
-//!
-//! - **given files** ([`CertificateSource::Files`]): serve `tls.crt`/`tls.key` from a directory
-//!   (cert-manager's Secret mounted as a volume), re-read on an interval so kubelet's `..data`
-//!   symlink swap is picked up without a restart;
-//! - **self-managed** ([`CertificateSource::SelfManaged`]): one CA and serving certificate in a
-//!   Secret, created or renewed by whichever replica wins a resourceVersion-guarded write (no
-//!   Lease: the guarded write is the election, and a loser serves the winner's certificates),
-//!   and served by every replica from the mounted Secret with the transport's hot reload (the
-//!   same code path as cert-manager's Secret, and no watch permission on Secrets); the
-//!   caBundle is applied to our webhook configurations;
-//! - **local** ([`run_local`]): the controller and the webhook in one process, with a CA of its
-//!   own, registered by URL so a local control plane calls it.
+//! The webhook's serving certificate: given files, or a self-managed CA and serving
+//! certificate in a Secret (see the [module above](super)).
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use inplace_upgrade_webhook::certs::{self, CertificatePem, Renewal, SubjectAltNames};
-use inplace_upgrade_webhook::{
-    AdmissionRequest, AdmissionRouter, CertificateFiles, CertificateStore, TlsServer,
-    WebhookMetrics,
-};
+use inplace_upgrade_webhook::{CertificateFiles, CertificateStore};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
-use super::configuration::{self, ConfigurationOptions, Endpoint};
 use super::{
-    ClusterView, MUTATE_PODS_PATH, Settings, VALIDATE_POLICIES_PATH, VALIDATE_WORKLOADS_PATH,
-    mutate, validate,
+    CA_RENEW_BEFORE, CA_VALIDITY, FIELD_MANAGER, SERVING_RENEW_BEFORE, SERVING_VALIDITY,
+    ServeError, kube_error,
 };
-
-/// Field manager of the webhook configurations we apply.
-pub const FIELD_MANAGER: &str = "inplace-upgrade-webhook";
-/// CA lifetime for generated CAs.
-pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Serving certificate lifetime for generated certificates.
-pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Renew a serving certificate when less than this remains.
-pub const SERVING_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Renew the CA when less than this remains (more than a serving certificate's lifetime, so a
-/// serving certificate never outlives its CA).
-pub const CA_RENEW_BEFORE: Duration = Duration::from_secs(400 * 24 * 3600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Transport(#[from] inplace_upgrade_webhook::Error),
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "--webhook-url {url:?} must be https://HOST:PORT (the API server only calls webhooks over TLS)"
-    )]
-    WebhookUrl { url: String },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Secret {secret}: key {key} is missing or not UTF-8 PEM")]
-    SecretKey { secret: String, key: String },
-}
-
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ServeError {
-    let action = action.into();
-    move |source| ServeError::Kube { action, source }
-}
-
-/// The admission router: the three handlers at their paths, over `view`.
-pub fn admission_router<V: ClusterView + Send + Sync + 'static>(
-    view: Arc<V>,
-    settings: Settings,
-    metrics: WebhookMetrics,
-) -> axum::Router {
-    let settings = Arc::new(settings);
-    let (v1, s1) = (view.clone(), settings.clone());
-    let (v2, s2) = (view, settings);
-    AdmissionRouter::new(metrics)
-        .handler(MUTATE_PODS_PATH, mutate::PodMutator::new(v1, s1))
-        .handler(
-            VALIDATE_WORKLOADS_PATH,
-            move |r: &AdmissionRequest<validate::WorkloadObject>| {
-                validate::validate_workload_or_namespace(r, &*v2, &s2)
-            },
-        )
-        .handler(VALIDATE_POLICIES_PATH, validate::validate_policy)
-        .into_router()
-}
+use crate::admission::configuration::{self, ConfigurationOptions, Endpoint};
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
@@ -402,200 +323,78 @@ pub fn write_secret_dir(dir: &Path, files: &[(&str, &str)]) -> Result<(), ServeE
     Ok(())
 }
 
-/// Options of the local mode.
-#[derive(Clone, Debug)]
-pub struct LocalOptions {
-    /// `https://HOST:PORT` the API server calls.
-    pub webhook_url: String,
-    /// Address to listen on (default: the URL's, when its host is an IP address).
-    pub listen: Option<SocketAddr>,
-    /// Where to keep the CA and serving certificate (kubelet's Secret layout, re-read every
-    /// second so they can be rotated by hand). `None`: in memory only.
-    pub cert_dir: Option<PathBuf>,
-    /// The controller's settings (its namespace is also excluded from the webhooks).
-    pub controller: crate::controller::Settings,
-    /// Plain-HTTP /metrics, /healthz, /readyz (ready once the caches synced). `None`: none.
-    pub admin_addr: Option<SocketAddr>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The host and port of an `https://HOST:PORT` URL.
-pub fn parse_webhook_url(url: &str) -> Result<(String, u16), ServeError> {
-    let bad = || ServeError::WebhookUrl {
-        url: url.to_owned(),
-    };
-    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('/') {
-        return Err(bad());
-    }
-    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok((host.to_owned(), port))
-}
-
-/// `inplace-upgrade run`: starts the controller, serves the webhook at `webhook_url` with a CA
-/// of its own and registers URL-based configurations with that caBundle; returns when
-/// `shutdown` completes and in-flight admissions are answered.
-///
-/// The configurations stay registered after it returns: every webhook fails open
-/// (`failurePolicy: Ignore`), so a stopped process only means new pods are not mutated until
-/// the next start, and the controller upgrades them in place meanwhile.
-pub async fn run_local(
-    client: kube::Client,
-    options: LocalOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    start_local(client, options).await?.serve(shutdown).await
-}
-
-/// The local mode, started: the controller runs, the configurations are registered and the
-/// socket is bound (the API server's connections wait in its backlog until [`Self::serve`]).
-pub struct LocalWebhook {
-    /// The controller's handle (leadership, caches).
-    pub controller: crate::controller::Handle,
-    /// What the admission handlers read.
-    pub view: Arc<super::LiveView>,
-    server: TlsServer,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl LocalWebhook {
-    /// Serves admissions until `shutdown`, answers those in flight, then releases the
-    /// controller's Lease.
-    pub async fn serve(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServeError> {
-        let stop = self.stop;
-        let served = self
-            .server
-            .serve(async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            })
-            .await;
-        // Hand the controller's Lease over at once rather than after it expires.
-        self.controller.step_down().await;
-        served?;
-        Ok(())
-    }
-}
-
-/// Starts the local mode; see [`run_local`].
-pub async fn start_local(
-    client: kube::Client,
-    options: LocalOptions,
-) -> Result<LocalWebhook, ServeError> {
-    let mut registry = Registry::default();
-    let (host, port) = parse_webhook_url(&options.webhook_url)?;
-    let ip: Option<IpAddr> = host.parse().ok();
-    let listen = options
-        .listen
-        .unwrap_or_else(|| SocketAddr::new(ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), port));
-    let names = match ip {
-        Some(ip) => SubjectAltNames::default().with_ip_address(ip),
-        None => SubjectAltNames::default().with_dns_name(host.clone()),
-    };
-    let ca = certs::generate_ca("inplace-upgrade local webhook CA", CA_VALIDITY)?;
-    let serving = certs::generate_serving_certificate(&ca, &host, &names, SERVING_VALIDITY)?;
-
-    let metrics = WebhookMetrics::new(&mut registry);
-    let store = CertificateStore::new(metrics.clone());
-    store.expect_names(names.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    match &options.cert_dir {
-        Some(dir) => {
-            write_secret_dir(
-                dir,
-                &[
-                    ("ca.crt", &ca.cert_pem),
-                    ("ca.key", &ca.key_pem),
-                    ("tls.crt", &serving.cert_pem),
-                    ("tls.key", &serving.key_pem),
-                ],
-            )?;
-            let source = CertificateSource::Files {
-                dir: dir.clone(),
-                reload_interval: Duration::from_secs(1),
-            };
-            start_certificates(&client, &source, store.clone(), stopped()).await?;
-        }
-        None => {
-            store.load_pem(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes())?;
-        }
-    }
-
-    let namespace = options.controller.namespace.clone();
-    let handle = crate::controller::start(client.clone(), options.controller, &mut registry);
-    let view = Arc::new(super::LiveView::start(
-        &client,
-        handle.cache.clone(),
-        &namespace,
-    ));
-    if let Some(addr) = options.admin_addr {
-        let ready = (view.clone(), store.clone());
-        let admin = inplace_upgrade_webhook::AdminRouter::new(Arc::new(registry), move || {
-            ready.0.synced() && ready.1.is_loaded()
-        })
-        .into_router();
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            inplace_upgrade_webhook::Error::Bind {
-                address: addr.to_string(),
-                source,
-            }
-        })?;
-        tokio::spawn(inplace_upgrade_webhook::serve_admin(
-            listener,
-            admin,
-            stopped(),
+    #[test]
+    fn self_managed_certificates_are_created_kept_and_renewed() {
+        use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
+        use std::time::{Duration, SystemTime};
+        let names =
+            SubjectAltNames::for_service("inplace-upgrade-webhook", "inplace-upgrade-system");
+        let now = SystemTime::now();
+        let first = renew(None, &names, now).expect("generates").expect("new");
+        assert!(
+            renew(Some(&first), &names, now).expect("checks").is_none(),
+            "valid: kept"
+        );
+        // A serving certificate close to expiry is renewed under the same CA.
+        let later = now + SERVING_VALIDITY - Duration::from_secs(24 * 3600);
+        let renewed = renew(Some(&first), &names, later)
+            .expect("renews")
+            .expect("new");
+        assert_eq!(renewed.ca, first.ca);
+        assert_ne!(renewed.serving, first.serving);
+        // New names (a renamed Service) need a new serving certificate.
+        let other = SubjectAltNames::for_service("renamed", "inplace-upgrade-system");
+        assert!(renew(Some(&first), &other, now).expect("checks").is_some());
+        // A CA close to expiry is replaced; the old one stays in the bundle while it is valid.
+        let ca_end = now + CA_VALIDITY - CA_RENEW_BEFORE + Duration::from_secs(3600);
+        let rotated = renew(Some(&first), &names, ca_end)
+            .expect("renews")
+            .expect("new");
+        assert_ne!(rotated.ca, first.ca);
+        assert!(rotated.ca_bundle.contains(&first.ca.cert_pem));
+        assert!(matches!(
+            certs::check_serving_certificate(
+                &rotated.ca.cert_pem,
+                &rotated.serving,
+                &names,
+                Duration::ZERO,
+                now
+            ),
+            certs::Renewal::NotNeeded { .. }
         ));
     }
-    let settings = Settings {
-        controller_namespace: namespace.clone(),
-    };
-    let router = admission_router(view.clone(), settings, metrics.clone());
-    let listener =
-        TcpListener::bind(listen)
-            .await
-            .map_err(|source| inplace_upgrade_webhook::Error::Bind {
-                address: listen.to_string(),
-                source,
-            })?;
-    let config_options = ConfigurationOptions {
-        endpoint: Endpoint::Url(format!("https://{}", url_authority(&host, port))),
-        ca_bundle: Some(ca.cert_pem.clone().into_bytes()),
-        own_namespace: namespace,
-        cert_manager_certificate: None,
-    };
-    configuration::apply(&client, &config_options, FIELD_MANAGER)
-        .await
-        .map_err(kube_error("cannot register the webhook configurations"))?;
-    tracing::info!(url = %options.webhook_url, "webhook configurations registered");
-    let server = TlsServer::new(listener, router, store.server_config()?)
-        .metrics(metrics)
-        .drain_timeout(Duration::from_secs(10));
-    Ok(LocalWebhook {
-        controller: handle,
-        view,
-        server,
-        stop: stop_tx,
-    })
-}
 
-fn url_authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+    #[test]
+    fn the_secret_layout_is_swapped_atomically() {
+        let dir =
+            std::env::temp_dir().join(format!("inplace-upgrade-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_secret_dir(&dir, &[("tls.crt", "one"), ("tls.key", "k1")]).expect("writes");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tls.crt")).expect("reads"),
+            "one"
+        );
+        write_secret_dir(&dir, &[("tls.crt", "two"), ("tls.key", "k2")]).expect("writes");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tls.crt")).expect("reads"),
+            "two"
+        );
+        assert!(
+            std::fs::symlink_metadata(dir.join("tls.crt"))
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        let versions = std::fs::read_dir(&dir)
+            .expect("lists")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
+            .count();
+        assert_eq!(versions, 1, "the previous version is removed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
