@@ -12,6 +12,9 @@ mod queue;
 mod reconcile;
 mod report;
 mod slots;
+#[cfg(test)]
+mod tests;
+mod view;
 mod writes;
 mod written;
 
@@ -29,6 +32,7 @@ pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
+pub use view::ControllerView;
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.
@@ -50,7 +54,8 @@ pub struct Settings {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub cache: Cache,
+    /// What the reconciles read: the watched caches.
+    pub cache: Arc<dyn ControllerView>,
     pub queue: Queue,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -64,6 +69,31 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context for reconciles that read `cache` and write through `client`.
+    pub fn new(
+        client: Client,
+        cache: Arc<dyn ControllerView>,
+        queue: Queue,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "inplace-upgrade".into(),
+            instance: Some(settings.identity.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            cache,
+            queue,
+            report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+            metrics,
+            settings,
+            slots: Mutex::default(),
+            written: written::Written::default(),
+        }
+    }
+
     /// Changes the rollout slots under their lock and re-queues the workloads a freed slot may
     /// be due to now (see [`slots::SlotTurn`], the one user besides [`Self::restore_slots`]).
     fn with_slots(&self, change: impl FnOnce(&mut slots::Slots) -> slots::Wake) {
@@ -137,21 +167,13 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     for driver in drivers {
         tokio::spawn(driver);
     }
-    let reporter = Reporter {
-        controller: "inplace-upgrade".into(),
-        instance: Some(settings.identity.clone()),
-    };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
-        cache: cache.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-        slots: Mutex::default(),
-        report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
-        written: written::Written::default(),
-    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(cache.clone()),
+        queue.clone(),
+        metrics,
+        settings.clone(),
+    ));
 
     let (leading_tx, leading) = watch::channel(false);
     let lease = LeaseConfig::new(

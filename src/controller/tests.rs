@@ -1,0 +1,788 @@
+//! The reconciler against a mocked API server: the tier between the pure table tests and the
+//! e2e suites. A reconcile runs on a [`Context`] whose caches are objects fed by hand and whose
+//! client is kube's `Client::new` over a `tower_test` mock (the pattern of kube-rs' own tests
+//! and controller-rs); the mock answers each request as the API server would (a JSON patch is
+//! applied, and its `test` ops can fail; a `pods/status` strategic merge merges conditions by
+//! type; every write gets a new resourceVersion) and logs it, and each test asserts the exact
+//! sequence of requests one reconcile makes. Milliseconds, no control plane.
+//!
+//! The mock keeps the objects as the API server stores them; the caches lag until the test
+//! delivers the watch events ([`Api::deliver`]), which is when the reconciler's own memory of
+//! its writes (`written`) matters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::client::Body;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+
+use super::reconcile::{ReconcileError, reconcile_workload};
+use super::{Context, ControllerView, Metrics, Queue, Settings};
+use crate::policy::InPlaceUpgradePolicy;
+use crate::state::{Phase, PodUpgradeState};
+use crate::workload::{
+    Owner, WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled,
+    owning_workload,
+};
+use crate::{READINESS_GATE, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
+
+const NS: &str = "shop";
+const OLD: &str = "nginx:1";
+const NEW: &str = "nginx:2";
+
+/// The objects of namespace `shop`, by kind and name, as JSON.
+#[derive(Clone, Default)]
+struct Objects {
+    pods: BTreeMap<String, Value>,
+    deployments: BTreeMap<String, Value>,
+    replica_sets: BTreeMap<String, Value>,
+}
+
+/// What the API server stores, what the caches show, and every request made.
+#[derive(Default)]
+struct World {
+    stored: Objects,
+    cached: Objects,
+    namespace: Option<Namespace>,
+    policies: Vec<InPlaceUpgradePolicy>,
+    /// The last resourceVersion handed out (one etcd orders every write).
+    version: u64,
+    log: Vec<Logged>,
+}
+
+/// One request the reconciler made.
+#[derive(Debug, Clone)]
+struct Logged {
+    /// `VERB path (patch type)`, the path without the namespace prefix.
+    line: String,
+    body: Value,
+}
+
+impl World {
+    fn next_version(&mut self) -> String {
+        self.version += 1;
+        self.version.to_string()
+    }
+
+    /// Stores an object (a new resourceVersion), as a write or the kubelet would.
+    fn store(&mut self, kind: &str, mut object: Value) {
+        object["metadata"]["resourceVersion"] = json!(self.next_version());
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("named")
+            .to_string();
+        let map = match kind {
+            "pods" => &mut self.stored.pods,
+            "deployments" => &mut self.stored.deployments,
+            _ => &mut self.stored.replica_sets,
+        };
+        map.insert(name, object);
+    }
+
+    /// Answers one request as the API server would.
+    fn answer(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let rest = path
+            .strip_prefix(&format!("/api/v1/namespaces/{NS}/"))
+            .or_else(|| path.strip_prefix(&format!("/apis/apps/v1/namespaces/{NS}/")))
+            .or_else(|| path.strip_prefix(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/")))
+            .unwrap_or(path);
+        let short = content_type
+            .strip_prefix("application/")
+            .map_or(content_type, |t| t.strip_suffix("+json").unwrap_or(t));
+        self.log.push(Logged {
+            line: format!("{method} {rest} ({short})"),
+            body: body.clone(),
+        });
+        let parts: Vec<&str> = rest.split('/').collect();
+        match (method, parts.as_slice(), short) {
+            ("POST", ["events"], _) => (201, body),
+            ("PATCH", ["pods", name], "json-patch") => {
+                let Some(mut pod) = self.stored.pods.get(*name).cloned() else {
+                    return not_found(rest);
+                };
+                let patch: json_patch::Patch = serde_json::from_value(body).expect("a JSON patch");
+                if let Err(e) = json_patch::patch(&mut pod, &patch) {
+                    // The API server's answer to a failed `test` op.
+                    return (
+                        422,
+                        status(
+                            422,
+                            "Invalid",
+                            &format!("testing value failed: test failed ({e})"),
+                        ),
+                    );
+                }
+                self.store("pods", pod.clone());
+                (200, self.stored.pods[*name].clone())
+            }
+            ("PATCH", ["pods", name, "status"], "strategic-merge-patch") => {
+                let Some(mut pod) = self.stored.pods.get(*name).cloned() else {
+                    return not_found(rest);
+                };
+                // `status.conditions` merge by type; annotations merge by key.
+                for condition in body["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let conditions = pod["status"]["conditions"]
+                        .as_array_mut()
+                        .expect("conditions");
+                    conditions.retain(|c| c["type"] != condition["type"]);
+                    conditions.push(condition.clone());
+                }
+                if let Some(annotations) = body["metadata"]["annotations"].as_object() {
+                    for (k, v) in annotations {
+                        pod["metadata"]["annotations"][k] = v.clone();
+                    }
+                }
+                self.store("pods", pod);
+                (200, self.stored.pods[*name].clone())
+            }
+            ("PATCH", ["deployments", name], "merge-patch") => {
+                let Some(mut deployment) = self.stored.deployments.get(*name).cloned() else {
+                    return not_found(rest);
+                };
+                json_patch::merge(&mut deployment, &body);
+                self.store("deployments", deployment);
+                (200, self.stored.deployments[*name].clone())
+            }
+            _ => (
+                405,
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    &format!("not mocked: {method} {rest}"),
+                ),
+            ),
+        }
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code,
+        "reason": reason, "message": message})
+}
+
+fn not_found(what: &str) -> (u16, Value) {
+    (404, status(404, "NotFound", &format!("{what} not found")))
+}
+
+/// The mocked API server and the caches, shared with the reconciler's [`Context`].
+#[derive(Clone)]
+struct Api(Arc<Mutex<World>>);
+
+impl Api {
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A namespace with `policy`, a settled Deployment `web` annotated with `targets`, its
+    /// ReplicaSet, and `pods` (stored and cached alike).
+    fn new(policy: Value, targets: &str, pods: Vec<Value>) -> Self {
+        let mut world = World {
+            namespace: Some(obj(json!({"metadata": {"name": NS,
+                "labels": {"kubernetes.io/metadata.name": NS}}}))),
+            policies: vec![obj(json!({"apiVersion": "inplace-upgrade.io/v1alpha1",
+                "kind": "InPlaceUpgradePolicy", "metadata": {"name": "mesh"}, "spec": policy}))],
+            ..World::default()
+        };
+        let template = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": OLD}]}});
+        let replicas = pods.len();
+        world.store(
+            "deployments",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": NS, "uid": "uid-web", "generation": 1,
+                    "annotations": {TARGETS_ANNOTATION: targets}},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                    "template": template},
+                "status": {"observedGeneration": 1, "replicas": replicas,
+                    "updatedReplicas": replicas}}),
+        );
+        let mut rs_template = template.clone();
+        rs_template["metadata"]["labels"]["pod-template-hash"] = json!("5d4f");
+        world.store(
+            "replicasets",
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "web-5d4f", "namespace": NS, "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                    "uid": "uid-web", "controller": true}]},
+                "spec": {"replicas": replicas, "selector": {}, "template": rs_template},
+                "status": {"replicas": replicas}}),
+        );
+        for pod in pods {
+            world.store("pods", pod);
+        }
+        let api = Api(Arc::new(Mutex::new(world)));
+        api.deliver();
+        api
+    }
+
+    /// The watches deliver: the caches show what is stored.
+    fn deliver(&self) {
+        let mut world = self.world();
+        world.cached = world.stored.clone();
+    }
+
+    /// The kubelet (or another writer) changes a stored pod.
+    fn change_pod(&self, name: &str, change: impl FnOnce(&mut Value)) {
+        let mut world = self.world();
+        let mut pod = world.stored.pods[name].clone();
+        change(&mut pod);
+        world.store("pods", pod);
+    }
+
+    fn stored_pod(&self, name: &str) -> Pod {
+        obj(self.world().stored.pods[name].clone())
+    }
+
+    /// The requests made since the last call.
+    fn requests(&self) -> Vec<Logged> {
+        std::mem::take(&mut self.world().log)
+    }
+
+    /// A reconciler context over these caches, writing through a mocked client that this API
+    /// answers. The mock serves until the context (and with it the client) is dropped.
+    fn context(&self) -> Context {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, respond)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .unwrap_or_default();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (code, answer) = api.world().answer(&method, &path, &content_type, body);
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
+                    .expect("a response");
+                respond.send_response(response);
+            }
+        });
+        let client = kube::Client::new(service, NS);
+        let settings = Settings {
+            namespace: "inplace-upgrade-system".into(),
+            identity: "test".into(),
+            concurrency: 1,
+            lease_duration: std::time::Duration::from_secs(15),
+        };
+        let metrics = Metrics::register(&mut Registry::default());
+        Context::new(
+            client,
+            Arc::new(self.clone()),
+            Queue::discarding(),
+            metrics,
+            settings,
+        )
+    }
+}
+
+/// The caches, as the reconciler reads them: only what this suite stores (one namespace,
+/// Deployments, their ReplicaSets and pods).
+impl ControllerView for Api {
+    fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
+        let world = self.world();
+        let d: Deployment = obj(world.cached.deployments.get(&key.name)?.clone());
+        if key.kind != WorkloadKind::Deployment || key.namespace != NS {
+            return None;
+        }
+        let replica_sets: Vec<ReplicaSet> = world
+            .cached
+            .replica_sets
+            .values()
+            .cloned()
+            .map(obj)
+            .collect();
+        let mut view = WorkloadView::from_deployment(&d);
+        view.settled = deployment_settled(&d, &replica_sets.iter().collect::<Vec<_>>());
+        Some(view)
+    }
+    fn workloads_in(&self, namespace: Option<&str>) -> Vec<WorkloadKey> {
+        if namespace.is_some_and(|n| n != NS) {
+            return Vec::new();
+        }
+        self.world()
+            .cached
+            .deployments
+            .keys()
+            .map(|name| key(name))
+            .collect()
+    }
+    fn workload_annotation(&self, key: &WorkloadKey, annotation: &str) -> Option<String> {
+        self.world().cached.deployments.get(&key.name)?["metadata"]["annotations"][annotation]
+            .as_str()
+            .map(str::to_string)
+    }
+    fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        let world = self.world();
+        world
+            .namespace
+            .clone()
+            .filter(|n| n.name_any() == name)
+            .map(Arc::new)
+    }
+    fn pods_of(&self, key: &WorkloadKey) -> Vec<Arc<Pod>> {
+        let world = self.world();
+        let replica_sets: Vec<ReplicaSet> = world
+            .cached
+            .replica_sets
+            .values()
+            .cloned()
+            .map(obj)
+            .collect();
+        let owner_of = |name: &str| {
+            replica_sets
+                .iter()
+                .find(|rs| rs.name_any() == name)
+                .map(|rs| controller_of(rs.owner_references()).cloned())
+        };
+        world
+            .cached
+            .pods
+            .values()
+            .map(|p| obj::<Pod>(p.clone()))
+            .filter(|p| {
+                owning_workload(NS, p.owner_references(), p.labels(), owner_of)
+                    == Owner::Workload(key.clone())
+            })
+            .map(Arc::new)
+            .collect()
+    }
+    fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
+        self.world().policies.clone()
+    }
+    fn endpoint_slices_in(&self, _: &str) -> Vec<Arc<EndpointSlice>> {
+        Vec::new()
+    }
+    fn pdbs_in(&self, _: &str) -> Vec<Arc<PodDisruptionBudget>> {
+        Vec::new()
+    }
+}
+
+fn obj<K: serde::de::DeserializeOwned>(v: Value) -> K {
+    serde_json::from_value(v).expect("object literal matches its type")
+}
+
+fn key(name: &str) -> WorkloadKey {
+    WorkloadKey {
+        kind: WorkloadKind::Deployment,
+        namespace: NS.into(),
+        name: name.into(),
+    }
+}
+
+fn at(offset_seconds: i64) -> String {
+    Timestamp::from_second(Timestamp::now().as_second() + offset_seconds)
+        .expect("in range")
+        .to_string()
+}
+
+/// A Ready pod of `web` running `image` as container `app` (containerID `id`), with our
+/// readiness gate and its condition `gate` (`(status, reason)`).
+fn pod(name: &str, image: &str, id: &str, gate: (&str, &str)) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"app": "web", "pod-template-hash": "5d4f"}, "annotations": {},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "web-5d4f", "uid": "uid-rs", "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": image}],
+            "readinessGates": [{"conditionType": READINESS_GATE}]},
+        "status": {"conditions": [
+                {"type": "Ready", "status": if gate.0 == "True" { "True" } else { "False" }},
+                {"type": READINESS_GATE, "status": gate.0, "reason": gate.1,
+                    "lastTransitionTime": at(-60)}],
+            "containerStatuses": [running(image, id, 0, -100)]}})
+}
+
+/// A running, Ready container status.
+fn running(image: &str, id: &str, restarts: i32, started: i64) -> Value {
+    json!({"name": "app", "image": format!("docker.io/library/{image}"), "imageID": "",
+        "containerID": id, "ready": true, "restartCount": restarts,
+        "state": {"running": {"startedAt": at(started)}}})
+}
+
+fn lines(requests: &[Logged]) -> Vec<&str> {
+    requests.iter().map(|r| r.line.as_str()).collect()
+}
+
+fn gate_of(pod: &Pod) -> (String, String) {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == READINESS_GATE))
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+fn image_of(pod: &Pod) -> String {
+    pod.spec.as_ref().expect("spec").containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+fn recorded_phase(pod: &Pod) -> Option<Phase> {
+    PodUpgradeState::from_pod(pod)
+        .expect("a valid record")
+        .map(|s| s.phase)
+}
+
+/// The status annotation a logged workload patch writes.
+fn written_status(request: &Logged) -> Value {
+    serde_json::from_str(
+        request.body["metadata"]["annotations"][STATUS_ANNOTATION]
+            .as_str()
+            .expect("a status annotation"),
+    )
+    .expect("status json")
+}
+
+/// Drain, patch, finish: one gated pod from the annotation to `Completed`, each reconcile's
+/// requests in order, three pod writes in all.
+#[tokio::test]
+async fn one_pod_is_drained_patched_and_finished() {
+    let api = Api::new(
+        json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
+        &format!("app={NEW}"),
+        vec![pod(
+            "web-1",
+            OLD,
+            "containerd://a",
+            ("True", "NotUpgrading"),
+        )],
+    );
+    let ctx = api.context();
+
+    // Drain: the gate condition goes False through pods/status; the workload says why.
+    assert!(matches!(
+        reconcile_workload(&ctx, &key("web")).await,
+        Ok(None)
+    ));
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/web-1/status (strategic-merge-patch)",
+            "PATCH deployments/web (merge-patch)",
+            "POST events (json)",
+        ]
+    );
+    let condition = &requests[0].body["status"]["conditions"][0];
+    assert_eq!(
+        (
+            &condition["type"],
+            &condition["status"],
+            &condition["reason"]
+        ),
+        (&json!(READINESS_GATE), &json!("False"), &json!("Draining"))
+    );
+    let status = written_status(&requests[1]);
+    assert_eq!(status["phase"], "Progressing");
+    assert_eq!(status["currentPods"], json!(["web-1"]));
+    assert_eq!(requests[2].body["reason"], "Progressing");
+
+    // Patch, before the watch has delivered the drain: our own write counts. One JSON patch:
+    // test the name and the old image at the index, replace it, record the state.
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("patched");
+    let requests = api.requests();
+    assert_eq!(lines(&requests), ["PATCH pods/web-1 (json-patch)"]);
+    let ops: Vec<(&str, &str)> = requests[0]
+        .body
+        .as_array()
+        .expect("ops")
+        .iter()
+        .map(|op| {
+            (
+                op["op"].as_str().unwrap_or(""),
+                op["path"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("test", "/spec/containers/0/name"),
+            ("test", "/spec/containers/0/image"),
+            ("replace", "/spec/containers/0/image"),
+            ("add", "/metadata/annotations/inplace-upgrade.io~1state"),
+        ]
+    );
+    assert_eq!(requests[0].body[1]["value"], OLD);
+    assert_eq!(requests[0].body[2]["value"], NEW);
+
+    // The kubelet restarts the container on the new image; the watches deliver.
+    api.change_pod("web-1", |p| {
+        p["status"]["containerStatuses"][0] = running(NEW, "containerd://b", 1, 0);
+    });
+    api.deliver();
+    // Finish: back into load balancing and the record closed in one pods/status write; the
+    // pod's one Event. The status change is progress only: it waits (debounced).
+    let recheck = reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("finished");
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/web-1/status (strategic-merge-patch)",
+            "POST events (json)",
+        ]
+    );
+    assert_eq!(
+        requests[0].body["status"]["conditions"][0]["status"],
+        "True"
+    );
+    assert!(
+        requests[0].body["metadata"]["annotations"][STATE_ANNOTATION]
+            .as_str()
+            .is_some_and(|s| s.contains("\"phase\":\"Succeeded\"")),
+        "{:?}",
+        requests[0].body
+    );
+    assert_eq!(requests[1].body["reason"], "Upgraded");
+    assert!(
+        recheck.is_some(),
+        "comes back to write the deferred progress"
+    );
+
+    // Completed: written at once, announced.
+    api.deliver();
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("completed");
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        ["PATCH deployments/web (merge-patch)", "POST events (json)"]
+    );
+    let status = written_status(&requests[0]);
+    assert_eq!(
+        (&status["phase"], &status["upgraded"], &status["total"]),
+        (&json!("Completed"), &json!(1), &json!(1))
+    );
+    assert_eq!(requests[1].body["reason"], "Completed");
+
+    let done = api.stored_pod("web-1");
+    assert_eq!(image_of(&done), NEW);
+    assert_eq!(gate_of(&done), ("True".into(), "Serving".into()));
+    assert_eq!(recorded_phase(&done), Some(Phase::Succeeded));
+    // Nothing more to do.
+    reconcile_workload(&ctx, &key("web")).await.expect("idle");
+    assert!(api.requests().is_empty());
+}
+
+/// Someone else changed the pod after the cache last showed it: the `test` op fails, nothing
+/// else is written, and the next reconcile plans from what is there now.
+#[tokio::test]
+async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
+    let api = Api::new(
+        json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
+        &format!("app={NEW}"),
+        vec![pod("web-1", OLD, "containerd://a", ("False", "Draining"))],
+    );
+    // Another writer sets the image; the watch has not delivered it yet.
+    api.change_pod("web-1", |p| {
+        p["spec"]["containers"][0]["image"] = json!("nginx:3")
+    });
+    let ctx = api.context();
+
+    let outcome = reconcile_workload(&ctx, &key("web")).await;
+    assert!(
+        matches!(&outcome, Err(ReconcileError::Conflict { pod }) if pod == "web-1"),
+        "{outcome:?}"
+    );
+    let requests = api.requests();
+    assert_eq!(lines(&requests), ["PATCH pods/web-1 (json-patch)"]);
+    assert_eq!(
+        requests[0].body[1]["value"], OLD,
+        "tested what the cache showed"
+    );
+    assert_eq!(
+        image_of(&api.stored_pod("web-1")),
+        "nginx:3",
+        "not overwritten"
+    );
+
+    // The watch delivers the change: planned again from it.
+    api.deliver();
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("patched");
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/web-1 (json-patch)",
+            "PATCH deployments/web (merge-patch)",
+            "POST events (json)",
+        ]
+    );
+    assert_eq!(
+        requests[0].body[1]["value"], "nginx:3",
+        "tests the image it saw"
+    );
+    let patched = api.stored_pod("web-1");
+    assert_eq!(image_of(&patched), NEW);
+    let state = PodUpgradeState::from_pod(&patched)
+        .expect("valid")
+        .expect("recorded");
+    assert_eq!(state.containers[0].previous_image, "nginx:3");
+}
+
+/// A failing image: the pod is patched back to its previous image, the workload fails and
+/// remembers the target; once the old container runs again the pod is put back.
+#[tokio::test]
+async fn a_failing_upgrade_is_rolled_back_and_remembered() {
+    const BAD: &str = "nginx:2-bad";
+    let mut failing = pod("web-1", BAD, "containerd://a", ("False", "Draining"));
+    let record = PodUpgradeState {
+        version: crate::state::STATE_VERSION,
+        phase: Phase::Patched,
+        patched_at: Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(20))
+            .expect("in range"),
+        finished_at: None,
+        containers: vec![crate::state::ContainerBaseline {
+            name: "app".into(),
+            kind: crate::target::ContainerKind::Container,
+            index: 0,
+            previous_image: OLD.into(),
+            target_image: BAD.into(),
+            container_id: Some("containerd://a".into()),
+            restart_count: 0,
+            was_running: true,
+        }],
+        readiness_gate: true,
+        reason: None,
+        message: None,
+    };
+    failing["metadata"]["annotations"][STATE_ANNOTATION] =
+        json!(record.to_json().expect("record json"));
+    failing["status"]["containerStatuses"][0] = json!({"name": "app", "image": BAD,
+        "imageID": "", "containerID": "containerd://a", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}});
+    let api = Api::new(
+        json!({"namespaceSelector": {}}),
+        &format!("app={BAD}"),
+        vec![failing],
+    );
+    let ctx = api.context();
+
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("rolling back");
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/web-1 (json-patch)",
+            "POST events (json)",
+            "PATCH deployments/web (merge-patch)",
+            "POST events (json)",
+        ]
+    );
+    assert_eq!(requests[0].body[1]["value"], BAD, "tests the failing image");
+    assert_eq!(
+        requests[0].body[2]["value"], OLD,
+        "puts the previous one back"
+    );
+    assert_eq!(requests[1].body["reason"], "RollingBack");
+    let status = written_status(&requests[2]);
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(
+        status["failedTargets"],
+        json!([{"container": "app", "image": BAD}])
+    );
+    assert_eq!(requests[3].body["reason"], "Failed");
+    assert_eq!(
+        recorded_phase(&api.stored_pod("web-1")),
+        Some(Phase::RollingBack)
+    );
+
+    // The old image runs again: the pod goes back into load balancing, recorded RolledBack;
+    // the workload stays Failed, with the rollback in its message.
+    api.change_pod("web-1", |p| {
+        p["status"]["containerStatuses"][0] = running(OLD, "containerd://c", 1, 0);
+    });
+    api.deliver();
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("rolled back");
+    let requests = api.requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/web-1/status (strategic-merge-patch)",
+            "POST events (json)",
+            "PATCH deployments/web (merge-patch)",
+        ]
+    );
+    assert_eq!(requests[1].body["reason"], "RolledBack");
+    let status = written_status(&requests[2]);
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("pod web-1: rolled back after ImagePullBackOff")),
+        "{status}"
+    );
+    assert_eq!(
+        status["failedTargets"],
+        json!([{"container": "app", "image": BAD}])
+    );
+    let back = api.stored_pod("web-1");
+    assert_eq!(image_of(&back), OLD);
+    assert_eq!(gate_of(&back), ("True".into(), "Serving".into()));
+    assert_eq!(recorded_phase(&back), Some(Phase::RolledBack));
+
+    // The same target is not tried again: the workload says so, once.
+    api.deliver();
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("stays failed");
+    let requests = api.requests();
+    assert_eq!(lines(&requests), ["PATCH deployments/web (merge-patch)"]);
+    let status = written_status(&requests[0]);
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("failed before; change the annotation or ask for a retry")),
+        "{status}"
+    );
+    api.deliver();
+    reconcile_workload(&ctx, &key("web"))
+        .await
+        .expect("stays failed");
+    assert!(api.requests().is_empty());
+    assert_eq!(image_of(&api.stored_pod("web-1")), OLD);
+}
