@@ -1,19 +1,25 @@
 //! inplace-upgrade: upgrade container images of running pods in place.
 //!
 //! Everything that *decides* (annotation grammar, image resolution, target selection, policy
-//! resolution, container state classification, the planner and the JSON patches) is a plain
-//! function over `k8s_openapi` types or small structs defined here, with no I/O and nothing
-//! async, so most behaviour is proven by fast tests. The I/O lives at the edges:
-//! [`controller`] (watches, the work queue, leader election, the API writes).
+//! resolution, workload ownership, the decision before the plan, container state
+//! classification, the planner, the workload's status and the JSON patches) is a plain function
+//! over `k8s_openapi` types or small structs defined here, with no I/O and nothing async, so
+//! most behaviour is proven by fast tests. The I/O lives at the edges: [`controller`] (watches,
+//! the work queue, leader election, the API writes), [`admission`] (the webhook's handlers over
+//! in-memory views), [`kubectl`] (the plugin's API reads and annotation writes), and
+//! [`serve`], the wiring of the process roles that only the binary uses.
 //!
 //! How the edges use it:
-//! - controller: [`target::effective_targets`] (workload over Namespace annotation) →
-//!   [`policy::governing_policy`] (which policy, paused?) → [`plan::plan`] (next step per pod and
-//!   a verdict) → for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
+//! - all three: [`intent::decide`] (what is asked, workload over Namespace annotation; which
+//!   policy governs; paused or not; which targets failed before, Namespace-wide included) →
+//!   [`plan::plan`] (next step per pod, a verdict, counts) → [`status::progress`] (the
+//!   workload's status record);
+//! - controller: for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
 //!   [`patch::state_patch`] (JSON patches on the pod) or [`patch::gate_condition_patch`]
-//!   (strategic merge patch on `pods/status`);
-//! - webhook ([`admission`]): [`annotation::parse`] to validate an annotation,
+//!   (strategic merge patch on `pods/status`), with the pod's record as the planner read it;
+//! - webhook ([`admission`]): [`workload::owning_workload`], then the decision and
 //!   [`target::resolve`] on the new pod's spec, then [`patch::new_pod_patch`];
+//!   [`annotation::parse`] to validate an annotation;
 //! - status and `plan` output: [`classify::classify`], [`state::PodUpgradeState`], and the
 //!   resolved images in [`target::ResolvedTarget`].
 

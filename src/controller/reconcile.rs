@@ -310,6 +310,11 @@ async fn write_status(
     }
     ctx.written.remember_status(key, cached_status, &raw);
     if previous.map(|p| p.phase) != Some(status.phase) {
+        tracing::info!(
+            phase = status.phase.as_str(),
+            message = status.message.as_deref(),
+            "phase changed"
+        );
         announce(ctx, workload, status).await;
     }
     Ok(())
@@ -360,7 +365,10 @@ async fn execute(
             Ok::<(), ReconcileError>(())
         };
     match &step.action {
-        Action::Wait { .. } => {}
+        Action::Wait { reason } => {
+            tracing::debug!(%reason, "waiting");
+            return Ok(());
+        }
         Action::Drain => {
             set_gate(
                 false,
@@ -500,6 +508,7 @@ async fn execute(
             }
         }
     }
+    tracing::debug!("written");
     Ok(())
 }
 

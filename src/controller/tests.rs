@@ -786,3 +786,55 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
     assert!(api.requests().is_empty());
     assert_eq!(image_of(&api.stored_pod("web-1")), OLD);
 }
+
+/// Spans as controller-rs has them: every line a reconcile logs names the workload, and within
+/// a step the pod and the step.
+#[tokio::test]
+async fn reconcile_and_execute_log_within_spans_that_name_workload_pod_and_step() {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let api = Api::new(
+        json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
+        &format!("app={NEW}"),
+        vec![pod(
+            "web-1",
+            OLD,
+            "containerd://a",
+            ("True", "NotUpgrading"),
+        )],
+    );
+    let ctx = Arc::new(api.context());
+    super::reconcile::reconcile(ctx.clone(), key("web")).await;
+    let logged = String::from_utf8(buffer.0.lock().expect("log").clone()).expect("utf-8");
+    assert!(
+        logged.contains(
+            r#"reconcile{workload=Deployment/shop/web}:execute{pod=web-1 step="drain"}: inplace_upgrade::controller::reconcile: written"#
+        ),
+        "{logged}"
+    );
+    assert!(
+        logged.contains(r#"reconcile{workload=Deployment/shop/web}: inplace_upgrade::controller::reconcile: phase changed phase="Progressing""#),
+        "{logged}"
+    );
+}
