@@ -21,7 +21,7 @@ use crate::policy::{
 };
 use crate::status::{Reported, WorkloadPhase, WorkloadStatus, failure_memory};
 use crate::target::{TargetSource, effective_targets};
-use crate::workload::WorkloadView;
+use crate::workload::{WorkloadKey, WorkloadView};
 use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, TARGETS_ANNOTATION};
 
 /// The policy a workload plans under when none governs it (or the governing one is broken):
@@ -136,6 +136,20 @@ pub fn namespace_wide(workload: &WorkloadView, namespace: Option<&Namespace>) ->
     let empty = BTreeMap::new();
     let ns_annotations = namespace.map_or(&empty, |n| n.annotations());
     asked(&workload.annotations, ns_annotations).source == Some(TargetSource::Namespace)
+}
+
+/// The status records of the workloads of a namespace (`namespace_workloads`) but `workload`,
+/// for [`decide`]'s `siblings`, as the webhook and `kubectl inplace plan` read them. (The
+/// controller reads them in place, its own writes counting before the watch delivers them.)
+pub fn sibling_statuses(
+    workload: &WorkloadKey,
+    namespace_workloads: impl IntoIterator<Item = WorkloadView>,
+) -> Vec<WorkloadStatus> {
+    namespace_workloads
+        .into_iter()
+        .filter(|other| &other.key != workload)
+        .filter_map(|other| WorkloadStatus::of(&other))
+        .collect()
 }
 
 /// The decision for `subject`. `siblings` gives the status records of the namespace's other

@@ -5,9 +5,10 @@
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::READINESS_GATE;
 use crate::plan::{Action, FailedTarget, Plan, Verdict};
 use crate::target::TargetSource;
+use crate::workload::WorkloadView;
+use crate::{READINESS_GATE, STATUS_ANNOTATION};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkloadPhase {
@@ -91,6 +92,11 @@ fn is_zero(n: &u32) -> bool {
 impl WorkloadStatus {
     pub fn parse(raw: &str) -> Option<Self> {
         serde_json::from_str(raw).ok()
+    }
+
+    /// The record on a workload (its status annotation), if it has one that parses.
+    pub fn of(workload: &WorkloadView) -> Option<Self> {
+        Self::parse(workload.annotations.get(STATUS_ANNOTATION)?)
     }
 }
 

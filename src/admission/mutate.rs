@@ -14,12 +14,11 @@ use kube::ResourceExt;
 
 use super::pod::AdmittedPod;
 use super::{ClusterView, Settings, warning};
-use crate::STATUS_ANNOTATION;
 use crate::intent::{self, Subject};
 use crate::policy::PolicyError;
 use crate::status::WorkloadStatus;
 use crate::target::{ResolvedTarget, resolve};
-use crate::workload::{Owner, WorkloadView, controller_of, owning_workload};
+use crate::workload::{Owner, controller_of, owning_workload};
 use inplace_upgrade_webhook::{AdmissionHandler, AdmissionRequest, AdmissionResponse, Operation};
 
 /// What the webhook does to one new pod.
@@ -181,10 +180,7 @@ fn decide_in(
     };
     let ns = view.namespace(&namespace);
     let policies = view.policies();
-    let status = workload
-        .annotations
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s));
+    let status = WorkloadStatus::of(&workload);
     let subject = Subject {
         workload: &workload,
         namespace: ns.as_deref(),
@@ -193,7 +189,9 @@ fn decide_in(
         status: status.as_ref(),
         now: Timestamp::now(),
     };
-    let intent = intent::decide(&subject, || sibling_statuses(view, &workload));
+    let intent = intent::decide(&subject, || {
+        intent::sibling_statuses(&workload.key, view.workloads_in(&namespace))
+    });
     let governance = match &intent.governance {
         Ok(Some(g)) => g,
         Ok(None) => return out, // the validating webhook and the status report this
@@ -276,18 +274,4 @@ fn not_cached(mut out: PodMutation, what: String) -> PodMutation {
         "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
     )));
     out
-}
-
-/// The status records of the namespace's other workloads, as the webhook's view shows them.
-fn sibling_statuses(view: &impl ClusterView, workload: &WorkloadView) -> Vec<WorkloadStatus> {
-    view.workloads_in(&workload.key.namespace)
-        .into_iter()
-        .filter(|other| other.key != workload.key)
-        .filter_map(|other| {
-            other
-                .annotations
-                .get(STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
-        })
-        .collect()
 }

@@ -114,11 +114,7 @@ impl Context {
             let Some(w) = self.cache.workload(&key) else {
                 continue;
             };
-            let Some(status) = w
-                .annotations
-                .get(crate::STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
-            else {
+            let Some(status) = WorkloadStatus::of(&w) else {
                 continue;
             };
             if let (WorkloadPhase::Progressing, Some(policy)) = (status.phase, &status.policy) {

@@ -35,6 +35,10 @@ use crate::workload::{
 use crate::{READINESS_GATE, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 
 const NS: &str = "shop";
+
+/// The reconciler's tests run one at a time: one of them reads what the reconciler logs, and
+/// `tracing` caches per log site, process-wide, whether anyone listens.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const OLD: &str = "nginx:1";
 const NEW: &str = "nginx:2";
 
@@ -44,6 +48,12 @@ struct Objects {
     pods: BTreeMap<String, Value>,
     deployments: BTreeMap<String, Value>,
     replica_sets: BTreeMap<String, Value>,
+}
+
+impl Objects {
+    fn replica_sets(&self) -> Vec<ReplicaSet> {
+        self.replica_sets.values().cloned().map(obj).collect()
+    }
 }
 
 /// What the API server stores, what the caches show, and every request made.
@@ -233,6 +243,20 @@ impl Api {
         api
     }
 
+    /// One Ready gated pod of `web` on the old image, the new one asked for, no drain grace.
+    fn one_pod_to_upgrade() -> Self {
+        Api::new(
+            json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
+            &format!("app={NEW}"),
+            vec![pod(
+                "web-1",
+                OLD,
+                "containerd://a",
+                ("True", "NotUpgrading"),
+            )],
+        )
+    }
+
     /// The watches deliver: the caches show what is stored.
     fn deliver(&self) {
         let mut world = self.world();
@@ -254,6 +278,18 @@ impl Api {
     /// The requests made since the last call.
     fn requests(&self) -> Vec<Logged> {
         std::mem::take(&mut self.world().log)
+    }
+
+    /// One reconcile of `web`, and the requests it made.
+    async fn reconcile(
+        &self,
+        ctx: &Context,
+    ) -> (
+        Result<Option<std::time::Duration>, ReconcileError>,
+        Vec<Logged>,
+    ) {
+        let outcome = reconcile_workload(ctx, &key("web")).await;
+        (outcome, self.requests())
     }
 
     /// A reconciler context over these caches, writing through a mocked client that this API
@@ -313,13 +349,7 @@ impl ControllerView for Api {
         if key.kind != WorkloadKind::Deployment || key.namespace != NS {
             return None;
         }
-        let replica_sets: Vec<ReplicaSet> = world
-            .cached
-            .replica_sets
-            .values()
-            .cloned()
-            .map(obj)
-            .collect();
+        let replica_sets = world.cached.replica_sets();
         let mut view = WorkloadView::from_deployment(&d);
         view.settled = deployment_settled(&d, &replica_sets.iter().collect::<Vec<_>>());
         Some(view)
@@ -350,13 +380,7 @@ impl ControllerView for Api {
     }
     fn pods_of(&self, key: &WorkloadKey) -> Vec<Arc<Pod>> {
         let world = self.world();
-        let replica_sets: Vec<ReplicaSet> = world
-            .cached
-            .replica_sets
-            .values()
-            .cloned()
-            .map(obj)
-            .collect();
+        let replica_sets = world.cached.replica_sets();
         let owner_of = |name: &str| {
             replica_sets
                 .iter()
@@ -468,24 +492,13 @@ fn written_status(request: &Logged) -> Value {
 /// requests in order, three pod writes in all.
 #[tokio::test]
 async fn one_pod_is_drained_patched_and_finished() {
-    let api = Api::new(
-        json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
-        &format!("app={NEW}"),
-        vec![pod(
-            "web-1",
-            OLD,
-            "containerd://a",
-            ("True", "NotUpgrading"),
-        )],
-    );
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let api = Api::one_pod_to_upgrade();
     let ctx = api.context();
 
     // Drain: the gate condition goes False through pods/status; the workload says why.
-    assert!(matches!(
-        reconcile_workload(&ctx, &key("web")).await,
-        Ok(None)
-    ));
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    assert!(matches!(outcome, Ok(None)), "{outcome:?}");
     assert_eq!(
         lines(&requests),
         [
@@ -510,10 +523,8 @@ async fn one_pod_is_drained_patched_and_finished() {
 
     // Patch, before the watch has delivered the drain: our own write counts. One JSON patch:
     // test the name and the old image at the index, replace it, record the state.
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("patched");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("patched");
     assert_eq!(lines(&requests), ["PATCH pods/web-1 (json-patch)"]);
     let ops: Vec<(&str, &str)> = requests[0]
         .body
@@ -546,10 +557,8 @@ async fn one_pod_is_drained_patched_and_finished() {
     api.deliver();
     // Finish: back into load balancing and the record closed in one pods/status write; the
     // pod's one Event. The status change is progress only: it waits (debounced).
-    let recheck = reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("finished");
-    let requests = api.requests();
+    let (recheck, requests) = api.reconcile(&ctx).await;
+    let recheck = recheck.expect("finished");
     assert_eq!(
         lines(&requests),
         [
@@ -576,10 +585,8 @@ async fn one_pod_is_drained_patched_and_finished() {
 
     // Completed: written at once, announced.
     api.deliver();
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("completed");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("completed");
     assert_eq!(
         lines(&requests),
         ["PATCH deployments/web (merge-patch)", "POST events (json)"]
@@ -596,14 +603,16 @@ async fn one_pod_is_drained_patched_and_finished() {
     assert_eq!(gate_of(&done), ("True".into(), "Serving".into()));
     assert_eq!(recorded_phase(&done), Some(Phase::Succeeded));
     // Nothing more to do.
-    reconcile_workload(&ctx, &key("web")).await.expect("idle");
-    assert!(api.requests().is_empty());
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("idle");
+    assert!(requests.is_empty(), "{requests:?}");
 }
 
 /// Someone else changed the pod after the cache last showed it: the `test` op fails, nothing
 /// else is written, and the next reconcile plans from what is there now.
 #[tokio::test]
 async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let api = Api::new(
         json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
         &format!("app={NEW}"),
@@ -615,12 +624,11 @@ async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
     });
     let ctx = api.context();
 
-    let outcome = reconcile_workload(&ctx, &key("web")).await;
+    let (outcome, requests) = api.reconcile(&ctx).await;
     assert!(
         matches!(&outcome, Err(ReconcileError::Conflict { pod }) if pod == "web-1"),
         "{outcome:?}"
     );
-    let requests = api.requests();
     assert_eq!(lines(&requests), ["PATCH pods/web-1 (json-patch)"]);
     assert_eq!(
         requests[0].body[1]["value"], OLD,
@@ -634,10 +642,8 @@ async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
 
     // The watch delivers the change: planned again from it.
     api.deliver();
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("patched");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("patched");
     assert_eq!(
         lines(&requests),
         [
@@ -662,6 +668,7 @@ async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
 /// remembers the target; once the old container runs again the pod is put back.
 #[tokio::test]
 async fn a_failing_upgrade_is_rolled_back_and_remembered() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const BAD: &str = "nginx:2-bad";
     let mut failing = pod("web-1", BAD, "containerd://a", ("False", "Draining"));
     let record = PodUpgradeState {
@@ -697,10 +704,9 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
     );
     let ctx = api.context();
 
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("rolling back");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+
+    outcome.expect("rolling back");
     assert_eq!(
         lines(&requests),
         [
@@ -734,10 +740,8 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
         p["status"]["containerStatuses"][0] = running(OLD, "containerd://c", 1, 0);
     });
     api.deliver();
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("rolled back");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("rolled back");
     assert_eq!(
         lines(&requests),
         [
@@ -766,10 +770,8 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
 
     // The same target is not tried again: the workload says so, once.
     api.deliver();
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("stays failed");
-    let requests = api.requests();
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("stays failed");
     assert_eq!(lines(&requests), ["PATCH deployments/web (merge-patch)"]);
     let status = written_status(&requests[0]);
     assert_eq!(status["phase"], "Failed");
@@ -780,10 +782,9 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
         "{status}"
     );
     api.deliver();
-    reconcile_workload(&ctx, &key("web"))
-        .await
-        .expect("stays failed");
-    assert!(api.requests().is_empty());
+    let (outcome, requests) = api.reconcile(&ctx).await;
+    outcome.expect("stays failed");
+    assert!(requests.is_empty(), "{requests:?}");
     assert_eq!(image_of(&api.stored_pod("web-1")), OLD);
 }
 
@@ -791,6 +792,7 @@ async fn a_failing_upgrade_is_rolled_back_and_remembered() {
 /// a step the pod and the step.
 #[tokio::test]
 async fn reconcile_and_execute_log_within_spans_that_name_workload_pod_and_step() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Buffer {
@@ -813,17 +815,11 @@ async fn reconcile_and_execute_log_within_spans_that_name_workload_pod_and_step(
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Tests that ran before, with no subscriber, may have had these log sites cached as
+    // disabled.
+    tracing::callsite::rebuild_interest_cache();
 
-    let api = Api::new(
-        json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
-        &format!("app={NEW}"),
-        vec![pod(
-            "web-1",
-            OLD,
-            "containerd://a",
-            ("True", "NotUpgrading"),
-        )],
-    );
+    let api = Api::one_pod_to_upgrade();
     let ctx = Arc::new(api.context());
     super::reconcile::reconcile(ctx.clone(), key("web")).await;
     let logged = String::from_utf8(buffer.0.lock().expect("log").clone()).expect("utf-8");

@@ -32,9 +32,7 @@ use crate::state::PodUpgradeState;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
 use crate::target::{self, TargetSource};
 use crate::workload::{WorkloadKey, WorkloadView};
-use crate::{
-    PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION,
-};
+use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, TARGETS_ANNOTATION};
 
 /// Field manager of our annotation writes.
 const FIELD_MANAGER: &str = "kubectl-inplace";
@@ -187,17 +185,10 @@ async fn build_plan(
     let policies = policies(client).await?;
     // The Namespace-wide failure memory: the other workloads' records, as the controller reads them.
     let siblings = if intent::namespace_wide(&view, Some(&namespace)) {
-        resource::list_workloads(client, Some(ns_name))
-            .await?
-            .into_iter()
-            .filter(|other| other.key != view.key)
-            .filter_map(|other| {
-                other
-                    .annotations
-                    .get(STATUS_ANNOTATION)
-                    .and_then(|s| WorkloadStatus::parse(s))
-            })
-            .collect()
+        intent::sibling_statuses(
+            &view.key,
+            resource::list_workloads(client, Some(ns_name)).await?,
+        )
     } else {
         Vec::new()
     };
@@ -271,10 +262,7 @@ fn plan_report(
 ) -> Result<PlanReport, KubectlError> {
     let view = cluster.workload;
     let ns_name = view.key.namespace.as_str();
-    let previous = view
-        .annotations
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s));
+    let previous = WorkloadStatus::of(view);
     let subject = Subject {
         workload: view,
         namespace: Some(cluster.namespace),
@@ -506,10 +494,7 @@ async fn status_rows(ctx: &Ctx, one: Option<&ResourceRef>) -> Result<Vec<StatusR
         let ns_annotations = namespaces.get(&ns).cloned().unwrap_or_default();
         // The targets as the controller records them in `status.target`.
         let target = intent::asked(&view.annotations, &ns_annotations).written;
-        let recorded = view
-            .annotations
-            .get(STATUS_ANNOTATION)
-            .and_then(|s| WorkloadStatus::parse(s));
+        let recorded = WorkloadStatus::of(&view);
         if one.is_none() && target.is_empty() && recorded.is_none() {
             continue; // never asked for an in-place upgrade
         }
@@ -737,11 +722,7 @@ async fn retry(
         resource::get_workload(client, &ctx.namespace, resource, "retry").await?;
     let ns_annotations = annotations_of(resource::namespace(client, &ctx.namespace).await.as_ref());
     let source = intent::asked(&view.annotations, &ns_annotations).source;
-    let recorded_source = view
-        .annotations
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s))
-        .and_then(|s| s.source);
+    let recorded_source = WorkloadStatus::of(&view).and_then(|s| s.source);
     let asked_at = retry_value();
     // Under a Namespace annotation a failed target is remembered by the workload it failed in
     // and blocks every other workload of the namespace: each of them forgets it only on a
@@ -752,11 +733,7 @@ async fn retry(
             if other.key == view.key {
                 continue;
             }
-            let Some(s) = other
-                .annotations
-                .get(STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
-            else {
+            let Some(s) = WorkloadStatus::of(&other) else {
                 continue;
             };
             if s.source == Some(TargetSource::Namespace)
@@ -784,11 +761,7 @@ async fn retry(
         let mut pending = Vec::new();
         for key in &siblings {
             let w = resource::get_workload(client, &ctx.namespace, &key_ref(key), "retry").await?;
-            let taken = w
-                .view
-                .annotations
-                .get(STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
+            let taken = WorkloadStatus::of(&w.view)
                 .is_some_and(|s| s.retry.as_deref() == Some(asked_at.as_str()));
             if !taken {
                 pending.push(key_ref(key).to_string());

@@ -102,6 +102,38 @@ fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> Stri
     .expect("json")
 }
 
+/// A record patched at `patched_at` and finished in `phase` at `finished_at`.
+fn finished_state(phase: Phase, patched_at: i64, finished_at: i64) -> String {
+    let from = if phase == Phase::RolledBack {
+        Phase::RollingBack
+    } else {
+        Phase::Patched
+    };
+    PodUpgradeState::parse(&patched_state(from, patched_at, "x", 0))
+        .expect("state")
+        .finished(phase, None, None, ts(finished_at))
+        .to_json()
+        .expect("json")
+}
+
+/// Pod `name` patched to the new image 10 s ago, whose new container crash-loops.
+fn crash_looping(name: &str) -> P {
+    let mut failing = p(name, NEW, false);
+    failing.state = Some(patched_state(
+        Phase::Patched,
+        -10,
+        &format!("containerd://{name}-1"),
+        0,
+    ));
+    failing.ctr = Ctr {
+        waiting: Some("CrashLoopBackOff"),
+        running: false,
+        ready: false,
+        ..Ctr::up(&format!("containerd://{name}-3"), 2, -5)
+    };
+    failing
+}
+
 fn build(p: &P) -> Pod {
     let mut pod = Pod::default();
     pod.metadata.name = Some(p.name.clone());
@@ -537,14 +569,7 @@ fn in_progress_pods_wait_finish_and_count_against_the_budget() {
 
 #[test]
 fn failure_rolls_back_and_stops_the_workload() {
-    let mut failing = p("a", NEW, false);
-    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
-    failing.ctr = Ctr {
-        waiting: Some("CrashLoopBackOff"),
-        running: false,
-        ready: false,
-        ..Ctr::up("containerd://a-3", 2, -5)
-    };
+    let failing = crash_looping("a");
     let others = [p("b", OLD, true), p("c", OLD, false)];
     let mut pods = vec![failing.clone()];
     pods.extend(others.iter().cloned());
@@ -612,13 +637,7 @@ fn paused_failure_waits_for_unpause_to_roll_back() {
 #[test]
 fn retry_lifts_a_pods_own_failure_record() {
     let mut rolled = p("a", OLD, true);
-    rolled.state = Some(
-        PodUpgradeState::parse(&patched_state(Phase::RolledBack, -100, "x", 0))
-            .expect("state")
-            .finished(Phase::RolledBack, None, None, ts(-50))
-            .to_json()
-            .expect("json"),
-    );
+    rolled.state = Some(finished_state(Phase::RolledBack, -100, -50));
     let mut world = World::new(&[rolled]);
     assert_eq!(summary(&world.plan()), s(&[]));
     world.retry_since = Some(ts(-120));
@@ -667,22 +686,9 @@ fn failed_targets_memory_blocks_every_pod() {
 /// and the status counts come with the plan.
 #[test]
 fn steps_carry_the_record_read_and_the_plan_counts_the_pods() {
-    let mut failing = p("a", NEW, false);
-    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
-    failing.ctr = Ctr {
-        waiting: Some("CrashLoopBackOff"),
-        running: false,
-        ready: false,
-        ..Ctr::up("containerd://a-3", 2, -5)
-    };
+    let failing = crash_looping("a");
     let mut done = p("b", NEW, true);
-    done.state = Some(
-        PodUpgradeState::parse(&patched_state(Phase::Patched, -100, "x", 0))
-            .expect("state")
-            .finished(Phase::Succeeded, None, None, ts(-50))
-            .to_json()
-            .expect("json"),
-    );
+    done.state = Some(finished_state(Phase::Succeeded, -100, -50));
     let ungated_old = p("c", OLD, true);
     let gone = P {
         terminating: true,
@@ -727,13 +733,7 @@ fn steps_carry_the_record_read_and_the_plan_counts_the_pods() {
 #[test]
 fn a_failure_from_before_the_retry_is_not_remembered_again() {
     let mut rolled = p("a", OLD, true);
-    rolled.state = Some(
-        PodUpgradeState::parse(&patched_state(Phase::RolledBack, -100, "x", 0))
-            .expect("state")
-            .finished(Phase::RolledBack, None, None, ts(-50))
-            .to_json()
-            .expect("json"),
-    );
+    rolled.state = Some(finished_state(Phase::RolledBack, -100, -50));
     let mut world = World::new(&[rolled]);
     let plan = world.plan();
     assert!(matches!(plan.verdict, Verdict::Failed { .. }));
