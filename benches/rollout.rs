@@ -10,7 +10,9 @@
 //!   after the initial sync;
 //! - the controller's RSS and CPU.
 //!
-//! Knobs (environment): BENCH_REPLICAS (20), BENCH_RESTART_MS (1000), BENCH_GRACE_S (1).
+//! Knobs (environment): BENCH_REPLICAS (20), BENCH_RESTART_MS (1000), BENCH_GRACE_S (1),
+//! BENCH_CONTROLLER (the path of another `inplace-upgrade` build to measure instead of this
+//! one, e.g. main's, for a before/after on the same bench).
 //! Run: `cargo bench -p inplace-upgrade --bench rollout`.
 
 #[path = "../tests/common/mod.rs"]

@@ -5,8 +5,7 @@
 //! from starting. Pure: each caller reads the cluster its own way (watched caches, or the API
 //! for a dry run) and passes what it read, so a dry run cannot disagree with the controller.
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};

@@ -232,13 +232,16 @@ pub fn variants(spec: &str) -> AnyResult<Vec<Variant>> {
 }
 
 /// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary cargo built
-/// for this run: the target directory is shared, and a later build must not change the code
-/// under test between the phases of a long run. The copy lives in the bench's directory and
-/// goes with it.
+/// for this run (or of `BENCH_CONTROLLER`, another build to measure in its place, e.g. main's):
+/// the target directory is shared, and a later build must not change the code under test
+/// between the phases of a long run. The copy lives in the bench's directory and goes with it.
 static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn copy_binary(dir: &Path) -> AnyResult<()> {
-    let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
+    let other = std::env::var_os("BENCH_CONTROLLER").map(PathBuf::from);
+    let built = other
+        .as_deref()
+        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_inplace-upgrade")));
     let copy = dir.join("inplace-upgrade");
     std::fs::copy(built, &copy)
         .map_err(|e| format!("cannot copy the controller binary {}: {e}", built.display()))?;

@@ -204,22 +204,36 @@ impl Api {
     /// A namespace with `policy`, a settled Deployment `web` annotated with `targets`, its
     /// ReplicaSet, and `pods` (stored and cached alike).
     fn new(policy: Value, targets: &str, pods: Vec<Value>) -> Self {
-        let mut world = World {
+        let api = Api::namespace(policy, json!({}));
+        api.add_deployment("web", json!({TARGETS_ANNOTATION: targets}), pods);
+        api
+    }
+
+    /// Namespace `shop` with `annotations`, and the InPlaceUpgradePolicy `mesh` (`policy`)
+    /// that selects it.
+    fn namespace(policy: Value, annotations: Value) -> Self {
+        Api(Arc::new(Mutex::new(World {
             namespace: Some(obj(json!({"metadata": {"name": NS,
-                "labels": {"kubernetes.io/metadata.name": NS}}}))),
+                "labels": {"kubernetes.io/metadata.name": NS}, "annotations": annotations}}))),
             policies: vec![obj(json!({"apiVersion": "inplace-upgrade.io/v1alpha1",
                 "kind": "InPlaceUpgradePolicy", "metadata": {"name": "mesh"}, "spec": policy}))],
             ..World::default()
-        };
-        let template = json!({"metadata": {"labels": {"app": "web"}},
+        })))
+    }
+
+    /// A settled Deployment `name` with `annotations`, its ReplicaSet `<name>-5d4f`, and `pods`
+    /// (see [`pod`]), stored and delivered.
+    fn add_deployment(&self, name: &str, annotations: Value, pods: Vec<Value>) {
+        let mut world = self.world();
+        let template = json!({"metadata": {"labels": {"app": name}},
             "spec": {"containers": [{"name": "app", "image": OLD}]}});
         let replicas = pods.len();
         world.store(
             "deployments",
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "web", "namespace": NS, "uid": "uid-web", "generation": 1,
-                    "annotations": {TARGETS_ANNOTATION: targets}},
-                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                    "generation": 1, "annotations": annotations},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                     "template": template},
                 "status": {"observedGeneration": 1, "replicas": replicas,
                     "updatedReplicas": replicas}}),
@@ -229,18 +243,16 @@ impl Api {
         world.store(
             "replicasets",
             json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": "web-5d4f", "namespace": NS, "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
-                    "uid": "uid-web", "controller": true}]},
+                "metadata": {"name": format!("{name}-5d4f"), "namespace": NS,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                        "name": name, "uid": format!("uid-{name}"), "controller": true}]},
                 "spec": {"replicas": replicas, "selector": {}, "template": rs_template},
                 "status": {"replicas": replicas}}),
         );
         for pod in pods {
             world.store("pods", pod);
         }
-        let api = Api(Arc::new(Mutex::new(world)));
-        api.deliver();
-        api
+        world.cached = world.stored.clone();
     }
 
     /// One Ready gated pod of `web` on the old image, the new one asked for, no drain grace.
@@ -288,7 +300,19 @@ impl Api {
         Result<Option<std::time::Duration>, ReconcileError>,
         Vec<Logged>,
     ) {
-        let outcome = reconcile_workload(ctx, &key("web")).await;
+        self.reconcile_one(ctx, "web").await
+    }
+
+    /// One reconcile of Deployment `name`, and the requests it made.
+    async fn reconcile_one(
+        &self,
+        ctx: &Context,
+        name: &str,
+    ) -> (
+        Result<Option<std::time::Duration>, ReconcileError>,
+        Vec<Logged>,
+    ) {
+        let outcome = reconcile_workload(ctx, &key(name)).await;
         (outcome, self.requests())
     }
 
@@ -350,8 +374,12 @@ impl ControllerView for Api {
             return None;
         }
         let replica_sets = world.cached.replica_sets();
+        let own: Vec<&ReplicaSet> = replica_sets
+            .iter()
+            .filter(|rs| controller_of(rs.owner_references()).is_some_and(|o| o.name == key.name))
+            .collect();
         let mut view = WorkloadView::from_deployment(&d);
-        view.settled = deployment_settled(&d, &replica_sets.iter().collect::<Vec<_>>());
+        view.settled = deployment_settled(&d, &own);
         Some(view)
     }
     fn workloads_in(&self, namespace: Option<&str>) -> Vec<WorkloadKey> {
@@ -428,14 +456,15 @@ fn at(offset_seconds: i64) -> String {
         .to_string()
 }
 
-/// A Ready pod of `web` running `image` as container `app` (containerID `id`), with our
-/// readiness gate and its condition `gate` (`(status, reason)`).
+/// A Ready pod `<deployment>-<n>` running `image` as container `app` (containerID `id`), with
+/// our readiness gate and its condition `gate` (`(status, reason)`).
 fn pod(name: &str, image: &str, id: &str, gate: (&str, &str)) -> Value {
+    let deployment = name.rsplit_once('-').map_or(name, |(d, _)| d);
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
-            "labels": {"app": "web", "pod-template-hash": "5d4f"}, "annotations": {},
+            "labels": {"app": deployment, "pod-template-hash": "5d4f"}, "annotations": {},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "name": "web-5d4f", "uid": "uid-rs", "controller": true}]},
+                "name": format!("{deployment}-5d4f"), "uid": "uid-rs", "controller": true}]},
         "spec": {"containers": [{"name": "app", "image": image}],
             "readinessGates": [{"conditionType": READINESS_GATE}]},
         "status": {"conditions": [
@@ -486,6 +515,42 @@ fn written_status(request: &Logged) -> Value {
             .expect("a status annotation"),
     )
     .expect("status json")
+}
+
+/// The image that cannot be pulled.
+const BAD: &str = "nginx:2-bad";
+
+/// Pod `name`, drained and patched to [`BAD`] 20 s ago, its new container in
+/// `ImagePullBackOff`.
+fn failing_pod(name: &str) -> Value {
+    let mut failing = pod(name, BAD, "containerd://a", ("False", "Draining"));
+    let record = PodUpgradeState {
+        version: crate::state::STATE_VERSION,
+        phase: Phase::Patched,
+        patched_at: Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(20))
+            .expect("in range"),
+        finished_at: None,
+        containers: vec![crate::state::ContainerBaseline {
+            name: "app".into(),
+            kind: crate::target::ContainerKind::Container,
+            index: 0,
+            previous_image: OLD.into(),
+            target_image: BAD.into(),
+            container_id: Some("containerd://a".into()),
+            restart_count: 0,
+            was_running: true,
+        }],
+        readiness_gate: true,
+        reason: None,
+        message: None,
+    };
+    failing["metadata"]["annotations"][STATE_ANNOTATION] =
+        json!(record.to_json().expect("record json"));
+    failing["status"]["containerStatuses"][0] = json!({"name": "app", "image": BAD,
+        "imageID": "", "containerID": "containerd://a", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}});
+    failing
 }
 
 /// Drain, patch, finish: one gated pod from the annotation to `Completed`, each reconcile's
@@ -669,38 +734,10 @@ async fn a_pod_changed_by_someone_else_is_re_read_not_overwritten() {
 #[tokio::test]
 async fn a_failing_upgrade_is_rolled_back_and_remembered() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
-    const BAD: &str = "nginx:2-bad";
-    let mut failing = pod("web-1", BAD, "containerd://a", ("False", "Draining"));
-    let record = PodUpgradeState {
-        version: crate::state::STATE_VERSION,
-        phase: Phase::Patched,
-        patched_at: Timestamp::now()
-            .checked_sub(SignedDuration::from_secs(20))
-            .expect("in range"),
-        finished_at: None,
-        containers: vec![crate::state::ContainerBaseline {
-            name: "app".into(),
-            kind: crate::target::ContainerKind::Container,
-            index: 0,
-            previous_image: OLD.into(),
-            target_image: BAD.into(),
-            container_id: Some("containerd://a".into()),
-            restart_count: 0,
-            was_running: true,
-        }],
-        readiness_gate: true,
-        reason: None,
-        message: None,
-    };
-    failing["metadata"]["annotations"][STATE_ANNOTATION] =
-        json!(record.to_json().expect("record json"));
-    failing["status"]["containerStatuses"][0] = json!({"name": "app", "image": BAD,
-        "imageID": "", "containerID": "containerd://a", "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}});
     let api = Api::new(
         json!({"namespaceSelector": {}}),
         &format!("app={BAD}"),
-        vec![failing],
+        vec![failing_pod("web-1")],
     );
     let ctx = api.context();
 
@@ -833,4 +870,66 @@ async fn reconcile_and_execute_log_within_spans_that_name_workload_pod_and_step(
         logged.contains(r#"reconcile{workload=Deployment/shop/web}: inplace_upgrade::controller::reconcile: phase changed phase="Progressing""#),
         "{logged}"
     );
+}
+
+/// Under a Namespace annotation a target that failed in one workload is not started in the
+/// next, even before the watch delivers the failure: the failure memory reads the siblings'
+/// statuses as our own writes left them (issue 17, item 0, here in milliseconds).
+#[tokio::test]
+async fn a_target_that_failed_in_one_workload_does_not_start_in_the_next() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let api = Api::namespace(
+        json!({"namespaceSelector": {}, "maxConcurrentWorkloads": 1,
+            "drain": {"gracePeriodSeconds": 0}}),
+        json!({TARGETS_ANNOTATION: format!("app={BAD}")}),
+    );
+    api.add_deployment("api", json!({}), vec![failing_pod("api-1")]);
+    api.add_deployment(
+        "web",
+        json!({}),
+        vec![pod(
+            "web-1",
+            OLD,
+            "containerd://w",
+            ("True", "NotUpgrading"),
+        )],
+    );
+    let ctx = api.context();
+
+    // `api` fails: rolled back, and its status remembers the target (not yet delivered).
+    let (outcome, requests) = api.reconcile_one(&ctx, "api").await;
+    outcome.expect("rolling back");
+    assert_eq!(
+        lines(&requests),
+        [
+            "PATCH pods/api-1 (json-patch)",
+            "POST events (json)",
+            "PATCH deployments/api (merge-patch)",
+            "POST events (json)",
+        ]
+    );
+    let status = written_status(&requests[2]);
+    assert_eq!(
+        (&status["phase"], &status["source"]),
+        (&json!("Failed"), &json!("Namespace"))
+    );
+
+    // `web` is not drained, let alone patched: it reports the failure instead.
+    let (outcome, requests) = api.reconcile_one(&ctx, "web").await;
+    outcome.expect("held back");
+    assert_eq!(
+        lines(&requests),
+        ["PATCH deployments/web (merge-patch)", "POST events (json)"]
+    );
+    let status = written_status(&requests[0]);
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed before")),
+        "{status}"
+    );
+    let web = api.stored_pod("web-1");
+    assert_eq!(image_of(&web), OLD);
+    assert_eq!(gate_of(&web).0, "True");
 }
