@@ -1,19 +1,21 @@
-//! `testenv up --dir DIR [--nodes N]`: run the local control plane with simulated kubelets
-//! until SIGINT/SIGTERM. Prints `ready` once usable; `DIR/kubeconfig` is cluster-admin and
-//! `DIR/bin/kubectl` the matching kubectl.
+//! `testenv up --dir DIR [--nodes N] [--real-nodes N]`: run the local control plane with
+//! simulated kubelets and, as root, real ones until SIGINT/SIGTERM. Prints `ready` once
+//! usable; `DIR/kubeconfig` is cluster-admin and `DIR/bin/kubectl` the matching kubectl.
+//!
+//! `testenv cleanup`: undo what real nodes of killed runs left on the host.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use testenv::{Delays, KubeletOptions, Options, TestEnv};
+use testenv::{Delays, KubeletOptions, Options, RealNodeOptions, TestEnv};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "A real Kubernetes control plane with simulated kubelets"
+    about = "A real Kubernetes control plane with simulated and real kubelets"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,14 +24,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start etcd, kube-apiserver, kube-controller-manager and N simulated nodes.
+    /// Start etcd, kube-apiserver, kube-controller-manager, simulated and real nodes.
     Up {
         /// Directory for certificates, etcd data, logs, the kubeconfig and bin/kubectl.
         #[arg(long)]
         dir: PathBuf,
-        /// Number of simulated nodes.
+        /// Number of simulated nodes (0 for none).
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// Number of real nodes: kubelet + containerd + CNI bridge on this host (root only;
+        /// installs missing Debian packages; changes the host until it stops).
+        #[arg(long, default_value_t = 0)]
+        real_nodes: usize,
+        /// Image archive to import into every real node's containerd (repeatable); one must
+        /// hold the sandbox image.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        /// The pod sandbox image of real nodes.
+        #[arg(long, default_value_t = RealNodeOptions::default().sandbox_image)]
+        sandbox_image: String,
+        /// Run kube-proxy (iptables mode) on the host for the real nodes.
+        #[arg(long)]
+        kube_proxy: bool,
         /// Delay from an image change to the new container running, in milliseconds.
         #[arg(long, default_value_t = Delays::default().restart.as_millis() as u64)]
         restart_delay_ms: u64,
@@ -40,6 +56,9 @@ enum Command {
         #[arg(long)]
         no_events: bool,
     },
+    /// Undo what real nodes of killed runs left on the host (processes, mounts, bridges,
+    /// routes, netfilter chains, cgroups, sysctls, files). Running environments are left alone.
+    Cleanup,
 }
 
 #[tokio::main]
@@ -51,20 +70,49 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up {
-        dir,
-        nodes,
-        restart_delay_ms,
-        readiness_delay_ms,
-        no_events,
-    } = Cli::parse().command;
+    let (dir, nodes, real_nodes, images, sandbox_image, kube_proxy, delays, no_events) =
+        match Cli::parse().command {
+            Command::Cleanup => {
+                let report = testenv::host::cleanup().context("cleanup")?;
+                for d in &report.cleaned {
+                    println!("cleaned up after the killed environment in {}", d.display());
+                }
+                for d in &report.running {
+                    println!("left alone: the running environment in {}", d.display());
+                }
+                println!("host clean");
+                return Ok(());
+            }
+            Command::Up {
+                dir,
+                nodes,
+                real_nodes,
+                images,
+                sandbox_image,
+                kube_proxy,
+                restart_delay_ms,
+                readiness_delay_ms,
+                no_events,
+            } => {
+                let delays = Delays {
+                    restart: Duration::from_millis(restart_delay_ms),
+                    readiness: Duration::from_millis(readiness_delay_ms),
+                    ..Delays::default()
+                };
+                (
+                    dir,
+                    nodes,
+                    real_nodes,
+                    images,
+                    sandbox_image,
+                    kube_proxy,
+                    delays,
+                    no_events,
+                )
+            }
+        };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let delays = Delays {
-        restart: Duration::from_millis(restart_delay_ms),
-        readiness: Duration::from_millis(readiness_delay_ms),
-        ..Delays::default()
-    };
     let options = Options {
         dir: Some(dir),
         kubelet: KubeletOptions {
@@ -72,6 +120,12 @@ async fn main() -> anyhow::Result<()> {
             delays,
             events: !no_events,
             ..KubeletOptions::default()
+        },
+        real_nodes,
+        real: RealNodeOptions {
+            images,
+            sandbox_image,
+            kube_proxy,
         },
         ..Options::default()
     };
