@@ -577,22 +577,8 @@ impl TestEnv {
         let archives = archives.to_vec();
         tokio::task::spawn_blocking(move || {
             for n in &nodes {
-                let sock = n.socket.display().to_string();
                 for a in &archives {
-                    let a = a.display().to_string();
-                    host::run(
-                        "ctr",
-                        &[
-                            "--address",
-                            &sock,
-                            "--namespace",
-                            "k8s.io",
-                            "images",
-                            "import",
-                            &a,
-                        ],
-                    )
-                    .map_err(|e| Error::Host(format!("import {a} into {}: {e}", n.name)))?;
+                    n.import(a)?;
                 }
             }
             Ok(())

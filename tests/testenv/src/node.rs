@@ -179,35 +179,17 @@ pub(crate) fn start(
     )?;
     let mut children = vec![containerd];
     await_socket(&socket, &mut children[0], setup.limit)?;
-    let sock = socket.display().to_string();
+    let node = RealNode {
+        name: name.clone(),
+        index,
+        ip: ip.clone(),
+        dir: dir.clone(),
+        socket: socket.clone(),
+    };
     for archive in &setup.options.images {
-        let a = archive.display().to_string();
-        host::run(
-            "ctr",
-            &[
-                "--address",
-                &sock,
-                "--namespace",
-                "k8s.io",
-                "images",
-                "import",
-                &a,
-            ],
-        )
-        .map_err(|e| Error::Host(format!("import {a} into {name}'s containerd: {e}")))?;
+        node.import(archive)?;
     }
-    let listed = host::run(
-        "ctr",
-        &[
-            "--address",
-            &sock,
-            "--namespace",
-            "k8s.io",
-            "images",
-            "ls",
-            "-q",
-        ],
-    )?;
+    let listed = node.ctr(&["images", "ls", "-q"])?;
     if !listed
         .lines()
         .any(|l| l.trim() == setup.options.sandbox_image)
@@ -286,16 +268,25 @@ pub(crate) fn start(
         },
     )?;
     children.push(kubelet);
-    Ok((
-        RealNode {
-            name,
-            index,
-            ip,
-            dir,
-            socket,
-        },
-        children,
-    ))
+    Ok((node, children))
+}
+
+impl RealNode {
+    /// `ctr --namespace k8s.io ARGS` against this node's containerd.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        let sock = self.socket.display().to_string();
+        let mut all = vec!["--address", &sock, "--namespace", "k8s.io"];
+        all.extend_from_slice(args);
+        host::run("ctr", &all)
+    }
+
+    /// Imports an image archive (OCI layout or docker-archive tar).
+    pub fn import(&self, archive: &Path) -> Result<()> {
+        let a = archive.display().to_string();
+        self.ctr(&["images", "import", &a])
+            .map(drop)
+            .map_err(|e| Error::Host(format!("import {a} into {}: {e}", self.name)))
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
