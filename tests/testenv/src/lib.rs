@@ -471,48 +471,36 @@ impl TestEnv {
     pub fn shared() -> Result<&'static TestEnv> {
         static SHARED: OnceLock<std::result::Result<&'static TestEnv, String>> = OnceLock::new();
         SHARED
+            .get_or_init(|| start_shared("testenv-shared", || Ok(Options::default())))
+            .as_ref()
+            .copied()
+            .map_err(|e| Error::Shared(e.clone()))
+    }
+
+    /// Like [`TestEnv::shared`], with one real node and no simulated one (kube-scheduler
+    /// places pods; the test images of [`real_node_images`] are imported), or `Ok(None)`
+    /// when real nodes cannot run here and are not required: see [`real_nodes_wanted`].
+    /// What the node changed on the host is undone when the process exits.
+    pub fn shared_real() -> Result<Option<&'static TestEnv>> {
+        static SHARED: OnceLock<std::result::Result<&'static TestEnv, String>> = OnceLock::new();
+        if !real_nodes_wanted()? {
+            return Ok(None);
+        }
+        SHARED
             .get_or_init(|| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let spawned = std::thread::Builder::new()
-                    .name("testenv-shared".into())
-                    .spawn(move || {
-                        let runtime = match tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(2)
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let _ = tx.send(Err(format!("cannot build a tokio runtime: {e}")));
-                                return;
-                            }
-                        };
-                        let result = runtime.block_on(TestEnv::start(Options::default()));
-                        let _ = tx.send(
-                            result
-                                .map(|env| &*Box::leak(Box::new(env)))
-                                .map_err(|e| e.to_string()),
-                        );
-                        // The runtime runs the kubelet for the rest of the process.
-                        loop {
-                            std::thread::park();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    return Err(format!("cannot start the shared environment's thread: {e}"));
-                }
-                let env = rx
-                    .recv()
-                    .map_err(|_| "the shared environment's thread died".to_owned())??;
-                SHARED_FOR_EXIT.get_or_init(|| env);
-                // SAFETY: registering a plain extern "C" function with atexit.
-                unsafe {
-                    libc::atexit(stop_shared_at_exit);
-                }
-                Ok(env)
+                start_shared("testenv-shared-real", || {
+                    let mut options = Options {
+                        real_nodes: 1,
+                        ..Options::default()
+                    };
+                    options.kubelet.nodes = 0;
+                    options.real.images = real_node_images()?;
+                    Ok(options)
+                })
             })
             .as_ref()
             .copied()
+            .map(Some)
             .map_err(|e| Error::Shared(e.clone()))
     }
 
@@ -932,24 +920,129 @@ impl Drop for TestEnv {
     }
 }
 
-static SHARED_FOR_EXIT: OnceLock<&'static TestEnv> = OnceLock::new();
+/// The shared environments, stopped by [`stop_shared_at_exit`].
+static SHARED_FOR_EXIT: Mutex<Vec<&'static TestEnv>> = Mutex::new(Vec::new());
+
+/// Starts an environment on a thread and tokio runtime of its own that live as long as the
+/// process, leaks it, and registers it to be stopped at exit.
+fn start_shared(
+    thread: &str,
+    options: impl FnOnce() -> Result<Options> + Send + 'static,
+) -> std::result::Result<&'static TestEnv, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot build a tokio runtime: {e}")));
+                    return;
+                }
+            };
+            let result = options().and_then(|o| runtime.block_on(TestEnv::start(o)));
+            let _ = tx.send(
+                result
+                    .map(|env| &*Box::leak(Box::new(env)))
+                    .map_err(|e| e.to_string()),
+            );
+            // The runtime runs the simulated kubelet for the rest of the process.
+            loop {
+                std::thread::park();
+            }
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start the shared environment's thread: {e}"));
+    }
+    let env = rx
+        .recv()
+        .map_err(|_| "the shared environment's thread died".to_owned())??;
+    let mut registered = SHARED_FOR_EXIT
+        .lock()
+        .map_err(|_| "the shared environment list is poisoned".to_owned())?;
+    if registered.is_empty() {
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(stop_shared_at_exit);
+        }
+    }
+    registered.push(env);
+    Ok(env)
+}
 
 extern "C" fn stop_shared_at_exit() {
-    let Some(env) = SHARED_FOR_EXIT.get() else {
-        return;
+    let envs: Vec<&'static TestEnv> = match SHARED_FOR_EXIT.try_lock() {
+        Ok(mut e) => std::mem::take(&mut *e),
+        Err(_) => return,
     };
-    if let Ok(mut children) = env.children.try_lock() {
-        for c in children.iter_mut() {
-            c.signal(libc::SIGKILL);
+    for env in envs {
+        if let Ok(mut children) = env.children.try_lock() {
+            for c in children.iter_mut() {
+                c.signal(libc::SIGKILL);
+            }
+            children.clear();
         }
-        children.clear();
+        env.release_host();
+        if std::env::var_os("INPLACE_TESTENV_KEEP").is_none()
+            && let Some(t) = env.temp.as_ref()
+        {
+            let _ = std::fs::remove_dir_all(t.path());
+        }
     }
-    env.release_host();
-    if std::env::var_os("INPLACE_TESTENV_KEEP").is_none()
-        && let Some(t) = env.temp.as_ref()
-    {
-        let _ = std::fs::remove_dir_all(t.path());
+}
+
+/// Environment variable deciding whether suites run their real-node half: `require` (CI:
+/// fail when real nodes cannot run), `skip`, or unset (run when root, else skip with a
+/// printed reason).
+pub const REAL_NODES_ENV: &str = "INPLACE_REAL_NODES";
+
+/// Whether a suite should run its real-node tests (see [`REAL_NODES_ENV`]). Prints the
+/// reason when it should not.
+pub fn real_nodes_wanted() -> Result<bool> {
+    let mode = std::env::var(REAL_NODES_ENV).unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match mode.as_str() {
+        "skip" => {
+            eprintln!("real-node tests skipped: {REAL_NODES_ENV}=skip");
+            Ok(false)
+        }
+        "require" if !root => Err(Error::Host(format!(
+            "{REAL_NODES_ENV}=require, but real nodes need root"
+        ))),
+        "require" => Ok(true),
+        "" if !root => {
+            eprintln!(
+                "real-node tests skipped: not root (kubelet and containerd need it); set {REAL_NODES_ENV}=require to fail instead"
+            );
+            Ok(false)
+        }
+        "" => Ok(true),
+        other => Err(Error::Options(format!(
+            "{REAL_NODES_ENV}={other}: expected require or skip"
+        ))),
     }
+}
+
+/// The image archives every real node of the shared environment imports.
+pub fn real_node_images() -> Result<Vec<PathBuf>> {
+    // Until the image set lands: archives named in INPLACE_TESTENV_IMAGES (colon-separated).
+    let list = std::env::var("INPLACE_TESTENV_IMAGES").unwrap_or_default();
+    let images: Vec<PathBuf> = list
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if images.is_empty() {
+        return Err(Error::Options(
+            "no image archives for real nodes (INPLACE_TESTENV_IMAGES)".into(),
+        ));
+    }
+    Ok(images)
 }
 
 /// A kubeconfig (YAML) for `server` with a client certificate, all embedded.
