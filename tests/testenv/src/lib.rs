@@ -39,6 +39,8 @@
 //! pod with `sim.inplace-upgrade.io/<name>-delay-ms` annotations.
 
 pub mod image;
+pub mod images;
+pub mod oci;
 pub mod sim;
 
 mod certs;

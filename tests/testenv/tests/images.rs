@@ -1,0 +1,482 @@
+//! The test images in a real containerd: the bundle imports under every name with the digests
+//! we computed, a retag is one digest under two names, and the images run under runc with the
+//! behaviour their names promise (version, exec hooks in the log, exit code on SIGTERM).
+//!
+//! Runs a private containerd (its own root, state, socket and `opt` dir under a temporary
+//! directory; CRI plugin off; containers without cgroups or a network namespace of the host)
+//! and removes everything after. Needs root and Debian's `containerd` package; without them the
+//! tests print why and pass.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testenv::images::{self, ImageSet};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["containerd", "ctr", "runc"] {
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Some(format!(
+                "{tool} is not installed (Debian: apt-get install containerd runc)"
+            ));
+        }
+    }
+    None
+}
+
+macro_rules! skip_unless_able {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("skipped: {reason}");
+            return Ok(());
+        }
+    };
+}
+
+/// Paths a containerd may create outside its configured directories.
+const HOST_PATHS: &[&str] = &["/run/containerd", "/var/lib/containerd", "/opt/containerd"];
+
+/// A containerd of our own, stopped and removed on drop.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    host_paths_before: Vec<bool>,
+}
+
+impl Containerd {
+    fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        let host_paths_before = HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect();
+        let dir = tempfile::Builder::new()
+            .prefix("iu-containerd-")
+            .tempdir()?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                socket = socket.display(),
+                opt = d.join("opt").display(),
+            ),
+        )?;
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let c = Self {
+            child,
+            dir,
+            socket,
+            host_paths_before,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ctr(&["version"]).status.success() {
+            if Instant::now() > deadline {
+                return Err(format!("containerd did not answer within 60 s:\n{}", c.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket).args(args);
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"))
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let out = self.ctr(args);
+        if !out.status.success() {
+            return Err(format!(
+                "ctr {args:?}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr images ls -q`-like: name → manifest digest.
+    fn images(&self, namespace: &str) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+        let out = self.ok(&["-n", namespace, "images", "ls"])?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_owned(), f.nth(1)?.to_owned()))
+            })
+            .collect())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signals to our own child's process group.
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        for m in mounts_under(self.dir.path()).into_iter().rev() {
+            let c = std::ffi::CString::new(m).expect("no NUL in a mount path");
+            // SAFETY: umount2 on a path string we own.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        // What containerd's shims create regardless of configuration, removed only when we
+        // created it and it is empty now.
+        for (path, existed) in HOST_PATHS.iter().zip(&self.host_paths_before) {
+            if !existed {
+                remove_empty_dirs(Path::new(path));
+            }
+        }
+    }
+}
+
+fn remove_empty_dirs(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(path);
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+fn image_set() -> Result<ImageSet, Box<dyn std::error::Error>> {
+    Ok(images::build(&images::default_dir())?)
+}
+
+#[test]
+fn the_bundle_imports_under_every_name_with_our_digests() -> TestResult {
+    skip_unless_able!();
+    let set = image_set()?;
+    let dir_before = {
+        let c = Containerd::start()?;
+        // What the nodes harness runs; kind runs the same with `--all-platforms --digests`.
+        c.ok(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            "--all-platforms",
+            &set.bundle.display().to_string(),
+        ])?;
+        let listed = c.images("k8s.io")?;
+        for built in set.images.iter().filter(|b| b.in_bundle) {
+            for name in &built.names {
+                assert!(
+                    listed.iter().any(|(n, d)| n == name && *d == built.digest),
+                    "{name} with {} among {listed:?}",
+                    built.digest
+                );
+            }
+            // The config containerd stores is ours: CRI's imageID is its digest.
+            let manifest = c.ok(&["-n", "k8s.io", "content", "get", &built.digest])?;
+            let manifest: serde_json::Value = serde_json::from_str(&manifest)?;
+            assert_eq!(manifest["config"]["digest"], built.id.as_str());
+        }
+        let retag: Vec<&String> = listed
+            .iter()
+            .filter(|(n, _)| n.ends_with("--b7"))
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(retag.len(), 2, "{listed:?}");
+        assert_eq!(retag[0], retag[1], "a retag is one digest");
+
+        // One image's own archive, as `kind load image-archive` imports it.
+        let big = set.get(images::BIG).ok_or("no big image")?;
+        c.ok(&[
+            "-n",
+            "kind",
+            "images",
+            "import",
+            "--all-platforms",
+            "--digests",
+            &big.archive.display().to_string(),
+        ])?;
+        let listed = c.images("kind")?;
+        assert!(
+            listed
+                .iter()
+                .any(|(n, d)| n == images::BIG && *d == big.digest),
+            "{listed:?}"
+        );
+        c.dir.path().to_owned()
+    };
+    assert!(!dir_before.exists(), "the containerd directory was removed");
+    assert_host_clean();
+    Ok(())
+}
+
+/// Runs `image` under runc (no host network, no cgroup), then checks it from inside with exec
+/// hooks and stops it with SIGTERM; returns (exit code, container log).
+fn run_and_stop(
+    c: &Containerd,
+    image: &str,
+    id: &str,
+    command: &[&str],
+    probe: &[&str],
+    hook: &[&str],
+) -> Result<(i32, String, String), Box<dyn std::error::Error>> {
+    let d = c.dir.path();
+    let runc_root = d.join("runc");
+    let fifo = d.join("fifo");
+    let mut run = c
+        .command(&[
+            "-n",
+            "iu-images",
+            "run",
+            "--rm",
+            "--cgroup",
+            "",
+            "--runc-root",
+            &runc_root.display().to_string(),
+            "--fifo-dir",
+            &fifo.display().to_string(),
+            image,
+            id,
+        ])
+        .args(command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // An exec in the container, as kubelet runs an exec probe or hook.
+    let exec = |args: &[&str], n: usize| {
+        let mut a = vec!["-n", "iu-images", "task", "exec", "--fifo-dir"];
+        let fifo = fifo.display().to_string();
+        let exec_id = format!("probe{n}");
+        a.push(&fifo);
+        a.extend(["--exec-id", &exec_id, id]);
+        a.extend(args);
+        c.ctr(&a)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let answer = loop {
+        n += 1;
+        let out = exec(probe, n);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if Instant::now() > deadline || matches!(run.try_wait(), Ok(Some(_))) {
+            let _ = run.kill();
+            let run = run.wait_with_output()?;
+            return Err(format!(
+                "{image}: {probe:?} did not succeed: {}\nthe container: {:?}",
+                String::from_utf8_lossy(&out.stderr),
+                run
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A preStop-like exec hook whose line lands in the container's log.
+    n += 1;
+    let hook = exec(hook, n);
+    assert!(hook.status.success(), "{hook:?}");
+    c.ok(&["-n", "iu-images", "task", "kill", "--signal", "SIGTERM", id])?;
+    let status = run.wait()?;
+    let mut log = String::new();
+    run.stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_string(&mut log)?;
+    Ok((status.code().unwrap_or(-1), log, answer))
+}
+
+#[test]
+fn images_run_under_runc_with_the_behaviour_their_names_promise() -> TestResult {
+    skip_unless_able!();
+    let set = image_set()?;
+    {
+        let c = Containerd::start()?;
+        c.ok(&[
+            "-n",
+            "iu-images",
+            "images",
+            "import",
+            &set.bundle.display().to_string(),
+        ])?;
+
+        // The app: answers its version; SIGTERM kills it with 143.
+        let (code, log, answer) = run_and_stop(
+            &c,
+            "fake.docker.io/google-samples/hello-go-gke:1.0",
+            "app",
+            &[],
+            &["pilot-agent", "request", "--debug-port=80", "GET", "/"],
+            // The frontend fixture's preStop.
+            &["/usr/sbin/nginx", "-s", "quit"],
+        )?;
+        assert!(answer.starts_with("version=1.0 "), "{answer}");
+        assert_eq!(code, 143, "{log}");
+        for line in [
+            "event=start personality=app version=1.0",
+            "event=hook kind=exec argv=\"/usr/sbin/nginx -s quit\"",
+            "event=sigterm signal=SIGTERM exit=143",
+        ] {
+            assert!(log.contains(line), "{line:?} in\n{log}");
+        }
+
+        // Istio's proxy: ready on 15021, a drain through its preStop command, exit 0.
+        let (code, log, answer) = run_and_stop(
+            &c,
+            "registry.istio.io/testing/proxyv2:1.25.0",
+            "proxy",
+            // The injected args; the image's entrypoint is pilot-agent, as Istio's.
+            &[
+                "/usr/local/bin/pilot-agent",
+                "proxy",
+                "sidecar",
+                "--domain",
+                "x.svc.cluster.local",
+            ],
+            &[
+                "pilot-agent",
+                "request",
+                "--debug-port=15021",
+                "GET",
+                "/healthz/ready",
+            ],
+            // Istio's native-sidecar preStop.
+            &[
+                "pilot-agent",
+                "request",
+                "--debug-port=15020",
+                "POST",
+                "drain",
+            ],
+        )?;
+        assert_eq!(answer, "ready\n");
+        assert_eq!(code, 0, "{log}");
+        for line in [
+            "event=start personality=istio-proxy version=1.25.0",
+            "event=hook kind=exec argv=\"pilot-agent request --debug-port=15020 POST drain\"",
+            "event=drain via=/drain",
+            "event=sigterm signal=SIGTERM exit=0",
+        ] {
+            assert!(log.contains(line), "{line:?} in\n{log}");
+        }
+
+        // The same image as istio-init: exits 0 at once.
+        let init = c.ctr(&[
+            "-n",
+            "iu-images",
+            "run",
+            "--rm",
+            "--cgroup",
+            "",
+            "--runc-root",
+            &c.dir.path().join("runc").display().to_string(),
+            "--fifo-dir",
+            &c.dir.path().join("fifo").display().to_string(),
+            "registry.istio.io/testing/proxyv2:1.25.0",
+            "init",
+            "/usr/local/bin/pilot-agent",
+            "istio-iptables",
+            "-p",
+            "15001",
+        ]);
+        assert!(init.status.success(), "{init:?}");
+        assert!(String::from_utf8_lossy(&init.stdout).contains("event=istio-init"));
+
+        // A crash-loop image exits 1 at start.
+        let crash = c.ctr(&[
+            "-n",
+            "iu-images",
+            "run",
+            "--rm",
+            "--cgroup",
+            "",
+            "--runc-root",
+            &c.dir.path().join("runc").display().to_string(),
+            "--fifo-dir",
+            &c.dir.path().join("fifo").display().to_string(),
+            "registry.inplace.test/testapp:2.0-crashloop",
+            "crash",
+        ]);
+        assert_eq!(crash.status.code(), Some(1), "{crash:?}");
+    }
+    assert_host_clean();
+    Ok(())
+}
+
+/// Nothing of a containerd is left where it did not exist before (checked only for paths
+/// no other process of this machine was using).
+fn assert_host_clean() {
+    for path in HOST_PATHS {
+        let p = Path::new(path);
+        if p.exists() {
+            // Another containerd (a real node of another test) may own it; ours only counts
+            // if it holds our namespaces.
+            let ours = ["iu-images", "kind"]
+                .iter()
+                .any(|ns| p.join("runc").join(ns).exists());
+            assert!(!ours, "{path} still holds state of ours");
+        }
+    }
+}
