@@ -122,6 +122,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cmd
     }
 
+    /// `ctr run --rm IMAGE ID [COMMAND…]` in our namespace, without a cgroup, with runc's
+    /// state and the FIFOs under our directory.
+    fn run(&self, image: &str, id: &str, command: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut cmd = self.command(&["-n", "iu-images", "run", "--rm", "--cgroup", ""]);
+        cmd.arg("--runc-root")
+            .arg(d.join("runc"))
+            .arg("--fifo-dir")
+            .arg(d.join("fifo"))
+            .args([image, id])
+            .args(command);
+        cmd
+    }
+
     fn ctr(&self, args: &[&str]) -> Output {
         self.command(args)
             .output()
@@ -282,25 +296,9 @@ fn run_and_stop(
     probe: &[&str],
     hook: &[&str],
 ) -> Result<(i32, String, String), Box<dyn std::error::Error>> {
-    let d = c.dir.path();
-    let runc_root = d.join("runc");
-    let fifo = d.join("fifo");
+    let fifo = c.dir.path().join("fifo");
     let mut run = c
-        .command(&[
-            "-n",
-            "iu-images",
-            "run",
-            "--rm",
-            "--cgroup",
-            "",
-            "--runc-root",
-            &runc_root.display().to_string(),
-            "--fifo-dir",
-            &fifo.display().to_string(),
-            image,
-            id,
-        ])
-        .args(command)
+        .run(image, id, command)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -423,42 +421,25 @@ fn images_run_under_runc_with_the_behaviour_their_names_promise() -> TestResult 
         }
 
         // The same image as istio-init: exits 0 at once.
-        let init = c.ctr(&[
-            "-n",
-            "iu-images",
-            "run",
-            "--rm",
-            "--cgroup",
-            "",
-            "--runc-root",
-            &c.dir.path().join("runc").display().to_string(),
-            "--fifo-dir",
-            &c.dir.path().join("fifo").display().to_string(),
-            "registry.istio.io/testing/proxyv2:1.25.0",
-            "init",
-            "/usr/local/bin/pilot-agent",
-            "istio-iptables",
-            "-p",
-            "15001",
-        ]);
+        let init = c
+            .run(
+                "registry.istio.io/testing/proxyv2:1.25.0",
+                "init",
+                &[
+                    "/usr/local/bin/pilot-agent",
+                    "istio-iptables",
+                    "-p",
+                    "15001",
+                ],
+            )
+            .output()?;
         assert!(init.status.success(), "{init:?}");
         assert!(String::from_utf8_lossy(&init.stdout).contains("event=istio-init"));
 
         // A crash-loop image exits 1 at start.
-        let crash = c.ctr(&[
-            "-n",
-            "iu-images",
-            "run",
-            "--rm",
-            "--cgroup",
-            "",
-            "--runc-root",
-            &c.dir.path().join("runc").display().to_string(),
-            "--fifo-dir",
-            &c.dir.path().join("fifo").display().to_string(),
-            "registry.inplace.test/testapp:2.0-crashloop",
-            "crash",
-        ]);
+        let crash = c
+            .run("registry.inplace.test/testapp:2.0-crashloop", "crash", &[])
+            .output()?;
         assert_eq!(crash.status.code(), Some(1), "{crash:?}");
     }
     assert_host_clean();
