@@ -52,12 +52,6 @@ const PATH: &str = "PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("building the static testapp failed ({status}):\n{stderr}")]
     Build { status: String, stderr: String },
     #[error(transparent)]
@@ -67,8 +61,8 @@ pub enum Error {
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
+    let io = oci::io(what);
+    move |source| Error::from(io(source))
 }
 
 /// One image of the set: its names (normalised references) and what it runs.

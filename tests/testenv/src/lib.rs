@@ -41,6 +41,7 @@
 pub mod image;
 pub mod images;
 pub mod oci;
+pub mod registry;
 pub mod sim;
 
 mod certs;

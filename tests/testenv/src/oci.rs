@@ -52,6 +52,13 @@ pub enum Error {
     Entry { path: String, reason: &'static str },
 }
 
+/// Maps an I/O error to [`Error::Io`] naming what was being done (shared by the image set and
+/// the registry, whose errors wrap this one).
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
 fn spec(e: impl std::fmt::Display) -> Error {
     Error::Spec(e.to_string())
 }
@@ -210,10 +217,6 @@ impl Layer {
 
     /// The layer as an uncompressed tar blob (its digest is also its diffID).
     pub fn build(&self) -> Result<Blob, Error> {
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Io { what, source }
-        };
         let mut tar = tar::Builder::new(Vec::new());
         for (path, entry) in &self.entries {
             let mut header = tar::Header::new_gnu();
@@ -363,7 +366,6 @@ impl Image {
 /// file is written beside `path` and renamed into place.
 pub fn write_archive(path: &Path, images: &[(&Image, Vec<String>)]) -> Result<(), Error> {
     let bytes = archive(images)?;
-    let io = |what: String| move |source| Error::Io { what, source };
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{seq}", std::process::id()));
@@ -417,7 +419,6 @@ pub fn archive(images: &[(&Image, Vec<String>)]) -> Result<Vec<u8>, Error> {
     let index = Blob::json(MediaType::ImageIndex, &index)?;
     let docker = serde_json::to_vec(&canonical(Value::Array(docker))).map_err(spec)?;
 
-    let io = |what: String| move |source| Error::Io { what, source };
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8], dir: bool| {
         let mut header = tar::Header::new_gnu();
@@ -442,7 +443,7 @@ pub fn archive(images: &[(&Image, Vec<String>)]) -> Result<Vec<u8>, Error> {
     for (hex, blob) in blobs {
         add(&format!("blobs/sha256/{hex}"), &blob.bytes, false)?;
     }
-    tar.into_inner().map_err(io("finishing the archive".into()))
+    tar.into_inner().map_err(io("finishing the archive"))
 }
 
 #[cfg(test)]
