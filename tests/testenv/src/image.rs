@@ -136,8 +136,7 @@ impl ImageRef {
         if let Some(d) = &self.digest {
             return format!("{}@{d}", self.repository);
         }
-        let tag = self.tag.as_deref().unwrap_or("latest");
-        let content = tag.rsplit_once("--").map_or(tag, |(_, k)| k);
+        let content = content_key(self);
         let sum = digest(&SHA256, format!("{}@{content}", self.repository).as_bytes());
         format!("{}@sha256:{}", self.repository, hex(sum.as_ref()))
     }
@@ -156,6 +155,34 @@ pub fn injected(reference: &str) -> Injected {
     } else {
         Injected::None
     }
+}
+
+/// The exit code of a container's process when kubelet stops it with SIGTERM, by image name:
+/// `exit0` or `exit143` anywhere in the reference decides; otherwise 0 for Istio's proxy
+/// (`…/proxyv2`, whose agent drains and exits 0) and 143 for everything else (a process that
+/// SIGTERM kills). The test images bake the same rule into their config (`testenv::images`),
+/// so a name means the same on a simulated and a real node. It matters for native sidecars:
+/// kubelet does not restart one whose last run exited 0 when its new image cannot start, so
+/// its status shows no waiting reason.
+pub fn exit_code_on_sigterm(reference: &str) -> i32 {
+    if reference.contains("exit0") {
+        0
+    } else if reference.contains("exit143") {
+        143
+    } else if ImageRef::parse(reference)
+        .is_ok_and(|r| r.repository.rsplit('/').next() == Some("proxyv2"))
+    {
+        0
+    } else {
+        143
+    }
+}
+
+/// The content key of a tag: the part after the last `--` (the retag convention), else the
+/// tag (`latest` when there is none).
+pub fn content_key(reference: &ImageRef) -> &str {
+    let tag = reference.tag.as_deref().unwrap_or("latest");
+    tag.rsplit_once("--").map_or(tag, |(_, k)| k)
 }
 
 /// Lowercase hex of bytes.
@@ -239,6 +266,25 @@ mod tests {
             id(&pinned),
             format!("docker.io/library/app@sha256:{}", "ab".repeat(32))
         );
+    }
+
+    #[test]
+    fn exit_code_on_sigterm_by_name() {
+        assert_eq!(
+            exit_code_on_sigterm("registry.istio.io/testing/proxyv2:latest"),
+            0
+        );
+        assert_eq!(exit_code_on_sigterm("docker.io/istio/proxyv2:1.24.2"), 0);
+        assert_eq!(
+            exit_code_on_sigterm("registry.istio.io/testing/proxyv2:latest-exit143"),
+            143
+        );
+        assert_eq!(
+            exit_code_on_sigterm("fake.docker.io/google-samples/hello-go-gke:1.0"),
+            143
+        );
+        assert_eq!(exit_code_on_sigterm("hello-go-gke:1.0-exit0"), 0);
+        assert_eq!(exit_code_on_sigterm("Not/Valid"), 143);
     }
 
     #[test]

@@ -42,7 +42,10 @@
 
 pub mod host;
 pub mod image;
+pub mod images;
 pub mod node;
+pub mod oci;
+pub mod registry;
 pub mod sim;
 
 mod certs;

@@ -3,6 +3,8 @@
 //! usable; `DIR/kubeconfig` is cluster-admin and `DIR/bin/kubectl` the matching kubectl.
 //!
 //! `testenv cleanup`: undo what real nodes of killed runs left on the host.
+//!
+//! `testenv images [--out DIR]`: build the test images.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +31,14 @@ enum Command {
     /// Undo what real nodes of killed runs left on the host (processes, mounts, bridges,
     /// routes, netfilter chains, cgroups, sysctls, files). Running environments are left alone.
     Cleanup,
+    /// Build the test images (OCI archives for `ctr images import`, `kind load image-archive`,
+    /// `skopeo copy oci-archive:…`) and print `NAME ARCHIVE` lines, then `bundle ARCHIVE`.
+    /// Cached by content: a warm run only checks the testapp build.
+    Images {
+        /// Output directory (default: ~/.cache/inplace-upgrade/images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -111,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             println!("host clean");
             return Ok(());
         }
+        Command::Images { out } => return images(out),
     };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -129,5 +140,15 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("stopping");
     drop(env);
+    Ok(())
+}
+
+fn images(out: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = out.unwrap_or_else(testenv::images::default_dir);
+    let set = testenv::images::build(&dir).context("building the test images")?;
+    for (name, archive) in set.names() {
+        println!("{name} {}", archive.display());
+    }
+    println!("bundle {}", set.bundle.display());
     Ok(())
 }
