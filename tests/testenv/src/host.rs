@@ -70,6 +70,8 @@ const HOST_PATHS: &[&str] = &[
     "/etc/cni",
     "/opt/cni",
     "/usr/libexec/kubernetes",
+    // skopeo's blob-info cache when it runs as root (pushes to the loopback registry).
+    "/var/lib/containers",
 ];
 
 /// Sysctls kubelet (`vm.overcommit_memory`, `vm.panic_on_oom`, `kernel.panic`,
@@ -171,9 +173,10 @@ pub(crate) struct Lease {
 
 /// Checks that real nodes can run here (root, Linux, the commands they need, installing the
 /// Debian packages that provide missing ones), once per process.
-pub(crate) fn preflight(kube_proxy: bool) -> Result<()> {
+pub(crate) fn preflight(kube_proxy: bool, registry: bool) -> Result<()> {
     static BASE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     static PROXY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    static REGISTRY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let check = |need: &[(&str, &str)]| -> std::result::Result<(), String> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
@@ -216,6 +219,13 @@ pub(crate) fn preflight(kube_proxy: bool) -> Result<()> {
         let proxy = &[("conntrack", "conntrack"), ("nfacct", "nfacct")];
         PROXY
             .get_or_init(|| check(proxy))
+            .clone()
+            .map_err(Error::Host)?;
+    }
+    if registry {
+        let need = &[("docker-registry", "docker-registry"), ("skopeo", "skopeo")];
+        REGISTRY
+            .get_or_init(|| check(need))
             .clone()
             .map_err(Error::Host)?;
     }

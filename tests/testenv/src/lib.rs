@@ -210,6 +210,8 @@ pub struct TestEnv {
     real_nodes: Vec<node::RealNode>,
     /// The host slot of the real nodes; released (host cleaned) after the processes stop.
     host: Mutex<Option<host::Lease>>,
+    /// The loopback registry real nodes pull from.
+    registry: Option<registry::Registry>,
     children: Mutex<Vec<Child>>,
     tasks: Vec<JoinHandle<()>>,
     /// kube-apiserver's flags and port, to restart it in place.
@@ -249,7 +251,7 @@ impl TestEnv {
             ));
         }
         if real > 0 {
-            host::preflight(options.real.kube_proxy)?;
+            host::preflight(options.real.kube_proxy, options.real.registry)?;
         }
         let bin_dir = binaries()?;
         let (dir, temp) = match &options.dir {
@@ -302,6 +304,7 @@ impl TestEnv {
             nodes: Vec::new(),
             real_nodes: Vec::new(),
             host: Mutex::new(lease),
+            registry: None,
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
             apiserver_args: Vec::new(),
@@ -481,7 +484,8 @@ impl TestEnv {
     }
 
     /// Like [`TestEnv::shared`], with one real node and no simulated one (kube-scheduler
-    /// places pods; the test images of [`real_node_images`] are imported), or `Ok(None)`
+    /// places pods; the test images of [`test_images`] are imported and in the loopback
+    /// registry, which the node pulls everything else from), or `Ok(None)`
     /// when real nodes cannot run here and are not required: see [`real_nodes_wanted`].
     /// What the node changed on the host is undone when the process exits.
     pub fn shared_real() -> Result<Option<&'static TestEnv>> {
@@ -497,7 +501,7 @@ impl TestEnv {
                         ..Options::default()
                     };
                     options.kubelet.nodes = 0;
-                    options.real.images = real_node_images()?;
+                    options.real.registry = true;
                     Ok(options)
                 })
             })
@@ -588,6 +592,11 @@ impl TestEnv {
         let mut cmd = std::process::Command::new(self.bin_dir.join("kubectl"));
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
+    }
+
+    /// The loopback registry real nodes pull from, if the environment runs one.
+    pub fn registry(&self) -> Option<&registry::Registry> {
+        self.registry.as_ref()
     }
 
     /// PIDs of the processes the harness started (etcd, kube-apiserver,
@@ -726,14 +735,45 @@ impl TestEnv {
                 )));
             }
         }
+        let limit = options.startup_limit;
+        let (dir, real) = (self.dir.clone(), options.real.clone());
+        // The image set (built, or read from its cache) and the registry, off the async threads.
+        let (images, registry) = tokio::task::spawn_blocking(move || {
+            let set = if real.images.is_empty() || real.registry {
+                Some(test_images()?)
+            } else {
+                None
+            };
+            let images = match (&set, real.images.is_empty()) {
+                (Some(set), true) => vec![set.bundle.clone()],
+                _ => real.images.clone(),
+            };
+            let registry = match set.filter(|_| real.registry) {
+                Some(set) => {
+                    let r = registry::Registry::start(&dir.join("registry"), None)
+                        .and_then(|r| r.push_set(&set, |name| name != images::BIG).map(|()| r))
+                        .map_err(|e| Error::Host(format!("the loopback registry: {e}")))?;
+                    Some((r, registry::hosts(&set)))
+                }
+                None => None,
+            };
+            Ok::<_, Error>((images, registry))
+        })
+        .await
+        .map_err(|e| Error::Host(format!("preparing images: {e}")))??;
+        let hosts = registry
+            .as_ref()
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default();
+        // The registry moves into the blocking task for the node setup and comes back.
+        let registry = registry.map(|(r, _)| r);
         let (dir, bin_dir, pki_c, real) = (
             self.dir.clone(),
             self.bin_dir.clone(),
             pki.clone(),
             options.real.clone(),
         );
-        let limit = options.startup_limit;
-        let started = tokio::task::spawn_blocking(move || {
+        let (started, registry) = tokio::task::spawn_blocking(move || {
             let api_url = format!("https://127.0.0.1:{api_port}");
             let setup = node::Setup {
                 env_dir: &dir,
@@ -743,23 +783,35 @@ impl TestEnv {
                 ca_pem: &pki_c.ca_pem,
                 ca_file: &pki_c.ca_cert,
                 options: &real,
+                images: &images,
+                registry: registry.as_ref().map(|r| (r, hosts.as_slice())),
                 limit,
             };
             let mut out = Vec::new();
             for (i, (_, cert, key)) in pki_c.nodes.iter().enumerate() {
-                out.push(node::start(&setup, i, cert, key)?);
+                match node::start(&setup, i, cert, key) {
+                    Ok(n) => out.push(n),
+                    Err(e) => return (Err((e, out)), registry),
+                }
             }
-            Ok::<_, Error>(out)
+            (Ok(out), registry)
         })
         .await
         .map_err(|e| Error::Host(format!("starting real nodes: {e}")))?;
+        self.registry = registry;
         // Register the processes even when a later node failed, so they are stopped.
-        let started = started?;
+        let (started, failed) = match started {
+            Ok(all) => (all, None),
+            Err((e, some)) => (some, Some(e)),
+        };
         for (n, children) in started {
             for c in children {
                 self.push(c);
             }
             self.real_nodes.push(n);
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let client = self.client()?;
         let api: Api<Node> = Api::all(client.clone());
@@ -1031,21 +1083,12 @@ pub fn real_nodes_wanted() -> Result<bool> {
     }
 }
 
-/// The image archives every real node of the shared environment imports.
-pub fn real_node_images() -> Result<Vec<PathBuf>> {
-    // Until the image set lands: archives named in INPLACE_TESTENV_IMAGES (colon-separated).
-    let list = std::env::var("INPLACE_TESTENV_IMAGES").unwrap_or_default();
-    let images: Vec<PathBuf> = list
-        .split(':')
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    if images.is_empty() {
-        return Err(Error::Options(
-            "no image archives for real nodes (INPLACE_TESTENV_IMAGES)".into(),
-        ));
-    }
-    Ok(images)
+/// The test image set ([`images`]) in its default cache directory, built on first use.
+pub fn test_images() -> Result<images::ImageSet> {
+    static SET: OnceLock<std::result::Result<images::ImageSet, String>> = OnceLock::new();
+    SET.get_or_init(|| images::build(&images::default_dir()).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| Error::Options(format!("the test images: {e}")))
 }
 
 /// A kubeconfig (YAML) for `server` with a client certificate, all embedded.

@@ -54,7 +54,7 @@ struct Up {
     #[arg(long, default_value_t = 0)]
     real_nodes: usize,
     /// Image archive to import into every real node's containerd (repeatable); one must hold
-    /// the sandbox image.
+    /// the sandbox image. Default: the test image set (`testenv images`).
     #[arg(long = "image")]
     images: Vec<PathBuf>,
     /// The pod sandbox image of real nodes.
@@ -63,6 +63,10 @@ struct Up {
     /// Run kube-proxy (iptables mode) on the host for the real nodes.
     #[arg(long)]
     kube_proxy: bool,
+    /// Run the loopback registry with the test images, and pull every image real nodes do
+    /// not have from it (a missing tag is a real 404).
+    #[arg(long)]
+    registry: bool,
     /// Delay from an image change to the new container running, in milliseconds.
     #[arg(long, default_value_t = Delays::default().restart.as_millis() as u64)]
     restart_delay_ms: u64,
@@ -93,6 +97,7 @@ impl Up {
                 images: self.images,
                 sandbox_image: self.sandbox_image,
                 kube_proxy: self.kube_proxy,
+                registry: self.registry,
             },
             ..Options::default()
         }

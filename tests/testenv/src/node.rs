@@ -30,24 +30,31 @@ use crate::host::{self, Slot};
 use crate::process::{Child, Extra};
 use crate::{Error, Result};
 
-/// Images every real node gets at start, and the sandbox image among them.
+/// What real nodes get besides kubelet and containerd.
 #[derive(Clone, Debug)]
 pub struct RealNodeOptions {
     /// Image archives (OCI image layout or docker-archive tars) imported into every real
-    /// node's containerd (`ctr -n k8s.io images import`).
+    /// node's containerd (`ctr -n k8s.io images import`). Empty: the test image set
+    /// ([`crate::images`], built or taken from its cache), which holds the sandbox image.
     pub images: Vec<PathBuf>,
     /// The pod sandbox image (containerd's `sandbox_image`); one of `images` must hold it.
     pub sandbox_image: String,
     /// Run kube-proxy (iptables mode) on the host for the environment (one per host).
     pub kube_proxy: bool,
+    /// Run the loopback registry ([`crate::registry`]) with the test image set pushed (all
+    /// but the big image), and point every real node's containerd at it for every registry
+    /// host: an image that was not imported is pulled from it, a tag it does not have is a
+    /// real 404 (`ErrImagePull`). Without it, such a pull fails at once (no registry reachable).
+    pub registry: bool,
 }
 
 impl Default for RealNodeOptions {
     fn default() -> Self {
         Self {
             images: Vec::new(),
-            sandbox_image: "registry.k8s.io/pause:3.10".to_owned(),
+            sandbox_image: crate::images::PAUSE.to_owned(),
             kube_proxy: false,
+            registry: false,
         }
     }
 }
@@ -77,6 +84,10 @@ pub(crate) struct Setup<'a> {
     pub ca_pem: &'a str,
     pub ca_file: &'a Path,
     pub options: &'a RealNodeOptions,
+    /// The archives to import (the options' or the test image set's).
+    pub images: &'a [PathBuf],
+    /// The loopback registry and the hosts it serves, for containerd's hosts directory.
+    pub registry: Option<(&'a crate::registry::Registry, &'a [String])>,
     pub limit: Duration,
 }
 
@@ -135,6 +146,12 @@ pub(crate) fn start(
 
     // containerd
     let socket = dir.join("containerd/state/containerd.sock");
+    if let Some((registry, hosts)) = setup.registry {
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        registry
+            .write_hosts_dir(&dir.join("containerd/certs.d"), &hosts)
+            .map_err(|e| Error::Host(format!("containerd hosts for {name}: {e}")))?;
+    }
     let config = dir.join("containerd/config.toml");
     write(
         &config,
@@ -186,7 +203,7 @@ pub(crate) fn start(
         dir: dir.clone(),
         socket: socket.clone(),
     };
-    for archive in &setup.options.images {
+    for archive in setup.images {
         node.import(archive)?;
     }
     let listed = node.ctr(&["images", "ls", "-q"])?;
@@ -196,7 +213,7 @@ pub(crate) fn start(
     {
         return Err(Error::Options(format!(
             "the sandbox image {} is in none of the image archives given to real nodes ({:?})",
-            setup.options.sandbox_image, setup.options.images
+            setup.options.sandbox_image, setup.images
         )));
     }
 

@@ -282,10 +282,6 @@ impl Drop for Up {
     }
 }
 
-fn images() -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
-    Ok(testenv::real_node_images()?)
-}
-
 fn up(dir: &Path, kube_proxy: bool) -> Result<Up, Box<dyn std::error::Error>> {
     let bin = testenv::binaries()?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_testenv"));
@@ -294,11 +290,9 @@ fn up(dir: &Path, kube_proxy: bool) -> Result<Up, Box<dyn std::error::Error>> {
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for image in images()? {
-        cmd.arg("--image").arg(image);
-    }
     if kube_proxy {
-        cmd.arg("--kube-proxy");
+        // And the loopback registry (skopeo writes a cache when it runs as root).
+        cmd.args(["--kube-proxy", "--registry"]);
     }
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -462,7 +456,7 @@ fn real_nodes_leave_the_host_as_they_found_it() -> TestResult {
     await_host_alone()?;
     // Resolve (or build) the binaries and images before the baseline.
     testenv::binaries()?;
-    images()?;
+    testenv::test_images()?;
     let (a, b, c, d) = (
         tempfile::tempdir()?,
         tempfile::tempdir()?,
