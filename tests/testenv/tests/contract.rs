@@ -1024,3 +1024,175 @@ async fn a_pod_no_node_fits_is_unschedulable(kind: Kind) -> TestResult {
     assert_eq!(reason.as_deref(), Some("Unschedulable"));
     Ok(())
 }
+
+/// Tests only a real kubelet can answer.
+mod real_kubelet {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::LogParams;
+
+    /// A `key=value` field of a testapp log line.
+    fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+    }
+
+    /// `(timestamp, line)` of each line of the previous instance's log.
+    async fn previous_log(
+        api: &Api<Pod>,
+        pod: &str,
+        container: &str,
+    ) -> Result<Vec<(Timestamp, String)>, Box<dyn std::error::Error>> {
+        let params = LogParams {
+            container: Some(container.into()),
+            previous: true,
+            timestamps: true,
+            ..LogParams::default()
+        };
+        let text = api.logs(pod, &params).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (ts, rest) = l.split_once(' ')?;
+                Some((ts.parse().ok()?, rest.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Does kubelet run a container's preStop hook when an image change restarts it, and with
+    /// which grace period? (DESIGN §9: it decides whether Istio's drain runs on an in-place
+    /// proxy restart.) One pod, grace period 6 s, four containers patched at once:
+    /// - a native sidecar and a regular container with an exec preStop hook: the hook runs
+    ///   (its line is in the old instance's log), then SIGTERM;
+    /// - a container that ignores SIGTERM for 10 min after an exec hook: SIGKILL (137) when
+    ///   the pod's grace period has passed;
+    /// - one with a 3 s `sleep` preStop that ignores SIGTERM: SIGTERM after the sleep, SIGKILL
+    ///   when the grace period counted from the hook's start has passed (6 s, not 3 + 6).
+    ///
+    /// The measured intervals are printed (kubelet's log timestamps; `finishedAt` has second
+    /// precision); the assertions are on order and exit codes only.
+    #[tokio::test]
+    async fn an_image_change_restart_runs_the_prestop_hook_within_the_grace_period() -> TestResult {
+        let Some((client, ns)) = setup(Kind::Real, "prestop").await? else {
+            return Ok(());
+        };
+        let api = Api::<Pod>::namespaced(client.clone(), &ns);
+        let hook = |n: &str| json!({"preStop": {"exec": {"command": ["/usr/local/bin/testapp", "hook", format!("prestop-{n}")]}}});
+        let env = |port: u16, drain_ms: u64| {
+            json!([{"name": "TESTAPP_LISTEN", "value": port.to_string()},
+                   {"name": "TESTAPP_TERM_DELAY_MS", "value": drain_ms.to_string()}])
+        };
+        create_pod(
+            &client,
+            &ns,
+            json!({"metadata": {"name": "hooks"}, "spec": {
+            "terminationGracePeriodSeconds": 6,
+            "initContainers": [{"name": "proxy", "image": APP_V1, "restartPolicy": "Always",
+                "env": env(9090, 0), "lifecycle": hook("proxy")}],
+            "containers": [
+                {"name": "app", "image": APP_V1, "env": env(8080, 0), "lifecycle": hook("app")},
+                {"name": "stubborn", "image": APP_V1, "env": env(8081, 600_000),
+                    "lifecycle": hook("stubborn")},
+                {"name": "sleeper", "image": APP_V1, "env": env(8082, 600_000),
+                    "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}},
+            ]}}),
+        )
+        .await?;
+        await_ready(&api, "hooks").await?;
+        let patch: json_patch::Patch = obj(json!([
+            {"op": "replace", "path": "/spec/initContainers/0/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/0/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/1/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/2/image", "value": APP_V2},
+        ]));
+        api.patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::<Value>::Json(patch),
+        )
+        .await?;
+        let after = wait_for(
+            &api,
+            "hooks",
+            "all four containers restarted on the new image",
+            |p: &Pod| {
+                ["proxy", "app", "stubborn", "sleeper"].iter().all(|c| {
+                    status_of(p, c).is_some_and(|s| {
+                        s.restart_count == 1
+                            && s.state.as_ref().is_some_and(|st| st.running.is_some())
+                    })
+                })
+            },
+        )
+        .await?;
+        let last = |c: &str| {
+            status_of(&after, c)
+                .and_then(|s| s.last_state.as_ref()?.terminated.clone())
+                .ok_or(format!("{c} has no lastState.terminated"))
+        };
+        for c in ["proxy", "app", "stubborn"] {
+            let log = previous_log(&api, "hooks", c).await?;
+            let hook_at = log
+                .iter()
+                .position(|(_, l)| l.contains("event=hook") && l.contains(&format!("prestop-{c}")));
+            let term_at = log.iter().position(|(_, l)| l.contains("event=sigterm"));
+            assert!(
+                matches!((hook_at, term_at), (Some(h), Some(t)) if h < t),
+                "{c}: the preStop hook must run before SIGTERM; old log: {log:#?}"
+            );
+        }
+        // Exits on SIGTERM (143) once the hook is done.
+        assert_eq!(last("proxy")?.exit_code, 143);
+        assert_eq!(last("app")?.exit_code, 143);
+        // Ignores SIGTERM: killed when the grace period is over, not after its 10 min drain.
+        let stubborn = last("stubborn")?;
+        assert_eq!(stubborn.exit_code, 137);
+        let sleeper = last("sleeper")?;
+        assert_eq!(sleeper.exit_code, 137);
+        let sleeper_log = previous_log(&api, "hooks", "sleeper").await?;
+        let sleeper_term = sleeper_log
+            .iter()
+            .find(|(_, l)| l.contains("event=sigterm"))
+            .map(|(t, _)| *t)
+            .ok_or("the sleeper never got SIGTERM")?;
+        assert_eq!(
+            sleeper_log
+                .iter()
+                .find(|(_, l)| l.contains("event=sigterm"))
+                .and_then(|(_, l)| field(l, "signal")),
+            Some("SIGTERM")
+        );
+        let stubborn_log = previous_log(&api, "hooks", "stubborn").await?;
+        let stubborn_hook = stubborn_log
+            .iter()
+            .find(|(_, l)| l.contains("event=hook"))
+            .map(|(t, _)| *t)
+            .ok_or("no hook line")?;
+        let secs =
+            |later: Timestamp, earlier: Timestamp| later.duration_since(earlier).as_secs_f64();
+        let stubborn_end = stubborn.finished_at.ok_or("no finishedAt")?.0;
+        let sleeper_end = sleeper.finished_at.ok_or("no finishedAt")?.0;
+        // kubelet kills the changed containers one after another: the sleeper's hook starts
+        // when the stubborn one is gone.
+        println!(
+            "preStop measured (grace 6 s): stubborn hook -> SIGKILL {:.1} s; sleeper: hook (3 s sleep) -> SIGTERM {:.1} s, SIGTERM -> SIGKILL {:.1} s (finishedAt has second precision)",
+            secs(stubborn_end, stubborn_hook),
+            secs(sleeper_term, stubborn_end),
+            secs(sleeper_end, sleeper_term),
+        );
+        // kubelet's own account of the grace period left for SIGTERM after each hook.
+        let env = TestEnv::shared_real()?.ok_or("no real environment")?;
+        let log = std::fs::read_to_string(env.dir().join("logs/real-node-0-kubelet.log"))?;
+        for line in log.lines().filter(|l| {
+            l.contains("Killing container with a grace period")
+                && l.contains(&format!("pod=\"{ns}/hooks\""))
+        }) {
+            println!(
+                "kubelet: {} gracePeriod={}",
+                field(line, "containerName").unwrap_or_default(),
+                field(line, "gracePeriod").unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
