@@ -15,9 +15,9 @@ use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::{Value, json};
 use testenv::{TestEnv, wait_list};
 
