@@ -264,8 +264,23 @@ fn install_packages(packages: &[&str]) -> std::result::Result<(), String> {
         ));
     };
     tracing::warn!(packages = %list, "installing Debian packages real nodes need");
+    // No package may start its service on install (docker-registry's would listen on every
+    // address): the policy-rc.d convention, only if the host has none of its own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let made_policy = !policy.exists()
+        && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+        && std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .is_ok();
+    let result = apt_install(&apt, packages, &list);
+    if made_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+fn apt_install(apt: &Path, packages: &[&str], list: &str) -> std::result::Result<(), String> {
     let install = || {
-        Command::new(&apt)
+        Command::new(apt)
             .args(["install", "-y", "--no-install-recommends", "-q"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -276,7 +291,7 @@ fn install_packages(packages: &[&str]) -> std::result::Result<(), String> {
     let mut out = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
     if !out.status.success() {
         // The package lists may be stale or absent on a fresh machine.
-        let _ = Command::new(&apt)
+        let _ = Command::new(apt)
             .args(["update", "-q"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
@@ -398,13 +413,21 @@ pub(crate) fn acquire(
         )));
     }
     let _lock = lock()?;
+    let claimed = claim(dir, real_nodes, kube_proxy, simulated_nodes);
+    if claimed.is_err() && records().is_empty() {
+        // Nothing runs and nothing was changed: leave no state directory behind.
+        let _ = finish_if_last();
+    }
+    claimed
+}
+
+/// [`acquire`] under the lock.
+fn claim(dir: &Path, real_nodes: usize, kube_proxy: bool, simulated_nodes: usize) -> Result<Lease> {
     reap_dead()?;
     let live = records();
     if live.is_empty() {
         restore_shared()?;
         check_no_leftovers()?;
-        let baseline = take_baseline();
-        write_json(&Path::new(STATE_DIR).join("baseline.json"), &baseline)?;
     }
     if kube_proxy && let Some((_, other)) = live.iter().find(|(_, r)| r.kube_proxy) {
         return Err(Error::Host(format!(
@@ -450,6 +473,13 @@ pub(crate) fn acquire(
             )));
         }
     }
+    // Nothing has been changed yet: this is the host as found.
+    if live.is_empty() {
+        write_json(
+            &Path::new(STATE_DIR).join("baseline.json"),
+            &take_baseline(),
+        )?;
+    }
     let record = EnvRecord {
         slot,
         pid: std::process::id(),
@@ -459,12 +489,16 @@ pub(crate) fn acquire(
         kube_proxy,
     };
     write_json(&record_path(slot), &record)?;
-    let lease = Lease {
+    let mut lease = Lease {
         slot: Slot(slot),
         dir: dir.to_path_buf(),
         released: false,
     };
-    setup_shared(&blackholed)?;
+    if let Err(e) = setup_shared(&blackholed) {
+        // Undo under the lock we hold (dropping the lease would wait for it).
+        let _ = lease.release_locked();
+        return Err(e);
+    }
     Ok(lease)
 }
 
@@ -491,11 +525,19 @@ impl Lease {
     }
 
     fn release_once(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        let _lock = lock()?;
+        self.release_locked()
+    }
+
+    /// [`Lease::release`] with the host lock held.
+    fn release_locked(&mut self) -> Result<()> {
         if std::mem::replace(&mut self.released, true) {
             return Ok(());
         }
         let own = clean_env(self.slot, &self.dir);
-        let _lock = lock()?;
         let _ = std::fs::remove_file(record_path(self.slot.0));
         let shared = finish_if_last();
         own.and(shared)
@@ -1108,7 +1150,8 @@ fn nft_table_is_empty(listing: &str) -> bool {
     })
 }
 
-/// IPv4 route prefixes on the host that are not ours, in every table.
+/// IPv4 prefixes routed on the host that are not ours, in every table, local addresses
+/// included (`local 10.0.0.5 dev eth0 table local`).
 fn foreign_routes() -> Result<Vec<String>> {
     let ours = our_links()?;
     let out = run("ip", &["-4", "-o", "route", "show", "table", "all"])?;
@@ -1120,21 +1163,39 @@ fn foreign_routes() -> Result<Vec<String>> {
                 .skip_while(|w| *w != "dev")
                 .nth(1)
                 .unwrap_or_default();
-            !ours.iter().any(|o| o == dev)
-                && !l.contains(&format!("table {POD_ROUTE_TABLE}"))
-                && !l.starts_with("local ")
-                && !l.starts_with("broadcast ")
+            !ours.iter().any(|o| o == dev) && !l.contains(&format!("table {POD_ROUTE_TABLE}"))
         })
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|p| *p != "default" && *p != "unreachable")
-        .map(|p| {
-            if p.contains('/') {
-                p.to_owned()
-            } else {
-                format!("{p}/32")
-            }
-        })
+        .filter_map(route_prefix)
         .collect())
+}
+
+/// The destination of an `ip -o route` line, after its type (`blackhole`, `local`, …).
+fn route_prefix(line: &str) -> Option<String> {
+    const TYPES: &[&str] = &[
+        "unicast",
+        "local",
+        "broadcast",
+        "multicast",
+        "anycast",
+        "blackhole",
+        "unreachable",
+        "prohibit",
+        "throw",
+        "nat",
+    ];
+    let mut words = line.split_whitespace();
+    let mut first = words.next()?;
+    if TYPES.contains(&first) {
+        first = words.next()?;
+    }
+    if first == "default" {
+        return None;
+    }
+    Some(if first.contains('/') {
+        first.to_owned()
+    } else {
+        format!("{first}/32")
+    })
 }
 
 fn nameservers() -> Vec<String> {
@@ -1183,6 +1244,23 @@ mod tests {
         assert!(overlaps("192.0.2.0/24", "192.0.2.7/32"));
         assert!(!contains("10.128.0.0/16", "10.255.255.53"));
         assert!(contains("10.96.0.0/16", "10.96.0.10"));
+    }
+
+    #[test]
+    fn route_lines() {
+        assert_eq!(
+            route_prefix("blackhole 10.200.0.0/13").as_deref(),
+            Some("10.200.0.0/13")
+        );
+        assert_eq!(
+            route_prefix("local 192.0.2.2 dev eth0 table local proto kernel").as_deref(),
+            Some("192.0.2.2/32")
+        );
+        assert_eq!(route_prefix("default via 192.0.2.1 dev eth0"), None);
+        assert_eq!(
+            route_prefix("192.0.2.0/24 dev eth0 proto kernel").as_deref(),
+            Some("192.0.2.0/24")
+        );
     }
 
     #[test]
