@@ -594,6 +594,23 @@ impl TestEnv {
         cmd
     }
 
+    /// How long each real node took from kubelet's start to `Ready` (as this harness saw it).
+    pub fn real_node_ready_after(&self) -> Vec<(String, Duration)> {
+        self.real_nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.ready_after?)))
+            .collect()
+    }
+
+    /// The processes the harness started, by name (`kubelet (real-node-0)`,
+    /// `containerd (real-node-0)`, `kube-apiserver`, …), with their PIDs.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.children
+            .lock()
+            .map(|c| c.iter().map(|c| (c.name.clone(), c.pid())).collect())
+            .unwrap_or_default()
+    }
+
     /// The loopback registry real nodes pull from, if the environment runs one.
     pub fn registry(&self) -> Option<&registry::Registry> {
         self.registry.as_ref()
@@ -815,9 +832,12 @@ impl TestEnv {
         }
         let client = self.client()?;
         let api: Api<Node> = Api::all(client.clone());
-        for n in &self.real_nodes {
-            let name = n.name.clone();
+        for i in 0..self.real_nodes.len() {
+            let name = self.real_nodes[i].name.clone();
             let ready = wait_for_checked(self, &api, &name, limit).await?;
+            let n = &mut self.real_nodes[i];
+            n.ready_after = Some(n.kubelet_started.elapsed());
+            tracing::info!(node = %name, seconds = n.ready_after.map(|d| d.as_secs_f64()), "real node Ready after kubelet started");
             let taints: Vec<serde_json::Value> = ready
                 .spec
                 .as_ref()

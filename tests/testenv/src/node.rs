@@ -73,6 +73,9 @@ pub(crate) struct RealNode {
     pub ip: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// When kubelet was started, and how long it took to report the node Ready.
+    pub kubelet_started: Instant,
+    pub ready_after: Option<Duration>,
 }
 
 /// What all real nodes of an environment share.
@@ -202,6 +205,8 @@ pub(crate) fn start(
         ip: ip.clone(),
         dir: dir.clone(),
         socket: socket.clone(),
+        kubelet_started: Instant::now(),
+        ready_after: None,
     };
     for archive in setup.images {
         node.import(archive)?;
@@ -274,6 +279,8 @@ pub(crate) fn start(
         format!("--node-labels={NODE_KIND_LABEL}=real"),
         "--v=2".to_owned(),
     ];
+    let mut node = node;
+    node.kubelet_started = Instant::now();
     let kubelet = Child::spawn_with(
         &format!("kubelet ({name})"),
         &setup.bin_dir.join("kubelet"),
