@@ -139,6 +139,8 @@ pub struct Cache {
     pub endpoint_slices: Store<EndpointSlice>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub policies: Store<InPlaceUpgradePolicy>,
+    /// kubelet's Warning Events of pods in flight (`events.rs`).
+    pub events: super::events::EventIndex,
     pods_by_owner: Arc<RwLock<OwnerIndex>>,
     replica_sets_by_owner: Arc<RwLock<OwnerIndex>>,
     slices_by_namespace: Shared<NamespaceIndex<String>>,
@@ -436,6 +438,7 @@ impl Cache {
             endpoint_slices,
             pdbs,
             policies,
+            events: Default::default(),
             pods_by_owner: Default::default(),
             replica_sets_by_owner: Default::default(),
             slices_by_namespace: Default::default(),
@@ -599,6 +602,7 @@ impl Cache {
                 }
             },
         ));
+        drivers.push(super::events::drive(client, cache.clone(), queue.clone()));
         let c = cache.clone();
         let q = queue;
         let watched = RwLock::new(super::policy_watch::PolicyWatch::default());

@@ -5,6 +5,7 @@
 //! or a leader change — carries on from there.
 
 mod cache;
+mod events;
 pub mod inputs;
 mod leader;
 mod metrics;
