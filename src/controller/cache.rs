@@ -139,7 +139,8 @@ pub struct Cache {
     pub endpoint_slices: Store<EndpointSlice>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub policies: Store<InPlaceUpgradePolicy>,
-    /// kubelet's Warning Events of pods in flight (`events.rs`).
+    /// kubelet's Warning Events of pods in flight, fed by the controller's own watch
+    /// (`events.rs`; the webhook, which shares this cache, reads no Events).
     pub events: super::events::EventIndex,
     pods_by_owner: Arc<RwLock<OwnerIndex>>,
     replica_sets_by_owner: Arc<RwLock<OwnerIndex>>,
@@ -602,7 +603,6 @@ impl Cache {
                 }
             },
         ));
-        drivers.push(super::events::drive(client, cache.clone(), queue.clone()));
         let c = cache.clone();
         let q = queue;
         let watched = RwLock::new(super::policy_watch::PolicyWatch::default());
