@@ -994,12 +994,13 @@ mod tests {
             st
         };
         // (case, events, observedGeneration vs generation 2, expected failure reason)
-        let cases: Vec<(
-            &str,
+        type EventCase = (
+            &'static str,
             Vec<ContainerEvent>,
             Option<i64>,
             Option<FailureReason>,
-        )> = vec![
+        );
+        let cases: Vec<EventCase> = vec![
             ("no events", vec![], Some(2), None),
             (
                 "a pull failure of the new image after the patch",

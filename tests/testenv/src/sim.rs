@@ -524,23 +524,7 @@ impl PodSim {
             }
             Step::CrashBackOff(at) if at <= now.mono => {
                 let backoff = delays.backoff(c.failures.saturating_sub(1));
-                c.waiting = Some((
-                    "CrashLoopBackOff",
-                    format!(
-                        "back-off {} restarting failed container={} pod={pod_label}",
-                        human(backoff),
-                        c.name
-                    ),
-                ));
-                out.events.push(event(
-                    c,
-                    "Warning",
-                    "BackOff",
-                    format!(
-                        "Back-off restarting failed container {} in pod {pod_label}",
-                        c.name
-                    ),
-                ));
+                restart_back_off(c, backoff, pod_label, out);
                 c.step = Step::PullBackOff(now.mono + backoff);
                 true
             }
@@ -571,21 +555,7 @@ impl PodSim {
                 // Sidecars restart whatever the pod's restartPolicy (they have their own: Always).
                 if restart_on_failure || c.kind == Kind::Sidecar {
                     let backoff = delays.backoff(c.failures - 1);
-                    let message = format!(
-                        "back-off {} restarting failed container={} pod={pod_label}",
-                        human(backoff),
-                        c.name
-                    );
-                    out.events.push(event(
-                        c,
-                        "Warning",
-                        "BackOff",
-                        format!(
-                            "Back-off restarting failed container {} in pod {pod_label}",
-                            c.name
-                        ),
-                    ));
-                    c.waiting = Some(("CrashLoopBackOff", message));
+                    restart_back_off(c, backoff, pod_label, out);
                     c.step = Step::Start(now.mono + backoff);
                 } else {
                     c.step = Step::Done;
@@ -907,6 +877,27 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
             Step::Done
         }
     };
+}
+
+/// kubelet's restart back-off: waiting `CrashLoopBackOff` and a `BackOff` Warning Event.
+fn restart_back_off(c: &mut ContainerSim, backoff: Duration, pod_label: &str, out: &mut Outcome) {
+    c.waiting = Some((
+        "CrashLoopBackOff",
+        format!(
+            "back-off {} restarting failed container={} pod={pod_label}",
+            human(backoff),
+            c.name
+        ),
+    ));
+    out.events.push(event(
+        c,
+        "Warning",
+        "BackOff",
+        format!(
+            "Back-off restarting failed container {} in pod {pod_label}",
+            c.name
+        ),
+    ));
 }
 
 /// kubelet's `terminated.reason` for an exit code.
