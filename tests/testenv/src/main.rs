@@ -40,6 +40,14 @@ enum Command {
         #[arg(long)]
         no_events: bool,
     },
+    /// Build the test images (OCI archives for `ctr images import`, `kind load image-archive`,
+    /// `skopeo copy oci-archive:…`) and print `NAME ARCHIVE` lines, then `bundle ARCHIVE`.
+    /// Cached by content: a warm run only checks the testapp build.
+    Images {
+        /// Output directory (default: ~/.cache/inplace-upgrade/images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -51,13 +59,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up {
-        dir,
-        nodes,
-        restart_delay_ms,
-        readiness_delay_ms,
-        no_events,
-    } = Cli::parse().command;
+    let (dir, nodes, restart_delay_ms, readiness_delay_ms, no_events) = match Cli::parse().command {
+        Command::Up {
+            dir,
+            nodes,
+            restart_delay_ms,
+            readiness_delay_ms,
+            no_events,
+        } => (dir, nodes, restart_delay_ms, readiness_delay_ms, no_events),
+        Command::Images { out } => return images(out),
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let delays = Delays {
@@ -90,5 +101,15 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("stopping");
     drop(env);
+    Ok(())
+}
+
+fn images(out: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = out.unwrap_or_else(testenv::images::default_dir);
+    let set = testenv::images::build(&dir).context("building the test images")?;
+    for (name, archive) in set.names() {
+        println!("{name} {}", archive.display());
+    }
+    println!("bundle {}", set.bundle.display());
     Ok(())
 }

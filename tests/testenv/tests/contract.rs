@@ -168,7 +168,8 @@ async fn deployment_pods_become_ready_and_appear_in_endpoint_slices() -> TestRes
                 .as_deref()
                 .is_some_and(|id| id.starts_with("containerd://"))
         );
-        assert!(c.image_id.starts_with("docker.io/library/nginx@sha256:"));
+        // containerd's form for an image present without a repository digest (imported).
+        assert!(c.image_id.starts_with("sha256:") && c.image_id.len() == 71);
     }
     wait_list(
         &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
@@ -874,5 +875,98 @@ async fn a_pod_no_node_fits_is_unschedulable() -> TestResult {
                 .and_then(|c| c.reason.clone())
         });
     assert_eq!(reason.as_deref(), Some("Unschedulable"));
+    Ok(())
+}
+
+/// A pod with a native sidecar `istio-proxy` on `proxy` and an app container.
+async fn sidecar_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    proxy: &str,
+) -> Result<Pod, Box<dyn std::error::Error>> {
+    create_pod(
+        client,
+        ns,
+        json!({"metadata": {"name": name}, "spec": {
+            "initContainers": [{"name": "istio-proxy", "image": proxy, "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "fake.docker.io/google-samples/hello-go-gke:1.0"}],
+        }}),
+    )
+    .await?;
+    Ok(await_ready(&Api::<Pod>::namespaced(client.clone(), ns), name).await?)
+}
+
+/// kubelet (1.35, DESIGN §10): a native sidecar whose old process exited 0 on SIGTERM, patched
+/// to an image that cannot be pulled, keeps `terminated` (Completed, old containerID) with no
+/// waiting reason — kubelet treats an init container that exited 0 as done — while the pod's
+/// Events for that container say `Failed` and `BackOff`.
+#[tokio::test]
+async fn a_native_sidecar_that_exited_0_shows_no_waiting_reason_but_events() -> TestResult {
+    let (client, ns) = setup("sidecar-exit0").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let old = "registry.istio.io/testing/proxyv2:latest";
+    let before = sidecar_pod(&client, &ns, "s", old).await?;
+    let old_id = status_of(&before, "istio-proxy").and_then(|c| c.container_id.clone());
+    let bad = "registry.istio.io/testing/proxyv2:1.24.2-fail-pull";
+    patch_image(&api, "s", "/spec/initContainers/0/image", old, bad).await?;
+    wait_list(
+        &Api::<Event>::namespaced(client.clone(), &ns),
+        watcher::Config::default().fields("involvedObject.name=s,type=Warning"),
+        "Failed (ErrImagePull) and BackOff Events for spec.initContainers{istio-proxy}",
+        |evs: &[Event]| {
+            let of_proxy = |reason: &str| {
+                evs.iter().any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.field_path.as_deref()
+                            == Some("spec.initContainers{istio-proxy}")
+                })
+            };
+            of_proxy("Failed") && of_proxy("BackOff")
+        },
+    )
+    .await?;
+    let pod = api.get("s").await?;
+    let proxy = status_of(&pod, "istio-proxy").ok_or("no istio-proxy status")?;
+    let state = proxy.state.as_ref().ok_or("no state")?;
+    assert!(state.waiting.is_none(), "no waiting reason: {state:?}");
+    let t = state.terminated.as_ref().ok_or("not terminated")?;
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    assert_eq!(t.container_id, old_id, "the old container");
+    assert!(!proxy.ready && proxy.started == Some(false));
+    assert!(!is_true(&pod, "Ready"));
+    Ok(())
+}
+
+/// The same with an old process that SIGTERM killed (exit 143): the waiting reasons show, and
+/// cycle through CrashLoopBackOff (the killed container's exit feeds the restart back-off).
+#[tokio::test]
+async fn a_native_sidecar_that_exited_143_cycles_through_the_waiting_reasons() -> TestResult {
+    let (client, ns) = setup("sidecar-exit143").await?;
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let old = "registry.istio.io/testing/proxyv2:latest-exit143";
+    sidecar_pod(&client, &ns, "s", old).await?;
+    let bad = "registry.istio.io/testing/proxyv2:1.24.2-fail-pull";
+    patch_image(&api, "s", "/spec/initContainers/0/image", old, bad).await?;
+    for reason in ["ErrImagePull", "CrashLoopBackOff", "ImagePullBackOff"] {
+        wait_for(
+            &api,
+            "s",
+            &format!("istio-proxy waiting {reason}"),
+            |p: &Pod| waiting_reason(p, "istio-proxy").as_deref() == Some(reason),
+        )
+        .await?;
+    }
+    let pod = api.get("s").await?;
+    let proxy = status_of(&pod, "istio-proxy").ok_or("no istio-proxy status")?;
+    let last = proxy
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("no lastState.terminated")?;
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (143, Some("Error"))
+    );
     Ok(())
 }
