@@ -111,11 +111,34 @@ pub struct Expectation<'a> {
     /// When the patch (upgrade or rollback) was applied.
     pub patched_at: Timestamp,
     pub ready_timeout: Duration,
+    /// kubelet's Warning Events about this pod (any container, any time; classification
+    /// picks what concerns this container after the patch).
+    pub events: &'a [ContainerEvent],
+}
+
+/// A kubelet Event about a pod, reduced to what classification reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `involvedObject.fieldPath`: `spec.containers{name}` or `spec.initContainers{name}`.
+    pub field_path: String,
+    /// `Failed`, `InspectFailed`, `BackOff`, …
+    pub reason: String,
+    pub message: String,
+    /// When it last happened (`series.lastObservedTime`, else `lastTimestamp`, else
+    /// `eventTime`): kubelet updates one Event per repeated failure.
+    pub last_seen: Timestamp,
 }
 
 /// Classify one container of a pod.
 pub fn classify(pod: &Pod, expect: &Expectation<'_>, now: Timestamp) -> ContainerState {
-    let state = classify_without_timeout(pod, expect);
+    let mut state = classify_without_timeout(pod, expect);
+    if matches!(
+        state,
+        ContainerState::NotRestarted | ContainerState::Restarting { .. }
+    ) && let Some(failed) = failure_from_events(pod, expect)
+    {
+        state = failed;
+    }
     match state {
         ContainerState::NotRestarted
         | ContainerState::Restarting { .. }
@@ -242,6 +265,92 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
     } else {
         ContainerState::RunningNotReady
     }
+}
+
+/// A failure that only the pod's Events tell. kubelet shows no waiting reason for a native
+/// sidecar whose old process exited 0 (it takes an init container that exited 0 for done)
+/// while it keeps failing to start the new image; its Events do say it. An Event counts when:
+/// - it is about this container (`involvedObject.fieldPath`) — the caller gives only Events of
+///   this pod's UID;
+/// - it happened in a later second than the patch (Event times have second precision; a
+///   repeated failure updates the Event, so one in the patch's own second is seen at its
+///   next repeat), so failures of an earlier attempt never count;
+/// - kubelet has seen the patched spec: `status.observedGeneration` ≥ `metadata.generation`
+///   where kubelet reports it (1.34+);
+/// - it is a start failure: a pull or inspect failure that names the expected image
+///   (`Failed to pull image "…"`, `InspectFailed`), `Error: ImagePullBackOff` once such a pull
+///   failure is among them, or `Error: CreateContainerConfigError` / `CreateContainerError` /
+///   `RunContainerError`. A restart back-off alone is not: a crashing new container shows its
+///   reason in the status.
+fn failure_from_events(pod: &Pod, expect: &Expectation<'_>) -> Option<ContainerState> {
+    let seen = match (
+        pod.metadata.generation,
+        pod.status.as_ref().and_then(|s| s.observed_generation),
+    ) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        _ => true,
+    };
+    if !seen {
+        return None;
+    }
+    let baseline = expect.baseline;
+    let field_path = match baseline.kind {
+        ContainerKind::Container => format!("spec.containers{{{}}}", baseline.name),
+        ContainerKind::NativeSidecar => format!("spec.initContainers{{{}}}", baseline.name),
+    };
+    let patch_second = expect.patched_at.as_second();
+    let failures: Vec<(FailureReason, bool, &ContainerEvent)> = expect
+        .events
+        .iter()
+        .filter(|e| e.field_path == field_path && e.last_seen.as_second() > patch_second)
+        .filter_map(|e| {
+            let names_image = mentions_image(&e.message, expect.image);
+            let reason = match e.reason.as_str() {
+                "Failed" if e.message.starts_with("Failed to pull image") => {
+                    FailureReason::ErrImagePull
+                }
+                "Failed" => FailureReason::from_waiting_reason(e.message.strip_prefix("Error: ")?)?,
+                "InspectFailed" => FailureReason::InvalidImageName,
+                _ => return None,
+            };
+            Some((reason, names_image, e))
+        })
+        .collect();
+    let pull_failed = failures
+        .iter()
+        .any(|(r, named, _)| *named && *r == FailureReason::ErrImagePull);
+    let counts = |reason: FailureReason, named: bool| match reason {
+        FailureReason::ErrImagePull | FailureReason::InvalidImageName => named,
+        FailureReason::ImagePullBackOff => pull_failed,
+        FailureReason::CreateContainerConfigError
+        | FailureReason::CreateContainerError
+        | FailureReason::RunContainerError => true,
+        FailureReason::CrashLoopBackOff | FailureReason::ReadyTimeout => false,
+    };
+    // The most telling first: why it cannot start, not that kubelet backs off.
+    let rank = |r: FailureReason| match r {
+        FailureReason::InvalidImageName => 0,
+        FailureReason::ErrImagePull => 1,
+        FailureReason::CreateContainerConfigError => 2,
+        FailureReason::CreateContainerError => 3,
+        FailureReason::RunContainerError => 4,
+        _ => 5,
+    };
+    let (reason, _, event) = failures
+        .into_iter()
+        .filter(|(r, named, _)| counts(*r, *named))
+        .min_by_key(|(r, _, e)| (rank(*r), std::cmp::Reverse(e.last_seen)))?;
+    Some(ContainerState::Failed {
+        reason,
+        message: format!(
+            "container {:?}: {} (pod Event {} at {}: {})",
+            baseline.name,
+            reason.as_str(),
+            event.reason,
+            event.last_seen,
+            event.message
+        ),
+    })
 }
 
 /// The image the spec asks for at the recorded place, if the container there has the
@@ -429,6 +538,7 @@ mod tests {
             image: NEW,
             patched_at: ts(0),
             ready_timeout: Duration::from_secs(300),
+            events: &[],
         };
         classify(&pod(kind, spec_image, st), &expect, ts(now))
     }
@@ -835,11 +945,207 @@ mod tests {
             image: NEW,
             patched_at: ts(0),
             ready_timeout: Duration::from_secs(300),
+            events: &[],
         };
         let p = pod(
             ContainerKind::Container,
             NEW,
             Some(status("containerd://good-again", 8, running(3), true)),
+        );
+        assert_eq!(classify(&p, &expect, ts(10)), ContainerState::Upgraded);
+    }
+
+    fn event(field_path: &str, reason: &str, message: &str, at: i64) -> ContainerEvent {
+        ContainerEvent {
+            field_path: field_path.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_seen: ts(at),
+        }
+    }
+
+    /// A native sidecar whose old process exited 0 and whose new image cannot be pulled:
+    /// kubelet shows it `terminated` (Completed, old containerID) with no waiting reason; the
+    /// pod's Events decide (DESIGN §10).
+    #[test]
+    fn events_tell_a_failure_the_status_does_not() {
+        const SIDECAR: &str = "spec.initContainers{istio-proxy}";
+        let pull = format!(
+            "Failed to pull image \"{NEW}\": rpc error: code = NotFound desc = failed to resolve reference: not found"
+        );
+        let other_image =
+            "Failed to pull image \"registry.istio.io/testing/proxyv2:9\": not found".to_owned();
+        let terminated_old = || {
+            let mut st = status(
+                "containerd://old",
+                2,
+                K8sState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        container_id: Some("containerd://old".into()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..K8sState::default()
+                },
+                false,
+            );
+            st.image = OLD;
+            st
+        };
+        // (case, events, observedGeneration vs generation 2, expected failure reason)
+        type EventCase = (
+            &'static str,
+            Vec<ContainerEvent>,
+            Option<i64>,
+            Option<FailureReason>,
+        );
+        let cases: Vec<EventCase> = vec![
+            ("no events", vec![], Some(2), None),
+            (
+                "a pull failure of the new image after the patch",
+                vec![
+                    event(SIDECAR, "Failed", &pull, 2),
+                    event(SIDECAR, "Failed", "Error: ErrImagePull", 2),
+                ],
+                Some(2),
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "in the patch's own second: not yet (it repeats)",
+                vec![event(SIDECAR, "Failed", &pull, 0)],
+                Some(2),
+                None,
+            ),
+            (
+                "before the patch: an earlier attempt",
+                vec![event(SIDECAR, "Failed", &pull, -30)],
+                Some(2),
+                None,
+            ),
+            (
+                "another container's failure",
+                vec![event("spec.containers{hello}", "Failed", &pull, 2)],
+                Some(2),
+                None,
+            ),
+            (
+                "the same container kind but as a regular container path",
+                vec![event("spec.containers{istio-proxy}", "Failed", &pull, 2)],
+                Some(2),
+                None,
+            ),
+            (
+                "a pull failure of another image (a stale one during a rollback)",
+                vec![
+                    event(SIDECAR, "Failed", &other_image, 2),
+                    event(SIDECAR, "Failed", "Error: ErrImagePull", 2),
+                    event(SIDECAR, "Failed", "Error: ImagePullBackOff", 3),
+                ],
+                Some(2),
+                None,
+            ),
+            (
+                "kubelet has not seen the patched spec yet",
+                vec![event(SIDECAR, "Failed", &pull, 2)],
+                Some(1),
+                None,
+            ),
+            (
+                "no observedGeneration reported (kubelet < 1.34): time decides",
+                vec![event(SIDECAR, "Failed", &pull, 2)],
+                None,
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "image pull back-off with the pull failure: the pull failure is named",
+                vec![
+                    event(SIDECAR, "Failed", "Error: ImagePullBackOff", 9),
+                    event(SIDECAR, "Failed", &pull, 2),
+                ],
+                Some(2),
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "a restart back-off alone is not a start failure",
+                vec![event(
+                    SIDECAR,
+                    "BackOff",
+                    "Back-off restarting failed container istio-proxy in pod p",
+                    3,
+                )],
+                Some(2),
+                None,
+            ),
+            (
+                "a config error (no image in the message)",
+                vec![event(
+                    SIDECAR,
+                    "Failed",
+                    "Error: CreateContainerConfigError",
+                    4,
+                )],
+                Some(2),
+                Some(FailureReason::CreateContainerConfigError),
+            ),
+            (
+                "an invalid name",
+                vec![event(
+                    SIDECAR,
+                    "InspectFailed",
+                    &format!("Failed to apply default image tag \"{NEW}\": invalid"),
+                    2,
+                )],
+                Some(2),
+                Some(FailureReason::InvalidImageName),
+            ),
+        ];
+        for (case, events, observed, want) in cases {
+            let b = baseline(ContainerKind::NativeSidecar, true);
+            let expect = Expectation {
+                baseline: &b,
+                image: NEW,
+                patched_at: "2026-01-01T00:00:00.400Z".parse().expect("timestamp"),
+                ready_timeout: Duration::from_secs(300),
+                events: &events,
+            };
+            let mut p = pod(ContainerKind::NativeSidecar, NEW, Some(terminated_old()));
+            p.metadata.generation = Some(2);
+            if let Some(s) = p.status.as_mut() {
+                s.observed_generation = observed;
+            }
+            let got = classify(&p, &expect, ts(10));
+            match (want, &got) {
+                (None, ContainerState::Restarting { .. }) => {}
+                (Some(w), ContainerState::Failed { reason, message }) => {
+                    assert_eq!(*reason, w, "{case}: {message}");
+                    assert!(message.contains("pod Event"), "{case}: {message}");
+                }
+                _ => panic!("{case}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn events_never_override_a_running_new_container() {
+        let b = baseline(ContainerKind::NativeSidecar, true);
+        let events = [event(
+            "spec.initContainers{istio-proxy}",
+            "Failed",
+            &format!("Failed to pull image \"{NEW}\": transient"),
+            2,
+        )];
+        let expect = Expectation {
+            baseline: &b,
+            image: NEW,
+            patched_at: ts(0),
+            ready_timeout: Duration::from_secs(300),
+            events: &events,
+        };
+        let p = pod(
+            ContainerKind::NativeSidecar,
+            NEW,
+            Some(status("containerd://new", 3, running(5), true)),
         );
         assert_eq!(classify(&p, &expect, ts(10)), ContainerState::Upgraded);
     }

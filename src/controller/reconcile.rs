@@ -261,6 +261,10 @@ async fn reconcile_workload(
             .map(|s| &**s),
         &pods,
     );
+    let events = ctx
+        .cache
+        .events
+        .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()));
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
@@ -271,6 +275,7 @@ async fn reconcile_workload(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
+        events: &events,
         now,
     };
     let mut plan = plan(&input);

@@ -181,6 +181,7 @@ struct World {
     retry_since: Option<Timestamp>,
     pdbs: Vec<DisruptionBudget>,
     drained: BTreeSet<String>,
+    events: crate::plan::PodEvents,
     now: Timestamp,
 }
 
@@ -196,6 +197,7 @@ impl World {
             retry_since: None,
             pdbs: Vec::new(),
             drained: BTreeSet::new(),
+            events: Default::default(),
             now: ts(0),
         }
     }
@@ -217,6 +219,7 @@ impl World {
             retry_since: self.retry_since,
             disruption_budgets: &self.pdbs,
             endpoints_drained: &self.drained,
+            events: &self.events,
             now: self.now,
         })
     }

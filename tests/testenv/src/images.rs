@@ -231,7 +231,7 @@ pub struct Built {
     pub archive: PathBuf,
     /// Manifest digest.
     pub digest: String,
-    /// `sha256:<config digest>`: the `imageID` CRI reports.
+    /// `sha256:<config digest>`: the `imageID` CRI reports for the imported image.
     pub id: String,
     pub layers_size: u64,
     /// Also in [`ImageSet::bundle`].

@@ -344,8 +344,9 @@ impl Image {
         })
     }
 
-    /// What CRI reports as a container's `imageID` for this image once imported or pulled:
-    /// `sha256:<config digest>`.
+    /// What containerd's CRI reports as a container's `imageID` for this image once imported
+    /// (no repository digest): `sha256:<config digest>`. Pulled, it reports
+    /// `<repository>@<manifest digest>` instead.
     pub fn id(&self) -> &str {
         &self.config.digest
     }
