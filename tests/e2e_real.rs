@@ -96,9 +96,9 @@ impl Stack {
     /// A namespace with a policy selecting it and the ConfigMap `istio-ca-root-cert` that
     /// the injected pods mount (istiod publishes it in every namespace; a real kubelet does
     /// not start such a pod without it).
-    async fn namespace(&self, prefix: &str) -> AnyResult<String> {
+    async fn namespace(&self, prefix: &str, policy: serde_json::Value) -> AnyResult<String> {
         let ns = self.env.namespace(prefix).await?;
-        create_policy(&self.client, &ns, json!({})).await?;
+        create_policy(&self.client, &ns, policy).await?;
         let cm: ConfigMap = obj(json!({
             "metadata": {"name": "istio-ca-root-cert"},
             "data": {"root-cert.pem": "not a certificate: the test images do not read it"},
@@ -164,7 +164,7 @@ async fn gated_native_sidecar_rollout_keeps_uid_ip_and_node() -> TestResult {
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-rollout").await?;
+    let ns = stack.namespace("real-rollout", json!({})).await?;
     create_service(&client, &ns, "hello").await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 2).await?;
     let before = pods_by_name(&client, &ns, "hello").await?;
@@ -248,7 +248,7 @@ async fn a_tag_missing_from_the_registry_rolls_the_first_pod_back_and_stops() ->
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-missing").await?;
+    let ns = stack.namespace("real-missing", json!({})).await?;
     let (deployments, name) = stack
         .deploy(&ns, "hello-old-version.yaml.injected", 2)
         .await?;
@@ -284,13 +284,62 @@ async fn a_tag_missing_from_the_registry_rolls_the_first_pod_back_and_stops() ->
             assert_eq!(
                 state_phase(pod).as_deref(),
                 Some("RolledBack"),
-                "{pod_name}"
+                "{pod_name}: {:?}",
+                pod.annotations().get(inplace_upgrade::STATE_ANNOTATION)
             );
         } else {
             assert!(state_phase(pod).is_none(), "{pod_name} was never patched");
         }
     }
     assert_eq!(touched.len(), 1, "exactly one pod was tried: {touched:?}");
+    Ok(())
+}
+
+/// The motivating failure on a real kubelet (DESIGN §10): Istio's native sidecar, whose old
+/// process exits 0 on SIGTERM, patched to a tag the registry does not have. Its status keeps
+/// the old `terminated` (Completed) state with no waiting reason; the controller sees the
+/// failure in the pod's Events and rolls the pod back long before `readyTimeoutSeconds`
+/// (300 s here, more than any wait in this test).
+#[tokio::test]
+async fn a_native_sidecar_failing_without_a_waiting_reason_is_rolled_back_from_events() -> TestResult
+{
+    let _one = SERIAL.lock().await;
+    let Some(stack) = Stack::start("events").await? else {
+        return Ok(());
+    };
+    let client = stack.client.clone();
+    let ns = stack
+        .namespace("real-events", json!({"readyTimeoutSeconds": 300}))
+        .await?;
+    let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 2).await?;
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    let patched = std::time::Instant::now();
+    annotate(&deployments, &name, TARGETS_ANNOTATION, target).await?;
+    let failed = stack
+        .await_phase(&deployments, &name, target, "Failed")
+        .await?;
+    println!(
+        "failure detected and the workload Failed {:.1} s after the annotation",
+        patched.elapsed().as_secs_f64()
+    );
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull") && message.contains("pod Event"),
+        "the failure names kubelet's Event: {status}"
+    );
+    assert!(!message.contains("ReadyTimeout"), "not a timeout: {status}");
+    await_deployment_ready(&deployments, &name, 2).await?;
+    let tried: Vec<String> = pods_by_name(&client, &ns, "hello")
+        .await?
+        .into_iter()
+        .filter(|(_, p)| state_phase(p).is_some())
+        .map(|(n, p)| {
+            assert_eq!(state_phase(&p).as_deref(), Some("RolledBack"), "{n}");
+            n
+        })
+        .collect();
+    assert_eq!(tried.len(), 1, "exactly one pod was tried: {tried:?}");
     Ok(())
 }
 
@@ -304,7 +353,7 @@ async fn a_same_digest_retag_completes() -> TestResult {
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-retag").await?;
+    let ns = stack.namespace("real-retag", json!({})).await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 1).await?;
     let first = "istio-proxy=proxyv2:1.24.2--b7";
     annotate(&deployments, &name, TARGETS_ANNOTATION, first).await?;
@@ -345,7 +394,7 @@ async fn a_sigkilled_controller_resumes_the_rollout() -> TestResult {
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-resume").await?;
+    let ns = stack.namespace("real-resume", json!({})).await?;
     create_service(&client, &ns, "hello").await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 3).await?;
     let before = pods_by_name(&client, &ns, "hello").await?;
@@ -423,7 +472,7 @@ async fn a_target_known_under_another_repository_completes() -> TestResult {
     let Some(stack) = Stack::start("alias").await? else {
         return Ok(());
     };
-    let ns = stack.namespace("real-alias").await?;
+    let ns = stack.namespace("real-alias", json!({})).await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 1).await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, &name, TARGETS_ANNOTATION, target).await?;
