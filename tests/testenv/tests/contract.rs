@@ -1168,6 +1168,48 @@ mod real_kubelet {
             .collect())
     }
 
+    /// `kubectl exec` and `kubectl logs` reach the real kubelet through the API server (which
+    /// dials the node's InternalIP with its client certificate; the kubelet authorizes it).
+    #[tokio::test]
+    async fn exec_and_logs_go_through_the_api_server() -> TestResult {
+        let Some((client, ns)) = setup(Kind::Real, "exec").await? else {
+            return Ok(());
+        };
+        let api = Api::<Pod>::namespaced(client.clone(), &ns);
+        create_pod(
+            &client,
+            &ns,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [app("app", APP_V1)]}}),
+        )
+        .await?;
+        await_ready(&api, "p").await?;
+        let env = TestEnv::shared_real()?.ok_or("no real environment")?;
+        let out = env
+            .kubectl()
+            .args([
+                "-n",
+                &ns,
+                "exec",
+                "p",
+                "--",
+                "/usr/local/bin/testapp",
+                "hook",
+                "via-exec",
+            ])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "kubectl exec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = api.logs("p", &LogParams::default()).await?;
+        assert!(
+            log.contains("event=start") && log.contains("via-exec"),
+            "the exec'd hook wrote into the container's log: {log}"
+        );
+        Ok(())
+    }
+
     /// Does kubelet run a container's preStop hook when an image change restarts it, and with
     /// which grace period? (DESIGN §9: it decides whether Istio's drain runs on an in-place
     /// proxy restart.) One pod, grace period 6 s, four containers patched at once:
