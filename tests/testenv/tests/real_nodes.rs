@@ -1,7 +1,9 @@
 //! Several real nodes in one cluster with a simulated one: each real node has its own
 //! containerd, bridge, pod subnet and node IP on this host, kube-scheduler places pods on all
-//! of them, and every pod on a real node answers on its IP from the host. Root only (skipped
-//! with a reason otherwise; `INPLACE_REAL_NODES=require` makes that a failure).
+//! of them, every pod on a real node answers on its IP from the host, and with kube-proxy a
+//! Service IP answers from the host. Root only (skipped with a reason otherwise;
+//! `INPLACE_REAL_NODES=require` makes that a failure); kube-proxy runs in one environment per
+//! host at a time.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -22,10 +24,10 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// `GET /` on a pod IP from the host: the app answers with its version.
-fn get(ip: &str) -> Result<String, Box<dyn std::error::Error>> {
+/// `GET /` on `ip:port` from the host: the app answers with its version.
+fn get(ip: &str, port: u16) -> Result<String, Box<dyn std::error::Error>> {
     let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:8080").parse()?,
+        &format!("{ip}:{port}").parse()?,
         std::time::Duration::from_secs(5),
     )?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
@@ -44,6 +46,7 @@ async fn two_real_nodes_and_a_simulated_one_share_a_cluster() -> TestResult {
         real_nodes: 2,
         ..Options::default()
     };
+    options.real.kube_proxy = true;
     options.kubelet.nodes = 1;
     let env = TestEnv::start(options).await?;
     let real = env.real_nodes();
@@ -108,8 +111,69 @@ async fn two_real_nodes_and_a_simulated_one_share_a_cluster() -> TestResult {
             ip.starts_with(&format!("{subnet}.")),
             "{ip} is in {node}'s subnet"
         );
-        let answer = get(&ip)?;
+        let answer = get(&ip, 8080)?;
         assert!(answer.contains("version=1.0"), "{ip} on {node}: {answer}");
     }
+
+    // A Service over pods on the real nodes: kube-proxy (iptables) answers its ClusterIP from
+    // the host, from both backends over enough requests.
+    let web: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"nodeSelector": {NODE_KIND_LABEL: "real"},
+                    "containers": [{"name": "app", "image": "registry.inplace.test/testapp:2.0",
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}}]}}},
+    }))?;
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &web)
+        .await?;
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))?;
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &svc)
+        .await?;
+    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).ok_or("no ClusterIP")?;
+    // Both endpoints ready in the EndpointSlice, which kube-proxy programs from.
+    wait_list(
+        &Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("kubernetes.io/service-name=web"),
+        "two ready endpoints of Service web",
+        |slices: &[k8s_openapi::api::discovery::v1::EndpointSlice]| {
+            slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .count()
+                == 2
+        },
+    )
+    .await?;
+    // kube-proxy syncs its rules a moment after the slice changes: the first answers may be
+    // refused; every answer that comes is from the app, and within the attempts both pods
+    // answer.
+    let mut hosts = BTreeSet::new();
+    for _ in 0..200 {
+        if let Ok(answer) = get(&cluster_ip, 80) {
+            assert!(answer.contains("version=2.0"), "{cluster_ip}: {answer}");
+            if let Some(h) = answer
+                .split_whitespace()
+                .find(|w| w.starts_with("hostname="))
+            {
+                hosts.insert(h.to_owned());
+            }
+        }
+        if hosts.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        hosts.len(),
+        2,
+        "both backends answered on {cluster_ip}: {hosts:?}"
+    );
     Ok(())
 }
