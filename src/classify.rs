@@ -213,7 +213,10 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
                 || new_instance
                 || restarted
                 || mentions_image(&message, expect.image);
-            if about_new_image {
+            // A pull failure that names another image is the previous spec's: kubelet has not
+            // acted on this one yet. A real kubelet shows it for a second or so after a
+            // rollback is patched over a failed pull (tests/e2e_real.rs).
+            if about_new_image && !names_another_image(&message, expect.image) {
                 return ContainerState::Failed {
                     reason: failure,
                     message: format!("container {:?}: {reason}: {message}", baseline.name),
@@ -398,6 +401,18 @@ pub fn status_image_consistent(status_image: &str, expected: &str) -> bool {
         }
         _ => true,
     }
+}
+
+/// Whether kubelet's message quotes an image (`image "…"`, `reference "…"`, as its pull errors
+/// do) that is not `image`.
+fn names_another_image(message: &str, image: &str) -> bool {
+    ["image \"", "reference \""].iter().any(|prefix| {
+        message.match_indices(prefix).any(|(i, p)| {
+            let rest = &message[i + p.len()..];
+            rest.split_once('"')
+                .is_some_and(|(quoted, _)| !same_image(quoted, image))
+        })
+    })
 }
 
 fn mentions_image(message: &str, image: &str) -> bool {
@@ -808,6 +823,26 @@ mod tests {
                         message: format!(
                             "container \"istio-proxy\": ImagePullBackOff: Back-off pulling image \"{NEW}\""
                         ),
+                    },
+                ),
+                (
+                    "a rollback patched over a failed pull: the old failure still shows",
+                    true,
+                    NEW,
+                    Some(status(
+                        "containerd://old",
+                        2,
+                        waiting(
+                            "ErrImagePull",
+                            &format!(
+                                "rpc error: code = NotFound desc = failed to pull and unpack image \"{OLD}\": failed to resolve reference \"{OLD}\": not found"
+                            ),
+                        ),
+                        false,
+                    )),
+                    1,
+                    S::Restarting {
+                        reason: "ErrImagePull".into(),
                     },
                 ),
                 (
