@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::annotation::{self, AnnotationError, Target};
-use crate::plan::{DisruptionBudget, FailedTarget, PlanInput};
+use crate::plan::{DisruptionBudget, FailedTarget, PlanInput, PodEvents};
 use crate::policy::{
     Governance, InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, PolicyError, Scope,
     governing_policy,
@@ -258,6 +258,7 @@ impl<'p> Intent<'p> {
         desired_replicas: i32,
         disruption_budgets: &'a [DisruptionBudget],
         endpoints_drained: &'a BTreeSet<String>,
+        events: &'a PodEvents,
         now: Timestamp,
     ) -> PlanInput<'a> {
         PlanInput {
@@ -270,6 +271,7 @@ impl<'p> Intent<'p> {
             retry_since: self.retry_since,
             disruption_budgets,
             endpoints_drained,
+            events,
             now,
         }
     }
@@ -437,7 +439,7 @@ mod tests {
         assert_eq!(intent.failed, vec![failed(BAD)]);
         assert_eq!(
             intent
-                .plan_input(&[], 3, &[], &BTreeSet::new(), now())
+                .plan_input(&[], 3, &[], &BTreeSet::new(), &PodEvents::new(), now())
                 .failed_targets,
             [failed(BAD)]
         );
@@ -527,8 +529,8 @@ mod tests {
                 intent.policy.is_none() && std::ptr::eq(intent.spec, &*NO_POLICY),
                 "{why}"
             );
-            let drained = BTreeSet::new();
-            let input = intent.plan_input(&[], 3, &[], &drained, now());
+            let (drained, events) = (BTreeSet::new(), PodEvents::new());
+            let input = intent.plan_input(&[], 3, &[], &drained, &events, now());
             assert!(input.paused && input.targets.is_empty(), "{why}");
         }
     }
@@ -614,7 +616,7 @@ mod tests {
             assert_eq!(intent.paused(), expected, "{}", c.why);
             assert_eq!(
                 intent
-                    .plan_input(&[], 3, &[], &BTreeSet::new(), now())
+                    .plan_input(&[], 3, &[], &BTreeSet::new(), &PodEvents::new(), now())
                     .paused,
                 expected,
                 "{}",

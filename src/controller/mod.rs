@@ -5,6 +5,7 @@
 //! or a leader change — carries on from there.
 
 mod cache;
+mod events;
 mod leader;
 mod metrics;
 mod policy_watch;
@@ -163,6 +164,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     for driver in drivers {
         tokio::spawn(driver);
     }
+    tokio::spawn(events::drive(&client, cache.clone(), queue.clone()));
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(cache.clone()),

@@ -147,11 +147,13 @@ pub(super) async fn reconcile_workload(
             .map(|s| &**s),
         &pods,
     );
+    let events = ctx.cache.pod_events(&pods);
     let input = intent.plan_input(
         &pods,
         workload.desired_replicas,
         &budgets,
         &endpoints_drained,
+        &events,
         now,
     );
     let mut plan = plan(&input);

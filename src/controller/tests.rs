@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::reconcile::{ReconcileError, reconcile_workload};
 use super::{Context, ControllerView, Metrics, Queue, Settings};
+use crate::plan::PodEvents;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::{Phase, PodUpgradeState};
 use crate::workload::{
@@ -436,6 +437,9 @@ impl ControllerView for Api {
     fn pdbs_in(&self, _: &str) -> Vec<Arc<PodDisruptionBudget>> {
         Vec::new()
     }
+    fn pod_events(&self, _: &[Pod]) -> PodEvents {
+        PodEvents::new()
+    }
 }
 
 fn obj<K: serde::de::DeserializeOwned>(v: Value) -> K {
@@ -539,6 +543,7 @@ fn failing_pod(name: &str) -> Value {
             target_image: BAD.into(),
             container_id: Some("containerd://a".into()),
             restart_count: 0,
+            image_id: None,
             was_running: true,
         }],
         readiness_gate: true,

@@ -9,6 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use super::Cache;
+use crate::plan::PodEvents;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::workload::{WorkloadKey, WorkloadView};
 
@@ -26,6 +27,8 @@ pub trait ControllerView: Send + Sync {
     fn policies(&self) -> Vec<InPlaceUpgradePolicy>;
     fn endpoint_slices_in(&self, namespace: &str) -> Vec<Arc<EndpointSlice>>;
     fn pdbs_in(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>>;
+    /// kubelet's Warning Events kept for these pods (those with an upgrade in flight).
+    fn pod_events(&self, pods: &[Pod]) -> PodEvents;
 }
 
 impl ControllerView for Cache {
@@ -52,5 +55,9 @@ impl ControllerView for Cache {
     }
     fn pdbs_in(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
         Cache::pdbs_in(self, namespace)
+    }
+    fn pod_events(&self, pods: &[Pod]) -> PodEvents {
+        self.events
+            .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()))
     }
 }

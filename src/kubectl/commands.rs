@@ -26,7 +26,7 @@ use crate::admission::{ClusterView, Settings};
 use crate::annotation;
 use crate::intent::{self, Subject};
 use crate::plan::inputs::{disruption_budgets, endpoints_drained};
-use crate::plan::{Action, Verdict, plan};
+use crate::plan::{Action, PodEvents, Verdict, plan};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
@@ -321,7 +321,17 @@ fn plan_report(
 
     let budgets = disruption_budgets(cluster.pdbs.iter(), cluster.pods);
     let drained = endpoints_drained(cluster.slices.iter(), cluster.pods);
-    let input = intent.plan_input(cluster.pods, view.desired_replicas, &budgets, &drained, now);
+    // A dry run reads no Events: a native sidecar failing without a waiting reason shows here
+    // as in progress until the controller, which watches them, records the failure.
+    let events = PodEvents::new();
+    let input = intent.plan_input(
+        cluster.pods,
+        view.desired_replicas,
+        &budgets,
+        &drained,
+        &events,
+        now,
+    );
     let mut planned = plan(&input);
     if intent.hold.is_some() {
         planned.hold_new_pods();
