@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::reconcile::{ReconcileError, reconcile_workload};
 use super::{Context, ControllerView, Metrics, Queue, Settings};
+use crate::kubectl::render::PlanReport;
 use crate::plan::PodEvents;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::{Phase, PodUpgradeState};
@@ -54,6 +55,41 @@ struct Objects {
 impl Objects {
     fn replica_sets(&self) -> Vec<ReplicaSet> {
         self.replica_sets.values().cloned().map(obj).collect()
+    }
+
+    /// Deployment `key` as the controller's cache shows it (`settled` from its ReplicaSets).
+    fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
+        let d: Deployment = obj(self.deployments.get(&key.name)?.clone());
+        if key.kind != WorkloadKind::Deployment || key.namespace != NS {
+            return None;
+        }
+        let replica_sets = self.replica_sets();
+        let own: Vec<&ReplicaSet> = replica_sets
+            .iter()
+            .filter(|rs| controller_of(rs.owner_references()).is_some_and(|o| o.name == key.name))
+            .collect();
+        let mut view = WorkloadView::from_deployment(&d);
+        view.settled = deployment_settled(&d, &own);
+        Some(view)
+    }
+
+    /// The pods of workload `key` (through their ReplicaSet).
+    fn pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
+        let replica_sets = self.replica_sets();
+        let owner_of = |name: &str| {
+            replica_sets
+                .iter()
+                .find(|rs| rs.name_any() == name)
+                .map(|rs| controller_of(rs.owner_references()).cloned())
+        };
+        self.pods
+            .values()
+            .map(|p| obj::<Pod>(p.clone()))
+            .filter(|p| {
+                owning_workload(NS, p.owner_references(), p.labels(), owner_of)
+                    == Owner::Workload(key.clone())
+            })
+            .collect()
     }
 }
 
@@ -288,6 +324,50 @@ impl Api {
         obj(self.world().stored.pods[name].clone())
     }
 
+    /// Someone else changes a stored Deployment, and the watch delivers it.
+    fn change_deployment(&self, name: &str, change: impl FnOnce(&mut Value)) {
+        let mut world = self.world();
+        let mut deployment = world.stored.deployments[name].clone();
+        change(&mut deployment);
+        world.store("deployments", deployment);
+        world.cached = world.stored.clone();
+    }
+
+    /// What `kubectl inplace plan deploy/<name>` reports, from what the API server stores (a
+    /// dry run lists: it has no cache to lag).
+    fn dry_run(&self, name: &str) -> PlanReport {
+        let world = self.world();
+        let stored = &world.stored;
+        let view = stored.workload(&key(name)).expect("a stored Deployment");
+        let siblings = crate::intent::sibling_statuses(
+            &view.key,
+            stored
+                .deployments
+                .keys()
+                .filter_map(|n| stored.workload(&key(n))),
+        );
+        let pods = stored.pods_of(&view.key);
+        let namespace = world.namespace.clone().expect("a namespace");
+        let resource = format!("deploy/{name}").parse().expect("a resource");
+        let cluster = crate::kubectl::Cluster {
+            workload: &view,
+            namespace: &namespace,
+            policies: &world.policies,
+            siblings,
+            pods: &pods,
+            pdbs: &[],
+            slices: &[],
+        };
+        crate::kubectl::plan_report(
+            &cluster,
+            &resource,
+            false,
+            "inplace-upgrade-system",
+            Timestamp::now(),
+        )
+        .expect("a report")
+    }
+
     /// The requests made since the last call.
     fn requests(&self) -> Vec<Logged> {
         std::mem::take(&mut self.world().log)
@@ -369,19 +449,7 @@ impl Api {
 /// Deployments, their ReplicaSets and pods).
 impl ControllerView for Api {
     fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
-        let world = self.world();
-        let d: Deployment = obj(world.cached.deployments.get(&key.name)?.clone());
-        if key.kind != WorkloadKind::Deployment || key.namespace != NS {
-            return None;
-        }
-        let replica_sets = world.cached.replica_sets();
-        let own: Vec<&ReplicaSet> = replica_sets
-            .iter()
-            .filter(|rs| controller_of(rs.owner_references()).is_some_and(|o| o.name == key.name))
-            .collect();
-        let mut view = WorkloadView::from_deployment(&d);
-        view.settled = deployment_settled(&d, &own);
-        Some(view)
+        self.world().cached.workload(key)
     }
     fn workloads_in(&self, namespace: Option<&str>) -> Vec<WorkloadKey> {
         if namespace.is_some_and(|n| n != NS) {
@@ -408,23 +476,10 @@ impl ControllerView for Api {
             .map(Arc::new)
     }
     fn pods_of(&self, key: &WorkloadKey) -> Vec<Arc<Pod>> {
-        let world = self.world();
-        let replica_sets = world.cached.replica_sets();
-        let owner_of = |name: &str| {
-            replica_sets
-                .iter()
-                .find(|rs| rs.name_any() == name)
-                .map(|rs| controller_of(rs.owner_references()).cloned())
-        };
-        world
+        self.world()
             .cached
-            .pods
-            .values()
-            .map(|p| obj::<Pod>(p.clone()))
-            .filter(|p| {
-                owning_workload(NS, p.owner_references(), p.labels(), owner_of)
-                    == Owner::Workload(key.clone())
-            })
+            .pods_of(key)
+            .into_iter()
             .map(Arc::new)
             .collect()
     }
@@ -937,4 +992,111 @@ async fn a_target_that_failed_in_one_workload_does_not_start_in_the_next() {
     let web = api.stored_pod("web-1");
     assert_eq!(image_of(&web), OLD);
     assert_eq!(gate_of(&web).0, "True");
+}
+
+/// `kubectl inplace plan` and the controller agree, world by world: the dry run, made of what
+/// the API server stores just before a reconcile, reports the phase that reconcile records and
+/// starts a pod (drain or patch) exactly when the reconcile writes one. Before issue 17 the
+/// dry run said "upgrade now" (Progressing) in the sibling-failure and broken-policy worlds,
+/// where the controller held the workload back.
+#[tokio::test]
+async fn kubectl_plan_agrees_with_the_controller() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    fn web_1() -> Value {
+        pod("web-1", OLD, "containerd://w", ("True", "NotUpgrading"))
+    }
+    fn sibling_failed() -> Api {
+        let api = Api::namespace(
+            json!({"namespaceSelector": {}, "drain": {"gracePeriodSeconds": 0}}),
+            json!({TARGETS_ANNOTATION: format!("app={BAD}")}),
+        );
+        api.add_deployment("api", json!({}), vec![failing_pod("api-1")]);
+        api.add_deployment("web", json!({}), vec![web_1()]);
+        api
+    }
+    fn broken_policy() -> Api {
+        let api = Api::one_pod_to_upgrade();
+        api.world().policies.push(obj(json!({
+            "apiVersion": "inplace-upgrade.io/v1alpha1", "kind": "InPlaceUpgradePolicy",
+            "metadata": {"name": "broken"},
+            "spec": {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+        })));
+        api
+    }
+    fn no_policy() -> Api {
+        let api = Api::one_pod_to_upgrade();
+        api.world().policies.clear();
+        api
+    }
+    fn paused() -> Api {
+        let api = Api::one_pod_to_upgrade();
+        if let Some(ns) = api.world().namespace.as_mut() {
+            ns.annotations_mut()
+                .insert(crate::PAUSED_ANNOTATION.into(), "true".into());
+        }
+        api
+    }
+    fn own_rollout() -> Api {
+        let api = Api::one_pod_to_upgrade();
+        api.change_deployment("web", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:9");
+        });
+        api
+    }
+    type World = fn() -> Api;
+    let worlds: [(&str, World, &str, bool); 6] = [
+        (
+            "one pod to upgrade",
+            Api::one_pod_to_upgrade,
+            "Progressing",
+            true,
+        ),
+        (
+            "a sibling failed the Namespace's target",
+            sibling_failed,
+            "Failed",
+            false,
+        ),
+        ("a broken policy", broken_policy, "Blocked", false),
+        ("no policy", no_policy, "NoPolicy", false),
+        ("a paused Namespace", paused, "Paused", false),
+        (
+            "the Deployment's own rollout",
+            own_rollout,
+            "Blocked",
+            false,
+        ),
+    ];
+    for (why, world, phase, starts) in worlds {
+        let api = world();
+        let ctx = api.context();
+        if api.world().stored.deployments.contains_key("api") {
+            // The sibling fails first; its status is stored, not yet delivered to the cache.
+            let (outcome, _) = api.reconcile_one(&ctx, "api").await;
+            outcome.expect("api rolled back");
+        }
+        let report = api.dry_run("web");
+        let (outcome, requests) = api.reconcile(&ctx).await;
+        outcome.unwrap_or_else(|e| panic!("{why}: {e}"));
+        let recorded = requests
+            .iter()
+            .find(|r| r.line.starts_with("PATCH deployments/web "))
+            .map(|r| written_status(r)["phase"].clone());
+        let wrote_pod = requests.iter().any(|r| r.line.starts_with("PATCH pods/"));
+        let planned_start = report
+            .pods
+            .iter()
+            .any(|p| p.next == "upgrade now" || p.next.starts_with("drain now"));
+        assert_eq!(
+            (report.verdict.as_str(), planned_start),
+            (phase, starts),
+            "{why}: the dry run: {report:?}"
+        );
+        assert_eq!(
+            (recorded, wrote_pod),
+            (Some(json!(phase)), starts),
+            "{why}: the controller: {:?}",
+            lines(&requests)
+        );
+    }
 }

@@ -238,22 +238,22 @@ fn unreadable_namespace(name: &str) -> Namespace {
 }
 
 /// What `plan` read of the cluster.
-struct Cluster<'a> {
+pub(crate) struct Cluster<'a> {
     /// The workload, with `--image` (if given) as its annotation.
-    workload: &'a WorkloadView,
-    namespace: &'a Namespace,
-    policies: &'a [InPlaceUpgradePolicy],
+    pub workload: &'a WorkloadView,
+    pub namespace: &'a Namespace,
+    pub policies: &'a [InPlaceUpgradePolicy],
     /// The status records of the namespace's other workloads (read only under a Namespace
     /// annotation).
-    siblings: Vec<WorkloadStatus>,
-    pods: &'a [Pod],
-    pdbs: &'a [PodDisruptionBudget],
-    slices: &'a [EndpointSlice],
+    pub siblings: Vec<WorkloadStatus>,
+    pub pods: &'a [Pod],
+    pub pdbs: &'a [PodDisruptionBudget],
+    pub slices: &'a [EndpointSlice],
 }
 
 /// The dry run from what was read: the controller's own decision ([`intent::decide`]), plan
 /// and status ([`progress`]), and every blocker named.
-fn plan_report(
+pub(crate) fn plan_report(
     cluster: &Cluster<'_>,
     resource: &ResourceRef,
     from_image: bool,
