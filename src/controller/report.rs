@@ -63,6 +63,15 @@ impl PolicyReport {
         }
     }
 
+    /// Every recorded workload with its governing policy and phase.
+    pub fn snapshot(&self) -> Vec<(WorkloadKey, String, WorkloadPhase)> {
+        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        workloads
+            .iter()
+            .map(|(key, (policy, phase))| (key.clone(), policy.clone(), *phase))
+            .collect()
+    }
+
     /// How many workloads are rolling now.
     pub fn progressing(&self) -> usize {
         let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
