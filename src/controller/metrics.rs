@@ -40,6 +40,13 @@ pub struct WriteLabels {
     pub resource: &'static str,
 }
 
+/// Label values known in advance, exported at 0 from the start: a series that first appears
+/// at 1 hides its first increase from `rate()` and `increase()`, and so from the alerts in
+/// deploy/monitoring (and a family with no series is not exported at all). The results are
+/// the ones reconcile.rs counts; the errors are `ReconcileError::metric_label`'s.
+const RESULTS: [&str; 3] = ["succeeded", "rolled_back", "failed"];
+const RECONCILE_ERRORS: [&str; 3] = ["conflict", "kube", "state"];
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Pods whose upgrade ended, by result (`succeeded`, `rolled_back`, `failed`).
@@ -96,6 +103,16 @@ impl Metrics {
             "1 while this replica holds the controller Lease",
             m.leader.clone(),
         );
+        for result in RESULTS {
+            m.pods_upgraded
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
+        }
+        for error in RECONCILE_ERRORS {
+            m.reconcile_errors
+                .get_or_create(&ErrorLabels { error })
+                .inc_by(0);
+        }
         m
     }
 
