@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
@@ -49,16 +50,36 @@ fn monitoring(file: &str) -> PathBuf {
     repository().join("deploy/monitoring").join(file)
 }
 
-/// `promtool`: `$INPLACE_PROMTOOL`, else the one on PATH (Debian's prometheus package).
-fn promtool() -> Command {
-    Command::new(std::env::var_os("INPLACE_PROMTOOL").unwrap_or_else(|| "promtool".into()))
+/// `promtool`: `$INPLACE_PROMTOOL`, else what tests/monitoring/promtool.sh finds (the one on
+/// PATH, or extracted from Debian's prometheus package into the cache).
+fn promtool() -> AnyResult<Command> {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let path = PATH
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("INPLACE_PROMTOOL") {
+                return Ok(PathBuf::from(p));
+            }
+            let script = repository().join("tests/monitoring/promtool.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match stdout.lines().last().map(str::trim) {
+                Some(p) if out.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+                _ => Err(format!("{} failed ({})", script.display(), out.status)),
+            }
+        })
+        .clone()?;
+    Ok(Command::new(path))
 }
 
 fn run(mut command: Command) -> AnyResult<String> {
     let out = command
         .current_dir(repository())
         .output()
-        .map_err(|e| format!("{command:?}: {e} (promtool comes with Debian's prometheus package; .ci/run installs it)"))?;
+        .map_err(|e| format!("{command:?}: {e}"))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -73,13 +94,13 @@ fn run(mut command: Command) -> AnyResult<String> {
 #[test]
 fn the_alerts_pass_promtool_check_and_their_unit_tests() -> TestResult {
     let check = run({
-        let mut c = promtool();
+        let mut c = promtool()?;
         c.args(["check", "rules"]).arg(monitoring("alerts.yaml"));
         c
     })?;
     assert!(check.contains("SUCCESS"), "{check}");
     let tests = run({
-        let mut c = promtool();
+        let mut c = promtool()?;
         c.args(["test", "rules"])
             .arg(monitoring("alerts.test.yaml"));
         c
