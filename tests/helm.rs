@@ -52,45 +52,14 @@ fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The `helm` binary: `$INPLACE_HELM_BIN/helm`, or what tests/helm/build.sh builds (a no-op
-/// when its cache is warm).
+/// The `helm` binary: `$INPLACE_HELM_BIN/helm`, or in the directory tests/helm/build.sh
+/// prints (it builds Helm on a cold cache, and is a no-op on a warm one).
 fn helm_binary() -> AnyResult<PathBuf> {
     static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    HELM.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("INPLACE_HELM_BIN") {
-            return Ok(PathBuf::from(dir).join("helm"));
-        }
-        let script = repository().join("tests/helm/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed ({})", script.display(), out.status));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = stdout.lines().last().map(str::trim).unwrap_or_default();
-        Ok(PathBuf::from(dir).join("helm"))
-    })
-    .clone()
-    .map_err(Into::into)
-}
-
-/// Runs a command in the repository; its stdout, or an error with the command and its output.
-fn run(mut command: Command) -> AnyResult<String> {
-    command.current_dir(repository());
-    let out = command.output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{command:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let dir = HELM
+        .get_or_init(|| tool_path("INPLACE_HELM_BIN", "tests/helm/build.sh"))
+        .clone()?;
+    Ok(dir.join("helm"))
 }
 
 /// `helm ARGS` with its own config and cache directories (nothing read from or written to
@@ -106,6 +75,7 @@ fn helm(args: &[&str], kubeconfig: Option<&Path>) -> AnyResult<String> {
     };
     let mut command = Command::new(helm_binary()?);
     command
+        .current_dir(repository())
         .args(args)
         .env("HELM_CONFIG_HOME", home.path().join("config"))
         .env("HELM_CACHE_HOME", home.path().join("cache"))
@@ -145,6 +115,21 @@ fn render_chart(set: &[&str]) -> AnyResult<Vec<Value>> {
     parse_stream(&helm(&args, None)?)
 }
 
+/// `helm VERB RELEASE ARGS` against the environment, in our namespace, waiting for the
+/// objects (the simulated kubelet reports the pods Running and Ready).
+fn helm_in_cluster(env: &TestEnv, verb_and_args: &[&str]) -> AnyResult<String> {
+    let timeout = format!("{}s", testenv::WAIT_LIMIT.as_secs());
+    let mut args = verb_and_args.to_vec();
+    args.extend([
+        "--namespace",
+        CONTROLLER_NAMESPACE,
+        "--wait",
+        "--timeout",
+        &timeout,
+    ]);
+    helm(&args, Some(env.kubeconfig_path()))
+}
+
 /// `helm template` that must fail; its error output.
 fn render_error(set: &[&str]) -> AnyResult<String> {
     let mut args = vec!["template", "inplace-upgrade", CHART];
@@ -160,7 +145,7 @@ fn render_error(set: &[&str]) -> AnyResult<String> {
 /// `kubectl kustomize DIR` (kubectl from the control plane build; no cluster needed).
 fn kustomize(dir: &str) -> AnyResult<Vec<Value>> {
     let mut command = Command::new(testenv::binaries()?.join("kubectl"));
-    command.args(["kustomize", dir]);
+    command.current_dir(repository()).args(["kustomize", dir]);
     parse_stream(&run(command)?)
 }
 
@@ -768,20 +753,7 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_control_plane() -> TestRes
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    let timeout = format!("{}s", testenv::WAIT_LIMIT.as_secs());
-    let install = helm(
-        &[
-            "install",
-            "iu",
-            CHART,
-            "--namespace",
-            CONTROLLER_NAMESPACE,
-            "--wait",
-            "--timeout",
-            &timeout,
-        ],
-        Some(kubeconfig),
-    )?;
+    let install = helm_in_cluster(env, &["install", "iu", CHART])?;
     assert!(install.contains("STATUS: deployed"), "{install}");
 
     // The API holds what `helm template` renders (CRD included), labelled as Helm's.
@@ -843,22 +815,17 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_control_plane() -> TestRes
         apply(&client, &options, inplace_upgrade::FIELD_MANAGER).await?;
     }
 
-    let upgrade = helm(
+    let upgrade = helm_in_cluster(
+        env,
         &[
             "upgrade",
             "iu",
             CHART,
-            "--namespace",
-            CONTROLLER_NAMESPACE,
-            "--wait",
-            "--timeout",
-            &timeout,
             "--set",
             "controller.replicas=3",
             "--set",
             "logLevel=debug",
         ],
-        Some(kubeconfig),
     )?;
     assert!(upgrade.contains("REVISION: 2"), "{upgrade}");
     let controller = deployments.get("inplace-upgrade-controller").await?;
@@ -907,18 +874,7 @@ async fn helm_installs_upgrades_and_uninstalls_on_the_control_plane() -> TestRes
     )?;
     assert!(history.contains("Upgrade complete"), "{history}");
 
-    let uninstall = helm(
-        &[
-            "uninstall",
-            "iu",
-            "--namespace",
-            CONTROLLER_NAMESPACE,
-            "--wait",
-            "--timeout",
-            &timeout,
-        ],
-        Some(kubeconfig),
-    )?;
+    let uninstall = helm_in_cluster(env, &["uninstall", "iu"])?;
     assert!(uninstall.contains("uninstalled"), "{uninstall}");
     // Everything templated is gone; the CRD stays (Helm never deletes crds/, so policies
     // survive), and so does the namespace the chart did not create.

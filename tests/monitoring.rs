@@ -32,9 +32,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use promql_parser::parser::{Expr, LabelModifier};
 use serde_json::{Value, json};
 use testenv::TestEnv;
@@ -55,40 +54,11 @@ fn monitoring(file: &str) -> PathBuf {
 fn promtool() -> AnyResult<Command> {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let path = PATH
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("INPLACE_PROMTOOL") {
-                return Ok(PathBuf::from(p));
-            }
-            let script = repository().join("tests/monitoring/promtool.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            match stdout.lines().last().map(str::trim) {
-                Some(p) if out.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
-                _ => Err(format!("{} failed ({})", script.display(), out.status)),
-            }
-        })
+        .get_or_init(|| tool_path("INPLACE_PROMTOOL", "tests/monitoring/promtool.sh"))
         .clone()?;
-    Ok(Command::new(path))
-}
-
-fn run(mut command: Command) -> AnyResult<String> {
-    let out = command
-        .current_dir(repository())
-        .output()
-        .map_err(|e| format!("{command:?}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(format!("{command:?} failed ({}):\n{text}", out.status).into());
-    }
-    Ok(text)
+    let mut command = Command::new(path);
+    command.current_dir(repository());
+    Ok(command)
 }
 
 #[test]
@@ -304,43 +274,6 @@ fn the_query_reader_finds_names_and_labels() -> TestResult {
 // ---------------------------------------------------------------------------------------------
 // The binaries, scraped.
 
-/// Registers the webhook at `https://127.0.0.1:port` for `namespaces` only (no kube-proxy
-/// here to reach a Service).
-async fn register_webhook(
-    client: &Client,
-    namespaces: &[&str],
-    port: u16,
-    ca: Vec<u8>,
-) -> AnyResult<()> {
-    use inplace_upgrade::admission::configuration::{
-        ConfigurationOptions, Endpoint, webhook_configurations,
-    };
-    let (mut mutating, mut validating) = webhook_configurations(&ConfigurationOptions {
-        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
-        ca_bundle: Some(ca),
-        own_namespace: CONTROLLER_NAMESPACE.into(),
-        cert_manager_certificate: None,
-    });
-    let only: LabelSelector = obj(json!({"matchExpressions": [{
-        "key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces,
-    }]}));
-    mutating.metadata.name = Some("monitoring-test".into());
-    for w in mutating.webhooks.iter_mut().flatten() {
-        w.namespace_selector = Some(only.clone());
-    }
-    validating.metadata.name = Some("monitoring-test".into());
-    for w in validating.webhooks.iter_mut().flatten() {
-        w.namespace_selector = Some(only.clone());
-    }
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mutating)
-        .await?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &validating)
-        .await?;
-    Ok(())
-}
-
 async fn scrape(admin: SocketAddr, what: &str) -> AnyResult<String> {
     match admin_get(admin, "/metrics").await {
         Some((200, body)) => Ok(body),
@@ -395,6 +328,7 @@ async fn every_dashboard_and_alert_query_names_what_the_binaries_export() -> Tes
     );
     register_webhook(
         &client,
+        "monitoring-test",
         &[&done, &held],
         port,
         std::fs::read(cert_dir.join("ca.crt"))?,

@@ -357,14 +357,9 @@ mod tests {
 
     use super::*;
     use crate::STATE_ANNOTATION;
-    use crate::controller::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
-        WorkloadKey {
-            kind: WorkloadKind::Deployment,
-            namespace: "shop".into(),
-            name: name.into(),
-        }
+        WorkloadKey::test_deployment(name)
     }
 
     /// A pod with our gate condition `(status, reason, lastTransitionTime)` and, if given, a

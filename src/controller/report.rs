@@ -180,14 +180,9 @@ pub async fn write_policy_statuses(ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
-        WorkloadKey {
-            kind: WorkloadKind::Deployment,
-            namespace: "shop".into(),
-            name: name.into(),
-        }
+        WorkloadKey::test_deployment(name)
     }
 
     fn policy(name: &str, spec: serde_json::Value) -> InPlaceUpgradePolicy {
