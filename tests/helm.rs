@@ -550,6 +550,39 @@ fn the_monitoring_objects_carry_deploy_monitoring() -> TestResult {
     Ok(())
 }
 
+/// files/ links to deploy/monitoring (one source); `helm package` must carry the linked
+/// content, so a chart installed from its archive renders the same monitoring objects.
+#[test]
+fn the_packaged_chart_carries_the_linked_monitoring_files() -> TestResult {
+    let out = tempfile::tempdir()?;
+    let dir = out.path().display().to_string();
+    helm(&["package", CHART, "--destination", &dir], None)?;
+    let archive = out
+        .path()
+        .join(format!("inplace-upgrade-{}.tgz", env!("CARGO_PKG_VERSION")));
+    let archive = archive.display().to_string();
+    let all = "monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true";
+    let from_archive = parse_stream(&helm(
+        &[
+            "template",
+            "inplace-upgrade",
+            &archive,
+            "--namespace",
+            CONTROLLER_NAMESPACE,
+            "--set",
+            all,
+        ],
+        None,
+    )?)?;
+    let from_directory = render_chart(&[all])?;
+    for kind in ["PrometheusRule", "ConfigMap"] {
+        let pick = |objects: &[Value]| objects.iter().find(|o| o["kind"] == kind).cloned();
+        let packaged = pick(&from_archive).ok_or(format!("no {kind} from the archive"))?;
+        assert_eq!(Some(packaged), pick(&from_directory), "{kind}");
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // README's values table.
 
