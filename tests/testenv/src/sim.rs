@@ -293,6 +293,8 @@ pub struct PodSim {
     conditions: BTreeMap<&'static str, Condition>,
     initialized: bool,
     terminating: Option<Instant>,
+    /// The termination delay outlasted the grace period: containers die by SIGKILL.
+    killed: bool,
     terminated: bool,
     next_instance: u64,
 }
@@ -332,6 +334,7 @@ impl PodSim {
             conditions: BTreeMap::new(),
             initialized: false,
             terminating: None,
+            killed: false,
             terminated: false,
             next_instance: 0,
         }
@@ -364,6 +367,7 @@ impl PodSim {
                     Duration::from_secs(s.max(0).unsigned_abs())
                 });
             self.terminating = Some(now.mono + delays.termination.min(grace));
+            self.killed = delays.termination > grace;
             for c in &mut self.containers {
                 c.step = Step::Done;
                 if c.instance.as_ref().is_some_and(Instance::running) {
@@ -379,9 +383,18 @@ impl PodSim {
         if let Some(at) = self.terminating {
             if !self.terminated && at <= now.mono {
                 self.terminated = true;
+                // As the real kubelet reports them: the image's exit code on SIGTERM (the test
+                // images: 0 for Istio's proxy, 143 for the app), 137 when the grace period ran
+                // out first. The pod's phase follows (Succeeded only if all exited 0).
                 for c in &mut self.containers {
                     if let Some(i) = c.instance.as_mut().filter(|i| i.running()) {
-                        terminate(i, 0, "Completed", now.wall);
+                        let code = if self.killed {
+                            137
+                        } else {
+                            crate::image::exit_code_on_sigterm(&i.image)
+                        };
+                        let reason = if code == 0 { "Completed" } else { "Error" };
+                        terminate(i, code, reason, now.wall);
                     }
                 }
                 out.delete = true;
@@ -1525,22 +1538,42 @@ mod tests {
 
     #[test]
     fn graceful_deletion_stops_containers_then_deletes() {
-        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
-        h.until("Ready", ready);
-        let mut v = serde_json::to_value(&h.pod).unwrap();
-        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        v["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-        h.pod = serde_json::from_value(v).unwrap();
-        h.events.clear();
-        h.pass();
-        assert_eq!(h.reasons(), ["Killing"]);
-        assert!(!h.deleted);
-        h.until("terminated", |s| {
-            cs(s, "containerStatuses", "a")["state"]["terminated"].is_object()
-        });
-        assert!(h.deleted);
-        assert_eq!(h.status["phase"], "Succeeded");
-        assert!(!ready(&h.status));
+        // (image, grace seconds, exit code, phase): the image's exit on SIGTERM within the
+        // grace period, 137 when the termination delay outlasts it.
+        for (image, grace, code, phase) in [
+            ("nginx:1", 30, 143, "Failed"),
+            (
+                "registry.inplace.test/testapp:1.0-exit0",
+                30,
+                0,
+                "Succeeded",
+            ),
+            (
+                "registry.istio.io/testing/proxyv2:1.24.2",
+                30,
+                0,
+                "Succeeded",
+            ),
+            ("registry.istio.io/testing/proxyv2:1.24.2", 0, 137, "Failed"),
+        ] {
+            let mut h = Harness::new(pod(json!({"containers": [app("a", image)]})));
+            h.until("Ready", ready);
+            let mut v = serde_json::to_value(&h.pod).unwrap();
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            v["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            h.pod = serde_json::from_value(v).unwrap();
+            h.events.clear();
+            h.pass();
+            assert_eq!(h.reasons(), ["Killing"]);
+            h.until("terminated", |s| {
+                cs(s, "containerStatuses", "a")["state"]["terminated"].is_object()
+            });
+            assert!(h.deleted);
+            let t = &cs(&h.status, "containerStatuses", "a")["state"]["terminated"];
+            assert_eq!(t["exitCode"], code, "{image} grace {grace}");
+            assert_eq!(h.status["phase"], phase, "{image} grace {grace}");
+            assert!(!ready(&h.status));
+        }
     }
 
     #[test]
