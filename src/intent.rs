@@ -296,7 +296,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::workload::{WorkloadKey, WorkloadKind};
+    use crate::workload::WorkloadKey;
 
     const NS: &str = "shop";
     const BAD: &str = "registry.example/proxyv2:bad";
@@ -314,11 +314,7 @@ mod tests {
 
     fn workload(annotations: BTreeMap<String, String>) -> WorkloadView {
         WorkloadView {
-            key: WorkloadKey {
-                kind: WorkloadKind::Deployment,
-                namespace: NS.into(),
-                name: "web".into(),
-            },
+            key: WorkloadKey::test_deployment("web"),
             uid: "u".into(),
             labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
             annotations,

@@ -63,8 +63,8 @@ pub struct Context {
     pub settings: Settings,
     /// Workloads rolling, and waiting to, under each policy (`maxConcurrentWorkloads`).
     slots: Mutex<slots::Slots>,
-    /// What each policy governs, for its status.
-    report: report::PolicyReport,
+    /// What each policy governs, for its status (and the rollout gauges at each scrape).
+    report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
 }
@@ -87,7 +87,9 @@ impl Context {
             client,
             cache,
             queue,
-            report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+            report: Arc::new(report::PolicyReport::new(
+                metrics.workloads_in_progress.clone(),
+            )),
             metrics,
             settings,
             slots: Mutex::default(),
@@ -169,9 +171,15 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         client.clone(),
         Arc::new(cache.clone()),
         queue.clone(),
-        metrics,
+        metrics.clone(),
         settings.clone(),
     ));
+    registry
+        .sub_registry_with_prefix("inplace_upgrade")
+        .register_collector(Box::new(metrics::RolloutCollector {
+            report: ctx.report.clone(),
+            cache: cache.clone(),
+        }));
 
     let (leading_tx, leading) = watch::channel(false);
     let lease = LeaseConfig::new(

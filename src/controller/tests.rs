@@ -502,11 +502,7 @@ fn obj<K: serde::de::DeserializeOwned>(v: Value) -> K {
 }
 
 fn key(name: &str) -> WorkloadKey {
-    WorkloadKey {
-        kind: WorkloadKind::Deployment,
-        namespace: NS.into(),
-        name: name.into(),
-    }
+    WorkloadKey::test_deployment(name)
 }
 
 fn at(offset_seconds: i64) -> String {
