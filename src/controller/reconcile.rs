@@ -20,9 +20,9 @@ use super::workload::{WorkloadKey, WorkloadView};
 use super::writes::is_conflict;
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
-    gate_condition_patch, rollback_patch, state_patch, upgrade_patch,
+    gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
-use crate::plan::{Action, PlanInput, Step, Verdict, plan};
+use crate::plan::{Action, DrainRecord, PlanInput, Step, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, TargetSource, effective_targets};
@@ -109,6 +109,7 @@ async fn reconcile_workload(
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.release_slot(key);
         ctx.written.forget_status(key);
+        ctx.written.forget_drains(Some(key));
         ctx.report.record(key, None);
         return Ok(None);
     };
@@ -261,6 +262,7 @@ async fn reconcile_workload(
             .map(|s| &**s),
         &pods,
     );
+    let drains = ctx.written.drains(key, &pods);
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
@@ -271,6 +273,7 @@ async fn reconcile_workload(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
+        drains: &drains,
         now,
     };
     let mut plan = plan(&input);
@@ -452,35 +455,51 @@ async fn execute(
     };
     // Our readiness-gate condition, through `pods/status`; the returned pod is remembered
     // until the watch delivers it.
-    let set_gate =
-        |ready: bool, reason: &'static str, message: &'static str, what: &'static str| async move {
-            let written = ctx
-                .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, now))
-                .await
-                .map_err(kube(what))?;
-            ctx.written.remember(&workload.key, &written);
-            Ok::<(), ReconcileError>(())
-        };
+    let set_gate = |ready: bool,
+                    reason: &'static str,
+                    message: &'static str,
+                    what: &'static str,
+                    at: Timestamp| async move {
+        let written = ctx
+            .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, at))
+            .await
+            .map_err(kube(what))?;
+        ctx.written.remember(&workload.key, &written);
+        Ok::<Pod, ReconcileError>(written)
+    };
     match &step.action {
         Action::Wait { .. } => {}
         Action::Drain => {
-            set_gate(
+            // The condition says the second in which the write was sent (all a restarted
+            // controller has to time the grace period from); we remember when it returned.
+            let sent = Timestamp::now();
+            let written = set_gate(
                 false,
                 DRAINING_REASON,
                 "taken out of load balancing before an in-place upgrade",
                 "draining",
+                sent,
             )
-            .await?
+            .await?;
+            let record = DrainRecord {
+                uid: written.metadata.uid,
+                condition_time: kubernetes_time(sent),
+                drained_at: Timestamp::now(),
+            };
+            ctx.written.remember_drain(&workload.key, name, record);
         }
-        Action::Undrain => set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining").await?,
+        Action::Undrain => {
+            set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining", now).await?;
+        }
         Action::MarkReady => {
             set_gate(
                 true,
                 NOT_UPGRADING_REASON,
                 "no in-place upgrade in progress",
                 "marking ready",
+                now,
             )
-            .await?
+            .await?;
         }
         Action::Patch { targets } => {
             let (patch, _) =

@@ -295,6 +295,9 @@ async fn build_plan(
         .await
         .map_err(list("endpointslices"))?;
     let budgets = disruption_budgets(pdbs.items.iter(), &pods);
+    // A dry run does not know when the controller drained a pod: it times the grace period
+    // from the condition, as a restarted controller would.
+    let drains = BTreeMap::new();
     let drained = endpoints_drained(slices.items.iter(), &pods);
     let previous = view
         .annotations
@@ -316,6 +319,7 @@ async fn build_plan(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &drained,
+        drains: &drains,
         now,
     };
     let planned = plan(&input);
