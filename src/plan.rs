@@ -61,6 +61,11 @@ pub struct DrainRecord {
     pub condition_time: Timestamp,
     /// When the drain write had returned: the API server had persisted it by then.
     pub drained_at: Timestamp,
+    /// The EndpointSlices (name → resourceVersion) that listed the pod, in any condition,
+    /// when it was drained (read just before the write): those versions predate the drain,
+    /// so they cannot show that it reached the load balancers (see
+    /// [`crate::controller::inputs::endpoints_drained`]).
+    pub slices: BTreeMap<String, String>,
 }
 
 impl DrainRecord {

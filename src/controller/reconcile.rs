@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::{disruption_budgets, endpoints_drained};
+use super::inputs::{disruption_budgets, endpoints_drained, slices_listing};
 use super::metrics::{ErrorLabels, ResultLabels};
 use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
 use super::workload::{WorkloadKey, WorkloadView};
@@ -255,14 +255,15 @@ async fn reconcile_workload(
         ctx.cache.pdbs_in(&key.namespace).iter().map(|p| &**p),
         &pods,
     );
+    let drains = ctx.written.drains(key, &pods);
     let endpoints_drained = endpoints_drained(
         ctx.cache
             .endpoint_slices_in(&key.namespace)
             .iter()
             .map(|s| &**s),
         &pods,
+        &drains,
     );
-    let drains = ctx.written.drains(key, &pods);
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
@@ -470,6 +471,9 @@ async fn execute(
     match &step.action {
         Action::Wait { .. } => {}
         Action::Drain => {
+            // The slices as they are before the drain: versions that cannot reflect it.
+            let slices =
+                slices_listing(ctx.cache.endpoint_slices_in(ns).iter().map(|s| &**s), name);
             // The condition says the second in which the write was sent (all a restarted
             // controller has to time the grace period from); we remember when it returned.
             let sent = Timestamp::now();
@@ -485,6 +489,7 @@ async fn execute(
                 uid: written.metadata.uid,
                 condition_time: kubernetes_time(sent),
                 drained_at: Timestamp::now(),
+                slices,
             };
             ctx.written.remember_drain(&workload.key, name, record);
         }

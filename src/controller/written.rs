@@ -258,6 +258,7 @@ mod tests {
             uid: Some(uid.into()),
             condition_time: since.parse().expect("time"),
             drained_at: "2026-01-01T00:00:00.25Z".parse().expect("time"),
+            slices: BTreeMap::new(),
         };
         w.remember_drain(&key(), "a", record("u1"));
         w.remember_drain(&key(), "b", record("u2"));

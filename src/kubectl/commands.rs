@@ -295,10 +295,10 @@ async fn build_plan(
         .await
         .map_err(list("endpointslices"))?;
     let budgets = disruption_budgets(pdbs.items.iter(), &pods);
-    // A dry run does not know when the controller drained a pod: it times the grace period
-    // from the condition, as a restarted controller would.
+    // A dry run does not know when, or against which EndpointSlices, the controller drained
+    // a pod: it judges the slices and times the grace period as a restarted controller would.
     let drains = BTreeMap::new();
-    let drained = endpoints_drained(slices.items.iter(), &pods);
+    let drained = endpoints_drained(slices.items.iter(), &pods, &drains);
     let previous = view
         .annotations
         .get(STATUS_ANNOTATION)

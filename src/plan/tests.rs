@@ -568,6 +568,7 @@ fn drain_grace_is_a_true_minimum_to_the_microsecond() {
                     uid: Some(uid.into()),
                     condition_time: ts(condition_time),
                     drained_at: at_us(drained_at),
+                    slices: BTreeMap::new(),
                 },
             );
         }
@@ -589,6 +590,7 @@ fn a_drain_record_applies_only_while_the_pod_shows_that_drain() {
         uid: Some("uid-a".into()),
         condition_time: ts(0),
         drained_at: at_us(300_000),
+        slices: BTreeMap::new(),
     };
     let pod = |gate: Option<(bool, &'static str, i64)>, uid: &str| {
         let mut a = gated(p("a", OLD, false));
