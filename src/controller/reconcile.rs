@@ -417,7 +417,7 @@ async fn write_status(
     }
     ctx.written.remember_status(key, cached_status, &raw);
     if previous.map(|p| p.phase) != Some(status.phase) {
-        announce(ctx, workload, status).await;
+        announce(ctx, workload, status);
     }
     Ok(())
 }
@@ -539,8 +539,7 @@ async fn execute(
             let note = format!(
                 "in-place upgrade failed ({reason}: {message}); rolling back to the previous image"
             );
-            ctx.event(&pod.object_ref(&()), true, "RollingBack", note.clone())
-                .await;
+            ctx.event(&pod.object_ref(&()), true, "RollingBack", note);
             ctx.metrics
                 .pods_upgraded
                 .get_or_create(&ResultLabels {
@@ -596,8 +595,7 @@ async fn execute(
                             "in-place upgrade done: {}; every target runs and is Ready",
                             what.join(", ")
                         ),
-                    )
-                    .await;
+                    );
                 }
                 Phase::Failed => {
                     ctx.metrics
@@ -608,18 +606,14 @@ async fn execute(
                         "in-place upgrade failed: {}",
                         message.as_deref().unwrap_or_default()
                     );
-                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note)
-                        .await;
+                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note);
                 }
-                Phase::RolledBack => {
-                    ctx.event(
-                        &pod.object_ref(&()),
-                        true,
-                        "RolledBack",
-                        "back on the previous image".into(),
-                    )
-                    .await
-                }
+                Phase::RolledBack => ctx.event(
+                    &pod.object_ref(&()),
+                    true,
+                    "RolledBack",
+                    "back on the previous image".into(),
+                ),
                 _ => {}
             }
         }
@@ -752,7 +746,7 @@ fn progress(
 }
 
 /// An Event on the workload when its phase changes.
-async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
+fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
     let note = match status.phase {
         WorkloadPhase::Progressing => format!(
             "in-place upgrade to {} under policy {}",
@@ -773,8 +767,7 @@ async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatu
             | WorkloadPhase::Blocked
     );
     let reason = status.phase.as_str();
-    ctx.event(&workload.object_reference(), warning, reason, note)
-        .await;
+    ctx.event(&workload.object_reference(), warning, reason, note);
 }
 
 #[cfg(test)]
