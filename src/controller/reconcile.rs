@@ -322,13 +322,8 @@ async fn reconcile_workload(
         (retry, retry_since),
         now,
     );
-    let mut recheck = recheck_after(plan.recheck_at, now);
-    if let Some(left) =
-        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?
-    {
-        // A progress-only change waits to be written: come back when it is due.
-        recheck = Some(recheck.map_or(left, |r| r.min(left)));
-    }
+    let status_due =
+        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?;
     // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
     // its slot, if it had one, goes to the oldest waiter). Slots change hands only now that
     // the status saying why is written (and counts at once, through `written`): a waiter woken
@@ -350,6 +345,13 @@ async fn reconcile_workload(
     ctx.metrics
         .workloads_in_progress
         .set(i64::try_from(ctx.report.progressing()).unwrap_or(i64::MAX));
+    // Timed from now, not from this reconcile's start: a recheck due when a drain's grace
+    // period ends must not come late by however long this reconcile took.
+    let mut recheck = recheck_after(plan.recheck_at, Timestamp::now());
+    if let Some(left) = status_due {
+        // A progress-only change waits to be written: come back when it is due.
+        recheck = Some(recheck.map_or(left, |r| r.min(left)));
+    }
     Ok(recheck)
 }
 
