@@ -114,8 +114,15 @@ pub struct PlanInput<'a> {
     /// replica) is timed from its condition's `lastTransitionTime`, rounded up to the next
     /// second: a restart may lengthen a grace period, never shorten it.
     pub drains: &'a BTreeMap<String, DrainRecord>,
+    /// kubelet's Warning Events of pods with an upgrade in flight, by pod UID (see
+    /// [`crate::classify::ContainerEvent`]): how a native sidecar that shows no waiting reason
+    /// is seen failing.
+    pub events: &'a PodEvents,
     pub now: Timestamp,
 }
+
+/// Events by pod UID.
+pub type PodEvents = std::collections::HashMap<String, Vec<crate::classify::ContainerEvent>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -308,6 +315,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     image: c.expected_image(st.phase),
                     patched_at: st.patched_at,
                     ready_timeout,
+                    events: pod
+                        .metadata
+                        .uid
+                        .as_ref()
+                        .and_then(|uid| input.events.get(uid))
+                        .map_or(&[], Vec::as_slice),
                 };
                 classify(pod, &expect, input.now)
             });

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use inplace_upgrade::plan::{Action, PlanInput, Verdict, plan};
+use inplace_upgrade::plan::{Action, PlanInput, PodEvents, Verdict, plan};
 use inplace_upgrade::policy::InPlaceUpgradePolicySpec;
 use inplace_upgrade::state::PodUpgradeState;
 use inplace_upgrade::{READINESS_GATE, STATE_ANNOTATION};
@@ -276,6 +276,7 @@ fn run(data: &[u8]) -> Result<()> {
         disruption_budgets: &[],
         endpoints_drained: &drained,
         drains: &BTreeMap::new(),
+        events: &PodEvents::new(),
         now,
     };
     let out = plan(&input);

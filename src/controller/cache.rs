@@ -139,6 +139,9 @@ pub struct Cache {
     pub endpoint_slices: Store<EndpointSlice>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub policies: Store<InPlaceUpgradePolicy>,
+    /// kubelet's Warning Events of pods in flight, fed by the controller's own watch
+    /// (`events.rs`; the webhook, which shares this cache, reads no Events).
+    pub events: super::events::EventIndex,
     pods_by_owner: Arc<RwLock<OwnerIndex>>,
     replica_sets_by_owner: Arc<RwLock<OwnerIndex>>,
     slices_by_namespace: Shared<NamespaceIndex<String>>,
@@ -436,6 +439,7 @@ impl Cache {
             endpoint_slices,
             pdbs,
             policies,
+            events: Default::default(),
             pods_by_owner: Default::default(),
             replica_sets_by_owner: Default::default(),
             slices_by_namespace: Default::default(),

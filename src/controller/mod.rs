@@ -5,6 +5,7 @@
 //! or a leader change — carries on from there.
 
 mod cache;
+mod events;
 pub mod inputs;
 mod leader;
 mod metrics;
@@ -162,6 +163,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     for driver in drivers {
         tokio::spawn(driver);
     }
+    tokio::spawn(events::drive(&client, cache.clone(), queue.clone()));
     let reporter = Reporter {
         controller: "inplace-upgrade".into(),
         instance: Some(settings.identity.clone()),

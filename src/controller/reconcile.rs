@@ -264,6 +264,10 @@ async fn reconcile_workload(
         &pods,
         &drains,
     );
+    let events = ctx
+        .cache
+        .events
+        .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()));
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
@@ -275,6 +279,7 @@ async fn reconcile_workload(
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
         drains: &drains,
+        events: &events,
         now,
     };
     let mut plan = plan(&input);

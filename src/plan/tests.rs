@@ -91,6 +91,7 @@ fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> Stri
             target_image: NEW.into(),
             container_id: Some(id.into()),
             restart_count: restarts,
+            image_id: None,
             was_running: true,
         }],
         readiness_gate: true,
@@ -182,6 +183,7 @@ struct World {
     pdbs: Vec<DisruptionBudget>,
     drained: BTreeSet<String>,
     drains: BTreeMap<String, DrainRecord>,
+    events: crate::plan::PodEvents,
     now: Timestamp,
 }
 
@@ -198,6 +200,7 @@ impl World {
             pdbs: Vec::new(),
             drained: BTreeSet::new(),
             drains: BTreeMap::new(),
+            events: Default::default(),
             now: ts(0),
         }
     }
@@ -220,6 +223,7 @@ impl World {
             disruption_budgets: &self.pdbs,
             endpoints_drained: &self.drained,
             drains: &self.drains,
+            events: &self.events,
             now: self.now,
         })
     }
