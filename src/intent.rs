@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::annotation::{self, AnnotationError, Target};
-use crate::plan::{DisruptionBudget, FailedTarget, PlanInput, PodEvents};
+use crate::plan::{DisruptionBudget, DrainRecord, FailedTarget, PlanInput, PodEvents};
 use crate::policy::{
     Governance, InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, PolicyError, Scope,
     governing_policy,
@@ -44,6 +44,20 @@ pub struct Subject<'a> {
     /// counts before the watch delivers it.
     pub status: Option<&'a WorkloadStatus>,
     pub now: Timestamp,
+}
+
+/// What the caller read of the workload's pods and what surrounds them, for the planner
+/// ([`Intent::plan_input`]; see [`PlanInput`] for each).
+#[derive(Clone, Copy)]
+pub struct Observed<'a> {
+    pub pods: &'a [Pod],
+    pub desired_replicas: i32,
+    pub disruption_budgets: &'a [DisruptionBudget],
+    pub endpoints_drained: &'a BTreeSet<String>,
+    /// The drains this controller made and remembers (none for a dry run).
+    pub drains: &'a BTreeMap<String, DrainRecord>,
+    /// kubelet's Warning Events of the pods (none for a dry run).
+    pub events: &'a PodEvents,
 }
 
 /// What a workload asks for: its own `inplace-upgrade` annotation, else its Namespace's (the
@@ -251,27 +265,20 @@ impl<'p> Intent<'p> {
             }
     }
 
-    /// The planner's input for this decision and what the caller read of the pods.
-    pub fn plan_input<'a>(
-        &'a self,
-        pods: &'a [Pod],
-        desired_replicas: i32,
-        disruption_budgets: &'a [DisruptionBudget],
-        endpoints_drained: &'a BTreeSet<String>,
-        events: &'a PodEvents,
-        now: Timestamp,
-    ) -> PlanInput<'a> {
+    /// The planner's input: this decision and what the caller read (`seen`).
+    pub fn plan_input<'a>(&'a self, seen: Observed<'a>, now: Timestamp) -> PlanInput<'a> {
         PlanInput {
             targets: self.targets(),
-            pods,
+            pods: seen.pods,
             policy: self.spec,
-            desired_replicas,
+            desired_replicas: seen.desired_replicas,
             paused: self.paused(),
             failed_targets: &self.failed,
             retry_since: self.retry_since,
-            disruption_budgets,
-            endpoints_drained,
-            events,
+            disruption_budgets: seen.disruption_budgets,
+            endpoints_drained: seen.endpoints_drained,
+            drains: seen.drains,
+            events: seen.events,
             now,
         }
     }
@@ -343,6 +350,27 @@ mod tests {
             "metadata": {"name": name}, "spec": full,
         }))
         .expect("policy literal")
+    }
+
+    /// A workload of three replicas whose pods were not read.
+    #[derive(Default)]
+    struct Nothing {
+        drained: BTreeSet<String>,
+        drains: BTreeMap<String, DrainRecord>,
+        events: PodEvents,
+    }
+
+    impl Nothing {
+        fn seen(&self) -> Observed<'_> {
+            Observed {
+                pods: &[],
+                desired_replicas: 3,
+                disruption_budgets: &[],
+                endpoints_drained: &self.drained,
+                drains: &self.drains,
+                events: &self.events,
+            }
+        }
     }
 
     fn failed(image: &str) -> FailedTarget {
@@ -435,7 +463,7 @@ mod tests {
         assert_eq!(intent.failed, vec![failed(BAD)]);
         assert_eq!(
             intent
-                .plan_input(&[], 3, &[], &BTreeSet::new(), &PodEvents::new(), now())
+                .plan_input(Nothing::default().seen(), now())
                 .failed_targets,
             [failed(BAD)]
         );
@@ -525,8 +553,8 @@ mod tests {
                 intent.policy.is_none() && std::ptr::eq(intent.spec, &*NO_POLICY),
                 "{why}"
             );
-            let (drained, events) = (BTreeSet::new(), PodEvents::new());
-            let input = intent.plan_input(&[], 3, &[], &drained, &events, now());
+            let nothing = Nothing::default();
+            let input = intent.plan_input(nothing.seen(), now());
             assert!(input.paused && input.targets.is_empty(), "{why}");
         }
     }
@@ -611,9 +639,7 @@ mod tests {
             let intent = c.decide();
             assert_eq!(intent.paused(), expected, "{}", c.why);
             assert_eq!(
-                intent
-                    .plan_input(&[], 3, &[], &BTreeSet::new(), &PodEvents::new(), now())
-                    .paused,
+                intent.plan_input(Nothing::default().seen(), now()).paused,
                 expected,
                 "{}",
                 c.why

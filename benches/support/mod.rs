@@ -232,16 +232,13 @@ pub fn variants(spec: &str) -> AnyResult<Vec<Variant>> {
 }
 
 /// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary cargo built
-/// for this run (or of `BENCH_CONTROLLER`, another build to measure in its place, e.g. main's):
-/// the target directory is shared, and a later build must not change the code under test
-/// between the phases of a long run. The copy lives in the bench's directory and goes with it.
+/// for this run: the target directory is shared, and a later build must not change the code
+/// under test between the phases of a long run. The copy lives in the bench's directory and
+/// goes with it.
 static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn copy_binary(dir: &Path) -> AnyResult<()> {
-    let other = std::env::var_os("BENCH_CONTROLLER").map(PathBuf::from);
-    let built = other
-        .as_deref()
-        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_inplace-upgrade")));
+    let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
     let copy = dir.join("inplace-upgrade");
     std::fs::copy(built, &copy)
         .map_err(|e| format!("cannot copy the controller binary {}: {e}", built.display()))?;
@@ -354,6 +351,25 @@ impl Controller {
     /// User + system CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid())
+    }
+}
+
+impl Controller {
+    /// Stops the controller as Kubernetes would (SIGTERM: it releases its Lease, so the next
+    /// controller of the bench leads at once), killing it if it has not exited within 10 s.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

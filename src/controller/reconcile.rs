@@ -15,13 +15,13 @@ use super::Context;
 use super::metrics::{ErrorLabels, ResultLabels};
 use super::slots::SlotTurn;
 use super::writes::is_conflict;
-use crate::intent::{self, Intent, Subject};
+use crate::intent::{self, Intent, Observed, Subject};
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
-    gate_condition_patch, rollback_patch, state_patch, upgrade_patch,
+    gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
-use crate::plan::inputs::{disruption_budgets, endpoints_drained};
-use crate::plan::{Action, Plan, Step, plan};
+use crate::plan::inputs::{disruption_budgets, endpoints_drained, slices_listing};
+use crate::plan::{Action, DrainRecord, Plan, Step, plan};
 use crate::state::Phase;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
 use crate::workload::{WorkloadKey, WorkloadView};
@@ -94,6 +94,7 @@ pub(super) async fn reconcile_workload(
     let mut slot = SlotTurn::new(ctx, key);
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.written.forget_status(key);
+        ctx.written.forget_drains(Some(key));
         slot.end(None);
         ctx.report.record(key, None);
         return Ok(None);
@@ -140,22 +141,25 @@ pub(super) async fn reconcile_workload(
         ctx.cache.pdbs_in(&key.namespace).iter().map(|p| &**p),
         &pods,
     );
+    let drains = ctx.written.drains(key, &pods);
     let endpoints_drained = endpoints_drained(
         ctx.cache
             .endpoint_slices_in(&key.namespace)
             .iter()
             .map(|s| &**s),
         &pods,
+        &drains,
     );
     let events = ctx.cache.pod_events(&pods);
-    let input = intent.plan_input(
-        &pods,
-        workload.desired_replicas,
-        &budgets,
-        &endpoints_drained,
-        &events,
-        now,
-    );
+    let seen = Observed {
+        pods: &pods,
+        desired_replicas: workload.desired_replicas,
+        disruption_budgets: &budgets,
+        endpoints_drained: &endpoints_drained,
+        drains: &drains,
+        events: &events,
+    };
+    let input = intent.plan_input(seen, now);
     let mut plan = plan(&input);
     let hold = hold_new_pods(&intent, &mut slot, &mut plan);
 
@@ -174,8 +178,7 @@ pub(super) async fn reconcile_workload(
         previous.as_ref(),
         now,
     );
-    let mut recheck = recheck_after(plan.recheck_at, now);
-    if let Some(left) = record_status(
+    let status_due = record_status(
         ctx,
         &workload,
         &intent,
@@ -183,11 +186,7 @@ pub(super) async fn reconcile_workload(
         previous.as_ref(),
         &status,
     )
-    .await?
-    {
-        // A progress-only change waits to be written: come back when it is due.
-        recheck = Some(recheck.map_or(left, |r| r.min(left)));
-    }
+    .await?;
     let rolling = status.policy.as_deref();
     slot.end(rolling.filter(|_| status.phase == WorkloadPhase::Progressing));
     ctx.report.record(
@@ -196,6 +195,13 @@ pub(super) async fn reconcile_workload(
             .map(|p| (p, status.phase))
             .filter(|_| intent.asked.source.is_some()),
     );
+    // Timed from now, not from this reconcile's start: a recheck due when a drain's grace
+    // period ends must not come late by however long this reconcile took.
+    let mut recheck = recheck_after(plan.recheck_at, Timestamp::now());
+    if let Some(left) = status_due {
+        // A progress-only change waits to be written: come back when it is due.
+        recheck = Some(recheck.map_or(left, |r| r.min(left)));
+    }
     Ok(recheck)
 }
 
@@ -317,7 +323,7 @@ async fn write_status(
             message = status.message.as_deref(),
             "phase changed"
         );
-        announce(ctx, workload, status).await;
+        announce(ctx, workload, status);
     }
     Ok(())
 }
@@ -357,38 +363,58 @@ async fn execute(
     };
     // Our readiness-gate condition, through `pods/status`; the returned pod is remembered
     // until the watch delivers it.
-    let set_gate =
-        |ready: bool, reason: &'static str, message: &'static str, what: &'static str| async move {
-            let written = ctx
-                .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, now))
-                .await
-                .map_err(kube(what))?;
-            ctx.written.remember(&workload.key, &written);
-            Ok::<(), ReconcileError>(())
-        };
+    let set_gate = |ready: bool,
+                    reason: &'static str,
+                    message: &'static str,
+                    what: &'static str,
+                    at: Timestamp| async move {
+        let written = ctx
+            .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, at))
+            .await
+            .map_err(kube(what))?;
+        ctx.written.remember(&workload.key, &written);
+        Ok::<Pod, ReconcileError>(written)
+    };
     match &step.action {
         Action::Wait { reason } => {
             tracing::debug!(%reason, "waiting");
             return Ok(());
         }
         Action::Drain => {
-            set_gate(
+            // The slices as they are before the drain: versions that cannot reflect it.
+            let slices =
+                slices_listing(ctx.cache.endpoint_slices_in(ns).iter().map(|s| &**s), name);
+            // The condition says the second in which the write was sent (all a restarted
+            // controller has to time the grace period from); we remember when it returned.
+            let sent = Timestamp::now();
+            let written = set_gate(
                 false,
                 DRAINING_REASON,
                 "taken out of load balancing before an in-place upgrade",
                 "draining",
+                sent,
             )
-            .await?
+            .await?;
+            let record = DrainRecord {
+                uid: written.metadata.uid,
+                condition_time: kubernetes_time(sent),
+                drained_at: Timestamp::now(),
+                slices,
+            };
+            ctx.written.remember_drain(&workload.key, name, record);
         }
-        Action::Undrain => set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining").await?,
+        Action::Undrain => {
+            set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining", now).await?;
+        }
         Action::MarkReady => {
             set_gate(
                 true,
                 NOT_UPGRADING_REASON,
                 "no in-place upgrade in progress",
                 "marking ready",
+                now,
             )
-            .await?
+            .await?;
         }
         Action::Patch { targets } => {
             let (patch, _) =
@@ -425,8 +451,7 @@ async fn execute(
             let note = format!(
                 "in-place upgrade failed ({reason}: {message}); rolling back to the previous image"
             );
-            ctx.event(&pod.object_ref(&()), true, "RollingBack", note.clone())
-                .await;
+            ctx.event(&pod.object_ref(&()), true, "RollingBack", note);
             ctx.metrics
                 .pods_upgraded
                 .get_or_create(&ResultLabels {
@@ -482,8 +507,7 @@ async fn execute(
                             "in-place upgrade done: {}; every target runs and is Ready",
                             what.join(", ")
                         ),
-                    )
-                    .await;
+                    );
                 }
                 Phase::Failed => {
                     ctx.metrics
@@ -494,18 +518,14 @@ async fn execute(
                         "in-place upgrade failed: {}",
                         message.as_deref().unwrap_or_default()
                     );
-                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note)
-                        .await;
+                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note);
                 }
-                Phase::RolledBack => {
-                    ctx.event(
-                        &pod.object_ref(&()),
-                        true,
-                        "RolledBack",
-                        "back on the previous image".into(),
-                    )
-                    .await
-                }
+                Phase::RolledBack => ctx.event(
+                    &pod.object_ref(&()),
+                    true,
+                    "RolledBack",
+                    "back on the previous image".into(),
+                ),
                 _ => {}
             }
         }
@@ -515,7 +535,7 @@ async fn execute(
 }
 
 /// An Event on the workload when its phase changes.
-async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
+fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
     let note = match status.phase {
         WorkloadPhase::Progressing => format!(
             "in-place upgrade to {} under policy {}",
@@ -536,6 +556,5 @@ async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatu
             | WorkloadPhase::Blocked
     );
     let reason = status.phase.as_str();
-    ctx.event(&workload.object_reference(), warning, reason, note)
-        .await;
+    ctx.event(&workload.object_reference(), warning, reason, note);
 }

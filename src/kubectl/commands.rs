@@ -24,7 +24,7 @@ use super::{Cli, Command, ExitStatus, GlobalArgs, KubectlError, Output};
 use crate::admission::validate::{WorkloadObject, check_workload_or_namespace};
 use crate::admission::{ClusterView, Settings};
 use crate::annotation;
-use crate::intent::{self, Subject};
+use crate::intent::{self, Observed, Subject};
 use crate::plan::inputs::{disruption_budgets, endpoints_drained};
 use crate::plan::{Action, PodEvents, Verdict, plan};
 use crate::policy::InPlaceUpgradePolicy;
@@ -320,18 +320,22 @@ pub(crate) fn plan_report(
     }
 
     let budgets = disruption_budgets(cluster.pdbs.iter(), cluster.pods);
-    let drained = endpoints_drained(cluster.slices.iter(), cluster.pods);
+    // A dry run does not know when, or against which EndpointSlices, the controller drained
+    // a pod: it judges the slices and times the grace period as a restarted controller would.
+    let drains = BTreeMap::new();
+    let drained = endpoints_drained(cluster.slices.iter(), cluster.pods, &drains);
     // A dry run reads no Events: a native sidecar failing without a waiting reason shows here
     // as in progress until the controller, which watches them, records the failure.
     let events = PodEvents::new();
-    let input = intent.plan_input(
-        cluster.pods,
-        view.desired_replicas,
-        &budgets,
-        &drained,
-        &events,
-        now,
-    );
+    let seen = Observed {
+        pods: cluster.pods,
+        desired_replicas: view.desired_replicas,
+        disruption_budgets: &budgets,
+        endpoints_drained: &drained,
+        drains: &drains,
+        events: &events,
+    };
+    let input = intent.plan_input(seen, now);
     let mut planned = plan(&input);
     if intent.hold.is_some() {
         planned.hold_new_pods();
