@@ -10,6 +10,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The process-wide allocator, chosen at build time (docs/benchmarks.md, "Allocators"): the
+// system's by default; `--features jemalloc` or `--features mimalloc` builds another in.
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!("features `jemalloc` and `mimalloc` each choose the global allocator: enable one");
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Installed as `kubectl-inplace` (a symlink or a copy on PATH), it is the kubectl plugin.
     let invoked_as = std::env::args_os()

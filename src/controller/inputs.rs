@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 
@@ -40,32 +40,37 @@ pub fn disruption_budgets<'a>(
 }
 
 /// The pods that no EndpointSlice (of the workload's namespace) lists as ready or serving:
-/// load balancers send them no new requests. Absent conditions read as true, as the
-/// EndpointConditions API says. (A Service with `publishNotReadyAddresses` keeps its pods
-/// ready there: their drain ends at the policy's drain timeout.)
+/// load balancers send them no new requests. (A Service with `publishNotReadyAddresses` keeps
+/// its pods ready there: their drain ends at the policy's drain timeout.)
 pub fn endpoints_drained<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
     pods: &[Pod],
 ) -> BTreeSet<String> {
-    let mut serving: BTreeSet<&str> = BTreeSet::new();
-    for endpoint in slices.flat_map(|s| s.endpoints.iter()) {
-        let Some(name) = endpoint
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| t.name.as_deref())
-        else {
-            continue;
-        };
-        let c = endpoint.conditions.as_ref();
-        let ready = c.and_then(|c| c.ready).unwrap_or(true);
-        if ready || c.and_then(|c| c.serving).unwrap_or(ready) {
-            serving.insert(name);
-        }
-    }
+    let serving: BTreeSet<&str> = slices
+        .flat_map(|s| s.endpoints.iter())
+        .filter_map(serving_pod)
+        .collect();
+    not_serving(pods, |name| serving.contains(name))
+}
+
+/// The pod an endpoint sends traffic to, if it lists one as ready or serving. Absent
+/// conditions read as true, as the EndpointConditions API says.
+pub fn serving_pod(endpoint: &Endpoint) -> Option<&str> {
+    let name = endpoint
+        .target_ref
+        .as_ref()
+        .filter(|t| t.kind.as_deref() == Some("Pod"))
+        .and_then(|t| t.name.as_deref())?;
+    let c = endpoint.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    (ready || c.and_then(|c| c.serving).unwrap_or(ready)).then_some(name)
+}
+
+/// The names of the pods no endpoint serves (`serving` answers by pod name).
+pub fn not_serving(pods: &[Pod], serving: impl Fn(&str) -> bool) -> BTreeSet<String> {
     pods.iter()
         .map(|p| p.name_any())
-        .filter(|n| !serving.contains(n.as_str()))
+        .filter(|n| !serving(n))
         .collect()
 }
 

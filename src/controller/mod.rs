@@ -4,11 +4,9 @@
 //! condition, the workload's status annotation), so a replica that takes over — after a crash
 //! or a leader change — carries on from there.
 
-mod cache;
 pub mod inputs;
 mod leader;
 mod metrics;
-mod policy_watch;
 mod queue;
 mod reconcile;
 mod report;
@@ -24,14 +22,18 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
+
+use crate::cache::{Cache, Role};
 use tokio::sync::watch;
 
-pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
 pub use status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-pub use workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled};
+pub use workload::{
+    WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled, template_digest,
+    workload_of_pod,
+};
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.
@@ -158,8 +160,9 @@ impl Handle {
 pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Handle {
     let metrics = Metrics::register(registry);
     let (queue, receiver) = Queue::new();
-    let (cache, drivers) = Cache::start(&client, queue.clone());
-    for driver in drivers {
+    let q = queue.clone();
+    let cache = Cache::triggering(Role::Controller, move |key| q.enqueue(key));
+    for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
     let reporter = Reporter {

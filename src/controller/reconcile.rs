@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::{disruption_budgets, endpoints_drained};
+use super::inputs::disruption_budgets;
 use super::metrics::{ErrorLabels, ResultLabels};
 use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
 use super::workload::{WorkloadKey, WorkloadView};
@@ -128,14 +128,7 @@ async fn reconcile_workload(
         .freshest_status(key, cached_status)
         .and_then(|s| WorkloadStatus::parse(&s));
     // The cache, corrected by our own writes it has not delivered yet (see `written`).
-    let pods: Vec<Pod> = ctx.written.freshest(
-        key,
-        ctx.cache
-            .pods_of(key)
-            .iter()
-            .map(|p| Pod::clone(p))
-            .collect(),
-    );
+    let pods: Vec<Pod> = ctx.written.freshest(key, ctx.cache.pods_of(key));
     let now = Timestamp::now();
 
     // What is asked, and whether we may act on it.
@@ -254,13 +247,7 @@ async fn reconcile_workload(
         ctx.cache.pdbs_in(&key.namespace).iter().map(|p| &**p),
         &pods,
     );
-    let endpoints_drained = endpoints_drained(
-        ctx.cache
-            .endpoint_slices_in(&key.namespace)
-            .iter()
-            .map(|s| &**s),
-        &pods,
-    );
+    let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods);
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
