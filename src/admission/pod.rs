@@ -15,16 +15,15 @@
 //! The spec is read as the controller's cache reads it ([`crate::cache::lean`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{NamespaceResourceScope, Resource as _};
 use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer};
 
 pub use crate::cache::lean::{LeanContainer, LeanPodSpec};
-use crate::cache::lean::{WireSpec, wire_struct};
+use crate::cache::lean::{WirePodMeta, WireSpec, wire_struct};
 
 /// A Pod as the mutation reads it (see the module doc for what is kept).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,21 +37,12 @@ pub struct AdmittedPod {
 wire_struct!(WirePod, "a Pod object", {
     api_version: String = "apiVersion",
     kind: String = "kind",
-    metadata: WireMeta = "metadata",
+    metadata: WirePodMeta = "metadata",
     spec: WireSpec = "spec",
 });
 
-wire_struct!(WireMeta, "a Pod's metadata", {
-    name: String = "name",
-    generate_name: String = "generateName",
-    namespace: String = "namespace",
-    labels: BTreeMap<String, String> = "labels",
-    annotations: BTreeMap<String, String> = "annotations",
-    owner_references: Vec<OwnerReference> = "ownerReferences",
-});
-
-impl From<WireMeta> for ObjectMeta {
-    fn from(meta: WireMeta) -> Self {
+impl From<WirePodMeta> for ObjectMeta {
+    fn from(meta: WirePodMeta) -> Self {
         ObjectMeta {
             name: meta.name,
             generate_name: meta.generate_name,

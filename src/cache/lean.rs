@@ -433,8 +433,10 @@ wire_struct!(WirePod, "a Pod object", {
     status: WirePodStatus = "status",
 });
 
+// What the cache and the webhook's mutation read of a pod's metadata.
 wire_struct!(WirePodMeta, "a Pod's metadata", {
     name: String = "name",
+    generate_name: String = "generateName",
     namespace: String = "namespace",
     uid: String = "uid",
     resource_version: String = "resourceVersion",

@@ -398,14 +398,18 @@ impl<'de, W: CacheKind> Deserialize<'de> for Wire<W> {
 /// LIST pages: at most this many objects decoded at once during a (re-)list.
 const PAGE_SIZE: u32 = 500;
 
-fn decoded<W: CacheKind>(event: watcher::Event<Wire<W>>) -> watcher::Event<Decoded<W::Kept>> {
-    match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(o.decoded),
-        watcher::Event::Delete(o) => watcher::Event::Delete(o.decoded),
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(o.decoded),
+/// A watch event with its object turned into another (or an error).
+fn map_event<A, B, E>(
+    event: watcher::Event<A>,
+    f: impl FnOnce(A) -> Result<B, E>,
+) -> Result<watcher::Event<B>, E> {
+    Ok(match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)?),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)?),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)?),
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitDone => watcher::Event::InitDone,
-    }
+    })
 }
 
 /// Runs one watch into its table, forever (the watcher retries with backoff on errors and
@@ -420,7 +424,11 @@ fn drive<W: Watched>(
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(event) => cache.apply::<W>(decoded(event)),
+                Ok(event) => {
+                    let Ok(event) =
+                        map_event(event, |w| Ok::<_, std::convert::Infallible>(w.decoded));
+                    cache.apply::<W>(event)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, kind = %W::kind(&()), "watch failed; retrying")
                 }
@@ -460,14 +468,7 @@ impl Cache {
                         source,
                     })
                 };
-                let event = match self.1 {
-                    watcher::Event::Apply(o) => watcher::Event::Apply(decode(o)?),
-                    watcher::Event::Delete(o) => watcher::Event::Delete(decode(o)?),
-                    watcher::Event::InitApply(o) => watcher::Event::InitApply(decode(o)?),
-                    watcher::Event::Init => watcher::Event::Init,
-                    watcher::Event::InitDone => watcher::Event::InitDone,
-                };
-                self.0.apply::<W>(event);
+                self.0.apply::<W>(map_event(self.1, decode)?);
                 Ok(())
             }
         }
@@ -481,13 +482,6 @@ impl Cache {
                 source,
             })
         };
-        let event = match event {
-            watcher::Event::Apply(o) => watcher::Event::Apply(json(o)?),
-            watcher::Event::Delete(o) => watcher::Event::Delete(json(o)?),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(json(o)?),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        };
-        of.visit(Feed(self, event))
+        of.visit(Feed(self, map_event(event, json)?))
     }
 }
