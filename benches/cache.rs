@@ -88,6 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
              "message": "Deployment has minimum availability."}]});
         objects.push(("Deployment", d.clone()));
         let mut r = d.clone();
+        r["kind"] = json!("ReplicaSet");
         served(&mut r, &rs, &ns, Some(("Deployment", &name)));
         r["metadata"]["annotations"] = json!({"deployment.kubernetes.io/desired-replicas": "5",
             "deployment.kubernetes.io/max-replicas": "7", "deployment.kubernetes.io/revision": "1"});

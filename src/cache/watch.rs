@@ -2,7 +2,7 @@
 //! workloads each change concerns (what the controller reconciles next).
 
 use std::borrow::Cow;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -15,7 +15,7 @@ use kube::{Api, Resource};
 use serde::{Deserialize, Deserializer};
 
 use super::index::{Change, Kept, Table};
-use super::lean::{CacheKind, CachedWorkload, Decoded};
+use super::lean::{CacheKind, CachedPod, CachedSlice, CachedWorkload, Decoded};
 use super::{Cache, Tables, read};
 use crate::controller::{WorkloadKey, WorkloadKind};
 use crate::policy::InPlaceUpgradePolicy;
@@ -148,205 +148,148 @@ pub(super) trait Watched: CacheKind<Kept: Kept> + Clone + std::fmt::Debug {
     fn concerns(cache: &Cache, change: &Change<Self::Kept>, concerned: &mut dyn FnMut(WorkloadKey));
 }
 
+type Concerns<T> = fn(&Cache, &Change<T>, &mut dyn FnMut(WorkloadKey));
+
+/// The table: each kind, where it is kept, and what its changes concern.
+macro_rules! watched {
+    ($($kind:ty => $table:ident, $concerns:expr;)*) => {$(
+        impl Watched for $kind {
+            fn table(tables: &Tables) -> &RwLock<Table<Self::Kept>> {
+                &tables.$table
+            }
+            fn concerns(
+                cache: &Cache,
+                change: &Change<Self::Kept>,
+                concerned: &mut dyn FnMut(WorkloadKey),
+            ) {
+                let concerns: Concerns<Self::Kept> = $concerns;
+                concerns(cache, change, concerned)
+            }
+        }
+    )*};
+}
+
+watched! {
+    Namespace => namespaces, |cache, c, to| namespace(cache, &c.name, to);
+    Deployment => deployments, |_, c, to| to(own_key(WorkloadKind::Deployment, c));
+    StatefulSet => stateful_sets, |_, c, to| to(own_key(WorkloadKind::StatefulSet, c));
+    DaemonSet => daemon_sets, |_, c, to| to(own_key(WorkloadKind::DaemonSet, c));
+    ReplicaSet => replica_sets, replica_set;
+    InPlaceUpgradePolicy => policies, policy;
+    Pod => pods, pod;
+    EndpointSlice => endpoint_slices, endpoint_slice;
+    PodDisruptionBudget => pdbs, |cache, c, to| namespace(cache, &c.namespace, to);
+}
+
 /// The objects of a change: what it was, and what it is.
 fn both<T>(change: &Change<T>) -> impl Iterator<Item = &T> {
     change.old.iter().chain(change.new.iter()).map(|o| &**o)
 }
 
-impl Watched for Pod {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.pods
-    }
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        for pod in both(change) {
-            if let Some(key) = cache.workload_of(&change.namespace, pod.owner()) {
-                concerned(key);
-            }
-        }
-    }
+/// Every workload of a namespace: its labels select policies, its annotations ask for
+/// targets or pause; its PodDisruptionBudgets bound every workload in it.
+fn namespace(cache: &Cache, name: &str, concerned: &mut dyn FnMut(WorkloadKey)) {
+    cache
+        .workloads_in(Some(name))
+        .into_iter()
+        .for_each(concerned);
 }
 
-impl Watched for ReplicaSet {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.replica_sets
-    }
-    /// A Deployment's ReplicaSet moves the Deployment on (its rollout settles); a ReplicaSet
-    /// of its own is a workload.
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        let _ = cache;
-        for rs in both(change) {
-            let key = |kind, name: &str| WorkloadKey {
-                kind,
-                namespace: change.namespace.to_string(),
-                name: name.to_string(),
-            };
-            match &rs.owner {
-                Some(o) if o.kind == "Deployment" => {
-                    concerned(key(WorkloadKind::Deployment, &o.name))
-                }
-                Some(_) => {}
-                None => concerned(key(WorkloadKind::ReplicaSet, &change.name)),
-            }
-        }
-    }
-}
-
-fn own_key(
-    kind: WorkloadKind,
-    change: &Change<CachedWorkload>,
-    concerned: &mut dyn FnMut(WorkloadKey),
-) {
-    concerned(WorkloadKey {
+fn own_key(kind: WorkloadKind, change: &Change<CachedWorkload>) -> WorkloadKey {
+    WorkloadKey {
         kind,
         namespace: change.namespace.to_string(),
         name: change.name.to_string(),
-    });
-}
-
-impl Watched for Deployment {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.deployments
-    }
-    fn concerns(_: &Cache, change: &Change<Self::Kept>, concerned: &mut dyn FnMut(WorkloadKey)) {
-        own_key(WorkloadKind::Deployment, change, concerned);
     }
 }
 
-impl Watched for StatefulSet {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.stateful_sets
-    }
-    fn concerns(_: &Cache, change: &Change<Self::Kept>, concerned: &mut dyn FnMut(WorkloadKey)) {
-        own_key(WorkloadKind::StatefulSet, change, concerned);
-    }
-}
-
-impl Watched for DaemonSet {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.daemon_sets
-    }
-    fn concerns(_: &Cache, change: &Change<Self::Kept>, concerned: &mut dyn FnMut(WorkloadKey)) {
-        own_key(WorkloadKind::DaemonSet, change, concerned);
+/// A pod moves its workload on.
+fn pod(cache: &Cache, change: &Change<CachedPod>, concerned: &mut dyn FnMut(WorkloadKey)) {
+    for pod in both(change) {
+        if let Some(key) = cache.workload_of(&change.namespace, pod.owner()) {
+            concerned(key);
+        }
     }
 }
 
-impl Watched for Namespace {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.namespaces
-    }
-    /// Its labels select policies, its annotations ask for targets or pause.
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        cache
-            .workloads_in(Some(&change.name))
-            .into_iter()
-            .for_each(concerned);
+/// A Deployment's ReplicaSet moves the Deployment on (its rollout settles); a ReplicaSet of
+/// its own is a workload.
+fn replica_set(_: &Cache, change: &Change<CachedWorkload>, concerned: &mut dyn FnMut(WorkloadKey)) {
+    for rs in both(change) {
+        match &rs.owner {
+            Some(o) if o.kind == "Deployment" => concerned(WorkloadKey {
+                kind: WorkloadKind::Deployment,
+                namespace: change.namespace.to_string(),
+                name: o.name.clone(),
+            }),
+            Some(_) => {}
+            None => concerned(own_key(WorkloadKind::ReplicaSet, change)),
+        }
     }
 }
 
-impl Watched for EndpointSlice {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.endpoint_slices
-    }
-    /// A drained pod leaving a slice (or a pod re-joining one) moves its workload on: the
-    /// pods whose serving changed.
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        let serving = |s: &Option<std::sync::Arc<super::lean::CachedSlice>>| {
-            s.as_ref().map(|s| s.serving.clone()).unwrap_or_default()
-        };
-        let (old, new) = (serving(&change.old), serving(&change.new));
-        let changed: Vec<&std::sync::Arc<str>> = old
+/// A drained pod leaving a slice (or a pod re-joining one) moves its workload on: the pods
+/// whose serving changed.
+fn endpoint_slice(
+    cache: &Cache,
+    change: &Change<CachedSlice>,
+    concerned: &mut dyn FnMut(WorkloadKey),
+) {
+    let serving =
+        |s: &Option<Arc<CachedSlice>>| s.as_ref().map(|s| s.serving.clone()).unwrap_or_default();
+    let (old, new) = (serving(&change.old), serving(&change.new));
+    let changed: Vec<&Arc<str>> = old
+        .iter()
+        .filter(|p| new.binary_search(p).is_err())
+        .chain(new.iter().filter(|p| old.binary_search(p).is_err()))
+        .collect();
+    let owners: Vec<_> = {
+        let pods = read(&cache.shared.tables.pods);
+        changed
             .iter()
-            .filter(|p| new.binary_search(p).is_err())
-            .chain(new.iter().filter(|p| old.binary_search(p).is_err()))
-            .collect();
-        let owners: Vec<_> = {
-            let pods = read(&cache.shared.tables.pods);
-            changed
-                .iter()
-                .filter_map(|p| {
-                    pods.get(&change.namespace, p)
-                        .map(|pod| pod.owner().cloned())
-                })
-                .collect()
-        };
-        for owner in owners {
-            if let Some(key) = cache.workload_of(&change.namespace, owner.as_ref()) {
-                concerned(key);
-            }
-        }
-    }
-}
-
-impl Watched for PodDisruptionBudget {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.pdbs
-    }
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        cache
-            .workloads_in(Some(&change.namespace))
-            .into_iter()
-            .for_each(concerned);
-    }
-}
-
-impl Watched for InPlaceUpgradePolicy {
-    fn table(t: &Tables) -> &RwLock<Table<Self::Kept>> {
-        &t.policies
-    }
-    /// Our own status writes change nothing that governs (see `policy_watch`): only the
-    /// workloads of the namespaces a changed selector selected, or selects now.
-    fn concerns(
-        cache: &Cache,
-        change: &Change<Self::Kept>,
-        concerned: &mut dyn FnMut(WorkloadKey),
-    ) {
-        let (policy, deleted) = match (&change.new, &change.old) {
-            (Some(new), _) => (new, false),
-            (None, Some(old)) => (old, true),
-            (None, None) => return,
-        };
-        let affected = {
-            let mut seen = cache
-                .shared
-                .policies_seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            seen.change(policy, deleted)
-        };
-        let Some(affected) = affected else { return };
-        let namespaces: Vec<String> = read(&cache.shared.tables.namespaces)
-            .all()
-            .filter(|(_, _, ns)| {
-                affected.namespace(ns.metadata.labels.as_ref().unwrap_or(&Default::default()))
+            .filter_map(|p| {
+                pods.get(&change.namespace, p)
+                    .map(|pod| pod.owner().cloned())
             })
-            .map(|(_, name, _)| name.to_string())
-            .collect();
-        for ns in namespaces {
-            cache
-                .workloads_in(Some(&ns))
-                .into_iter()
-                .for_each(&mut *concerned);
+            .collect()
+    };
+    for owner in owners {
+        if let Some(key) = cache.workload_of(&change.namespace, owner.as_ref()) {
+            concerned(key);
         }
+    }
+}
+
+/// Our own status writes change nothing that governs (see `policy_watch`): only the
+/// workloads of the namespaces a changed selector selected, or selects now.
+fn policy(
+    cache: &Cache,
+    change: &Change<InPlaceUpgradePolicy>,
+    concerned: &mut dyn FnMut(WorkloadKey),
+) {
+    let (policy, deleted) = match (&change.new, &change.old) {
+        (Some(new), _) => (new, false),
+        (None, Some(old)) => (old, true),
+        (None, None) => return,
+    };
+    let affected = {
+        let mut seen = cache
+            .shared
+            .policies_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.change(policy, deleted)
+    };
+    let Some(affected) = affected else { return };
+    let namespaces: Vec<String> = read(&cache.shared.tables.namespaces)
+        .all()
+        .filter(|(_, _, ns)| {
+            affected.namespace(ns.metadata.labels.as_ref().unwrap_or(&Default::default()))
+        })
+        .map(|(_, name, _)| name.to_string())
+        .collect();
+    for ns in namespaces {
+        namespace(cache, &ns, concerned);
     }
 }
 
