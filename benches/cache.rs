@@ -101,6 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut pod =
                 json!({"metadata": template["metadata"].clone(), "spec": template["spec"].clone()});
             served(&mut pod, &pod_name, &ns, Some(("ReplicaSet", &rs)));
+            pod["spec"]["nodeName"] = json!("sim-node-1");
             pod["status"] = status(&pod);
             objects.push(("Pod", pod));
             endpoints.push(
@@ -155,8 +156,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         before,
         pods,
     );
-    drop(full);
+    let before = live();
+    let slim: Vec<Pod> = full.iter().map(previous_cut).collect();
+    report(
+        "the pods alone, as the cache kept them before (Pod: spec trimmed, status whole)",
+        before,
+        pods,
+    );
+    drop((full, slim));
     Ok(())
+}
+
+/// What the controller's cache kept of a pod until issue 17: a `Pod` without managedFields,
+/// of the spec each container's name, image and restartPolicy, the readiness gates and the
+/// node; the status whole.
+fn previous_cut(pod: &Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    let container = |c: &Container| Container {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        restart_policy: c.restart_policy.clone(),
+        ..Container::default()
+    };
+    let spec = pod.spec.as_ref().map(|s| PodSpec {
+        containers: s.containers.iter().map(container).collect(),
+        init_containers: s
+            .init_containers
+            .as_ref()
+            .map(|cs| cs.iter().map(container).collect()),
+        readiness_gates: s.readiness_gates.clone(),
+        node_name: s.node_name.clone(),
+        ..PodSpec::default()
+    });
+    let mut metadata = pod.metadata.clone();
+    metadata.managed_fields = None;
+    Pod {
+        metadata,
+        spec,
+        status: pod.status.clone(),
+    }
 }
 
 fn feed<K>(cache: &Cache, object: &Value) -> Result<(), Box<dyn std::error::Error>>
