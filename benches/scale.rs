@@ -367,14 +367,16 @@ async fn create_workloads(
                 let d = workload(&name, replicas, false)?;
                 // A create the API server completed but answered too late for the client
                 // (seen at load average 15) is retried by the client: already there is done.
-                done(
+                // An etcd timeout under load (seen at load average 20) is tried again.
+                created(|| async {
                     api.create(&PostParams::default(), &d)
                         .await
                         .map(drop)
-                        .map_err(Into::into),
-                )?;
+                        .map_err(Into::into)
+                })
+                .await?;
                 // Every app behind its own Service, as in a mesh: one EndpointSlice each.
-                done(common::create_service(&client, &ns, &name).await)?;
+                created(|| common::create_service(&client, &ns, &name)).await?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
         })
@@ -384,11 +386,24 @@ async fn create_workloads(
     Ok(())
 }
 
-/// A create's result, with "already exists" taken as done.
-fn done(result: AnyResult<()>) -> AnyResult<()> {
-    match result {
-        Err(e) if e.to_string().contains("already exists") => Ok(()),
-        other => other,
+/// Runs a create until it is done: "already exists" is done, a server-side timeout (etcd
+/// overloaded) is tried again, up to 10 times.
+async fn created<F, Fut>(create: F) -> AnyResult<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = AnyResult<()>>,
+{
+    let mut tries = 0;
+    loop {
+        match create().await {
+            Err(e) if e.to_string().contains("already exists") => return Ok(()),
+            Err(e) if e.to_string().contains("timed out") && tries < 10 => {
+                tries += 1;
+                eprintln!("  create timed out ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
     }
 }
 
