@@ -22,6 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    keep_large_blocks_mapped();
     // Installed as `kubectl-inplace` (a symlink or a copy on PATH), it is the kubectl plugin.
     let invoked_as = std::env::args_os()
         .next()
@@ -36,6 +37,24 @@ fn main() -> ExitCode {
             eprintln!("Error: {e:?}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, so the LIST pages of the
+/// initial sync (MiBs of JSON each) end up in the heap and stay counted in RSS after they are
+/// freed: most of a synced webhook's and a good part of a synced controller's memory. A fixed
+/// threshold (what `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072` sets, measured in
+/// docs/benchmarks.md) gives every block over 128 KiB a mapping of its own, returned on free.
+/// Called first thing, before any thread starts.
+fn keep_large_blocks_mapped() {
+    #[cfg(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(any(feature = "jemalloc", feature = "mimalloc"))
+    ))]
+    // SAFETY: mallopt only changes a malloc parameter; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
