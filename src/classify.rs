@@ -111,11 +111,34 @@ pub struct Expectation<'a> {
     /// When the patch (upgrade or rollback) was applied.
     pub patched_at: Timestamp,
     pub ready_timeout: Duration,
+    /// kubelet's Warning Events about this pod (any container, any time; classification
+    /// picks what concerns this container after the patch).
+    pub events: &'a [ContainerEvent],
+}
+
+/// A kubelet Event about a pod, reduced to what classification reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `involvedObject.fieldPath`: `spec.containers{name}` or `spec.initContainers{name}`.
+    pub field_path: String,
+    /// `Failed`, `InspectFailed`, `BackOff`, …
+    pub reason: String,
+    pub message: String,
+    /// When it last happened (`series.lastObservedTime`, else `lastTimestamp`, else
+    /// `eventTime`): kubelet updates one Event per repeated failure.
+    pub last_seen: Timestamp,
 }
 
 /// Classify one container of a pod.
 pub fn classify(pod: &Pod, expect: &Expectation<'_>, now: Timestamp) -> ContainerState {
-    let state = classify_without_timeout(pod, expect);
+    let mut state = classify_without_timeout(pod, expect);
+    if matches!(
+        state,
+        ContainerState::NotRestarted | ContainerState::Restarting { .. }
+    ) && let Some(failed) = failure_from_events(pod, expect)
+    {
+        state = failed;
+    }
     match state {
         ContainerState::NotRestarted
         | ContainerState::Restarting { .. }
@@ -190,7 +213,10 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
                 || new_instance
                 || restarted
                 || mentions_image(&message, expect.image);
-            if about_new_image {
+            // A pull failure that names another image is the previous spec's: kubelet has not
+            // acted on this one yet. A real kubelet shows it for a second or so after a
+            // rollback is patched over a failed pull (tests/e2e_real.rs).
+            if about_new_image && !names_another_image(&message, expect.image) {
                 return ContainerState::Failed {
                     reason: failure,
                     message: format!("container {:?}: {reason}: {message}", baseline.name),
@@ -229,7 +255,7 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
     if !new_instance || !(restarted || started_after_patch) {
         return ContainerState::NotRestarted;
     }
-    if !status_image_consistent(&status.image, expect.image) {
+    if !runs_expected_image(pod, status, expect) {
         return ContainerState::Restarting {
             reason: format!(
                 "the runtime reports image {:?}, expected {:?}",
@@ -242,6 +268,85 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
     } else {
         ContainerState::RunningNotReady
     }
+}
+
+/// A failure that only the pod's Events tell. kubelet shows no waiting reason for a native
+/// sidecar whose old process exited 0 (it takes an init container that exited 0 for done)
+/// while it keeps failing to start the new image; its Events do say it. An Event counts when:
+/// - it is about this container (`involvedObject.fieldPath`) — the caller gives only Events of
+///   this pod's UID;
+/// - it happened in a later second than the patch (Event times have second precision; a
+///   repeated failure updates the Event, so one in the patch's own second is seen at its
+///   next repeat), so failures of an earlier attempt never count;
+/// - kubelet has seen the patched spec: `status.observedGeneration` ≥ `metadata.generation`
+///   where kubelet reports it (1.34+);
+/// - it is a start failure: a pull or inspect failure that names the expected image
+///   (`Failed to pull image "…"`, `InspectFailed`), `Error: ImagePullBackOff` once such a pull
+///   failure is among them, or `Error: CreateContainerConfigError` / `CreateContainerError` /
+///   `RunContainerError`. A restart back-off alone is not: a crashing new container shows its
+///   reason in the status.
+fn failure_from_events(pod: &Pod, expect: &Expectation<'_>) -> Option<ContainerState> {
+    if kubelet_has_seen_spec(pod) == Some(false) {
+        return None;
+    }
+    let baseline = expect.baseline;
+    let field_path = match baseline.kind {
+        ContainerKind::Container => format!("spec.containers{{{}}}", baseline.name),
+        ContainerKind::NativeSidecar => format!("spec.initContainers{{{}}}", baseline.name),
+    };
+    let patch_second = expect.patched_at.as_second();
+    let failures: Vec<(FailureReason, bool, &ContainerEvent)> = expect
+        .events
+        .iter()
+        .filter(|e| e.field_path == field_path && e.last_seen.as_second() > patch_second)
+        .filter_map(|e| {
+            let names_image = mentions_image(&e.message, expect.image);
+            let reason = match e.reason.as_str() {
+                "Failed" if e.message.starts_with("Failed to pull image") => {
+                    FailureReason::ErrImagePull
+                }
+                "Failed" => FailureReason::from_waiting_reason(e.message.strip_prefix("Error: ")?)?,
+                "InspectFailed" => FailureReason::InvalidImageName,
+                _ => return None,
+            };
+            Some((reason, names_image, e))
+        })
+        .collect();
+    let pull_failed = failures
+        .iter()
+        .any(|(r, named, _)| *named && *r == FailureReason::ErrImagePull);
+    let counts = |reason: FailureReason, named: bool| match reason {
+        FailureReason::ErrImagePull | FailureReason::InvalidImageName => named,
+        FailureReason::ImagePullBackOff => pull_failed,
+        FailureReason::CreateContainerConfigError
+        | FailureReason::CreateContainerError
+        | FailureReason::RunContainerError => true,
+        FailureReason::CrashLoopBackOff | FailureReason::ReadyTimeout => false,
+    };
+    // The most telling first: why it cannot start, not that kubelet backs off.
+    let rank = |r: FailureReason| match r {
+        FailureReason::InvalidImageName => 0,
+        FailureReason::ErrImagePull => 1,
+        FailureReason::CreateContainerConfigError => 2,
+        FailureReason::CreateContainerError => 3,
+        FailureReason::RunContainerError => 4,
+        _ => 5,
+    };
+    let (reason, _, event) = failures
+        .into_iter()
+        .filter(|(r, named, _)| counts(*r, *named))
+        .min_by_key(|(r, _, e)| (rank(*r), std::cmp::Reverse(e.last_seen)))?;
+    Some(ContainerState::Failed {
+        reason,
+        message: format!(
+            "container {:?}: {} (pod Event {} at {}: {})",
+            baseline.name,
+            reason.as_str(),
+            event.reason,
+            event.last_seen,
+            event.message
+        ),
+    })
 }
 
 /// The image the spec asks for at the recorded place, if the container there has the
@@ -270,7 +375,37 @@ pub fn container_status<'p>(
     list.iter().find(|s| s.name == name)
 }
 
-/// Whether the runtime's `image` is consistent with the expected image.
+/// Whether kubelet reports having seen the pod's current spec (`status.observedGeneration` ≥
+/// `metadata.generation`, kubelet 1.34+); `None` when it does not report it.
+fn kubelet_has_seen_spec(pod: &Pod) -> Option<bool> {
+    let observed = pod.status.as_ref()?.observed_generation?;
+    Some(observed >= pod.metadata.generation?)
+}
+
+/// Whether a container restarted after the patch runs the expected image. The runtime's
+/// `image` is only a name for what runs: containerd reports the first name it knows for the
+/// image's content (an image that is also known on the node under another repository reads
+/// as that one — seen on a real kubelet, tests/e2e_real.rs), CRI-O its first repo tag (after a
+/// same-digest retag, the old tag). So, in order:
+/// - content other than what ran at the patch (`imageID` changed) is the patched spec's image;
+/// - a name of the expected image is it;
+/// - any other name is an alias once kubelet reports that it has seen the patched spec;
+/// - from a kubelet that does not report that (< 1.34), the lenient
+///   [`status_image_consistent`].
+fn runs_expected_image(pod: &Pod, status: &ContainerStatus, expect: &Expectation<'_>) -> bool {
+    let content_changed = expect
+        .baseline
+        .image_id
+        .as_deref()
+        .is_some_and(|before| !status.image_id.is_empty() && status.image_id != before);
+    if content_changed || same_image(&status.image, expect.image) {
+        return true;
+    }
+    kubelet_has_seen_spec(pod)
+        .unwrap_or_else(|| status_image_consistent(&status.image, expect.image))
+}
+
+/// Whether the runtime's `image` is consistent with the expected image, by its name alone.
 ///
 /// Runtimes report different forms: the spec string, docker's normalised name, a
 /// `repo@sha256:` digest reference, a bare `sha256:` image ID, or (CRI-O) the image's first
@@ -289,6 +424,18 @@ pub fn status_image_consistent(status_image: &str, expected: &str) -> bool {
         }
         _ => true,
     }
+}
+
+/// Whether kubelet's message quotes an image (`image "…"`, `reference "…"`, as its pull errors
+/// do) that is not `image`.
+fn names_another_image(message: &str, image: &str) -> bool {
+    ["image \"", "reference \""].iter().any(|prefix| {
+        message.match_indices(prefix).any(|(i, p)| {
+            let rest = &message[i + p.len()..];
+            rest.split_once('"')
+                .is_some_and(|(quoted, _)| !same_image(quoted, image))
+        })
+    })
 }
 
 fn mentions_image(message: &str, image: &str) -> bool {
@@ -326,6 +473,7 @@ mod tests {
             target_image: NEW.into(),
             container_id: Some("containerd://old".into()),
             restart_count: 2,
+            image_id: None,
             was_running,
         }
     }
@@ -429,6 +577,7 @@ mod tests {
             image: NEW,
             patched_at: ts(0),
             ready_timeout: Duration::from_secs(300),
+            events: &[],
         };
         classify(&pod(kind, spec_image, st), &expect, ts(now))
     }
@@ -701,6 +850,26 @@ mod tests {
                     },
                 ),
                 (
+                    "a rollback patched over a failed pull: the old failure still shows",
+                    true,
+                    NEW,
+                    Some(status(
+                        "containerd://old",
+                        2,
+                        waiting(
+                            "ErrImagePull",
+                            &format!(
+                                "rpc error: code = NotFound desc = failed to pull and unpack image \"{OLD}\": failed to resolve reference \"{OLD}\": not found"
+                            ),
+                        ),
+                        false,
+                    )),
+                    1,
+                    S::Restarting {
+                        reason: "ErrImagePull".into(),
+                    },
+                ),
+                (
                     "runtime reports another repository",
                     true,
                     NEW,
@@ -823,6 +992,63 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_container_runs_the_target_whatever_name_the_runtime_gives_it() {
+        const ALIAS: &str = "docker.io/istio/proxyv2:1.24";
+        let (old, new) = ("sha256:old-content", "sha256:new-content");
+        // case, status image, its imageID, imageID at the patch, (generation, observed), upgraded
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<(i64, i64)>,
+            bool,
+        );
+        #[rustfmt::skip]
+        let cases: [Case; 9] = [
+            ("the expected name", NEW, old, Some(old), Some((2, 1)), true),
+            ("an alias of new content", ALIAS, new, Some(old), None, true),
+            ("an alias, kubelet saw the spec", ALIAS, old, Some(old), Some((2, 2)), true),
+            ("an alias, spec not yet seen", ALIAS, old, Some(old), Some((2, 1)), false),
+            // The old container crashed and kubelet restarted it before it saw the patch.
+            ("the old name, spec not yet seen", OLD, old, Some(old), Some((2, 1)), false),
+            // A same-digest retag, named by its first tag (CRI-O).
+            ("the old name, spec seen", OLD, old, Some(old), Some((2, 2)), true),
+            // No generation reported (kubelet < 1.34): the name alone decides, leniently.
+            ("same repository, nothing else known", OLD, old, None, None, true),
+            ("another repository, nothing else known", ALIAS, new, None, None, false),
+            ("no imageID reported now", ALIAS, "", Some(old), Some((2, 1)), false),
+        ];
+        for (case, image, image_id, at_patch, generations, upgraded) in cases {
+            let mut b = baseline(ContainerKind::NativeSidecar, true);
+            b.image_id = at_patch.map(str::to_string);
+            let expect = Expectation {
+                baseline: &b,
+                image: NEW,
+                patched_at: ts(0),
+                ready_timeout: Duration::from_secs(300),
+                events: &[],
+            };
+            let mut st = status("containerd://new", 3, running(1), true);
+            st.image = image;
+            let mut p = pod(ContainerKind::NativeSidecar, NEW, Some(st));
+            let status = p.status.as_mut().expect("status");
+            status.init_container_statuses.as_mut().expect("statuses")[0].image_id =
+                image_id.into();
+            if let Some((generation, observed)) = generations {
+                p.metadata.generation = Some(generation);
+                p.status.as_mut().expect("status").observed_generation = Some(observed);
+            }
+            let state = classify(&p, &expect, ts(5));
+            assert_eq!(
+                state == ContainerState::Upgraded,
+                upgraded,
+                "{case}: {state:?}"
+            );
+        }
+    }
+
+    #[test]
     fn good_bad_good_completes() {
         // good (old) -> bad: rolled back to OLD; then OLD -> good again. The rollback baseline
         // holds the failed container's ID, the final attempt a fresh one: both complete by
@@ -835,11 +1061,207 @@ mod tests {
             image: NEW,
             patched_at: ts(0),
             ready_timeout: Duration::from_secs(300),
+            events: &[],
         };
         let p = pod(
             ContainerKind::Container,
             NEW,
             Some(status("containerd://good-again", 8, running(3), true)),
+        );
+        assert_eq!(classify(&p, &expect, ts(10)), ContainerState::Upgraded);
+    }
+
+    fn event(field_path: &str, reason: &str, message: &str, at: i64) -> ContainerEvent {
+        ContainerEvent {
+            field_path: field_path.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_seen: ts(at),
+        }
+    }
+
+    /// A native sidecar whose old process exited 0 and whose new image cannot be pulled:
+    /// kubelet shows it `terminated` (Completed, old containerID) with no waiting reason; the
+    /// pod's Events decide (DESIGN §10).
+    #[test]
+    fn events_tell_a_failure_the_status_does_not() {
+        const SIDECAR: &str = "spec.initContainers{istio-proxy}";
+        let pull = format!(
+            "Failed to pull image \"{NEW}\": rpc error: code = NotFound desc = failed to resolve reference: not found"
+        );
+        let other_image =
+            "Failed to pull image \"registry.istio.io/testing/proxyv2:9\": not found".to_owned();
+        let terminated_old = || {
+            let mut st = status(
+                "containerd://old",
+                2,
+                K8sState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        container_id: Some("containerd://old".into()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..K8sState::default()
+                },
+                false,
+            );
+            st.image = OLD;
+            st
+        };
+        // (case, events, observedGeneration vs generation 2, expected failure reason)
+        type EventCase = (
+            &'static str,
+            Vec<ContainerEvent>,
+            Option<i64>,
+            Option<FailureReason>,
+        );
+        let cases: Vec<EventCase> = vec![
+            ("no events", vec![], Some(2), None),
+            (
+                "a pull failure of the new image after the patch",
+                vec![
+                    event(SIDECAR, "Failed", &pull, 2),
+                    event(SIDECAR, "Failed", "Error: ErrImagePull", 2),
+                ],
+                Some(2),
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "in the patch's own second: not yet (it repeats)",
+                vec![event(SIDECAR, "Failed", &pull, 0)],
+                Some(2),
+                None,
+            ),
+            (
+                "before the patch: an earlier attempt",
+                vec![event(SIDECAR, "Failed", &pull, -30)],
+                Some(2),
+                None,
+            ),
+            (
+                "another container's failure",
+                vec![event("spec.containers{hello}", "Failed", &pull, 2)],
+                Some(2),
+                None,
+            ),
+            (
+                "the same container kind but as a regular container path",
+                vec![event("spec.containers{istio-proxy}", "Failed", &pull, 2)],
+                Some(2),
+                None,
+            ),
+            (
+                "a pull failure of another image (a stale one during a rollback)",
+                vec![
+                    event(SIDECAR, "Failed", &other_image, 2),
+                    event(SIDECAR, "Failed", "Error: ErrImagePull", 2),
+                    event(SIDECAR, "Failed", "Error: ImagePullBackOff", 3),
+                ],
+                Some(2),
+                None,
+            ),
+            (
+                "kubelet has not seen the patched spec yet",
+                vec![event(SIDECAR, "Failed", &pull, 2)],
+                Some(1),
+                None,
+            ),
+            (
+                "no observedGeneration reported (kubelet < 1.34): time decides",
+                vec![event(SIDECAR, "Failed", &pull, 2)],
+                None,
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "image pull back-off with the pull failure: the pull failure is named",
+                vec![
+                    event(SIDECAR, "Failed", "Error: ImagePullBackOff", 9),
+                    event(SIDECAR, "Failed", &pull, 2),
+                ],
+                Some(2),
+                Some(FailureReason::ErrImagePull),
+            ),
+            (
+                "a restart back-off alone is not a start failure",
+                vec![event(
+                    SIDECAR,
+                    "BackOff",
+                    "Back-off restarting failed container istio-proxy in pod p",
+                    3,
+                )],
+                Some(2),
+                None,
+            ),
+            (
+                "a config error (no image in the message)",
+                vec![event(
+                    SIDECAR,
+                    "Failed",
+                    "Error: CreateContainerConfigError",
+                    4,
+                )],
+                Some(2),
+                Some(FailureReason::CreateContainerConfigError),
+            ),
+            (
+                "an invalid name",
+                vec![event(
+                    SIDECAR,
+                    "InspectFailed",
+                    &format!("Failed to apply default image tag \"{NEW}\": invalid"),
+                    2,
+                )],
+                Some(2),
+                Some(FailureReason::InvalidImageName),
+            ),
+        ];
+        for (case, events, observed, want) in cases {
+            let b = baseline(ContainerKind::NativeSidecar, true);
+            let expect = Expectation {
+                baseline: &b,
+                image: NEW,
+                patched_at: "2026-01-01T00:00:00.400Z".parse().expect("timestamp"),
+                ready_timeout: Duration::from_secs(300),
+                events: &events,
+            };
+            let mut p = pod(ContainerKind::NativeSidecar, NEW, Some(terminated_old()));
+            p.metadata.generation = Some(2);
+            if let Some(s) = p.status.as_mut() {
+                s.observed_generation = observed;
+            }
+            let got = classify(&p, &expect, ts(10));
+            match (want, &got) {
+                (None, ContainerState::Restarting { .. }) => {}
+                (Some(w), ContainerState::Failed { reason, message }) => {
+                    assert_eq!(*reason, w, "{case}: {message}");
+                    assert!(message.contains("pod Event"), "{case}: {message}");
+                }
+                _ => panic!("{case}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn events_never_override_a_running_new_container() {
+        let b = baseline(ContainerKind::NativeSidecar, true);
+        let events = [event(
+            "spec.initContainers{istio-proxy}",
+            "Failed",
+            &format!("Failed to pull image \"{NEW}\": transient"),
+            2,
+        )];
+        let expect = Expectation {
+            baseline: &b,
+            image: NEW,
+            patched_at: ts(0),
+            ready_timeout: Duration::from_secs(300),
+            events: &events,
+        };
+        let p = pod(
+            ContainerKind::NativeSidecar,
+            NEW,
+            Some(status("containerd://new", 3, running(5), true)),
         );
         assert_eq!(classify(&p, &expect, ts(10)), ContainerState::Upgraded);
     }

@@ -77,8 +77,15 @@ pub struct PlanInput<'a> {
     pub disruption_budgets: &'a [DisruptionBudget],
     /// Pods whose IP is no longer ready in any EndpointSlice (the controller's view).
     pub endpoints_drained: &'a BTreeSet<String>,
+    /// kubelet's Warning Events of pods with an upgrade in flight, by pod UID (see
+    /// [`crate::classify::ContainerEvent`]): how a native sidecar that shows no waiting reason
+    /// is seen failing.
+    pub events: &'a PodEvents,
     pub now: Timestamp,
 }
+
+/// Events by pod UID.
+pub type PodEvents = std::collections::HashMap<String, Vec<crate::classify::ContainerEvent>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -271,6 +278,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     image: c.expected_image(st.phase),
                     patched_at: st.patched_at,
                     ready_timeout,
+                    events: pod
+                        .metadata
+                        .uid
+                        .as_ref()
+                        .and_then(|uid| input.events.get(uid))
+                        .map_or(&[], Vec::as_slice),
                 };
                 classify(pod, &expect, input.now)
             });

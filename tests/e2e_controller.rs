@@ -359,6 +359,61 @@ async fn fail_pull_target_rolls_back_and_stops() -> TestResult {
     .await
 }
 
+/// DESIGN §10 and §8 (fail fast): a native sidecar whose old process exits 0 on SIGTERM
+/// (Istio's agent; `proxyv2` images by the simulator's rule), patched to an image that cannot
+/// be pulled, shows no waiting reason — only the pod's Events say it. The controller sees the
+/// failure from those Events and rolls the pod back long before `readyTimeoutSeconds` (300
+/// here): the workload's failure names the Event, not a timeout.
+#[tokio::test]
+async fn a_native_sidecar_failing_without_a_waiting_reason_is_seen_from_events() -> TestResult {
+    let (client, ns) = setup("sidecar-events", json!({"readyTimeoutSeconds": 300})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    create_service(&client, &ns, "hello").await?;
+    deployments
+        .create(
+            &PostParams::default(),
+            &hello_deployment("frontend.yaml.injected", 2, true)?,
+        )
+        .await?;
+    await_deployment_ready(&deployments, "frontend", 2).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    annotate(&deployments, "frontend", TARGETS_ANNOTATION, target).await?;
+    let failed = await_phase(&deployments, "frontend", target, "Failed").await?;
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull") && message.contains("pod Event Failed"),
+        "the failure names kubelet's Event: {status}"
+    );
+    assert!(!message.contains("ReadyTimeout"), "not a timeout: {status}");
+
+    await_deployment_ready(&deployments, "frontend", 2).await?;
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    let mut tried = Vec::new();
+    for (name, pod) in &after {
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:latest"),
+            "{name} runs the previous image"
+        );
+        if state_phase(pod).is_some() {
+            assert_eq!(state_phase(pod).as_deref(), Some("RolledBack"), "{name}");
+            // What the controller saw: the sidecar kept its terminated, exit-0 status.
+            tried.push(name.clone());
+        } else {
+            assert_eq!(
+                status_of(pod, "istio-proxy").map(|c| &c.container_id),
+                status_of(&before[name], "istio-proxy").map(|c| &c.container_id),
+                "{name} untouched"
+            );
+        }
+    }
+    assert_eq!(tried.len(), 1, "exactly one pod was tried: {tried:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn crashloop_target_rolls_back_and_stops() -> TestResult {
     failing_target_rolls_back_one_pod("crashloop", "1.24.2-crashloop", &["CrashLoopBackOff"]).await

@@ -384,6 +384,7 @@ const CONTROLLER_CLUSTER: &[(&str, &str, &str, &str)] = &[
         "patch",
     ),
     ("events.events.k8s.io", "", "", "create patch"),
+    ("events", "", "", "list watch"),
 ];
 
 /// The controller, additionally in its own namespace (Role inplace-upgrade-controller-leader).

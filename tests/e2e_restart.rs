@@ -13,43 +13,13 @@ use std::collections::BTreeSet;
 
 use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
-use inplace_upgrade::controller::LEASE_NAME;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use testenv::{TestEnv, wait_for, wait_list};
-
-async fn holder(client: &Client) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE)
-        .get_opt(LEASE_NAME)
-        .await
-        .ok()??;
-    lease.spec?.holder_identity.filter(|h| !h.is_empty())
-}
-
-async fn await_holder(client: &Client, among: &[&str]) -> AnyResult<String> {
-    let api = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
-    let lease = wait_for(
-        &api,
-        LEASE_NAME,
-        &format!("a leader among {among:?}"),
-        |l: &Lease| {
-            l.spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                .is_some_and(|h| among.contains(&h))
-        },
-    )
-    .await?;
-    Ok(lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .unwrap_or_default())
-}
+use testenv::{TestEnv, wait_list};
 
 #[derive(Clone, Copy, Debug)]
 enum KillPoint {

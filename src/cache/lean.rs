@@ -9,9 +9,10 @@
 //!   container's and init container's name, image and restartPolicy (the index in its list is
 //!   the patch path) and the readiness gates; of the status the phase, podIP, the `Ready` and
 //!   `inplace-upgrade.io/ready` conditions, and per container status what the classifier reads
-//!   (name, containerID, image, ready, started, restartCount, state and lastState: reasons,
-//!   messages, exit codes and times). An Istio-injected pod's env, args, probes, mounts,
-//!   volumes, `imageID`s (never compared: a same-digest retag keeps it), other conditions and
+//!   (name, containerID, image, imageID, ready, started, restartCount, state and lastState:
+//!   reasons, messages, exit codes and times), with `metadata.generation` and
+//!   `status.observedGeneration` (whether kubelet has seen the patched spec). An
+//!   Istio-injected pod's env, args, probes, mounts, volumes, other conditions and
 //!   annotations are most of its size. [`CachedPod::to_pod`] gives it back as a `Pod` the
 //!   planner and the patches read exactly as they read the full pod (unit-tested over every
 //!   Istio fixture and the status shapes kubelets report).
@@ -386,6 +387,9 @@ lean_object! {
 pub struct CachedPod {
     uid: Option<String>,
     resource_version: Option<String>,
+    /// `metadata.generation`: with `status.observedGeneration`, whether kubelet has seen the
+    /// patched spec.
+    generation: Option<i64>,
     labels: Option<BTreeMap<String, String>>,
     /// Only ours (see [`our_annotations`]).
     annotations: Option<BTreeMap<String, String>>,
@@ -398,6 +402,7 @@ pub struct CachedPod {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct CachedPodStatus {
+    observed_generation: Option<i64>,
     phase: Option<String>,
     pod_ip: Option<String>,
     /// `Ready` and our readiness gate's condition, without `message` and `lastProbeTime`.
@@ -411,6 +416,8 @@ struct CachedContainerStatus {
     name: String,
     container_id: Option<String>,
     image: String,
+    /// The content that runs (what a baseline records, and a restart is compared against).
+    image_id: String,
     ready: bool,
     started: Option<bool>,
     restart_count: i32,
@@ -440,6 +447,7 @@ wire_struct!(WirePodMeta, "a Pod's metadata", {
     namespace: String = "namespace",
     uid: String = "uid",
     resource_version: String = "resourceVersion",
+    generation: i64 = "generation",
     labels: BTreeMap<String, String> = "labels",
     annotations: BTreeMap<String, String> = "annotations",
     owner_references: Vec<OwnerReference> = "ownerReferences",
@@ -447,6 +455,7 @@ wire_struct!(WirePodMeta, "a Pod's metadata", {
 });
 
 wire_struct!(WirePodStatus, "a Pod's status", {
+    observed_generation: i64 = "observedGeneration",
     phase: String = "phase",
     pod_ip: String = "podIP",
     conditions: Vec<WireCondition> = "conditions",
@@ -465,6 +474,7 @@ wire_struct!(WireContainerStatus, "a container status", {
     name: String = "name",
     container_id: String = "containerID",
     image: String = "image",
+    image_id: String = "imageID",
     ready: bool = "ready",
     started: bool = "started",
     restart_count: i32 = "restartCount",
@@ -538,6 +548,7 @@ impl From<WireContainerStatus> for CachedContainerStatus {
             name: s.name.unwrap_or_default(),
             container_id: s.container_id,
             image: s.image.unwrap_or_default(),
+            image_id: s.image_id.unwrap_or_default(),
             ready: s.ready.unwrap_or_default(),
             started: s.started,
             restart_count: s.restart_count.unwrap_or_default(),
@@ -553,6 +564,7 @@ impl CachedContainerStatus {
             name: self.name.clone(),
             container_id: self.container_id.clone(),
             image: self.image.clone(),
+            image_id: self.image_id.clone(),
             ready: self.ready,
             started: self.started,
             restart_count: self.restart_count,
@@ -572,6 +584,7 @@ impl From<WirePodStatus> for CachedPodStatus {
     fn from(s: WirePodStatus) -> Self {
         let statuses = |list: Vec<WireContainerStatus>| list.into_iter().map(Into::into).collect();
         CachedPodStatus {
+            observed_generation: s.observed_generation,
             phase: s.phase,
             pod_ip: s.pod_ip,
             conditions: s
@@ -599,6 +612,7 @@ impl CachedPodStatus {
             list.iter().map(CachedContainerStatus::to_status).collect()
         };
         PodStatus {
+            observed_generation: self.observed_generation,
             phase: self.phase.clone(),
             pod_ip: self.pod_ip.clone(),
             conditions: (!self.conditions.is_empty()).then(|| self.conditions.clone()),
@@ -619,6 +633,7 @@ impl CachedPod {
                 namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
                 uid: self.uid.clone(),
                 resource_version: self.resource_version.clone(),
+                generation: self.generation,
                 labels: self.labels.clone(),
                 annotations: self.annotations.clone(),
                 owner_references: self.owner.clone().map(|o| vec![o]),
@@ -628,6 +643,15 @@ impl CachedPod {
             spec: self.spec.as_ref().map(LeanPodSpec::to_spec),
             status: self.status.as_ref().map(CachedPodStatus::to_status),
         }
+    }
+
+    pub fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+
+    /// One of our annotations (the only ones kept).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
     }
 
     /// The controlling owner reference.
@@ -651,6 +675,7 @@ fn decode_pod<'de, D: Deserializer<'de>>(d: D) -> Result<Decoded<CachedPod>, D::
     let kept = CachedPod {
         uid: meta.uid,
         resource_version: meta.resource_version,
+        generation: meta.generation,
         labels: meta.labels,
         annotations: our_annotations(meta.annotations),
         owner: meta

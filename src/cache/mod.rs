@@ -31,7 +31,9 @@ use crate::controller::inputs::not_serving;
 use crate::controller::{
     WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, workload_of_pod,
 };
+use crate::STATE_ANNOTATION;
 use crate::policy::InPlaceUpgradePolicy;
+use crate::state::PodUpgradeState;
 use index::Table;
 use lean::{CachedPod, CachedSlice, CachedWorkload};
 pub use watch::{FeedError, Kind, Role};
@@ -259,6 +261,28 @@ impl Cache {
         Some(Arc::new(
             table.get(namespace, name)?.as_replica_set(namespace, name),
         ))
+    }
+
+    /// Whether the pod `namespace/name` is cached with UID `uid` and an upgrade or rollback in
+    /// flight (its state record says so).
+    pub fn pod_in_flight(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        let pods = read(&self.shared.tables.pods);
+        pods.get(namespace, name).is_some_and(|pod| {
+            pod.uid() == Some(uid)
+                && pod
+                    .annotation(STATE_ANNOTATION)
+                    .and_then(|raw| PodUpgradeState::parse(raw).ok())
+                    .is_some_and(|s| s.phase.in_progress())
+        })
+    }
+
+    /// The workload the cached pod `namespace/name` belongs to.
+    pub fn workload_of_pod_named(&self, namespace: &str, name: &str) -> Option<WorkloadKey> {
+        let owner = read(&self.shared.tables.pods)
+            .get(namespace, name)?
+            .owner()
+            .cloned()?;
+        self.workload_of(namespace, Some(&owner))
     }
 
     /// The workload a pod in `namespace` with this controlling owner belongs to.

@@ -244,6 +244,53 @@ fn pods_are_found_through_their_owners_and_trigger_their_workload() {
     );
 }
 
+/// What the controller's Events watch asks of the pod cache: whether a pod (by UID) has an
+/// upgrade or rollback in flight, and which workload to queue for it.
+#[test]
+fn a_pod_is_in_flight_while_its_state_record_says_so() {
+    let (cache, _) = cache();
+    cache
+        .feed(Event::Apply(replica_set(
+            "web-1",
+            Some("web"),
+            1,
+            "nginx:1",
+        )))
+        .unwrap();
+    let with_state = |phase: Option<&str>| {
+        let mut p = pod("web-1-a", "ReplicaSet", "web-1");
+        p.metadata.uid = Some("pod-uid".into());
+        if let Some(phase) = phase {
+            p.metadata.annotations = Some(
+                [(
+                    crate::STATE_ANNOTATION.to_string(),
+                    json!({"version": 1, "phase": phase, "patchedAt": "2026-01-01T00:00:00Z",
+                        "containers": []})
+                    .to_string(),
+                )]
+                .into(),
+            );
+        }
+        p
+    };
+    let in_flight = |uid: &str| cache.pod_in_flight("ns", "web-1-a", uid);
+    cache.feed(Event::Apply(with_state(None))).unwrap();
+    assert!(!in_flight("pod-uid"), "no record");
+    cache.feed(Event::Apply(with_state(Some("Patched")))).unwrap();
+    assert!(in_flight("pod-uid"));
+    assert!(!in_flight("another-uid"), "a pod of the same name, recreated");
+    assert!(!cache.pod_in_flight("ns", "web-1-b", "pod-uid"), "not cached");
+    assert_eq!(
+        cache.workload_of_pod_named("ns", "web-1-a"),
+        Some(key(WorkloadKind::Deployment, "web"))
+    );
+    assert_eq!(cache.workload_of_pod_named("ns", "web-1-b"), None);
+    cache
+        .feed(Event::Apply(with_state(Some("Succeeded"))))
+        .unwrap();
+    assert!(!in_flight("pod-uid"), "finished");
+}
+
 #[test]
 fn slices_drain_and_trigger_only_the_pods_whose_serving_changed() {
     let (cache, seen) = cache();

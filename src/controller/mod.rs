@@ -4,6 +4,7 @@
 //! condition, the workload's status annotation), so a replica that takes over — after a crash
 //! or a leader change — carries on from there.
 
+mod events;
 pub mod inputs;
 mod leader;
 mod metrics;
@@ -56,6 +57,9 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub cache: Cache,
+    /// kubelet's Warning Events of pods in flight, fed by the controller's own watch
+    /// (`events.rs`; the webhook reads no Events).
+    events: events::EventIndex,
     pub queue: Queue,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -165,6 +169,13 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
+    let events = events::EventIndex::default();
+    tokio::spawn(events::drive(
+        &client,
+        cache.clone(),
+        events.clone(),
+        queue.clone(),
+    ));
     let reporter = Reporter {
         controller: "inplace-upgrade".into(),
         instance: Some(settings.identity.clone()),
@@ -173,6 +184,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         cache: cache.clone(),
+        events,
         queue: queue.clone(),
         metrics: metrics.clone(),
         settings: settings.clone(),

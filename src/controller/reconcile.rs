@@ -248,6 +248,9 @@ async fn reconcile_workload(
         &pods,
     );
     let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods);
+    let events = ctx
+        .events
+        .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()));
     let input = PlanInput {
         targets: &asked.targets,
         pods: &pods,
@@ -258,6 +261,7 @@ async fn reconcile_workload(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
+        events: &events,
         now,
     };
     let mut plan = plan(&input);

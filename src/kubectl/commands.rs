@@ -316,6 +316,9 @@ async fn build_plan(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &drained,
+        // A dry run reads no Events: a native sidecar failing without a waiting reason shows
+        // here as in progress until the controller, which watches them, records the failure.
+        events: &Default::default(),
         now,
     };
     let planned = plan(&input);

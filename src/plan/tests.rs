@@ -91,6 +91,7 @@ fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> Stri
             target_image: NEW.into(),
             container_id: Some(id.into()),
             restart_count: restarts,
+            image_id: None,
             was_running: true,
         }],
         readiness_gate: true,
@@ -181,6 +182,7 @@ struct World {
     retry_since: Option<Timestamp>,
     pdbs: Vec<DisruptionBudget>,
     drained: BTreeSet<String>,
+    events: crate::plan::PodEvents,
     now: Timestamp,
 }
 
@@ -196,6 +198,7 @@ impl World {
             retry_since: None,
             pdbs: Vec::new(),
             drained: BTreeSet::new(),
+            events: Default::default(),
             now: ts(0),
         }
     }
@@ -217,6 +220,7 @@ impl World {
             retry_since: self.retry_since,
             disruption_budgets: &self.pdbs,
             endpoints_drained: &self.drained,
+            events: &self.events,
             now: self.now,
         })
     }

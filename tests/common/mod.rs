@@ -14,6 +14,7 @@ use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -486,6 +487,36 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The identity holding the controller's Lease, if any.
+pub async fn holder(client: &Client) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE)
+        .get_opt(controller::LEASE_NAME)
+        .await
+        .ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Waits until one of `among` holds the controller's Lease; returns it.
+pub async fn await_holder(client: &Client, among: &[&str]) -> AnyResult<String> {
+    let api = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE);
+    let lease = wait_for(
+        &api,
+        controller::LEASE_NAME,
+        &format!("a leader among {among:?}"),
+        |l: &Lease| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                .is_some_and(|h| among.contains(&h))
+        },
+    )
+    .await?;
+    Ok(lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default())
 }
 
 /// Our readiness gate condition: (status, reason).

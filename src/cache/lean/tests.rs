@@ -2,7 +2,7 @@
 //! does, over every Istio fixture and the status shapes kubelets report.
 
 use super::*;
-use crate::classify::{Expectation, classify};
+use crate::classify::{ContainerEvent, Expectation, classify};
 use crate::patch::{rollback_patch, state_patch, upgrade_patch};
 use crate::plan::{PlanInput, plan};
 use crate::policy::InPlaceUpgradePolicySpec;
@@ -47,7 +47,7 @@ fn id(name: &str, n: u32) -> String {
 fn status(pod: &Value, name: &str, state: Value, ready: bool, restarts: i32, n: u32) -> Value {
     let image = names_image(pod, name);
     json!({"name": name, "state": state, "lastState": {}, "ready": ready, "restartCount": restarts,
-        "image": image, "imageID": format!("{image}@sha256:{:064}", 1), "containerID": id(name, n),
+        "image": image, "imageID": format!("sha256:{n:064}"), "containerID": id(name, n),
         "started": state.get("running").is_some(),
         "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"}],
         "resources": {"requests": {"cpu": "10m"}}, "user": {"linux": {"uid": 1337, "gid": 1337}}})
@@ -108,6 +108,7 @@ fn statuses(pod: &Value) -> Vec<(&'static str, Option<Value>)> {
         ("no state", proxy(json!({}), false, 0, 4)),
     ];
     let mut out = vec![("no status", None)];
+    let mut alias = Vec::new();
     for (shape, (state, ready, restarts, n)) in shapes {
         let each = |list: &str| -> Value {
             names(pod, list)
@@ -152,6 +153,29 @@ fn statuses(pod: &Value) -> Vec<(&'static str, Option<Value>)> {
                 "containerStatuses": each("containers"),
             })),
         ));
+        if shape == "restarted, ready" {
+            alias.push(out.last().and_then(|(_, s)| s.clone()));
+        }
+    }
+    // The restarted proxy reported under another repository's name (containerd's first name
+    // for the same content, seen on a real kubelet), by a kubelet that has seen the patched
+    // spec (observedGeneration 2 of generation 2) or not yet (1 of 2).
+    for (shape, observed) in [
+        ("restarted, ready, alias name, spec seen", 2),
+        ("restarted, ready, alias name, spec not seen", 1),
+    ] {
+        let Some(mut status) = alias[0].clone() else {
+            continue;
+        };
+        status["observedGeneration"] = json!(observed);
+        for list in ["containerStatuses", "initContainerStatuses"] {
+            for c in status[list].as_array_mut().into_iter().flatten() {
+                if c["name"] == "istio-proxy" {
+                    c["image"] = json!("registry.local/mirror/proxy:same-digest");
+                }
+            }
+        }
+        out.push((shape, Some(status)));
     }
     out
 }
@@ -163,7 +187,7 @@ fn served(mut pod: Value, status: Option<Value>) -> Value {
     meta["namespace"] = json!("ns");
     meta["uid"] = json!("4bdc977d-8e12-4867-8d72-83c1e4518a72");
     meta["resourceVersion"] = json!("266");
-    meta["generation"] = json!(1);
+    meta["generation"] = json!(2);
     meta["generateName"] = json!("hello-69c5c7bd99-");
     meta["creationTimestamp"] = json!(time(0));
     meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -195,6 +219,20 @@ fn full(wire: &Value) -> Pod {
 /// Everything the planner, the classifier and the patches make of a pod, as comparable text.
 fn decisions(pod: &Pod) -> Vec<String> {
     let targets = crate::annotation::parse(NEW_PROXY).expect("targets");
+    // kubelet failing to pull the target for the proxy, whichever kind of container it is.
+    let events: Vec<ContainerEvent> = ["containers", "initContainers"]
+        .iter()
+        .map(|list| ContainerEvent {
+            field_path: format!("spec.{list}{{istio-proxy}}"),
+            reason: "Failed".into(),
+            message: "Failed to pull image \"docker.io/istio/proxyv2:1.24.2\": not found".into(),
+            last_seen: at(20),
+        })
+        .collect();
+    let by_uid = crate::plan::PodEvents::from([(
+        pod.metadata.uid.clone().unwrap_or_default(),
+        events.clone(),
+    )]);
     let spec = pod.spec.as_ref().expect("spec");
     let mut out = vec![format!(
         "resolve {:?}",
@@ -221,13 +259,16 @@ fn decisions(pod: &Pod) -> Vec<String> {
         ));
         for baseline in &state.containers {
             for secs in [30, 1000] {
-                let expect = Expectation {
-                    baseline,
-                    image: baseline.expected_image(state.phase),
-                    patched_at: state.patched_at,
-                    ready_timeout: std::time::Duration::from_secs(300),
-                };
-                out.push(format!("classify {:?}", classify(pod, &expect, at(secs))));
+                for events in [&[][..], &events] {
+                    let expect = Expectation {
+                        baseline,
+                        image: baseline.expected_image(state.phase),
+                        patched_at: state.patched_at,
+                        ready_timeout: std::time::Duration::from_secs(300),
+                        events,
+                    };
+                    out.push(format!("classify {:?}", classify(pod, &expect, at(secs))));
+                }
             }
         }
     }
@@ -246,6 +287,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
                 retry_since: None,
                 disruption_budgets: &[],
                 endpoints_drained: &drained,
+                events: &by_uid,
                 now: at(secs),
             };
             out.push(format!("plan {:?}", plan(&input)));
@@ -408,7 +450,6 @@ fn a_lean_pod_keeps_what_is_read_and_drops_the_rest() {
         .flatten()
         .find(|c| c.name == "istio-proxy")
         .expect("sidecar status");
-    assert_eq!(sidecar.image_id, "", "imageID is never compared");
     assert!(sidecar.volume_mounts.is_none() && sidecar.resources.is_none());
     let full_sidecar = full
         .status
@@ -420,6 +461,10 @@ fn a_lean_pod_keeps_what_is_read_and_drops_the_rest() {
         sidecar.state, full_sidecar.state,
         "reasons, exit code and times"
     );
+    assert!(!sidecar.image_id.is_empty());
+    assert_eq!(sidecar.image_id, full_sidecar.image_id, "the content that runs");
+    assert_eq!(lean.metadata.generation, Some(2));
+    assert_eq!(status.observed_generation, Some(1));
     assert_eq!(
         (
             sidecar.ready,
@@ -510,4 +555,72 @@ fn a_lean_slice_serves_the_pods_the_full_slice_serves() {
         lean.kept.serving
     );
     assert_eq!(lean.filed.resource_version.as_deref(), Some("7"));
+}
+
+/// What main's classifier reads beyond the container's name and state (19f8f4c): the
+/// `imageID` recorded at the patch and reported after the restart, and whether kubelet has seen
+/// the patched spec (`status.observedGeneration` against `metadata.generation`). A lean pod
+/// keeps all three, so a restart reported under another repository's name (containerd's first
+/// name for the same content) reads as upgraded from the cache as from the full pod.
+#[test]
+fn a_lean_pod_classifies_an_alias_named_restart_as_upgraded() {
+    let fixture = fixture_pods("native-sidecar.yaml.injected").remove(0);
+    let base = serde_json::to_value(&fixture).expect("json");
+    let shapes = statuses(&base);
+    let status_of = |shape: &str| {
+        shapes
+            .iter()
+            .find(|(s, _)| *s == shape)
+            .and_then(|(_, s)| s.clone())
+            .expect("shape")
+    };
+    // The patch is taken from the lean pod, as the controller takes it from its cache.
+    let before = lean(&served(base.clone(), Some(status_of("running"))));
+    let targets = crate::annotation::parse(NEW_PROXY).expect("targets");
+    let resolved = crate::target::resolve(before.spec.as_ref().expect("spec"), &targets)
+        .expect("resolve")
+        .resolved;
+    let (_, state) = upgrade_patch(&before, &resolved, at(10)).expect("patch");
+    let baseline = state.container("istio-proxy").expect("baseline");
+    assert_eq!(
+        baseline.image_id.as_deref(),
+        Some(format!("sha256:{:064}", 1).as_str()),
+        "the baseline records the imageID the lean pod kept"
+    );
+    let mut patched = base.clone();
+    patched["metadata"]["annotations"][crate::STATE_ANNOTATION] =
+        json!(state.to_json().expect("json"));
+    for c in patched["spec"]["initContainers"]
+        .as_array_mut()
+        .expect("init containers")
+    {
+        if c["name"] == "istio-proxy" {
+            c["image"] = json!(resolved[0].image);
+        }
+    }
+    let classified = |shape: &str| {
+        let pod = lean(&served(patched.clone(), Some(status_of(shape))));
+        let expect = Expectation {
+            baseline,
+            image: baseline.expected_image(state.phase),
+            patched_at: state.patched_at,
+            ready_timeout: std::time::Duration::from_secs(300),
+            events: &[],
+        };
+        (
+            pod.metadata.generation,
+            pod.status.as_ref().and_then(|s| s.observed_generation),
+            classify(&pod, &expect, at(30)),
+        )
+    };
+    assert_eq!(
+        classified("restarted, ready, alias name, spec seen"),
+        (Some(2), Some(2), crate::classify::ContainerState::Upgraded)
+    );
+    // Other content than at the patch (imageID changed) runs the patched spec even before
+    // kubelet reports having seen it.
+    assert_eq!(
+        classified("restarted, ready, alias name, spec not seen"),
+        (Some(2), Some(1), crate::classify::ContainerState::Upgraded)
+    );
 }

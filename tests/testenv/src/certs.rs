@@ -1,5 +1,7 @@
 //! The environment's PKI: one CA, the API server's serving certificate, a cluster-admin client
-//! certificate (`O=system:masters`), and the service-account signing key.
+//! certificate (`O=system:masters`), the service-account signing key, and for real nodes the
+//! API server's client certificate towards kubelets and one kubelet client certificate per
+//! node (`CN=system:node:<name>`, `O=system:nodes`, what the Node authorizer expects).
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,11 @@ pub(crate) struct Pki {
     pub ca_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The API server's client certificate towards kubelets (`--kubelet-client-certificate`).
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
+    /// Per real node: (node name, client certificate PEM, key PEM).
+    pub nodes: Vec<(String, String, String)>,
 }
 
 /// Names the serving certificate must carry: how clients outside and inside the cluster reach
@@ -37,7 +44,9 @@ const SERVING_NAMES: [&str; 7] = [
     "10.96.0.1",
 ];
 
-pub(crate) fn generate(dir: &Path) -> Result<Pki> {
+/// Generates the PKI under `<dir>/pki`, with a kubelet client certificate for each of
+/// `real_nodes`.
+pub(crate) fn generate(dir: &Path, real_nodes: &[String]) -> Result<Pki> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| Error::io(format!("create {}", pki.display()), e))?;
     let cert_err = |what: &str| {
@@ -75,23 +84,35 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         .signed_by(&serving_key, &ca)
         .map_err(cert_err("serving certificate"))?;
 
-    let mut admin =
-        CertificateParams::new(Vec::<String>::new()).map_err(cert_err("admin parameters"))?;
-    admin
-        .distinguished_name
-        .push(DnType::CommonName, "kubernetes-admin");
-    admin
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    admin.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let admin_key = KeyPair::generate().map_err(cert_err("admin key"))?;
-    let admin_cert = admin
-        .signed_by(&admin_key, &ca)
-        .map_err(cert_err("admin certificate"))?;
+    let client = |cn: &str, org: &str| -> Result<(String, String)> {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(cert_err("client parameters"))?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate().map_err(cert_err("client key"))?;
+        let cert = params
+            .signed_by(&key, &ca)
+            .map_err(cert_err(&format!("client certificate {cn}")))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (admin_cert_pem, admin_key_pem) = client("kubernetes-admin", "system:masters")?;
+    // kubelets authorize the API server's requests (logs, exec) with a SubjectAccessReview.
+    let (kubelet_client_pem, kubelet_client_key_pem) =
+        client("kube-apiserver-kubelet-client", "system:masters")?;
+    let nodes = real_nodes
+        .iter()
+        .map(|n| {
+            let (cert, key) = client(&format!("system:node:{n}"), "system:nodes")?;
+            Ok((n.clone(), cert, key))
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let sa_key = KeyPair::generate().map_err(cert_err("service-account key"))?;
 
@@ -104,8 +125,11 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         service_account_key: pki.join("sa.key"),
         service_account_pub: pki.join("sa.pub"),
         ca_pem: ca.pem(),
-        admin_cert_pem: admin_cert.pem(),
-        admin_key_pem: admin_key.serialize_pem(),
+        admin_cert_pem,
+        admin_key_pem,
+        kubelet_client_cert: pki.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: pki.join("apiserver-kubelet-client.key"),
+        nodes,
     };
     let files = [
         (&out.ca_cert, out.ca_pem.clone()),
@@ -115,6 +139,8 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki> {
         (&out.admin_key, out.admin_key_pem.clone()),
         (&out.service_account_key, sa_key.serialize_pem()),
         (&out.service_account_pub, sa_key.public_key_pem()),
+        (&out.kubelet_client_cert, kubelet_client_pem),
+        (&out.kubelet_client_key, kubelet_client_key_pem),
     ];
     for (path, pem) in files {
         std::fs::write(path, pem).map_err(|e| Error::io(format!("write {}", path.display()), e))?;

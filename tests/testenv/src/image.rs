@@ -2,8 +2,8 @@
 //! repository, its digest (`imageID`), and which failure it injects.
 //!
 //! Digests are deterministic: `sha256(normalised repository + "@" + content key)`, where the
-//! content key is the digest written in the reference (`repo@sha256:…` keeps that digest), else
-//! the tag, except that a tag containing `--` uses only the part after the last `--`. So
+//! content key is the tag, except that a tag containing `--` uses only the part after the last
+//! `--` (a reference pinned by digest keeps that digest). So
 //! `proxyv2:1.24.2--build7` and `proxyv2:stable--build7` are two tags of the same digest
 //! (a "retag"), while `proxyv2:1.24.2` and `proxyv2:1.24.3` differ.
 
@@ -131,15 +131,18 @@ impl ImageRef {
         })
     }
 
-    /// `<repository>@sha256:<hex>`, what `containerStatuses[].imageID` reports.
+    /// What `containerStatuses[].imageID` reports, as containerd's CRI does: for an image it
+    /// holds without a repository digest (imported, as the real-node harness loads the test
+    /// images) the image ID `sha256:<config digest>`; for a reference pinned by digest (which
+    /// only a pull by digest provides) `<repository>@sha256:<digest>`. A pulled tag would
+    /// report `<repository>@sha256:<manifest digest>`; the product compares neither form.
     pub fn image_id(&self) -> String {
         if let Some(d) = &self.digest {
             return format!("{}@{d}", self.repository);
         }
-        let tag = self.tag.as_deref().unwrap_or("latest");
-        let content = tag.rsplit_once("--").map_or(tag, |(_, k)| k);
+        let content = content_key(self);
         let sum = digest(&SHA256, format!("{}@{content}", self.repository).as_bytes());
-        format!("{}@sha256:{}", self.repository, hex(sum.as_ref()))
+        format!("sha256:{}", hex(sum.as_ref()))
     }
 }
 
@@ -156,6 +159,34 @@ pub fn injected(reference: &str) -> Injected {
     } else {
         Injected::None
     }
+}
+
+/// The exit code of a container's process when kubelet stops it with SIGTERM, by image name:
+/// `exit0` or `exit143` anywhere in the reference decides; otherwise 0 for Istio's proxy
+/// (`…/proxyv2`, whose agent drains and exits 0) and 143 for everything else (a process that
+/// SIGTERM kills). The test images bake the same rule into their config (`testenv::images`),
+/// so a name means the same on a simulated and a real node. It matters for native sidecars:
+/// kubelet does not restart one whose last run exited 0 when its new image cannot start, so
+/// its status shows no waiting reason.
+pub fn exit_code_on_sigterm(reference: &str) -> i32 {
+    if reference.contains("exit0") {
+        0
+    } else if reference.contains("exit143") {
+        143
+    } else if ImageRef::parse(reference)
+        .is_ok_and(|r| r.repository.rsplit('/').next() == Some("proxyv2"))
+    {
+        0
+    } else {
+        143
+    }
+}
+
+/// The content key of a tag: the part after the last `--` (the retag convention), else the
+/// tag (`latest` when there is none).
+pub fn content_key(reference: &ImageRef) -> &str {
+    let tag = reference.tag.as_deref().unwrap_or("latest");
+    tag.rsplit_once("--").map_or(tag, |(_, k)| k)
 }
 
 /// Lowercase hex of bytes.
@@ -222,11 +253,8 @@ mod tests {
         assert_eq!(id("nginx:1"), id("docker.io/library/nginx:1"));
         assert_ne!(id("nginx:1"), id("nginx:2"));
         assert_ne!(id("nginx:1"), id("other:1"));
-        assert!(id("nginx:1").starts_with("docker.io/library/nginx@sha256:"));
-        assert_eq!(
-            id("nginx:1").len(),
-            "docker.io/library/nginx@sha256:".len() + 64
-        );
+        assert!(id("nginx:1").starts_with("sha256:"));
+        assert_eq!(id("nginx:1").len(), "sha256:".len() + 64);
     }
 
     #[test]
@@ -239,6 +267,25 @@ mod tests {
             id(&pinned),
             format!("docker.io/library/app@sha256:{}", "ab".repeat(32))
         );
+    }
+
+    #[test]
+    fn exit_code_on_sigterm_by_name() {
+        assert_eq!(
+            exit_code_on_sigterm("registry.istio.io/testing/proxyv2:latest"),
+            0
+        );
+        assert_eq!(exit_code_on_sigterm("docker.io/istio/proxyv2:1.24.2"), 0);
+        assert_eq!(
+            exit_code_on_sigterm("registry.istio.io/testing/proxyv2:latest-exit143"),
+            143
+        );
+        assert_eq!(
+            exit_code_on_sigterm("fake.docker.io/google-samples/hello-go-gke:1.0"),
+            143
+        );
+        assert_eq!(exit_code_on_sigterm("hello-go-gke:1.0-exit0"), 0);
+        assert_eq!(exit_code_on_sigterm("Not/Valid"), 143);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) const MAX_NODES: usize = 128;
 /// Simulated nodes and their behaviour.
 #[derive(Clone, Debug)]
 pub struct KubeletOptions {
-    /// Number of simulated nodes (at least 1).
+    /// Number of simulated nodes (0 for none).
     pub nodes: usize,
     /// Node names are `<prefix>-<index>`, from 0.
     pub node_prefix: String,
@@ -84,8 +84,12 @@ impl SimNode {
         labels.insert("kubernetes.io/hostname".into(), name.clone());
         labels.insert("kubernetes.io/os".into(), "linux".into());
         labels.insert("kubernetes.io/arch".into(), "amd64".into());
+        labels.insert(crate::NODE_KIND_LABEL.into(), "simulated".into());
         Self {
-            host_ip: format!("172.20.{}.{}", index / 250, index % 250 + 2),
+            // No kubelet listens for a simulated node. Its address is on loopback, so the API
+            // server's connection for `kubectl logs` is refused here instead of leaving the
+            // machine towards an address that exists nowhere.
+            host_ip: format!("127.0.{}.{}", 20 + index / 250, index % 250 + 2),
             name,
             index,
             labels,
@@ -133,7 +137,7 @@ pub(crate) async fn register_nodes(
 ) -> Result<Vec<Arc<SimNode>>> {
     let api: Api<Node> = Api::all(client.clone());
     let mut nodes = Vec::new();
-    for index in 0..opts.nodes.max(1) {
+    for index in 0..opts.nodes {
         let node = SimNode::new(opts, index);
         let body = json!({
             "apiVersion": "v1",
@@ -209,13 +213,18 @@ fn node_status(node: &SimNode) -> Value {
     })
 }
 
-/// Starts the kubelet's background tasks on the current runtime.
+/// Starts the kubelet's background tasks on the current runtime; with `binder`, the binder
+/// schedules pending pods (without it, kube-scheduler does).
 pub(crate) fn spawn(
     client: Client,
     opts: &KubeletOptions,
     nodes: Vec<Arc<SimNode>>,
+    binder: bool,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
+    if nodes.is_empty() && !binder {
+        return tasks;
+    }
     let events = if opts.events {
         let (tx, rx) = mpsc::channel(10_000);
         tasks.push(tokio::spawn(event_sink(client.clone(), rx)));
@@ -234,6 +243,7 @@ pub(crate) fn spawn(
             binding: Arc::new(Mutex::new(HashSet::new())),
             writes: Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES)),
             round_robin: 0,
+            binder,
         }
         .run(),
     ));
@@ -349,6 +359,7 @@ struct Dispatcher {
     /// Bounds concurrent status writes (and so connections) when thousands of pods change.
     writes: Arc<Semaphore>,
     round_robin: usize,
+    binder: bool,
 }
 
 impl Dispatcher {
@@ -423,7 +434,8 @@ impl Dispatcher {
                     rx,
                 ));
             }
-            None => self.schedule(pod),
+            None if self.binder => self.schedule(pod),
+            None => {}
         }
     }
 

@@ -1,9 +1,11 @@
-//! A real Kubernetes control plane for tests and the demo, with simulated kubelets.
+//! A real Kubernetes control plane for tests and the demo, with simulated and real kubelets.
 //!
 //! [`TestEnv::start`] runs etcd (from the `etcd-bin-vendored` crate), `kube-apiserver`
 //! (RBAC on, admission webhooks on) and `kube-controller-manager` (built from the Go module in
 //! `tests/k8s` by `tests/k8s/build.sh`, cached outside the repository), then simulated nodes
-//! whose kubelet is this crate's Rust code. [`TestEnv::shared`] gives one environment per test
+//! whose kubelet is this crate's Rust code, and, as root, real nodes (kubelet, containerd,
+//! runc and a CNI bridge on this host: [`node`]; what they change on the host and how it is
+//! undone: [`host`]). [`TestEnv::shared`] gives one environment per test
 //! binary; [`TestEnv::namespace`] a fresh namespace per test; [`wait_for`], [`wait_list`] and
 //! [`wait_deleted`] watch-driven waits with a generous limit.
 //!
@@ -24,8 +26,11 @@
 //! A changed image on a running container kills that container only (`Killing` event, state
 //! `terminated`, not ready) and after the restart delay starts a new one: new `containerID`,
 //! `restartCount + 1`, `lastState.terminated` with the old containerID, same pod IP and UID.
-//! `image` is the spec string; `imageID` is `<normalised repository>@sha256:<digest>` (see
-//! [`image`] for the digest rule and the `--` retag convention).
+//! `image` is the spec string; `imageID` is `sha256:<digest>`, as containerd reports an imported
+//! image (see [`image`] for the digest rule and the `--` retag convention). The old process's
+//! exit code comes from the image name ([`image::exit_code_on_sigterm`]); a native sidecar
+//! whose old process exited 0 and whose new image cannot start shows no waiting reason, only
+//! Events, as kubelet 1.35 does.
 //!
 //! Failure injection by image name (substring anywhere in the reference):
 //! - `fail-pull`: `ErrImagePull`, then `ImagePullBackOff`, alternating;
@@ -38,10 +43,16 @@
 //! An unparsable reference gives `InvalidImageName`. Delays are [`Delays`], overridable per
 //! pod with `sim.inplace-upgrade.io/<name>-delay-ms` annotations.
 
+pub mod host;
 pub mod image;
+pub mod images;
+pub mod node;
+pub mod oci;
+pub mod registry;
 pub mod sim;
 
 mod certs;
+mod cgroup;
 mod kubelet;
 mod process;
 mod wait;
@@ -51,12 +62,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::task::JoinHandle;
 
 pub use kubelet::KubeletOptions;
+pub use node::{NODE_KIND_LABEL, RealNodeOptions};
 pub use sim::{ANNOTATION_PREFIX, Delays};
 pub use wait::{WAIT_LIMIT, summary, wait_deleted, wait_for, wait_list};
 
@@ -102,20 +114,17 @@ pub enum Error {
     )]
     Binaries(String),
     #[error("cannot start {component}: {message}")]
-    Spawn {
-        component: &'static str,
-        message: String,
-    },
+    Spawn { component: String, message: String },
     #[error("{component} exited during startup ({status}); last lines of {}:\n{tail}", log.display())]
     ComponentExited {
-        component: &'static str,
+        component: String,
         status: String,
         log: PathBuf,
         tail: String,
     },
     #[error("{component} was not ready after {seconds}s ({detail}); last lines of {}:\n{tail}", log.display())]
     NotReady {
-        component: &'static str,
+        component: String,
         seconds: u64,
         detail: String,
         log: PathBuf,
@@ -139,6 +148,10 @@ pub enum Error {
     Shared(String),
     #[error("invalid options: {0}")]
     Options(String),
+    /// Real nodes cannot run or clean up here (not root, a package missing, a subnet in use,
+    /// a leftover that cannot be removed).
+    #[error("{0}")]
+    Host(String),
 }
 
 impl Error {
@@ -159,7 +172,13 @@ pub struct Options {
     /// Where certificates, etcd data, logs and the kubeconfig go. `None`: a temporary
     /// directory removed when the environment is dropped.
     pub dir: Option<PathBuf>,
+    /// Simulated nodes (`kubelet.nodes` of them; 0 for none).
     pub kubelet: KubeletOptions,
+    /// Real nodes (kubelet + containerd on this host; needs root). With any, kube-scheduler
+    /// places every pod (the simulated binder is off) and the host is changed as
+    /// [`host`] describes until the environment stops.
+    pub real_nodes: usize,
+    pub real: RealNodeOptions,
     /// Bound on each startup phase (etcd, API server, controller manager).
     pub startup_limit: Duration,
     /// Extra kube-apiserver flags (e.g. `--feature-gates=…`), after the harness's own.
@@ -173,6 +192,8 @@ impl Default for Options {
         Self {
             dir: None,
             kubelet: KubeletOptions::default(),
+            real_nodes: 0,
+            real: RealNodeOptions::default(),
             startup_limit: Duration::from_secs(120),
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
@@ -180,7 +201,8 @@ impl Default for Options {
     }
 }
 
-/// A running control plane with simulated nodes. Dropping it stops every process it started.
+/// A running control plane with simulated and real nodes. Dropping it stops every process it
+/// started and undoes what real nodes changed on the host.
 pub struct TestEnv {
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
@@ -188,6 +210,11 @@ pub struct TestEnv {
     kubeconfig: PathBuf,
     config: Config,
     nodes: Vec<String>,
+    real_nodes: Vec<node::RealNode>,
+    /// The host slot of the real nodes; released (host cleaned) after the processes stop.
+    host: Mutex<Option<host::Lease>>,
+    /// The loopback registry real nodes pull from.
+    registry: Option<registry::Registry>,
     children: Mutex<Vec<Child>>,
     tasks: Vec<JoinHandle<()>>,
     /// kube-apiserver's flags and port, to restart it in place.
@@ -200,15 +227,17 @@ impl std::fmt::Debug for TestEnv {
         f.debug_struct("TestEnv")
             .field("dir", &self.dir)
             .field("nodes", &self.nodes)
+            .field("real_nodes", &self.real_nodes)
             .finish_non_exhaustive()
     }
 }
 
 impl TestEnv {
-    /// Starts etcd, kube-apiserver, kube-controller-manager and the simulated kubelet, and
-    /// returns once the API server is ready, the nodes are Ready and the `default`
-    /// ServiceAccount exists (so the controller manager works). The kubelet's tasks run on the
-    /// calling tokio runtime: it must outlive the environment.
+    /// Starts etcd, kube-apiserver, kube-controller-manager, the simulated kubelet and the
+    /// real nodes (with kube-scheduler), and returns once the API server is ready, every node
+    /// is Ready and the `default` ServiceAccount exists (so the controller manager works).
+    /// The simulated kubelet's tasks run on the calling tokio runtime: it must outlive the
+    /// environment.
     pub async fn start(options: Options) -> Result<Self> {
         let started = Instant::now();
         if options.kubelet.nodes > kubelet::MAX_NODES {
@@ -217,6 +246,15 @@ impl TestEnv {
                 options.kubelet.nodes,
                 kubelet::MAX_NODES
             )));
+        }
+        let real = options.real_nodes;
+        if real == 0 && options.real.kube_proxy {
+            return Err(Error::Options(
+                "kube-proxy runs on the host for real nodes: ask for at least one".into(),
+            ));
+        }
+        if real > 0 {
+            host::preflight(options.real.kube_proxy, options.real.registry)?;
         }
         let bin_dir = binaries()?;
         let (dir, temp) = match &options.dir {
@@ -240,7 +278,18 @@ impl TestEnv {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)
             .map_err(|e| Error::io(format!("create {}", logs.display()), e))?;
-        let pki = certs::generate(&dir)?;
+        let real_names: Vec<String> = (0..real).map(node::node_name).collect();
+        let pki = certs::generate(&dir, &real_names)?;
+        let lease = if real > 0 {
+            let (d, k, sims) = (dir.clone(), options.real.kube_proxy, options.kubelet.nodes);
+            Some(
+                tokio::task::spawn_blocking(move || host::acquire(&d, real, k, sims))
+                    .await
+                    .map_err(|e| Error::Host(format!("claiming the host: {e}")))??,
+            )
+        } else {
+            None
+        };
         let ports = process::free_ports(3)?;
         let (etcd_port, peer_port, api_port) = (ports[0], ports[1], ports[2]);
         let limit = options.startup_limit;
@@ -256,6 +305,9 @@ impl TestEnv {
                     .map_err(|e| Error::Kubeconfig(format!("API server URL: {e}")))?,
             ),
             nodes: Vec::new(),
+            real_nodes: Vec::new(),
+            host: Mutex::new(lease),
+            registry: None,
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
             apiserver_args: Vec::new(),
@@ -306,6 +358,14 @@ impl TestEnv {
                 format!("--api-audiences={issuer}"),
                 "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
                 "--allow-privileged=true".to_owned(),
+                // Logs and exec reach a kubelet at its InternalIP, never by resolving its name
+                // (a DNS query that would leave the machine).
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p(&pki.kubelet_client_cert)
+                ),
+                format!("--kubelet-client-key={}", p(&pki.kubelet_client_key)),
                 "--profiling=false".to_owned(),
                 "--v=1".to_owned(),
             ];
@@ -357,9 +417,19 @@ impl TestEnv {
                 logs.join("kube-controller-manager.log"),
             )?;
 
+            // With real nodes kube-scheduler places every pod, as in a cluster; otherwise the
+            // simulated binder does (faster for thousands of pods).
+            let scheduler = real > 0;
+            if scheduler {
+                let child = node::scheduler(&dir, &bin_dir, &env.kubeconfig)?;
+                env.push(child);
+            }
             let nodes = kubelet::register_nodes(&client, &options.kubelet).await?;
             env.nodes = nodes.iter().map(|n| n.name.clone()).collect();
-            env.tasks = kubelet::spawn(client.clone(), &options.kubelet, nodes);
+            env.tasks = kubelet::spawn(client.clone(), &options.kubelet, nodes, !scheduler);
+            if real > 0 {
+                env.start_real_nodes(&pki, &options, api_port).await?;
+            }
 
             let bin = dir.join("bin");
             std::fs::create_dir_all(&bin)
@@ -381,7 +451,7 @@ impl TestEnv {
                 env.check_children()?;
                 let log = logs.join("kube-controller-manager.log");
                 return Err(Error::NotReady {
-                    component: "kube-controller-manager",
+                    component: "kube-controller-manager".into(),
                     seconds: limit.as_secs(),
                     detail: "the serviceaccount controller did not create default/default".into(),
                     tail: process::tail(&log, 30),
@@ -410,48 +480,37 @@ impl TestEnv {
     pub fn shared() -> Result<&'static TestEnv> {
         static SHARED: OnceLock<std::result::Result<&'static TestEnv, String>> = OnceLock::new();
         SHARED
+            .get_or_init(|| start_shared("testenv-shared", || Ok(Options::default())))
+            .as_ref()
+            .copied()
+            .map_err(|e| Error::Shared(e.clone()))
+    }
+
+    /// Like [`TestEnv::shared`], with one real node and no simulated one (kube-scheduler
+    /// places pods; the test images of [`test_images`] are imported and in the loopback
+    /// registry, which the node pulls everything else from), or `Ok(None)`
+    /// when real nodes cannot run here and are not required: see [`real_nodes_wanted`].
+    /// What the node changed on the host is undone when the process exits.
+    pub fn shared_real() -> Result<Option<&'static TestEnv>> {
+        static SHARED: OnceLock<std::result::Result<&'static TestEnv, String>> = OnceLock::new();
+        if !real_nodes_wanted()? {
+            return Ok(None);
+        }
+        SHARED
             .get_or_init(|| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let spawned = std::thread::Builder::new()
-                    .name("testenv-shared".into())
-                    .spawn(move || {
-                        let runtime = match tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(2)
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let _ = tx.send(Err(format!("cannot build a tokio runtime: {e}")));
-                                return;
-                            }
-                        };
-                        let result = runtime.block_on(TestEnv::start(Options::default()));
-                        let _ = tx.send(
-                            result
-                                .map(|env| &*Box::leak(Box::new(env)))
-                                .map_err(|e| e.to_string()),
-                        );
-                        // The runtime runs the kubelet for the rest of the process.
-                        loop {
-                            std::thread::park();
-                        }
-                    });
-                if let Err(e) = spawned {
-                    return Err(format!("cannot start the shared environment's thread: {e}"));
-                }
-                let env = rx
-                    .recv()
-                    .map_err(|_| "the shared environment's thread died".to_owned())??;
-                SHARED_FOR_EXIT.get_or_init(|| env);
-                // SAFETY: registering a plain extern "C" function with atexit.
-                unsafe {
-                    libc::atexit(stop_shared_at_exit);
-                }
-                Ok(env)
+                start_shared("testenv-shared-real", || {
+                    let mut options = Options {
+                        real_nodes: 1,
+                        ..Options::default()
+                    };
+                    options.kubelet.nodes = 0;
+                    options.real.registry = true;
+                    Ok(options)
+                })
             })
             .as_ref()
             .copied()
+            .map(Some)
             .map_err(|e| Error::Shared(e.clone()))
     }
 
@@ -475,9 +534,55 @@ impl TestEnv {
         &self.dir
     }
 
-    /// Names of the simulated nodes.
-    pub fn nodes(&self) -> &[String] {
+    /// Names of all nodes, simulated then real.
+    pub fn nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .cloned()
+            .chain(self.real_nodes.iter().map(|n| n.name.clone()))
+            .collect()
+    }
+
+    /// Names of the simulated nodes (`sim-node-<i>`).
+    pub fn simulated_nodes(&self) -> &[String] {
         &self.nodes
+    }
+
+    /// Names of the real nodes (`real-node-<i>`).
+    pub fn real_nodes(&self) -> Vec<String> {
+        self.real_nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// A real node's IP (its bridge address: InternalIP, pods' gateway).
+    pub fn real_node_ip(&self, name: &str) -> Option<&str> {
+        self.real_nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.ip.as_str())
+    }
+
+    /// A real node's directory (`nodes/<name>`: containerd, kubelet, CNI, pod logs).
+    pub fn real_node_dir(&self, name: &str) -> Option<&Path> {
+        self.real_nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.dir.as_path())
+    }
+
+    /// Imports image archives into every real node's containerd.
+    pub async fn import_images(&self, archives: &[PathBuf]) -> Result<()> {
+        let nodes = self.real_nodes.clone();
+        let archives = archives.to_vec();
+        tokio::task::spawn_blocking(move || {
+            for n in &nodes {
+                for a in &archives {
+                    n.import(a)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Host(format!("importing images: {e}")))?
     }
 
     /// The directory holding kube-apiserver, kube-controller-manager and kubectl.
@@ -492,7 +597,31 @@ impl TestEnv {
         cmd
     }
 
-    /// PIDs of the control-plane processes (etcd, kube-apiserver, kube-controller-manager).
+    /// How long each real node took from kubelet's start to `Ready` (as this harness saw it).
+    pub fn real_node_ready_after(&self) -> Vec<(String, Duration)> {
+        self.real_nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.ready_after?)))
+            .collect()
+    }
+
+    /// The processes the harness started, by name (`kubelet (real-node-0)`,
+    /// `containerd (real-node-0)`, `kube-apiserver`, …), with their PIDs.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.children
+            .lock()
+            .map(|c| c.iter().map(|c| (c.name.clone(), c.pid())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The loopback registry real nodes pull from, if the environment runs one.
+    pub fn registry(&self) -> Option<&registry::Registry> {
+        self.registry.as_ref()
+    }
+
+    /// PIDs of the processes the harness started (etcd, kube-apiserver,
+    /// kube-controller-manager; with real nodes kube-scheduler, each node's containerd and
+    /// kubelet, kube-proxy).
     pub fn pids(&self) -> Vec<u32> {
         self.children
             .lock()
@@ -592,8 +721,153 @@ impl TestEnv {
         log: PathBuf,
     ) -> Result<()> {
         let child = Child::spawn(name, program, args, log)?;
+        self.push(child);
+        Ok(())
+    }
+
+    fn push(&self, child: Child) {
         if let Ok(mut c) = self.children.lock() {
             c.push(child);
+        }
+    }
+
+    /// Starts containerd and kubelet for each real node, waits until they are Ready, then
+    /// does what the node lifecycle controller (not run here) does for a Ready node: lifts
+    /// the `node.kubernetes.io/not-ready` taint that admission put on it. Also gives each
+    /// node the `podCIDR` its CNI bridge serves, as the node IPAM controller would.
+    async fn start_real_nodes(
+        &mut self,
+        pki: &certs::Pki,
+        options: &Options,
+        api_port: u16,
+    ) -> Result<()> {
+        let slot = self
+            .host
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|l| l.slot))
+            .ok_or_else(|| Error::Host("no host slot for real nodes".into()))?;
+        for b in ["kubelet", "kube-scheduler", "kube-proxy"] {
+            if !self.bin_dir.join(b).is_file() {
+                return Err(Error::Binaries(format!(
+                    "{} has no {b} (real nodes need it)",
+                    self.bin_dir.display()
+                )));
+            }
+        }
+        let limit = options.startup_limit;
+        let (dir, real) = (self.dir.clone(), options.real.clone());
+        // The image set (built, or read from its cache) and the registry, off the async threads.
+        let (images, registry) = tokio::task::spawn_blocking(move || {
+            let set = if real.images.is_empty() || real.registry {
+                Some(test_images()?)
+            } else {
+                None
+            };
+            let images = match (&set, real.images.is_empty()) {
+                (Some(set), true) => vec![set.bundle.clone()],
+                _ => real.images.clone(),
+            };
+            let registry = match set.filter(|_| real.registry) {
+                Some(set) => {
+                    let r = registry::Registry::start(&dir.join("registry"), None)
+                        .and_then(|r| r.push_set(&set, |name| name != images::BIG).map(|()| r))
+                        .map_err(|e| Error::Host(format!("the loopback registry: {e}")))?;
+                    Some((r, registry::hosts(&set)))
+                }
+                None => None,
+            };
+            Ok::<_, Error>((images, registry))
+        })
+        .await
+        .map_err(|e| Error::Host(format!("preparing images: {e}")))??;
+        let hosts = registry
+            .as_ref()
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default();
+        // The registry moves into the blocking task for the node setup and comes back.
+        let registry = registry.map(|(r, _)| r);
+        let (dir, bin_dir, pki_c, real) = (
+            self.dir.clone(),
+            self.bin_dir.clone(),
+            pki.clone(),
+            options.real.clone(),
+        );
+        let (started, registry) = tokio::task::spawn_blocking(move || {
+            let api_url = format!("https://127.0.0.1:{api_port}");
+            let setup = node::Setup {
+                env_dir: &dir,
+                slot,
+                bin_dir: &bin_dir,
+                api_url: &api_url,
+                ca_pem: &pki_c.ca_pem,
+                ca_file: &pki_c.ca_cert,
+                options: &real,
+                images: &images,
+                registry: registry.as_ref().map(|r| (r, hosts.as_slice())),
+                limit,
+            };
+            let mut out = Vec::new();
+            for (i, (_, cert, key)) in pki_c.nodes.iter().enumerate() {
+                match node::start(&setup, i, cert, key) {
+                    Ok(n) => out.push(n),
+                    Err(e) => return (Err((e, out)), registry),
+                }
+            }
+            (Ok(out), registry)
+        })
+        .await
+        .map_err(|e| Error::Host(format!("starting real nodes: {e}")))?;
+        self.registry = registry;
+        // Register the processes even when a later node failed, so they are stopped.
+        let (started, failed) = match started {
+            Ok(all) => (all, None),
+            Err((e, some)) => (some, Some(e)),
+        };
+        for (n, children) in started {
+            for c in children {
+                self.push(c);
+            }
+            self.real_nodes.push(n);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let client = self.client()?;
+        let api: Api<Node> = Api::all(client.clone());
+        for i in 0..self.real_nodes.len() {
+            let name = self.real_nodes[i].name.clone();
+            let ready = wait_for_checked(self, &api, &name, limit).await?;
+            let n = &mut self.real_nodes[i];
+            n.ready_after = Some(n.kubelet_started.elapsed());
+            tracing::info!(node = %name, seconds = n.ready_after.map(|d| d.as_secs_f64()), "real node Ready after kubelet started");
+            let taints: Vec<serde_json::Value> = ready
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|t| t.key != "node.kubernetes.io/not-ready")
+                .map(|t| serde_json::to_value(t).unwrap_or_default())
+                .collect();
+            let cidr = slot.subnet(n.index);
+            let mut patch = serde_json::json!({"spec": {"taints": taints}});
+            if ready
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_ref())
+                .is_none()
+            {
+                patch["spec"]["podCIDR"] = cidr.clone().into();
+                patch["spec"]["podCIDRs"] = serde_json::json!([cidr]);
+            }
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| Error::kube(format!("lift the not-ready taint of Node {name}"), e))?;
+        }
+        if options.real.kube_proxy {
+            let child = node::kube_proxy(&self.dir, &self.bin_dir, &self.kubeconfig, slot)?;
+            self.push(child);
         }
         Ok(())
     }
@@ -608,7 +882,7 @@ impl TestEnv {
     fn not_ready(&self, component: &'static str, limit: Duration, detail: String) -> Error {
         let log = self.dir.join("logs").join(format!("{component}.log"));
         Error::NotReady {
-            component,
+            component: component.to_owned(),
             seconds: limit.as_secs(),
             detail,
             tail: process::tail(&log, 30),
@@ -660,7 +934,7 @@ impl TestEnv {
 
     async fn await_nodes_ready(&self, client: &Client) -> Result<()> {
         let api: Api<Node> = Api::all(client.clone());
-        for name in &self.nodes {
+        for name in &self.nodes() {
             wait_for(&api, name, &format!("Node {name} Ready"), |n: &Node| {
                 n.status
                     .as_ref()
@@ -673,54 +947,45 @@ impl TestEnv {
     }
 
     fn write_kubeconfig(&self, pki: &certs::Pki, port: u16) -> Result<()> {
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let yaml = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster:
-    server: https://127.0.0.1:{port}
-    certificate-authority-data: {ca}
-users:
-- name: cluster-admin
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: testenv
-  context:
-    cluster: testenv
-    user: cluster-admin
-    namespace: default
-current-context: testenv
-",
-            ca = b64(&pki.ca_pem),
-            cert = b64(&pki.admin_cert_pem),
-            key = b64(&pki.admin_key_pem),
+        let yaml = kubeconfig_yaml(
+            &format!("https://127.0.0.1:{port}"),
+            &pki.ca_pem,
+            "cluster-admin",
+            &pki.admin_cert_pem,
+            &pki.admin_key_pem,
         );
         std::fs::write(&self.kubeconfig, yaml)
             .map_err(|e| Error::io(format!("write {}", self.kubeconfig.display()), e))
     }
 
-    /// Stops the simulated kubelet and every process, controllers first and etcd last.
+    /// Stops the simulated kubelet and every process, nodes and controllers first and etcd
+    /// last, then cleans what real nodes left on the host.
     fn stop(&mut self) {
         for t in &self.tasks {
             t.abort();
         }
-        let Ok(mut children) = self.children.lock() else {
-            return;
-        };
-        for c in children.iter().rev() {
-            if c.name != "etcd" {
-                c.signal(libc::SIGTERM);
+        if let Ok(mut children) = self.children.lock() {
+            for c in children.iter().rev() {
+                if c.name != "etcd" {
+                    c.signal(libc::SIGTERM);
+                }
             }
+            for c in children.iter_mut().rev() {
+                c.stop(Duration::from_secs(5));
+            }
+            children.clear();
         }
-        for c in children.iter_mut().rev() {
-            c.stop(Duration::from_secs(5));
+        self.release_host();
+    }
+
+    fn release_host(&self) {
+        let lease = self.host.lock().ok().and_then(|mut h| h.take());
+        if let Some(lease) = lease
+            && let Err(e) = lease.release()
+        {
+            tracing::error!(error = %e, "real nodes left something on the host; `testenv cleanup` retries");
+            eprintln!("testenv: {e}");
         }
-        children.clear();
     }
 }
 
@@ -733,22 +998,193 @@ impl Drop for TestEnv {
     }
 }
 
-static SHARED_FOR_EXIT: OnceLock<&'static TestEnv> = OnceLock::new();
+/// The shared environments, stopped by [`stop_shared_at_exit`].
+static SHARED_FOR_EXIT: Mutex<Vec<&'static TestEnv>> = Mutex::new(Vec::new());
+
+/// Starts an environment on a thread and tokio runtime of its own that live as long as the
+/// process, leaks it, and registers it to be stopped at exit.
+fn start_shared(
+    thread: &str,
+    options: impl FnOnce() -> Result<Options> + Send + 'static,
+) -> std::result::Result<&'static TestEnv, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot build a tokio runtime: {e}")));
+                    return;
+                }
+            };
+            let result = options().and_then(|o| runtime.block_on(TestEnv::start(o)));
+            let _ = tx.send(
+                result
+                    .map(|env| &*Box::leak(Box::new(env)))
+                    .map_err(|e| e.to_string()),
+            );
+            // The runtime runs the simulated kubelet for the rest of the process.
+            loop {
+                std::thread::park();
+            }
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start the shared environment's thread: {e}"));
+    }
+    let env = rx
+        .recv()
+        .map_err(|_| "the shared environment's thread died".to_owned())??;
+    let mut registered = SHARED_FOR_EXIT
+        .lock()
+        .map_err(|_| "the shared environment list is poisoned".to_owned())?;
+    if registered.is_empty() {
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(stop_shared_at_exit);
+        }
+    }
+    registered.push(env);
+    Ok(env)
+}
 
 extern "C" fn stop_shared_at_exit() {
-    let Some(env) = SHARED_FOR_EXIT.get() else {
-        return;
+    let envs: Vec<&'static TestEnv> = match SHARED_FOR_EXIT.try_lock() {
+        Ok(mut e) => std::mem::take(&mut *e),
+        Err(_) => return,
     };
-    if let Ok(mut children) = env.children.try_lock() {
-        for c in children.iter_mut() {
-            c.signal(libc::SIGKILL);
+    for env in envs {
+        if let Ok(mut children) = env.children.try_lock() {
+            for c in children.iter_mut() {
+                c.signal(libc::SIGKILL);
+            }
+            children.clear();
         }
-        children.clear();
+        env.release_host();
+        if std::env::var_os("INPLACE_TESTENV_KEEP").is_none()
+            && let Some(t) = env.temp.as_ref()
+        {
+            let _ = std::fs::remove_dir_all(t.path());
+        }
     }
-    if std::env::var_os("INPLACE_TESTENV_KEEP").is_none()
-        && let Some(t) = env.temp.as_ref()
-    {
-        let _ = std::fs::remove_dir_all(t.path());
+}
+
+/// Environment variable deciding whether suites run their real-node half: `require` (CI:
+/// fail when real nodes cannot run), `skip`, or unset (run when root, else skip with a
+/// printed reason).
+pub const REAL_NODES_ENV: &str = "INPLACE_REAL_NODES";
+
+/// Whether a suite should run its real-node tests (see [`REAL_NODES_ENV`]). Prints the
+/// reason when it should not.
+pub fn real_nodes_wanted() -> Result<bool> {
+    let mode = std::env::var(REAL_NODES_ENV).unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match mode.as_str() {
+        "skip" => {
+            eprintln!("real-node tests skipped: {REAL_NODES_ENV}=skip");
+            Ok(false)
+        }
+        "require" if !root => Err(Error::Host(format!(
+            "{REAL_NODES_ENV}=require, but real nodes need root"
+        ))),
+        "require" => Ok(true),
+        "" if !root => {
+            eprintln!(
+                "real-node tests skipped: not root (kubelet and containerd need it); set {REAL_NODES_ENV}=require to fail instead"
+            );
+            Ok(false)
+        }
+        "" => Ok(true),
+        other => Err(Error::Options(format!(
+            "{REAL_NODES_ENV}={other}: expected require or skip"
+        ))),
+    }
+}
+
+/// The test image set ([`images`]) in its default cache directory, built on first use.
+pub fn test_images() -> Result<images::ImageSet> {
+    static SET: OnceLock<std::result::Result<images::ImageSet, String>> = OnceLock::new();
+    SET.get_or_init(|| images::build(&images::default_dir()).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| Error::Options(format!("the test images: {e}")))
+}
+
+/// A kubeconfig (YAML) for `server` with a client certificate, all embedded.
+pub(crate) fn kubeconfig_yaml(
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: testenv
+  context:
+    cluster: testenv
+    user: {user}
+    namespace: default
+current-context: testenv
+",
+        ca = b64(ca_pem),
+        cert = b64(cert_pem),
+        key = b64(key_pem),
+    )
+}
+
+/// Waits for a real Node to be Ready, failing early with the log of a node process that
+/// exited.
+async fn wait_for_checked(
+    env: &TestEnv,
+    api: &Api<Node>,
+    name: &str,
+    limit: Duration,
+) -> Result<Node> {
+    let what = format!("Node {name} Ready");
+    let ready = wait_for(api, name, &what, |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    });
+    tokio::pin!(ready);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        tokio::select! {
+            r = &mut ready => return r,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                env.check_children()?;
+                if tokio::time::Instant::now() > deadline {
+                    let log = env.dir.join("logs").join(format!("{name}-kubelet.log"));
+                    return Err(Error::NotReady {
+                        component: format!("kubelet ({name})"),
+                        seconds: limit.as_secs(),
+                        detail: format!("{what} not seen"),
+                        tail: process::tail(&log, 30),
+                        log,
+                    });
+                }
+            }
+        }
     }
 }
 

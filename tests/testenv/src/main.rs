@@ -1,19 +1,23 @@
-//! `testenv up --dir DIR [--nodes N]`: run the local control plane with simulated kubelets
-//! until SIGINT/SIGTERM. Prints `ready` once usable; `DIR/kubeconfig` is cluster-admin and
-//! `DIR/bin/kubectl` the matching kubectl.
+//! `testenv up --dir DIR [--nodes N] [--real-nodes N]`: run the local control plane with
+//! simulated kubelets and, as root, real ones until SIGINT/SIGTERM. Prints `ready` once
+//! usable; `DIR/kubeconfig` is cluster-admin and `DIR/bin/kubectl` the matching kubectl.
+//!
+//! `testenv cleanup`: undo what real nodes of killed runs left on the host.
+//!
+//! `testenv images [--out DIR]`: build the test images.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use testenv::{Delays, KubeletOptions, Options, TestEnv};
+use clap::{Args, Parser, Subcommand};
+use testenv::{Delays, KubeletOptions, Options, RealNodeOptions, TestEnv};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "A real Kubernetes control plane with simulated kubelets"
+    about = "A real Kubernetes control plane with simulated and real kubelets"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,24 +26,82 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start etcd, kube-apiserver, kube-controller-manager and N simulated nodes.
-    Up {
-        /// Directory for certificates, etcd data, logs, the kubeconfig and bin/kubectl.
+    /// Start etcd, kube-apiserver, kube-controller-manager, simulated and real nodes.
+    Up(Up),
+    /// Undo what real nodes of killed runs left on the host (processes, mounts, bridges,
+    /// routes, netfilter chains, cgroups, sysctls, files). Running environments are left alone.
+    Cleanup,
+    /// Build the test images (OCI archives for `ctr images import`, `kind load image-archive`,
+    /// `skopeo copy oci-archive:…`) and print `NAME ARCHIVE` lines, then `bundle ARCHIVE`.
+    /// Cached by content: a warm run only checks the testapp build.
+    Images {
+        /// Output directory (default: ~/.cache/inplace-upgrade/images).
         #[arg(long)]
-        dir: PathBuf,
-        /// Number of simulated nodes.
-        #[arg(long, default_value_t = 2)]
-        nodes: usize,
-        /// Delay from an image change to the new container running, in milliseconds.
-        #[arg(long, default_value_t = Delays::default().restart.as_millis() as u64)]
-        restart_delay_ms: u64,
-        /// Delay from running to ready for containers with a readinessProbe, in milliseconds.
-        #[arg(long, default_value_t = Delays::default().readiness.as_millis() as u64)]
-        readiness_delay_ms: u64,
-        /// Do not record Kubernetes Events.
-        #[arg(long)]
-        no_events: bool,
+        out: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct Up {
+    /// Directory for certificates, etcd data, logs, the kubeconfig and bin/kubectl.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of simulated nodes (0 for none).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Number of real nodes: kubelet + containerd + CNI bridge on this host (root only;
+    /// installs missing Debian packages; changes the host until it stops).
+    #[arg(long, default_value_t = 0)]
+    real_nodes: usize,
+    /// Image archive to import into every real node's containerd (repeatable); one must hold
+    /// the sandbox image. Default: the test image set (`testenv images`).
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// The pod sandbox image of real nodes.
+    #[arg(long, default_value_t = RealNodeOptions::default().sandbox_image)]
+    sandbox_image: String,
+    /// Run kube-proxy (iptables mode) on the host for the real nodes.
+    #[arg(long)]
+    kube_proxy: bool,
+    /// Run the loopback registry with the test images, and pull every image real nodes do
+    /// not have from it (a missing tag is a real 404).
+    #[arg(long)]
+    registry: bool,
+    /// Delay from an image change to the new container running, in milliseconds.
+    #[arg(long, default_value_t = Delays::default().restart.as_millis() as u64)]
+    restart_delay_ms: u64,
+    /// Delay from running to ready for containers with a readinessProbe, in milliseconds.
+    #[arg(long, default_value_t = Delays::default().readiness.as_millis() as u64)]
+    readiness_delay_ms: u64,
+    /// Do not record Kubernetes Events.
+    #[arg(long)]
+    no_events: bool,
+}
+
+impl Up {
+    fn options(self) -> Options {
+        Options {
+            dir: Some(self.dir),
+            kubelet: KubeletOptions {
+                nodes: self.nodes,
+                delays: Delays {
+                    restart: Duration::from_millis(self.restart_delay_ms),
+                    readiness: Duration::from_millis(self.readiness_delay_ms),
+                    ..Delays::default()
+                },
+                events: !self.no_events,
+                ..KubeletOptions::default()
+            },
+            real_nodes: self.real_nodes,
+            real: RealNodeOptions {
+                images: self.images,
+                sandbox_image: self.sandbox_image,
+                kube_proxy: self.kube_proxy,
+                registry: self.registry,
+            },
+            ..Options::default()
+        }
+    }
 }
 
 #[tokio::main]
@@ -51,31 +113,24 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up {
-        dir,
-        nodes,
-        restart_delay_ms,
-        readiness_delay_ms,
-        no_events,
-    } = Cli::parse().command;
+    let up = match Cli::parse().command {
+        Command::Up(up) => up,
+        Command::Cleanup => {
+            let report = testenv::host::cleanup().context("cleanup")?;
+            for d in &report.cleaned {
+                println!("cleaned up after the killed environment in {}", d.display());
+            }
+            for d in &report.running {
+                println!("left alone: the running environment in {}", d.display());
+            }
+            println!("host clean");
+            return Ok(());
+        }
+        Command::Images { out } => return images(out),
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let delays = Delays {
-        restart: Duration::from_millis(restart_delay_ms),
-        readiness: Duration::from_millis(readiness_delay_ms),
-        ..Delays::default()
-    };
-    let options = Options {
-        dir: Some(dir),
-        kubelet: KubeletOptions {
-            nodes,
-            delays,
-            events: !no_events,
-            ..KubeletOptions::default()
-        },
-        ..Options::default()
-    };
-    let start = TestEnv::start(options);
+    let start = TestEnv::start(up.options());
     let env = tokio::select! {
         env = start => env.context("the test environment did not start")?,
         _ = sigint.recv() => return Ok(()),
@@ -90,5 +145,15 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("stopping");
     drop(env);
+    Ok(())
+}
+
+fn images(out: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = out.unwrap_or_else(testenv::images::default_dir);
+    let set = testenv::images::build(&dir).context("building the test images")?;
+    for (name, archive) in set.names() {
+        println!("{name} {}", archive.display());
+    }
+    println!("bundle {}", set.bundle.display());
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! the process. Each child leads its own process group, so stopping it stops anything it
 //! started.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -39,21 +40,27 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// A running control-plane component with its log file.
+/// A running component (control plane or real node) with its log file.
 #[derive(Debug)]
 pub(crate) struct Child {
-    pub name: &'static str,
+    pub name: String,
     pub log: PathBuf,
     child: std::process::Child,
 }
 
 impl Child {
     /// Starts `program args…` with stdout and stderr appended to `log`.
-    pub fn spawn(
-        name: &'static str,
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
+        Self::spawn_with(name, program, args, log, &Extra::default())
+    }
+
+    /// [`Child::spawn`] with environment variables and a cgroup to join before exec.
+    pub fn spawn_with(
+        name: &str,
         program: &Path,
         args: &[String],
         log: PathBuf,
+        extra: &Extra,
     ) -> Result<Self> {
         let file =
             File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
@@ -65,9 +72,12 @@ impl Child {
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err_file))
+            .envs(extra.env.iter().map(|(k, v)| (k, v)))
             .process_group(0);
         let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        let cgroup_procs = extra.cgroup_procs.clone();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit, open, write, close)
+        // between fork and exec; the paths were allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -77,6 +87,18 @@ impl Child {
                 if libc::getppid() != parent as libc::pid_t {
                     libc::_exit(1);
                 }
+                // Join the cgroup before exec, so nothing the program starts escapes it.
+                for file in &cgroup_procs {
+                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -84,27 +106,31 @@ impl Child {
         let sent = spawner()
             .lock()
             .map_err(|_| Error::Spawn {
-                component: name,
+                component: name.to_owned(),
                 message: "spawner lock poisoned".into(),
             })?
             .send((cmd, reply_tx));
         if sent.is_err() {
             return Err(Error::Spawn {
-                component: name,
+                component: name.to_owned(),
                 message: "the spawner thread is gone".into(),
             });
         }
         let child = reply_rx
             .recv()
             .map_err(|_| Error::Spawn {
-                component: name,
+                component: name.to_owned(),
                 message: "the spawner thread is gone".into(),
             })?
             .map_err(|e| Error::Spawn {
-                component: name,
+                component: name.to_owned(),
                 message: format!("{}: {e}", program.display()),
             })?;
-        Ok(Self { name, log, child })
+        Ok(Self {
+            name: name.to_owned(),
+            log,
+            child,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,7 +148,7 @@ impl Child {
 
     pub fn exited(&self, status: ExitStatus) -> Error {
         Error::ComponentExited {
-            component: self.name,
+            component: self.name.clone(),
             status: status.to_string(),
             log: self.log.clone(),
             tail: tail(&self.log, 30),
@@ -164,6 +190,14 @@ impl Drop for Child {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What a real node's processes need besides arguments.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    pub env: Vec<(String, String)>,
+    /// `cgroup.procs` files (one per hierarchy) the child writes `0` into before exec.
+    pub cgroup_procs: Vec<CString>,
 }
 
 /// The last `lines` lines of a log file (at most the last 64 KiB are read).

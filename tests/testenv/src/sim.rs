@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
-use crate::image::{ImageRef, Injected, injected};
+use crate::image::{ImageRef, Injected, exit_code_on_sigterm, injected};
 
 /// Annotation prefix for per-pod overrides of [`Delays`], e.g.
 /// `sim.inplace-upgrade.io/restart-delay-ms: "2000"`.
@@ -176,6 +176,10 @@ enum Step {
     Start(Instant),
     /// `ErrImagePull` turns into `ImagePullBackOff` at the deadline.
     PullBackOff(Instant),
+    /// After a failed pull of a container that has a killed predecessor: `CrashLoopBackOff` at
+    /// the deadline (kubelet's restart back-off, fed by the old container's exit), then
+    /// `ImagePullBackOff`.
+    CrashBackOff(Instant),
     /// Becomes ready (and started) at the deadline.
     Ready(Instant),
     /// A `flapping` container turns not ready at the deadline (and ready again later).
@@ -193,6 +197,7 @@ impl Step {
         match self {
             Step::Start(t)
             | Step::PullBackOff(t)
+            | Step::CrashBackOff(t)
             | Step::Ready(t)
             | Step::Unready(t)
             | Step::Crash(t)
@@ -288,6 +293,8 @@ pub struct PodSim {
     conditions: BTreeMap<&'static str, Condition>,
     initialized: bool,
     terminating: Option<Instant>,
+    /// The termination delay outlasted the grace period: containers die by SIGKILL.
+    killed: bool,
     terminated: bool,
     next_instance: u64,
 }
@@ -327,6 +334,7 @@ impl PodSim {
             conditions: BTreeMap::new(),
             initialized: false,
             terminating: None,
+            killed: false,
             terminated: false,
             next_instance: 0,
         }
@@ -359,6 +367,7 @@ impl PodSim {
                     Duration::from_secs(s.max(0).unsigned_abs())
                 });
             self.terminating = Some(now.mono + delays.termination.min(grace));
+            self.killed = delays.termination > grace;
             for c in &mut self.containers {
                 c.step = Step::Done;
                 if c.instance.as_ref().is_some_and(Instance::running) {
@@ -374,9 +383,18 @@ impl PodSim {
         if let Some(at) = self.terminating {
             if !self.terminated && at <= now.mono {
                 self.terminated = true;
+                // As the real kubelet reports them: the image's exit code on SIGTERM (the test
+                // images: 0 for Istio's proxy, 143 for the app), 137 when the grace period ran
+                // out first. The pod's phase follows (Succeeded only if all exited 0).
                 for c in &mut self.containers {
                     if let Some(i) = c.instance.as_mut().filter(|i| i.running()) {
-                        terminate(i, 0, "Completed", now.wall);
+                        let code = if self.killed {
+                            137
+                        } else {
+                            crate::image::exit_code_on_sigterm(&i.image)
+                        };
+                        let reason = if code == 0 { "Completed" } else { "Error" };
+                        terminate(i, code, reason, now.wall);
                     }
                 }
                 out.delete = true;
@@ -452,7 +470,8 @@ impl PodSim {
                         ));
                     }
                     if let Some(i) = c.instance.as_mut().filter(|i| i.running()) {
-                        terminate(i, 0, "Completed", now.wall);
+                        let code = exit_code_on_sigterm(&i.image);
+                        terminate(i, code, exit_reason(code), now.wall);
                     }
                     let wait = if c.instance.is_some() {
                         delays.restart
@@ -516,6 +535,12 @@ impl PodSim {
                 c.step = Step::Start(now.mono + delays.backoff(c.failures));
                 true
             }
+            Step::CrashBackOff(at) if at <= now.mono => {
+                let backoff = delays.backoff(c.failures.saturating_sub(1));
+                restart_back_off(c, backoff, pod_label, out);
+                c.step = Step::PullBackOff(now.mono + backoff);
+                true
+            }
             Step::Ready(at) if at <= now.mono => {
                 if let Some(i) = c.instance.as_mut() {
                     i.ready = true;
@@ -543,21 +568,7 @@ impl PodSim {
                 // Sidecars restart whatever the pod's restartPolicy (they have their own: Always).
                 if restart_on_failure || c.kind == Kind::Sidecar {
                     let backoff = delays.backoff(c.failures - 1);
-                    let message = format!(
-                        "back-off {} restarting failed container={} pod={pod_label}",
-                        human(backoff),
-                        c.name
-                    );
-                    out.events.push(event(
-                        c,
-                        "Warning",
-                        "BackOff",
-                        format!(
-                            "Back-off restarting failed container {} in pod {pod_label}",
-                            c.name
-                        ),
-                    ));
-                    c.waiting = Some(("CrashLoopBackOff", message));
+                    restart_back_off(c, backoff, pod_label, out);
                     c.step = Step::Start(now.mono + backoff);
                 } else {
                     c.step = Step::Done;
@@ -818,7 +829,14 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
         ));
         c.waiting = Some(("ErrImagePull", message));
         c.failures += 1;
-        c.step = Step::PullBackOff(now.mono + delays.backoff(c.failures - 1));
+        let at = now.mono + delays.backoff(c.failures - 1);
+        // kubelet kills the old container before it pulls; that container's exit feeds the
+        // restart back-off, so the reasons cycle through CrashLoopBackOff too.
+        c.step = if c.instance.as_ref().is_some_and(|i| !i.running()) {
+            Step::CrashBackOff(at)
+        } else {
+            Step::PullBackOff(at)
+        };
         return;
     }
     out.events.push(event(
@@ -874,6 +892,32 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
     };
 }
 
+/// kubelet's restart back-off: waiting `CrashLoopBackOff` and a `BackOff` Warning Event.
+fn restart_back_off(c: &mut ContainerSim, backoff: Duration, pod_label: &str, out: &mut Outcome) {
+    c.waiting = Some((
+        "CrashLoopBackOff",
+        format!(
+            "back-off {} restarting failed container={} pod={pod_label}",
+            human(backoff),
+            c.name
+        ),
+    ));
+    out.events.push(event(
+        c,
+        "Warning",
+        "BackOff",
+        format!(
+            "Back-off restarting failed container {} in pod {pod_label}",
+            c.name
+        ),
+    ));
+}
+
+/// kubelet's `terminated.reason` for an exit code.
+fn exit_reason(code: i32) -> &'static str {
+    if code == 0 { "Completed" } else { "Error" }
+}
+
 fn terminate(i: &mut Instance, exit_code: i32, reason: &'static str, at: DateTime<Utc>) {
     i.ready = false;
     i.started = false;
@@ -919,6 +963,14 @@ fn container_status(c: &ContainerSim, has_init: bool) -> Value {
         Some(i) => {
             let state = match (&i.terminated, &c.waiting) {
                 (None, _) => json!({"running": {"startedAt": ts(i.started_at)}}),
+                // kubelet assumes an init container that exited 0 is never restarted and
+                // shows it terminated, without the reason it cannot start: a native sidecar
+                // whose old process exited 0 on SIGTERM, patched to an image that cannot
+                // start, stays `terminated` (Completed, old containerID); only the pod's
+                // Events tell the failure.
+                (Some(t), Some(_)) if c.kind != Kind::Regular && t.exit_code == 0 => {
+                    terminated(&i.id, t)
+                }
                 (Some(t), Some((reason, message))) => {
                     // Like kubelet: the dead container becomes lastState, the failure the
                     // waiting reason.
@@ -1108,12 +1160,8 @@ mod tests {
         let c = cs(&h.status, "containerStatuses", "a");
         assert_eq!(h.status["phase"], "Running");
         assert_eq!(c["image"], "nginx:1");
-        assert!(
-            c["imageID"]
-                .as_str()
-                .unwrap()
-                .starts_with("docker.io/library/nginx@sha256:")
-        );
+        // containerd's image ID of an image present without a repository digest.
+        assert!(c["imageID"].as_str().unwrap().starts_with("sha256:"));
         assert!(
             c["containerID"]
                 .as_str()
@@ -1324,6 +1372,119 @@ mod tests {
         h.until("Ready", ready);
     }
 
+    /// Every distinct waiting reason of `name` in order while ticking `steps` times.
+    fn reasons_over(h: &mut Harness, list: &str, name: &str, steps: usize) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..steps {
+            let r = cs(&h.status, list, name)["state"]["waiting"]["reason"]
+                .as_str()
+                .map(str::to_owned);
+            if let Some(r) = r
+                && seen.last() != Some(&r)
+            {
+                seen.push(r);
+            }
+            if !h.tick() {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn an_image_change_to_a_missing_image_cycles_through_crash_loop_back_off() {
+        // The old container is killed first (exit 143: SIGTERM kills the app), then the pull
+        // fails; that exit feeds kubelet's restart back-off.
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
+        h.until("Ready", ready);
+        let old = cs(&h.status, "containerStatuses", "a")["containerID"].clone();
+        h.set_image("containers", 0, "nginx:2-fail-pull");
+        let killed = &cs(&h.status, "containerStatuses", "a")["state"]["terminated"];
+        assert_eq!(
+            (killed["exitCode"].clone(), killed["reason"].clone()),
+            (json!(143), json!("Error"))
+        );
+        let seen = reasons_over(&mut h, "containerStatuses", "a", 12);
+        assert_eq!(
+            seen[..4],
+            [
+                "ErrImagePull",
+                "CrashLoopBackOff",
+                "ImagePullBackOff",
+                "ErrImagePull"
+            ],
+            "{seen:?}"
+        );
+        let a = cs(&h.status, "containerStatuses", "a");
+        assert_eq!(a["lastState"]["terminated"]["containerID"], old);
+        assert!(h.reasons().contains(&"BackOff") && h.reasons().contains(&"Failed"));
+    }
+
+    fn sidecar_pod(proxy: &str) -> Value {
+        pod(json!({
+            "initContainers": [{"name": "istio-proxy", "image": proxy, "restartPolicy": "Always"}],
+            "containers": [app("app", "hello:1")],
+        }))
+    }
+
+    #[test]
+    fn a_native_sidecar_that_exited_0_shows_no_waiting_reason_only_events() {
+        let mut h = Harness::new(sidecar_pod("registry.istio.io/testing/proxyv2:latest"));
+        h.until("Ready", ready);
+        let old = cs(&h.status, "initContainerStatuses", "istio-proxy")["containerID"].clone();
+        h.events.clear();
+        h.set_image(
+            "initContainers",
+            0,
+            "registry.istio.io/testing/proxyv2:1.24.2-fail-pull",
+        );
+        let seen = reasons_over(&mut h, "initContainerStatuses", "istio-proxy", 12);
+        assert!(seen.is_empty(), "no waiting reason ever: {seen:?}");
+        let proxy = cs(&h.status, "initContainerStatuses", "istio-proxy");
+        let t = &proxy["state"]["terminated"];
+        assert_eq!(t["containerID"], old);
+        assert_eq!(
+            (t["exitCode"].clone(), t["reason"].clone()),
+            (json!(0), json!("Completed"))
+        );
+        assert_eq!(
+            (proxy["ready"].clone(), proxy["started"].clone()),
+            (json!(false), json!(false))
+        );
+        // The Events say it, for that container.
+        let failed: Vec<&SimEvent> = h.events.iter().filter(|e| e.reason == "Failed").collect();
+        assert!(
+            failed.iter().any(|e| e.message.contains("ErrImagePull")),
+            "{failed:?}"
+        );
+        assert!(h.reasons().contains(&"BackOff"));
+        assert!(
+            h.events
+                .iter()
+                .filter(|e| e.reason != "Killing")
+                .all(|e| { e.field_path.as_deref() == Some("spec.initContainers{istio-proxy}") })
+        );
+    }
+
+    #[test]
+    fn a_native_sidecar_that_exited_143_shows_the_reasons() {
+        let mut h = Harness::new(sidecar_pod(
+            "registry.istio.io/testing/proxyv2:latest-exit143",
+        ));
+        h.until("Ready", ready);
+        h.set_image(
+            "initContainers",
+            0,
+            "registry.istio.io/testing/proxyv2:1.24.2-fail-pull",
+        );
+        let seen = reasons_over(&mut h, "initContainerStatuses", "istio-proxy", 12);
+        assert_eq!(
+            seen[..3],
+            ["ErrImagePull", "CrashLoopBackOff", "ImagePullBackOff"],
+            "{seen:?}"
+        );
+    }
+
     #[test]
     fn crashloop_restarts_with_back_off() {
         let mut h = Harness::new(pod(json!({"containers": [app("a", "app:crashloop")]})));
@@ -1377,22 +1538,42 @@ mod tests {
 
     #[test]
     fn graceful_deletion_stops_containers_then_deletes() {
-        let mut h = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
-        h.until("Ready", ready);
-        let mut v = serde_json::to_value(&h.pod).unwrap();
-        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        v["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-        h.pod = serde_json::from_value(v).unwrap();
-        h.events.clear();
-        h.pass();
-        assert_eq!(h.reasons(), ["Killing"]);
-        assert!(!h.deleted);
-        h.until("terminated", |s| {
-            cs(s, "containerStatuses", "a")["state"]["terminated"].is_object()
-        });
-        assert!(h.deleted);
-        assert_eq!(h.status["phase"], "Succeeded");
-        assert!(!ready(&h.status));
+        // (image, grace seconds, exit code, phase): the image's exit on SIGTERM within the
+        // grace period, 137 when the termination delay outlasts it.
+        for (image, grace, code, phase) in [
+            ("nginx:1", 30, 143, "Failed"),
+            (
+                "registry.inplace.test/testapp:1.0-exit0",
+                30,
+                0,
+                "Succeeded",
+            ),
+            (
+                "registry.istio.io/testing/proxyv2:1.24.2",
+                30,
+                0,
+                "Succeeded",
+            ),
+            ("registry.istio.io/testing/proxyv2:1.24.2", 0, 137, "Failed"),
+        ] {
+            let mut h = Harness::new(pod(json!({"containers": [app("a", image)]})));
+            h.until("Ready", ready);
+            let mut v = serde_json::to_value(&h.pod).unwrap();
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            v["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            h.pod = serde_json::from_value(v).unwrap();
+            h.events.clear();
+            h.pass();
+            assert_eq!(h.reasons(), ["Killing"]);
+            h.until("terminated", |s| {
+                cs(s, "containerStatuses", "a")["state"]["terminated"].is_object()
+            });
+            assert!(h.deleted);
+            let t = &cs(&h.status, "containerStatuses", "a")["state"]["terminated"];
+            assert_eq!(t["exitCode"], code, "{image} grace {grace}");
+            assert_eq!(h.status["phase"], phase, "{image} grace {grace}");
+            assert!(!ready(&h.status));
+        }
     }
 
     #[test]

@@ -1,6 +1,15 @@
-//! Contract tests: the simulated kubelet against the real API server and controllers. Every
-//! other suite trusts these rules. One shared environment, one namespace per test; every wait
-//! is watch-driven with a generous limit (no timed assertions).
+//! Contract tests: the simulated kubelet's rules, checked against the real API server and
+//! controllers AND against a real kubelet (containerd, runc, CNI) running the same pod specs.
+//! Every other suite trusts these rules. Each test runs twice, in `simulated::` (the shared
+//! environment's simulated nodes) and in `real::` (the shared real-node environment; skipped
+//! with a printed reason when not root, a failure with `INPLACE_REAL_NODES=require`). One
+//! namespace per test; every wait is watch-driven with a generous limit (no timed
+//! assertions).
+//!
+//! The images are the test image set (`testenv::images`): the simulated kubelet derives from a
+//! name what the real image does (`-crashloop`, `-never-ready`, `--` retags, `fail-pull` names
+//! that exist nowhere). Where the two kinds of node differ, the test says so next to the
+//! assertion that branches on [`Kind`].
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -18,10 +27,116 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const GATE: &str = "inplace-upgrade.io/ready";
 
-async fn setup(prefix: &str) -> Result<(Client, String), Box<dyn std::error::Error>> {
-    let env = TestEnv::shared()?;
+/// The app of the test image set: serves its version on 8080, `/ready` once ready, exits 143
+/// on SIGTERM.
+const APP_V1: &str = "registry.inplace.test/testapp:1.0";
+const APP_V2: &str = "registry.inplace.test/testapp:2.0";
+/// One image under two names (the part after `--` is the content).
+const RETAG_A: &str = "registry.inplace.test/testapp:1.0--r1";
+const RETAG_B: &str = "registry.inplace.test/testapp:stable--r1";
+
+/// Which kind of node a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Simulated,
+    Real,
+}
+
+impl Kind {
+    fn env(self) -> Result<Option<&'static TestEnv>, Box<dyn std::error::Error>> {
+        Ok(match self {
+            Kind::Simulated => Some(TestEnv::shared()?),
+            Kind::Real => TestEnv::shared_real()?,
+        })
+    }
+}
+
+/// A client and a fresh namespace on the environment of `kind`, with the ConfigMap
+/// `istio-ca-root-cert` that Istio-injected pods mount (istiod publishes it; a real kubelet
+/// does not start such a pod without it). `None`: real nodes are skipped here.
+async fn setup(
+    kind: Kind,
+    prefix: &str,
+) -> Result<Option<(Client, String)>, Box<dyn std::error::Error>> {
+    let Some(env) = kind.env()? else {
+        return Ok(None);
+    };
     let ns = env.namespace(prefix).await?;
-    Ok((env.client()?, ns))
+    let client = env.client()?;
+    let cm: k8s_openapi::api::core::v1::ConfigMap = obj(json!({
+        "metadata": {"name": "istio-ca-root-cert"},
+        "data": {"root-cert.pem": "not a certificate: the test images do not read it"},
+    }));
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(Some((client, ns)))
+}
+
+/// Runs each named test against both kinds of node.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod simulated {
+            $(#[tokio::test]
+            async fn $name() -> super::TestResult {
+                super::$name(super::Kind::Simulated).await
+            })*
+        }
+        mod real {
+            $(#[tokio::test]
+            async fn $name() -> super::TestResult {
+                super::$name(super::Kind::Real).await
+            })*
+        }
+    };
+}
+
+contract!(
+    deployment_pods_become_ready_and_appear_in_endpoint_slices,
+    readiness_gate_takes_the_pod_out_of_endpoints_and_back,
+    image_patch_restarts_only_that_container,
+    native_sidecar_image_patch_restarts_only_the_sidecar,
+    run_to_completion_init_container_completes_before_containers_start,
+    failure_modes_show_kubelet_reasons,
+    image_patch_to_a_failing_image_and_back,
+    daemonset_pods_land_one_per_node,
+    graceful_deletion_honours_grace_period_and_finalizers,
+    ready_transition_time_is_stable_across_unrelated_status_writes,
+    retag_to_the_same_digest_still_restarts_the_container,
+    statefulset_and_pod_disruption_budget_controllers_run,
+    a_pod_no_node_fits_is_unschedulable,
+    a_native_sidecar_that_exited_0_shows_no_waiting_reason_but_events,
+    a_native_sidecar_that_exited_143_cycles_through_the_waiting_reasons,
+);
+
+/// The app container with a readiness probe on its `/ready`.
+fn app(name: &str, image: &str) -> Value {
+    json!({"name": name, "image": image,
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}})
+}
+
+/// A second app container in the same pod: it must listen elsewhere than 8080.
+fn helper(name: &str, image: &str, port: u16) -> Value {
+    json!({"name": name, "image": image, "env": [{"name": "TESTAPP_LISTEN", "value": port.to_string()}]})
+}
+
+/// `imageID` as each kind of node reports it: containerd's `sha256:<config digest>` for an
+/// imported image — the real one on a real node, one derived from the name in the simulator.
+fn assert_image_id(kind: Kind, image_id: &str, image: &str) -> TestResult {
+    match kind {
+        Kind::Real => {
+            let set = testenv::test_images()?;
+            let want = set
+                .get(image)
+                .ok_or(format!("{image} is not in the image set"))?;
+            assert_eq!(image_id, want.id, "imageID of {image}");
+        }
+        Kind::Simulated => assert!(
+            image_id.starts_with("sha256:") && image_id.len() == 71,
+            "{image_id} for {image}"
+        ),
+    }
+    Ok(())
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -134,16 +249,16 @@ async fn patch_image(api: &Api<Pod>, name: &str, path: &str, old: &str, new: &st
     Ok(())
 }
 
-#[tokio::test]
-async fn deployment_pods_become_ready_and_appear_in_endpoint_slices() -> TestResult {
-    let (client, ns) = setup("deploy").await?;
+async fn deployment_pods_become_ready_and_appear_in_endpoint_slices(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "deploy").await? else {
+        return Ok(());
+    };
     create_service(&client, &ns, "web").await?;
     let deploy: Deployment = obj(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27",
-                    "readinessProbe": {"httpGet": {"port": 80}}}]}}},
+                "spec": {"containers": [app("web", APP_V1)]}}},
     }));
     Api::<Deployment>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &deploy)
@@ -161,14 +276,14 @@ async fn deployment_pods_become_ready_and_appear_in_endpoint_slices() -> TestRes
         let s = p.status.as_ref().ok_or("no status")?;
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert!(s.host_ip.is_some() && s.start_time.is_some());
-        let c = status_of(p, "nginx").ok_or("no nginx status")?;
+        let c = status_of(p, "web").ok_or("no web status")?;
         assert!(c.ready && c.started == Some(true) && c.restart_count == 0);
         assert!(
             c.container_id
                 .as_deref()
                 .is_some_and(|id| id.starts_with("containerd://"))
         );
-        assert!(c.image_id.starts_with("docker.io/library/nginx@sha256:"));
+        assert_image_id(kind, &c.image_id, APP_V1)?;
     }
     wait_list(
         &Api::<EndpointSlice>::namespaced(client.clone(), &ns),
@@ -180,9 +295,10 @@ async fn deployment_pods_become_ready_and_appear_in_endpoint_slices() -> TestRes
     Ok(())
 }
 
-#[tokio::test]
-async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back() -> TestResult {
-    let (client, ns) = setup("gate").await?;
+async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "gate").await? else {
+        return Ok(());
+    };
     create_service(&client, &ns, "gated").await?;
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
@@ -190,7 +306,7 @@ async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back() -> TestResult 
         &ns,
         json!({"metadata": {"name": "gated", "labels": {"app": "gated"}},
             "spec": {"readinessGates": [{"conditionType": GATE}],
-                "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+                "containers": [app("app", APP_V1)]}}),
     )
     .await?;
     let pod = wait_for(&api, "gated", "pod gated ContainersReady", |p: &Pod| {
@@ -258,16 +374,17 @@ async fn readiness_gate_takes_the_pod_out_of_endpoints_and_back() -> TestResult 
     Ok(())
 }
 
-#[tokio::test]
-async fn image_patch_restarts_only_that_container() -> TestResult {
-    let (client, ns) = setup("restart").await?;
+async fn image_patch_restarts_only_that_container(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "restart").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
         &client,
         &ns,
         json!({"metadata": {"name": "two"}, "spec": {"containers": [
-            {"name": "app", "image": "nginx:1.27", "readinessProbe": {"httpGet": {"port": 80}}},
-            {"name": "helper", "image": "busybox:1.36"},
+            app("app", APP_V1),
+            helper("helper", APP_V1, 8081),
         ]}}),
     )
     .await?;
@@ -277,22 +394,15 @@ async fn image_patch_restarts_only_that_container() -> TestResult {
         .ok_or("no helper status")?
         .clone();
 
-    patch_image(
-        &api,
-        "two",
-        "/spec/containers/0/image",
-        "nginx:1.27",
-        "nginx:1.28",
-    )
-    .await?;
+    patch_image(&api, "two", "/spec/containers/0/image", APP_V1, APP_V2).await?;
     let old_id = app_before.container_id.clone();
     let after = wait_for(
         &api,
         "two",
-        "container app restarted on nginx:1.28 and Ready",
+        "container app restarted on the new image and Ready",
         |p: &Pod| {
             status_of(p, "app")
-                .is_some_and(|c| c.container_id != old_id && c.ready && c.image == "nginx:1.28")
+                .is_some_and(|c| c.container_id != old_id && c.ready && c.image == APP_V2)
                 && is_true(p, "Ready")
         },
     )
@@ -354,9 +464,10 @@ fn fixture(name: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(path)
 }
 
-#[tokio::test]
-async fn native_sidecar_image_patch_restarts_only_the_sidecar() -> TestResult {
-    let (client, ns) = setup("sidecar").await?;
+async fn native_sidecar_image_patch_restarts_only_the_sidecar(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "sidecar").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     let text = std::fs::read_to_string(fixture("native-sidecar.yaml.injected")?)?;
     let mut pod: Option<Value> = None;
@@ -367,7 +478,16 @@ async fn native_sidecar_image_patch_restarts_only_the_sidecar() -> TestResult {
             break;
         }
     }
-    let pod = pod.ok_or("the fixture has no Pod")?;
+    let mut pod = pod.ok_or("the fixture has no Pod")?;
+    // The fixture's other-sidecar is a second copy of the app on port 80 whose readiness the
+    // proxy probes on port 3333 (ISTIO_KUBE_APP_PROBERS). Two processes cannot hold port 80 in
+    // one pod on a real node, so it listens on 3333, where its probe looks.
+    if let Some(sidecar) = pod["spec"]["initContainers"]
+        .as_array_mut()
+        .and_then(|ics| ics.iter_mut().find(|c| c["name"] == "other-sidecar"))
+    {
+        sidecar["env"] = json!([{"name": "TESTAPP_LISTEN", "value": "3333"}]);
+    }
     let created = create_pod(&client, &ns, pod).await?;
     let name = created.name_any();
     let before = await_ready(&api, &name).await?;
@@ -448,16 +568,21 @@ async fn native_sidecar_image_patch_restarts_only_the_sidecar() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn run_to_completion_init_container_completes_before_containers_start() -> TestResult {
-    let (client, ns) = setup("init").await?;
+async fn run_to_completion_init_container_completes_before_containers_start(
+    kind: Kind,
+) -> TestResult {
+    let Some((client, ns)) = setup(kind, "init").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
         &client,
         &ns,
+        // Istio's init container stand-in: `istio-iptables …` exits 0 at once.
         json!({"metadata": {"name": "init"}, "spec": {
-            "initContainers": [{"name": "setup", "image": "busybox:1.36"}],
-            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+            "initContainers": [{"name": "setup", "image": "registry.istio.io/testing/proxyv2:1.24.2",
+                "args": ["istio-iptables"]}],
+            "containers": [app("app", APP_V1)]}}),
     )
     .await?;
     let pod = await_ready(&api, "init").await?;
@@ -476,19 +601,34 @@ async fn run_to_completion_init_container_completes_before_containers_start() ->
     Ok(())
 }
 
-#[tokio::test]
-async fn failure_modes_show_kubelet_reasons() -> TestResult {
-    let (client, ns) = setup("failures").await?;
+async fn failure_modes_show_kubelet_reasons(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "failures").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
-    let single = |name: &str, image: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}});
-    create_pod(&client, &ns, single("pull", "nginx:fail-pull")).await?;
-    create_pod(&client, &ns, single("crash", "example.com/crashloop:1")).await?;
+    let single = |name: &str, image: &str| json!({"metadata": {"name": name}, "spec": {"containers": [app("app", image)]}});
+    // A tag that exists nowhere: the loopback registry answers 404 on a real node.
+    create_pod(
+        &client,
+        &ns,
+        single("pull", "registry.inplace.test/testapp:2.0-fail-pull"),
+    )
+    .await?;
+    create_pod(
+        &client,
+        &ns,
+        single("crash", "registry.inplace.test/testapp:2.0-crashloop"),
+    )
+    .await?;
+    let mut probed = app("probed", APP_V1);
+    probed["env"] = json!([{"name": "TESTAPP_LISTEN", "value": "8081"}]);
+    probed["readinessProbe"]["httpGet"]["port"] = json!(8081);
     create_pod(
         &client,
         &ns,
         json!({"metadata": {"name": "never"}, "spec": {"containers": [
-            {"name": "app", "image": "nginx:never-ready"},
-            {"name": "probed", "image": "nginx:1.27", "readinessProbe": {"httpGet": {"port": 80}}},
+            app("app", "registry.inplace.test/testapp:2.0-never-ready"),
+            probed,
         ]}}),
     )
     .await?;
@@ -505,13 +645,14 @@ async fn failure_modes_show_kubelet_reasons() -> TestResult {
     )
     .await?;
 
+    // A real kubelet's first back-off is 10 s: one restart is enough to show the cycle.
     let crash = wait_for(
         &api,
         "crash",
-        "pod crash in CrashLoopBackOff after 2 restarts",
+        "pod crash in CrashLoopBackOff after a restart",
         |p: &Pod| {
             waiting_reason(p, "app").as_deref() == Some("CrashLoopBackOff")
-                && status_of(p, "app").is_some_and(|c| c.restart_count >= 2)
+                && status_of(p, "app").is_some_and(|c| c.restart_count >= 1)
         },
     )
     .await?;
@@ -543,22 +684,21 @@ async fn failure_modes_show_kubelet_reasons() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn image_patch_to_a_failing_image_and_back() -> TestResult {
-    let (client, ns) = setup("rollback").await?;
+async fn image_patch_to_a_failing_image_and_back(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "rollback").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
-    create_pod(&client, &ns, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}))
-        .await?;
-    let before = await_ready(&api, "p").await?;
-    let old_id = status_of(&before, "app").and_then(|c| c.container_id.clone());
-    patch_image(
-        &api,
-        "p",
-        "/spec/containers/0/image",
-        "nginx:1.27",
-        "nginx:1.28-fail-pull",
+    let missing = "registry.inplace.test/testapp:2.0-fail-pull";
+    create_pod(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [app("app", APP_V1)]}}),
     )
     .await?;
+    let before = await_ready(&api, "p").await?;
+    let old_id = status_of(&before, "app").and_then(|c| c.container_id.clone());
+    patch_image(&api, "p", "/spec/containers/0/image", APP_V1, missing).await?;
     let failing = wait_for(
         &api,
         "p",
@@ -574,21 +714,14 @@ async fn image_patch_to_a_failing_image_and_back() -> TestResult {
         .and_then(|s| s.terminated.as_ref())
         .ok_or("no lastState.terminated")?;
     assert_eq!(last.container_id, old_id);
-    patch_image(
-        &api,
-        "p",
-        "/spec/containers/0/image",
-        "nginx:1.28-fail-pull",
-        "nginx:1.27",
-    )
-    .await?;
+    patch_image(&api, "p", "/spec/containers/0/image", missing, APP_V1).await?;
     let back = wait_for(
         &api,
         "p",
-        "container app back on nginx:1.27 and Ready",
+        "container app back on the old image and Ready",
         |p: &Pod| {
             status_of(p, "app")
-                .is_some_and(|c| c.ready && c.image == "nginx:1.27" && c.container_id != old_id)
+                .is_some_and(|c| c.ready && c.image == APP_V1 && c.container_id != old_id)
                 && is_true(p, "Ready")
         },
     )
@@ -598,15 +731,16 @@ async fn image_patch_to_a_failing_image_and_back() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn daemonset_pods_land_one_per_node() -> TestResult {
-    let (client, ns) = setup("daemonset").await?;
-    let env = TestEnv::shared()?;
+async fn daemonset_pods_land_one_per_node(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "daemonset").await? else {
+        return Ok(());
+    };
+    let env = kind.env()?.ok_or("no environment")?;
     let ds: DaemonSet = obj(json!({
         "metadata": {"name": "agent"},
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
             "template": {"metadata": {"labels": {"app": "agent"}},
-                "spec": {"containers": [{"name": "agent", "image": "busybox:1.36"}]}}},
+                "spec": {"containers": [{"name": "agent", "image": APP_V1}]}}},
     }));
     Api::<DaemonSet>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &ds)
@@ -641,18 +775,22 @@ async fn daemonset_pods_land_one_per_node() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn graceful_deletion_honours_grace_period_and_finalizers() -> TestResult {
-    let (client, ns) = setup("delete").await?;
+async fn graceful_deletion_honours_grace_period_and_finalizers(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "delete").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
-    // The termination delay (10 min) is far longer than the grace period (1 s) and the wait
-    // limit: the pod only terminates in time if the grace period bounds it.
+    // The termination delay (10 min: the simulator's annotation, the app's own drain on
+    // SIGTERM) is far longer than the grace period (1 s) and the wait limit: the pod only
+    // terminates in time if the grace period bounds it.
+    let mut slow = app("app", APP_V1);
+    slow["env"] = json!([{"name": "TESTAPP_TERM_DELAY_MS", "value": "600000"}]);
     create_pod(
         &client,
         &ns,
         json!({"metadata": {"name": "held", "finalizers": ["testenv.inplace-upgrade.io/hold"],
                 "annotations": {"sim.inplace-upgrade.io/termination-delay-ms": "600000"}},
-            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [slow]}}),
     )
     .await?;
     let before = await_ready(&api, "held").await?;
@@ -669,9 +807,14 @@ async fn graceful_deletion_honours_grace_period_and_finalizers() -> TestResult {
     )
     .await?;
     assert!(!is_true(&stopped, "Ready"));
+    // The grace period ran out before the app's drain: SIGKILL, so the pod failed.
+    let t = status_of(&stopped, "app")
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .ok_or("app not terminated")?;
+    assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("Error")));
     assert_eq!(
         stopped.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded")
+        Some("Failed")
     );
     assert_eq!(stopped.metadata.uid, before.metadata.uid);
     // The finalizer keeps the object; removing it lets the API server delete it.
@@ -690,15 +833,16 @@ async fn graceful_deletion_honours_grace_period_and_finalizers() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn ready_transition_time_is_stable_across_unrelated_status_writes() -> TestResult {
-    let (client, ns) = setup("ltt").await?;
+async fn ready_transition_time_is_stable_across_unrelated_status_writes(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "ltt").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
         &client,
         &ns,
         json!({"metadata": {"name": "p"}, "spec": {"readinessGates": [{"conditionType": GATE}],
-            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+            "containers": [app("app", APP_V1)]}}),
     )
     .await?;
     wait_for(&api, "p", "pod p ContainersReady", |p: &Pod| {
@@ -749,30 +893,24 @@ async fn ready_transition_time_is_stable_across_unrelated_status_writes() -> Tes
     Ok(())
 }
 
-#[tokio::test]
-async fn retag_to_the_same_digest_still_restarts_the_container() -> TestResult {
-    let (client, ns) = setup("retag").await?;
+async fn retag_to_the_same_digest_still_restarts_the_container(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "retag").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
         &client,
         &ns,
-        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "proxyv2:1.24.2--b7"}]}}),
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [app("app", RETAG_A)]}}),
     )
     .await?;
     let before = await_ready(&api, "p").await?;
     let old = status_of(&before, "app").ok_or("no app status")?.clone();
-    patch_image(
-        &api,
-        "p",
-        "/spec/containers/0/image",
-        "proxyv2:1.24.2--b7",
-        "proxyv2:stable--b7",
-    )
-    .await?;
+    patch_image(&api, "p", "/spec/containers/0/image", RETAG_A, RETAG_B).await?;
     let after = wait_for(
         &api,
         "p",
-        "app restarted on proxyv2:stable--b7 and Ready",
+        "app restarted on the retagged image and Ready",
         |p: &Pod| {
             status_of(p, "app").is_some_and(|c| c.container_id != old.container_id && c.ready)
                 && is_true(p, "Ready")
@@ -781,14 +919,20 @@ async fn retag_to_the_same_digest_still_restarts_the_container() -> TestResult {
     .await?;
     let app = status_of(&after, "app").ok_or("no app status")?;
     assert_eq!(app.image_id, old.image_id, "a retag keeps the digest");
-    assert_eq!(app.image, "proxyv2:stable--b7");
+    match kind {
+        // containerd reports the first name it knows for the image the container runs, which
+        // after a same-digest retag is the old tag: `image` is not the spec string.
+        Kind::Real => assert_eq!(app.image, RETAG_A),
+        Kind::Simulated => assert_eq!(app.image, RETAG_B),
+    }
     assert_eq!(app.restart_count, 1);
     Ok(())
 }
 
-#[tokio::test]
-async fn statefulset_and_pod_disruption_budget_controllers_run() -> TestResult {
-    let (client, ns) = setup("sts").await?;
+async fn statefulset_and_pod_disruption_budget_controllers_run(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "sts").await? else {
+        return Ok(());
+    };
     let text = std::fs::read_to_string(fixture("statefulset.yaml.injected")?)?;
     let mut sts: Option<Value> = None;
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -840,15 +984,16 @@ async fn statefulset_and_pod_disruption_budget_controllers_run() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_pod_no_node_fits_is_unschedulable() -> TestResult {
-    let (client, ns) = setup("unschedulable").await?;
+async fn a_pod_no_node_fits_is_unschedulable(kind: Kind) -> TestResult {
+    let Some((client, ns)) = setup(kind, "unschedulable").await? else {
+        return Ok(());
+    };
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     create_pod(
         &client,
         &ns,
         json!({"metadata": {"name": "nowhere"}, "spec": {"nodeSelector": {"example.com/gpu": "true"},
-            "containers": [{"name": "app", "image": "nginx:1.27"}]}}),
+            "containers": [app("app", APP_V1)]}}),
     )
     .await?;
     let pod = wait_for(
@@ -875,4 +1020,330 @@ async fn a_pod_no_node_fits_is_unschedulable() -> TestResult {
         });
     assert_eq!(reason.as_deref(), Some("Unschedulable"));
     Ok(())
+}
+
+/// A pod with a native sidecar `istio-proxy` on `proxy` and an app container.
+async fn sidecar_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    proxy: &str,
+) -> Result<Pod, Box<dyn std::error::Error>> {
+    create_pod(
+        client,
+        ns,
+        json!({"metadata": {"name": name}, "spec": {
+            // As Istio's injector runs it: `pilot-agent proxy sidecar …` (the test image's
+            // proxy personality; without arguments a real container exits at once).
+            "initContainers": [{"name": "istio-proxy", "image": proxy, "restartPolicy": "Always",
+                "args": ["proxy", "sidecar"]}],
+            "containers": [{"name": "app", "image": "fake.docker.io/google-samples/hello-go-gke:1.0"}],
+        }}),
+    )
+    .await?;
+    Ok(await_ready(&Api::<Pod>::namespaced(client.clone(), ns), name).await?)
+}
+
+/// kubelet (1.35, DESIGN §10): a native sidecar whose old process exited 0 on SIGTERM, patched
+/// to an image that cannot be pulled, keeps `terminated` (Completed, old containerID) with no
+/// waiting reason — kubelet treats an init container that exited 0 as done — while the pod's
+/// Events for that container say `Failed` and `BackOff`.
+async fn a_native_sidecar_that_exited_0_shows_no_waiting_reason_but_events(
+    kind: Kind,
+) -> TestResult {
+    let Some((client, ns)) = setup(kind, "sidecar-exit0").await? else {
+        return Ok(());
+    };
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let old = "registry.istio.io/testing/proxyv2:latest";
+    let before = sidecar_pod(&client, &ns, "s", old).await?;
+    let old_id = status_of(&before, "istio-proxy").and_then(|c| c.container_id.clone());
+    let bad = "registry.istio.io/testing/proxyv2:1.24.2-fail-pull";
+    patch_image(&api, "s", "/spec/initContainers/0/image", old, bad).await?;
+    wait_list(
+        &Api::<Event>::namespaced(client.clone(), &ns),
+        watcher::Config::default().fields("involvedObject.name=s,type=Warning"),
+        "Failed (ErrImagePull) and BackOff Events for spec.initContainers{istio-proxy}",
+        |evs: &[Event]| {
+            let of_proxy = |reason: &str| {
+                evs.iter().any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.field_path.as_deref()
+                            == Some("spec.initContainers{istio-proxy}")
+                })
+            };
+            of_proxy("Failed") && of_proxy("BackOff")
+        },
+    )
+    .await?;
+    let pod = api.get("s").await?;
+    let proxy = status_of(&pod, "istio-proxy").ok_or("no istio-proxy status")?;
+    let state = proxy.state.as_ref().ok_or("no state")?;
+    assert!(state.waiting.is_none(), "no waiting reason: {state:?}");
+    let t = state.terminated.as_ref().ok_or("not terminated")?;
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    assert_eq!(t.container_id, old_id, "the old container");
+    assert!(!proxy.ready && proxy.started == Some(false));
+    assert!(!is_true(&pod, "Ready"));
+    Ok(())
+}
+
+/// The same with an old process that SIGTERM killed (exit 143): the waiting reasons show, and
+/// cycle through CrashLoopBackOff (the killed container's exit feeds the restart back-off).
+async fn a_native_sidecar_that_exited_143_cycles_through_the_waiting_reasons(
+    kind: Kind,
+) -> TestResult {
+    let Some((client, ns)) = setup(kind, "sidecar-exit143").await? else {
+        return Ok(());
+    };
+    let api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let old = "registry.istio.io/testing/proxyv2:latest-exit143";
+    sidecar_pod(&client, &ns, "s", old).await?;
+    let bad = "registry.istio.io/testing/proxyv2:1.24.2-fail-pull";
+    patch_image(&api, "s", "/spec/initContainers/0/image", old, bad).await?;
+    // All three show; the order is the interplay of kubelet's pull and crash back-offs. On the
+    // real kubelet here ErrImagePull and ImagePullBackOff alternate from the start and the
+    // first CrashLoopBackOff shows after about 90 s (the simulator's cycle is quicker), so the
+    // watch may take two wait limits.
+    let want = ["ErrImagePull", "CrashLoopBackOff", "ImagePullBackOff"];
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    let all_seen = |p: &Pod| {
+        let Ok(mut seen) = seen.lock() else {
+            return false;
+        };
+        if let Some(r) = waiting_reason(p, "istio-proxy") {
+            seen.insert(r);
+        }
+        want.iter().all(|w| seen.contains(*w))
+    };
+    let what = "istio-proxy waiting ErrImagePull, CrashLoopBackOff and ImagePullBackOff";
+    if wait_for(&api, "s", what, all_seen).await.is_err() {
+        wait_for(&api, "s", what, all_seen).await?;
+    }
+    let pod = api.get("s").await?;
+    let proxy = status_of(&pod, "istio-proxy").ok_or("no istio-proxy status")?;
+    let last = proxy
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .ok_or("no lastState.terminated")?;
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (143, Some("Error"))
+    );
+    Ok(())
+}
+
+/// Tests only a real kubelet can answer.
+mod real_kubelet {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::LogParams;
+
+    /// A `key=value` field of a testapp log line.
+    fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+    }
+
+    /// `(timestamp, line)` of each line of the previous instance's log.
+    async fn previous_log(
+        api: &Api<Pod>,
+        pod: &str,
+        container: &str,
+    ) -> Result<Vec<(Timestamp, String)>, Box<dyn std::error::Error>> {
+        let params = LogParams {
+            container: Some(container.into()),
+            previous: true,
+            timestamps: true,
+            ..LogParams::default()
+        };
+        let text = api.logs(pod, &params).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (ts, rest) = l.split_once(' ')?;
+                Some((ts.parse().ok()?, rest.to_owned()))
+            })
+            .collect())
+    }
+
+    /// `kubectl exec` and `kubectl logs` reach the real kubelet through the API server (which
+    /// dials the node's InternalIP with its client certificate; the kubelet authorizes it).
+    #[tokio::test]
+    async fn exec_and_logs_go_through_the_api_server() -> TestResult {
+        let Some((client, ns)) = setup(Kind::Real, "exec").await? else {
+            return Ok(());
+        };
+        let api = Api::<Pod>::namespaced(client.clone(), &ns);
+        create_pod(
+            &client,
+            &ns,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [app("app", APP_V1)]}}),
+        )
+        .await?;
+        await_ready(&api, "p").await?;
+        let env = TestEnv::shared_real()?.ok_or("no real environment")?;
+        let out = env
+            .kubectl()
+            .args([
+                "-n",
+                &ns,
+                "exec",
+                "p",
+                "--",
+                "/usr/local/bin/testapp",
+                "hook",
+                "via-exec",
+            ])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "kubectl exec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = api.logs("p", &LogParams::default()).await?;
+        assert!(
+            log.contains("event=start") && log.contains("via-exec"),
+            "the exec'd hook wrote into the container's log: {log}"
+        );
+        Ok(())
+    }
+
+    /// Does kubelet run a container's preStop hook when an image change restarts it, and with
+    /// which grace period? (DESIGN §9: it decides whether Istio's drain runs on an in-place
+    /// proxy restart.) One pod, grace period 6 s, four containers patched at once:
+    /// - a native sidecar and a regular container with an exec preStop hook: the hook runs
+    ///   (its line is in the old instance's log), then SIGTERM;
+    /// - a container that ignores SIGTERM for 10 min after an exec hook: SIGKILL (137) when
+    ///   the pod's grace period has passed;
+    /// - one with a 3 s `sleep` preStop that ignores SIGTERM: SIGTERM after the sleep, SIGKILL
+    ///   when the grace period counted from the hook's start has passed (6 s, not 3 + 6).
+    ///
+    /// The measured intervals are printed (kubelet's log timestamps; `finishedAt` has second
+    /// precision); the assertions are on order and exit codes only.
+    #[tokio::test]
+    async fn an_image_change_restart_runs_the_prestop_hook_within_the_grace_period() -> TestResult {
+        let Some((client, ns)) = setup(Kind::Real, "prestop").await? else {
+            return Ok(());
+        };
+        let api = Api::<Pod>::namespaced(client.clone(), &ns);
+        let hook = |n: &str| json!({"preStop": {"exec": {"command": ["/usr/local/bin/testapp", "hook", format!("prestop-{n}")]}}});
+        let env = |port: u16, drain_ms: u64| {
+            json!([{"name": "TESTAPP_LISTEN", "value": port.to_string()},
+                   {"name": "TESTAPP_TERM_DELAY_MS", "value": drain_ms.to_string()}])
+        };
+        create_pod(
+            &client,
+            &ns,
+            json!({"metadata": {"name": "hooks"}, "spec": {
+            "terminationGracePeriodSeconds": 6,
+            "initContainers": [{"name": "proxy", "image": APP_V1, "restartPolicy": "Always",
+                "env": env(9090, 0), "lifecycle": hook("proxy")}],
+            "containers": [
+                {"name": "app", "image": APP_V1, "env": env(8080, 0), "lifecycle": hook("app")},
+                {"name": "stubborn", "image": APP_V1, "env": env(8081, 600_000),
+                    "lifecycle": hook("stubborn")},
+                {"name": "sleeper", "image": APP_V1, "env": env(8082, 600_000),
+                    "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}},
+            ]}}),
+        )
+        .await?;
+        await_ready(&api, "hooks").await?;
+        let patch: json_patch::Patch = obj(json!([
+            {"op": "replace", "path": "/spec/initContainers/0/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/0/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/1/image", "value": APP_V2},
+            {"op": "replace", "path": "/spec/containers/2/image", "value": APP_V2},
+        ]));
+        api.patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::<Value>::Json(patch),
+        )
+        .await?;
+        let after = wait_for(
+            &api,
+            "hooks",
+            "all four containers restarted on the new image",
+            |p: &Pod| {
+                ["proxy", "app", "stubborn", "sleeper"].iter().all(|c| {
+                    status_of(p, c).is_some_and(|s| {
+                        s.restart_count == 1
+                            && s.state.as_ref().is_some_and(|st| st.running.is_some())
+                    })
+                })
+            },
+        )
+        .await?;
+        let last = |c: &str| {
+            status_of(&after, c)
+                .and_then(|s| s.last_state.as_ref()?.terminated.clone())
+                .ok_or(format!("{c} has no lastState.terminated"))
+        };
+        for c in ["proxy", "app", "stubborn"] {
+            let log = previous_log(&api, "hooks", c).await?;
+            let hook_at = log
+                .iter()
+                .position(|(_, l)| l.contains("event=hook") && l.contains(&format!("prestop-{c}")));
+            let term_at = log.iter().position(|(_, l)| l.contains("event=sigterm"));
+            assert!(
+                matches!((hook_at, term_at), (Some(h), Some(t)) if h < t),
+                "{c}: the preStop hook must run before SIGTERM; old log: {log:#?}"
+            );
+        }
+        // Exits on SIGTERM (143) once the hook is done.
+        assert_eq!(last("proxy")?.exit_code, 143);
+        assert_eq!(last("app")?.exit_code, 143);
+        // Ignores SIGTERM: killed when the grace period is over, not after its 10 min drain.
+        let stubborn = last("stubborn")?;
+        assert_eq!(stubborn.exit_code, 137);
+        let sleeper = last("sleeper")?;
+        assert_eq!(sleeper.exit_code, 137);
+        let sleeper_log = previous_log(&api, "hooks", "sleeper").await?;
+        let sleeper_term = sleeper_log
+            .iter()
+            .find(|(_, l)| l.contains("event=sigterm"))
+            .map(|(t, _)| *t)
+            .ok_or("the sleeper never got SIGTERM")?;
+        assert_eq!(
+            sleeper_log
+                .iter()
+                .find(|(_, l)| l.contains("event=sigterm"))
+                .and_then(|(_, l)| field(l, "signal")),
+            Some("SIGTERM")
+        );
+        let stubborn_log = previous_log(&api, "hooks", "stubborn").await?;
+        let stubborn_hook = stubborn_log
+            .iter()
+            .find(|(_, l)| l.contains("event=hook"))
+            .map(|(t, _)| *t)
+            .ok_or("no hook line")?;
+        let secs =
+            |later: Timestamp, earlier: Timestamp| later.duration_since(earlier).as_secs_f64();
+        let stubborn_end = stubborn.finished_at.ok_or("no finishedAt")?.0;
+        let sleeper_end = sleeper.finished_at.ok_or("no finishedAt")?.0;
+        // kubelet kills the changed containers one after another: the sleeper's hook starts
+        // when the stubborn one is gone.
+        println!(
+            "preStop measured (grace 6 s): stubborn hook -> SIGKILL {:.1} s; sleeper: hook (3 s sleep) -> SIGTERM {:.1} s, SIGTERM -> SIGKILL {:.1} s (finishedAt has second precision)",
+            secs(stubborn_end, stubborn_hook),
+            secs(sleeper_term, stubborn_end),
+            secs(sleeper_end, sleeper_term),
+        );
+        // kubelet's own account of the grace period left for SIGTERM after each hook.
+        let env = TestEnv::shared_real()?.ok_or("no real environment")?;
+        let log = std::fs::read_to_string(env.dir().join("logs/real-node-0-kubelet.log"))?;
+        for line in log.lines().filter(|l| {
+            l.contains("Killing container with a grace period")
+                && l.contains(&format!("pod=\"{ns}/hooks\""))
+        }) {
+            println!(
+                "kubelet: {} gracePeriod={}",
+                field(line, "containerName").unwrap_or_default(),
+                field(line, "gracePeriod").unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
 }
