@@ -27,11 +27,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::watcher;
 
+use crate::STATE_ANNOTATION;
 use crate::controller::inputs::not_serving;
 use crate::controller::{
     WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, workload_of_pod,
 };
-use crate::STATE_ANNOTATION;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
 use index::Table;

@@ -276,10 +276,18 @@ fn a_pod_is_in_flight_while_its_state_record_says_so() {
     let in_flight = |uid: &str| cache.pod_in_flight("ns", "web-1-a", uid);
     cache.feed(Event::Apply(with_state(None))).unwrap();
     assert!(!in_flight("pod-uid"), "no record");
-    cache.feed(Event::Apply(with_state(Some("Patched")))).unwrap();
+    cache
+        .feed(Event::Apply(with_state(Some("Patched"))))
+        .unwrap();
     assert!(in_flight("pod-uid"));
-    assert!(!in_flight("another-uid"), "a pod of the same name, recreated");
-    assert!(!cache.pod_in_flight("ns", "web-1-b", "pod-uid"), "not cached");
+    assert!(
+        !in_flight("another-uid"),
+        "a pod of the same name, recreated"
+    );
+    assert!(
+        !cache.pod_in_flight("ns", "web-1-b", "pod-uid"),
+        "not cached"
+    );
     assert_eq!(
         cache.workload_of_pod_named("ns", "web-1-a"),
         Some(key(WorkloadKind::Deployment, "web"))

@@ -462,7 +462,10 @@ fn a_lean_pod_keeps_what_is_read_and_drops_the_rest() {
         "reasons, exit code and times"
     );
     assert!(!sidecar.image_id.is_empty());
-    assert_eq!(sidecar.image_id, full_sidecar.image_id, "the content that runs");
+    assert_eq!(
+        sidecar.image_id, full_sidecar.image_id,
+        "the content that runs"
+    );
     assert_eq!(lean.metadata.generation, Some(2));
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(
