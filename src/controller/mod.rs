@@ -66,8 +66,8 @@ pub struct Context {
     pub settings: Settings,
     /// Workloads rolling, and waiting to, under each policy (`maxConcurrentWorkloads`).
     slots: Mutex<slots::Slots>,
-    /// What each policy governs, for its status.
-    report: report::PolicyReport,
+    /// What each policy governs, for its status (and the rollout gauges at each scrape).
+    report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
 }
@@ -166,6 +166,15 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let (queue, receiver) = Queue::new();
     let q = queue.clone();
     let cache = Cache::triggering(Role::Controller, move |key| q.enqueue(key));
+    let report = Arc::new(report::PolicyReport::new(
+        metrics.workloads_in_progress.clone(),
+    ));
+    registry
+        .sub_registry_with_prefix("inplace_upgrade")
+        .register_collector(Box::new(metrics::RolloutCollector {
+            report: report.clone(),
+            cache: cache.clone(),
+        }));
     for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
@@ -189,7 +198,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         metrics: metrics.clone(),
         settings: settings.clone(),
         slots: Mutex::default(),
-        report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+        report,
         written: written::Written::default(),
     });
 
