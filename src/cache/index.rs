@@ -462,6 +462,7 @@ mod tests {
             filed: Filed::default(),
             kept: CachedSlice {
                 serving: pods.iter().map(|p| Arc::from(*p)).collect(),
+                not_serving: Vec::new(),
                 resource_version: None,
             },
         };

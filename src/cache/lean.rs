@@ -49,7 +49,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use serde::de::{DeserializeSeed, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::controller::inputs::serving_pod;
+use crate::controller::inputs::{endpoint_pod, serving_pod};
 use crate::controller::{WorkloadView, controller_of, template_digest};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::target::{ContainerRef, PodContainers};
@@ -824,12 +824,23 @@ fn cached_daemon_set(ds: &DaemonSet) -> CachedWorkload {
 // ---------------------------------------------------------------------------------------------
 // EndpointSlices.
 
-/// An EndpointSlice as the cache keeps it: the pods it sends traffic to.
+/// An EndpointSlice as the cache keeps it: the pods it sends traffic to, and the others it
+/// lists (what a drain record notes).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CachedSlice {
     /// Pods the slice lists as ready or serving ([`serving_pod`]), sorted, each once.
     pub serving: Vec<Arc<str>>,
+    /// Pods it lists only as neither (usually none), sorted, each once.
+    pub not_serving: Vec<Arc<str>>,
     pub resource_version: Option<String>,
+}
+
+impl CachedSlice {
+    /// Whether the slice lists `pod`, in any condition.
+    pub fn lists(&self, pod: &str) -> bool {
+        let has = |list: &[Arc<str>]| list.binary_search_by(|p| (**p).cmp(pod)).is_ok();
+        has(&self.serving) || has(&self.not_serving)
+    }
 }
 
 wire_struct!(WireSlice, "an EndpointSlice", {
@@ -855,6 +866,16 @@ fn decode_slice<'de, D: Deserializer<'de>>(d: D) -> Result<Decoded<CachedSlice>,
         .collect();
     serving.sort();
     serving.dedup();
+    let mut not_serving: Vec<Arc<str>> = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter_map(endpoint_pod)
+        .filter(|pod| serving.binary_search_by(|p| (**p).cmp(pod)).is_err())
+        .map(Arc::from)
+        .collect();
+    not_serving.sort();
+    not_serving.dedup();
     Ok(Decoded {
         filed: Filed {
             namespace: meta.namespace,
@@ -863,6 +884,7 @@ fn decode_slice<'de, D: Deserializer<'de>>(d: D) -> Result<Decoded<CachedSlice>,
         },
         kept: CachedSlice {
             serving,
+            not_serving,
             resource_version: meta.resource_version,
         },
     })

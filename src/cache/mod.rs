@@ -18,7 +18,7 @@ pub mod lean;
 mod policy_watch;
 mod watch;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -28,10 +28,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::runtime::watcher;
 
 use crate::STATE_ANNOTATION;
-use crate::controller::inputs::not_serving;
+use crate::controller::inputs::{not_serving, unchanged_since_drain};
 use crate::controller::{
     WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, workload_of_pod,
 };
+use crate::plan::DrainRecord;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
 use index::Table;
@@ -226,11 +227,37 @@ impl Cache {
     }
 
     /// The pods (of `pods`, all in `namespace`) that no EndpointSlice lists as ready or
-    /// serving: the same answer as [`crate::controller::inputs::endpoints_drained`] over
-    /// the namespace's slices, from an index.
-    pub fn endpoints_drained(&self, namespace: &str, pods: &[Pod]) -> BTreeSet<String> {
+    /// serving, a slice unchanged since we drained a pod counting as serving it: the same
+    /// answer as [`crate::controller::inputs::endpoints_drained`] over the namespace's slices,
+    /// from an index.
+    pub fn endpoints_drained(
+        &self,
+        namespace: &str,
+        pods: &[Pod],
+        drains: &BTreeMap<String, DrainRecord>,
+    ) -> BTreeSet<String> {
         let slices = read(&self.shared.tables.endpoint_slices);
-        not_serving(pods, |pod| slices.index.serves(namespace, pod))
+        not_serving(pods, |pod| {
+            slices.index.serves(namespace, pod)
+                || unchanged_since_drain(drains.get(pod), |slice| {
+                    slices.get(namespace, slice)?.resource_version.as_deref()
+                })
+        })
+    }
+
+    /// The EndpointSlices of `namespace` that list `pod` in any condition (name →
+    /// resourceVersion), for its [`DrainRecord`].
+    pub fn slices_listing(&self, namespace: &str, pod: &str) -> BTreeMap<String, String> {
+        read(&self.shared.tables.endpoint_slices)
+            .in_namespace(namespace)
+            .filter(|(_, slice)| slice.lists(pod))
+            .map(|(name, slice)| {
+                (
+                    name.to_string(),
+                    slice.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// The PodDisruptionBudgets of a namespace.

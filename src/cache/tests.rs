@@ -339,13 +339,45 @@ fn slices_drain_and_trigger_only_the_pods_whose_serving_changed() {
         pod("a", "ReplicaSet", "web-1"),
         pod("b", "ReplicaSet", "web-1"),
     ];
+    let none = BTreeMap::new();
     assert_eq!(
-        cache.endpoints_drained("ns", &pods),
+        cache.endpoints_drained("ns", &pods, &none),
+        BTreeSet::from(["b".to_string()])
+    );
+    // What a drain of b records: the slices listing it, in any condition, as the reference
+    // over the whole slice has it.
+    let listed = slice("s", &[("a", true), ("b", false), ("c", true)]);
+    assert_eq!(
+        cache.slices_listing("ns", "b"),
+        crate::controller::inputs::slices_listing([&listed].into_iter(), "b")
+    );
+    assert_eq!(
+        cache.slices_listing("ns", "b"),
+        BTreeMap::from([("s".to_string(), "1".to_string())])
+    );
+    assert!(cache.slices_listing("ns", "z").is_empty());
+    // Drained while the cache had that version: it is no evidence of the drain.
+    let drains = BTreeMap::from([(
+        "b".to_string(),
+        DrainRecord {
+            uid: None,
+            condition_time: "2026-01-01T00:00:00Z".parse().expect("time"),
+            drained_at: "2026-01-01T00:00:00.1Z".parse().expect("time"),
+            slices: cache.slices_listing("ns", "b"),
+        },
+    )]);
+    assert!(cache.endpoints_drained("ns", &pods, &drains).is_empty());
+    // A later version of the slice saying the same is.
+    let mut later = listed.clone();
+    later.metadata.resource_version = Some("2".into());
+    cache.feed(Event::Apply(later)).unwrap();
+    assert_eq!(
+        cache.endpoints_drained("ns", &pods, &drains),
         BTreeSet::from(["b".to_string()])
     );
     cache.feed(Event::Delete(slice("s", &[]))).unwrap();
     assert_eq!(
-        cache.endpoints_drained("ns", &pods),
+        cache.endpoints_drained("ns", &pods, &none),
         BTreeSet::from(["a".to_string(), "b".to_string()])
     );
 }

@@ -287,6 +287,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
                 retry_since: None,
                 disruption_budgets: &[],
                 endpoints_drained: &drained,
+                drains: &BTreeMap::new(),
                 events: &by_uid,
                 now: at(secs),
             };
@@ -545,7 +546,8 @@ fn a_lean_slice_serves_the_pods_the_full_slice_serves() {
         .iter()
         .map(|n| serde_json::from_value(json!({"metadata": {"name": n}})).expect("pod"))
         .collect();
-    let drained = crate::controller::inputs::endpoints_drained([&full].into_iter(), &pods);
+    let drained =
+        crate::controller::inputs::endpoints_drained([&full].into_iter(), &pods, &BTreeMap::new());
     let lean_drained = crate::controller::inputs::not_serving(&pods, |p| {
         lean.kept.serving.iter().any(|s| &**s == p)
     });
