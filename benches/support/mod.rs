@@ -157,8 +157,7 @@ impl Bench {
     /// A kubeconfig for the ServiceAccount `ns/name`, created and bound to cluster-admin
     /// (its audit log user is `system:serviceaccount:<ns>:<name>`); `ns` must exist.
     pub async fn service_account_kubeconfig(&self, ns: &str, name: &str) -> AnyResult<PathBuf> {
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         let sas = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
         match sas.create(&PostParams::default(), &sa).await {
             Ok(_) => {}
