@@ -186,9 +186,14 @@ impl Bench {
     /// A kubeconfig for the ServiceAccount `bench-controller` (cluster-admin), so the audit
     /// log can tell the controller's requests from everyone else's.
     pub async fn controller_kubeconfig(&self) -> AnyResult<PathBuf> {
-        let ns = "inplace-upgrade-system";
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "bench-controller"}}))?;
+        self.service_account_kubeconfig("inplace-upgrade-system", "bench-controller")
+            .await
+    }
+
+    /// A kubeconfig for the ServiceAccount `ns/name`, created and bound to cluster-admin
+    /// (its audit log user is `system:serviceaccount:<ns>:<name>`); `ns` must exist.
+    pub async fn service_account_kubeconfig(&self, ns: &str, name: &str) -> AnyResult<PathBuf> {
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         let sas = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
         match sas.create(&PostParams::default(), &sa).await {
             Ok(_) => {}
@@ -196,9 +201,9 @@ impl Bench {
             Err(e) => return Err(e.into()),
         }
         let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "bench-controller"},
+            "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": "bench-controller", "namespace": ns}],
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         }))?;
         match Api::<ClusterRoleBinding>::all(self.client.clone())
             .create(&PostParams::default(), &binding)
@@ -212,13 +217,13 @@ impl Bench {
             "spec": {"audiences": [], "expirationSeconds": 86400}
         }))?;
         let token = sas
-            .create_token_request("bench-controller", &PostParams::default(), &request)
+            .create_token_request(name, &PostParams::default(), &request)
             .await?
             .status
             .ok_or("TokenRequest returned no status")?
             .token;
         let dir = self.env.dir();
-        let token_file = dir.join("bench-controller.token");
+        let token_file = dir.join(format!("{name}.token"));
         std::fs::write(&token_file, token)?;
         let mut kubeconfig = Kubeconfig::read_from(self.env.kubeconfig_path())?;
         for named in &mut kubeconfig.auth_infos {
@@ -227,7 +232,7 @@ impl Bench {
                 ..Default::default()
             });
         }
-        let path = dir.join("bench-controller.kubeconfig");
+        let path = dir.join(format!("{name}.kubeconfig"));
         std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
         Ok(path)
     }
