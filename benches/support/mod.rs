@@ -133,10 +133,7 @@ impl Bench {
         variant: Option<&Variant>,
     ) -> AnyResult<Controller> {
         let kubeconfig = self.controller_kubeconfig().await?;
-        let binary = match variant.and_then(|v| v.binary.clone()) {
-            Some(b) => b,
-            None => controller_binary()?,
-        };
+        let binary = variant_binary(variant)?;
         let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
         Controller::start_binary(
             &binary,
@@ -144,6 +141,45 @@ impl Bench {
             &kubeconfig,
             self.env.dir().join("logs").join(log),
             &[],
+        )
+    }
+
+    /// Starts `inplace-upgrade webhook` (the build under test, or a [`Variant`]) under the
+    /// controller's identity, serving a certificate of its own on a free loopback port, and
+    /// registered nowhere: what it costs to keep its caches. Ready (`/readyz`) once its
+    /// certificate is loaded and its caches synced.
+    pub async fn spawn_webhook(
+        &self,
+        log: &str,
+        variant: Option<&Variant>,
+    ) -> AnyResult<Controller> {
+        let kubeconfig = self.controller_kubeconfig().await?;
+        let certs = self.env.dir().join("webhook-tls");
+        if !certs.join("tls.key").exists() {
+            let status = Command::new(controller_binary()?)
+                .args(["certs", "--ip", "127.0.0.1", "--out"])
+                .arg(&certs)
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(format!("inplace-upgrade certs failed: {status}").into());
+            }
+        }
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
+        let args = [
+            "webhook".to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--cert-dir".into(),
+            certs.display().to_string(),
+        ];
+        Controller::spawn(
+            &variant_binary(variant)?,
+            &args,
+            env,
+            &kubeconfig,
+            self.env.dir().join("logs").join(log),
         )
     }
 
@@ -251,6 +287,14 @@ fn copy_binary(dir: &Path) -> AnyResult<()> {
     Ok(())
 }
 
+/// The variant's binary, or the build under test.
+fn variant_binary(variant: Option<&Variant>) -> AnyResult<PathBuf> {
+    match variant.and_then(|v| v.binary.clone()) {
+        Some(b) => Ok(b),
+        None => controller_binary(),
+    }
+}
+
 fn controller_binary() -> AnyResult<PathBuf> {
     BINARY
         .get()
@@ -258,7 +302,8 @@ fn controller_binary() -> AnyResult<PathBuf> {
         .ok_or_else(|| "start a Bench before a Controller".into())
 }
 
-/// One `inplace-upgrade controller` process (release build); killed when dropped.
+/// One `inplace-upgrade controller` (or `webhook`) process (release build); killed when
+/// dropped.
 pub struct Controller {
     pub child: Child,
     pub admin: u16,
@@ -279,17 +324,32 @@ impl Controller {
         log: PathBuf,
         extra: &[&str],
     ) -> AnyResult<Controller> {
+        let mut args: Vec<String> = ["controller", "--identity", "bench"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(binary, &args, env, kubeconfig, log)
+    }
+
+    /// One `inplace-upgrade` process running `args`, with an admin port of its own.
+    pub fn spawn(
+        binary: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        kubeconfig: &Path,
+        log: PathBuf,
+    ) -> AnyResult<Controller> {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let started = Instant::now();
         let child = Command::new(binary)
-            .args(["controller", "--identity", "bench"])
+            .args(args)
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-level", "info"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(extra)
             .env("POD_NAMESPACE", "inplace-upgrade-system")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
