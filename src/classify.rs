@@ -255,7 +255,7 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
     if !new_instance || !(restarted || started_after_patch) {
         return ContainerState::NotRestarted;
     }
-    if !status_image_consistent(&status.image, expect.image) {
+    if !runs_expected_image(pod, status, expect) {
         return ContainerState::Restarting {
             reason: format!(
                 "the runtime reports image {:?}, expected {:?}",
@@ -286,14 +286,7 @@ fn classify_without_timeout(pod: &Pod, expect: &Expectation<'_>) -> ContainerSta
 ///   `RunContainerError`. A restart back-off alone is not: a crashing new container shows its
 ///   reason in the status.
 fn failure_from_events(pod: &Pod, expect: &Expectation<'_>) -> Option<ContainerState> {
-    let seen = match (
-        pod.metadata.generation,
-        pod.status.as_ref().and_then(|s| s.observed_generation),
-    ) {
-        (Some(generation), Some(observed)) => observed >= generation,
-        _ => true,
-    };
-    if !seen {
+    if kubelet_has_seen_spec(pod) == Some(false) {
         return None;
     }
     let baseline = expect.baseline;
@@ -382,7 +375,37 @@ pub fn container_status<'p>(
     list.iter().find(|s| s.name == name)
 }
 
-/// Whether the runtime's `image` is consistent with the expected image.
+/// Whether kubelet reports having seen the pod's current spec (`status.observedGeneration` ≥
+/// `metadata.generation`, kubelet 1.34+); `None` when it does not report it.
+fn kubelet_has_seen_spec(pod: &Pod) -> Option<bool> {
+    let observed = pod.status.as_ref()?.observed_generation?;
+    Some(observed >= pod.metadata.generation?)
+}
+
+/// Whether a container restarted after the patch runs the expected image. The runtime's
+/// `image` is only a name for what runs: containerd reports the first name it knows for the
+/// image's content (an image that is also known on the node under another repository reads
+/// as that one — seen on a real kubelet, tests/e2e_real.rs), CRI-O its first repo tag (after a
+/// same-digest retag, the old tag). So, in order:
+/// - content other than what ran at the patch (`imageID` changed) is the patched spec's image;
+/// - a name of the expected image is it;
+/// - any other name is an alias once kubelet reports that it has seen the patched spec;
+/// - from a kubelet that does not report that (< 1.34), the lenient
+///   [`status_image_consistent`].
+fn runs_expected_image(pod: &Pod, status: &ContainerStatus, expect: &Expectation<'_>) -> bool {
+    let content_changed = expect
+        .baseline
+        .image_id
+        .as_deref()
+        .is_some_and(|before| !status.image_id.is_empty() && status.image_id != before);
+    if content_changed || same_image(&status.image, expect.image) {
+        return true;
+    }
+    kubelet_has_seen_spec(pod)
+        .unwrap_or_else(|| status_image_consistent(&status.image, expect.image))
+}
+
+/// Whether the runtime's `image` is consistent with the expected image, by its name alone.
 ///
 /// Runtimes report different forms: the spec string, docker's normalised name, a
 /// `repo@sha256:` digest reference, a bare `sha256:` image ID, or (CRI-O) the image's first
@@ -450,6 +473,7 @@ mod tests {
             target_image: NEW.into(),
             container_id: Some("containerd://old".into()),
             restart_count: 2,
+            image_id: None,
             was_running,
         }
     }
@@ -965,6 +989,63 @@ mod tests {
             5,
         );
         assert_eq!(state, ContainerState::Upgraded);
+    }
+
+    #[test]
+    fn a_restarted_container_runs_the_target_whatever_name_the_runtime_gives_it() {
+        const ALIAS: &str = "docker.io/istio/proxyv2:1.24";
+        let (old, new) = ("sha256:old-content", "sha256:new-content");
+        // case, status image, its imageID, imageID at the patch, (generation, observed), upgraded
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<(i64, i64)>,
+            bool,
+        );
+        #[rustfmt::skip]
+        let cases: [Case; 9] = [
+            ("the expected name", NEW, old, Some(old), Some((2, 1)), true),
+            ("an alias of new content", ALIAS, new, Some(old), None, true),
+            ("an alias, kubelet saw the spec", ALIAS, old, Some(old), Some((2, 2)), true),
+            ("an alias, spec not yet seen", ALIAS, old, Some(old), Some((2, 1)), false),
+            // The old container crashed and kubelet restarted it before it saw the patch.
+            ("the old name, spec not yet seen", OLD, old, Some(old), Some((2, 1)), false),
+            // A same-digest retag, named by its first tag (CRI-O).
+            ("the old name, spec seen", OLD, old, Some(old), Some((2, 2)), true),
+            // No generation reported (kubelet < 1.34): the name alone decides, leniently.
+            ("same repository, nothing else known", OLD, old, None, None, true),
+            ("another repository, nothing else known", ALIAS, new, None, None, false),
+            ("no imageID reported now", ALIAS, "", Some(old), Some((2, 1)), false),
+        ];
+        for (case, image, image_id, at_patch, generations, upgraded) in cases {
+            let mut b = baseline(ContainerKind::NativeSidecar, true);
+            b.image_id = at_patch.map(str::to_string);
+            let expect = Expectation {
+                baseline: &b,
+                image: NEW,
+                patched_at: ts(0),
+                ready_timeout: Duration::from_secs(300),
+                events: &[],
+            };
+            let mut st = status("containerd://new", 3, running(1), true);
+            st.image = image;
+            let mut p = pod(ContainerKind::NativeSidecar, NEW, Some(st));
+            let status = p.status.as_mut().expect("status");
+            status.init_container_statuses.as_mut().expect("statuses")[0].image_id =
+                image_id.into();
+            if let Some((generation, observed)) = generations {
+                p.metadata.generation = Some(generation);
+                p.status.as_mut().expect("status").observed_generation = Some(observed);
+            }
+            let state = classify(&p, &expect, ts(5));
+            assert_eq!(
+                state == ContainerState::Upgraded,
+                upgraded,
+                "{case}: {state:?}"
+            );
+        }
     }
 
     #[test]

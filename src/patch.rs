@@ -63,14 +63,28 @@ pub fn set_annotation(pod: &Pod, key: &str, value: &str) -> PatchOperation {
     }
 }
 
-fn baseline_of(pod: &Pod, kind: ContainerKind, name: &str) -> (Option<String>, i32, bool) {
+/// What runs in a container when it is patched, as its baseline records it.
+struct Running {
+    container_id: Option<String>,
+    restart_count: i32,
+    was_running: bool,
+    image_id: Option<String>,
+}
+
+fn baseline_of(pod: &Pod, kind: ContainerKind, name: &str) -> Running {
     match container_status(pod, kind, name) {
-        Some(s) => (
-            s.container_id.clone(),
-            s.restart_count,
-            s.state.as_ref().is_some_and(|st| st.running.is_some()),
-        ),
-        None => (None, 0, false),
+        Some(s) => Running {
+            container_id: s.container_id.clone(),
+            restart_count: s.restart_count,
+            was_running: s.state.as_ref().is_some_and(|st| st.running.is_some()),
+            image_id: Some(s.image_id.clone()).filter(|id| !id.is_empty()),
+        },
+        None => Running {
+            container_id: None,
+            restart_count: 0,
+            was_running: false,
+            image_id: None,
+        },
     }
 }
 
@@ -112,7 +126,7 @@ pub fn upgrade_patch(
             image_path(loc.kind, loc.index, "image"),
             json!(t.image),
         ));
-        let (container_id, restart_count, was_running) = baseline_of(pod, loc.kind, &loc.name);
+        let running = baseline_of(pod, loc.kind, &loc.name);
         let previous_image = existing
             .as_ref()
             .and_then(|s| s.container(&loc.name))
@@ -123,9 +137,10 @@ pub fn upgrade_patch(
             index: loc.index,
             previous_image,
             target_image: t.image.clone(),
-            container_id,
-            restart_count,
-            was_running,
+            container_id: running.container_id,
+            restart_count: running.restart_count,
+            image_id: running.image_id,
+            was_running: running.was_running,
         });
     }
     let state = PodUpgradeState {
@@ -164,11 +179,12 @@ pub fn rollback_patch(
             image_path(c.kind, c.index, "image"),
             json!(c.previous_image),
         ));
-        let (container_id, restart_count, was_running) = baseline_of(pod, c.kind, &c.name);
+        let running = baseline_of(pod, c.kind, &c.name);
         containers.push(ContainerBaseline {
-            container_id,
-            restart_count,
-            was_running,
+            container_id: running.container_id,
+            restart_count: running.restart_count,
+            image_id: running.image_id,
+            was_running: running.was_running,
             ..c.clone()
         });
     }

@@ -65,6 +65,10 @@ pub struct ContainerBaseline {
     /// `restartCount` when the last patch was applied.
     #[serde(default)]
     pub restart_count: i32,
+    /// `imageID` when the last patch was applied: what ran then. A restarted container running
+    /// other content runs the patched spec's image, whatever name the runtime reports for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// Whether the container was running when the last patch was applied. A container that was
     /// already failing (e.g. in CrashLoopBackOff) keeps its old waiting reason for a moment
     /// after the patch, which must not count as a failure of the new image.
@@ -184,6 +188,7 @@ mod tests {
                 target_image: "proxyv2:2".into(),
                 container_id: Some("containerd://abc".into()),
                 restart_count: 0,
+                image_id: None,
                 was_running: true,
             }],
             readiness_gate: true,

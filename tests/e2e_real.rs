@@ -457,16 +457,14 @@ async fn a_sigkilled_controller_resumes_the_rollout() -> TestResult {
     Ok(())
 }
 
-/// KNOWN BUG, found on the real kubelet (2026-12): the target `registry.istio.io/testing/
-/// proxyv2:1.24.2` is the same image (one digest) as `docker.io/istio/proxyv2:1.24.2`, both
-/// known to the node's containerd (as with mirrored registries in real clusters). containerd
-/// reports the image's first name as the container's `image`, here the `docker.io` one;
-/// `status_image_consistent` (src/classify.rs) holds a different repository against the
-/// container, so the upgraded, running and Ready proxy is never taken as upgraded: the pod
-/// is rolled back at `readyTimeoutSeconds` and the workload marked Failed. Run with
-/// `--ignored` to reproduce; un-ignore with the fix.
+/// Found on the real kubelet (2026-12): the target `registry.istio.io/testing/proxyv2:1.24.2`
+/// is the same image (one digest) as `docker.io/istio/proxyv2:1.24.2`, both known to the
+/// node's containerd (as with mirrored registries in real clusters). containerd reports the
+/// image's first name as the container's `image`, here the `docker.io` one. Judged by that
+/// name the upgraded, running and Ready proxy was never upgraded and was rolled back at
+/// `readyTimeoutSeconds`; the classifier now goes by the `imageID` recorded at the patch and
+/// kubelet's `observedGeneration` before the name (`runs_expected_image`, src/classify.rs).
 #[tokio::test]
-#[ignore = "known bug: a same-digest alias in another repository reads as the wrong image (src/classify.rs)"]
 async fn a_target_known_under_another_repository_completes() -> TestResult {
     let _one = SERIAL.lock().await;
     let Some(stack) = Stack::start("alias").await? else {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use inplace_upgrade::plan::{Action, PlanInput, Verdict, plan};
+use inplace_upgrade::plan::{Action, PlanInput, PodEvents, Verdict, plan};
 use inplace_upgrade::policy::InPlaceUpgradePolicySpec;
 use inplace_upgrade::state::PodUpgradeState;
 use inplace_upgrade::{READINESS_GATE, STATE_ANNOTATION};
@@ -275,6 +275,7 @@ fn run(data: &[u8]) -> Result<()> {
         retry_since: None,
         disruption_budgets: &[],
         endpoints_drained: &drained,
+        events: &PodEvents::new(),
         now,
     };
     let out = plan(&input);

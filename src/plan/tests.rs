@@ -91,6 +91,7 @@ fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> Stri
             target_image: NEW.into(),
             container_id: Some(id.into()),
             restart_count: restarts,
+            image_id: None,
             was_running: true,
         }],
         readiness_gate: true,
