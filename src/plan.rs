@@ -152,10 +152,11 @@ pub struct Plan {
     pub recheck_at: Option<Timestamp>,
 }
 
-struct Gate<'p> {
-    ready: bool,
-    reason: Option<&'p str>,
-    since: Option<Timestamp>,
+/// Our readiness-gate condition as the planner reads it.
+pub(crate) struct Gate<'p> {
+    pub(crate) ready: bool,
+    pub(crate) reason: Option<&'p str>,
+    pub(crate) since: Option<Timestamp>,
 }
 
 struct Candidate<'p> {
@@ -574,7 +575,8 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-fn gate_condition(pod: &Pod) -> Option<Gate<'_>> {
+/// Our readiness gate's condition on `pod`, if it has one.
+pub(crate) fn gate_condition(pod: &Pod) -> Option<Gate<'_>> {
     let c = pod
         .status
         .as_ref()?

@@ -61,8 +61,8 @@ pub struct Context {
     pub settings: Settings,
     /// Workloads rolling, and waiting to, under each policy (`maxConcurrentWorkloads`).
     slots: Mutex<slots::Slots>,
-    /// What each policy governs, for its status.
-    report: report::PolicyReport,
+    /// What each policy governs, for its status (and the rollout gauges at each scrape).
+    report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
 }
@@ -160,6 +160,15 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let metrics = Metrics::register(registry);
     let (queue, receiver) = Queue::new();
     let (cache, drivers) = Cache::start(&client, queue.clone());
+    let report = Arc::new(report::PolicyReport::new(
+        metrics.workloads_in_progress.clone(),
+    ));
+    registry
+        .sub_registry_with_prefix("inplace_upgrade")
+        .register_collector(Box::new(metrics::RolloutCollector {
+            report: report.clone(),
+            cache: cache.clone(),
+        }));
     for driver in drivers {
         tokio::spawn(driver);
     }
@@ -176,7 +185,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         metrics: metrics.clone(),
         settings: settings.clone(),
         slots: Mutex::default(),
-        report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+        report,
         written: written::Written::default(),
     });
 

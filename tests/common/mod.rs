@@ -720,3 +720,97 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Some((code, body.to_owned()))
 }
+
+/// Runs a command; its stdout, or an error with the command, its status and its output.
+pub fn run(mut command: Command) -> AnyResult<String> {
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Our webhook configurations as deploy/ has them, named `name`, but calling
+/// `https://127.0.0.1:port` (the API server cannot reach a Service here: no kube-proxy) and
+/// only for `namespaces`; the policies webhook, which is cluster-wide, is left out so that
+/// other tests' policies never reach this webhook.
+pub async fn register_webhook(
+    client: &Client,
+    name: &str,
+    namespaces: &[&str],
+    port: u16,
+    ca: Vec<u8>,
+) -> AnyResult<()> {
+    use inplace_upgrade::admission::configuration::{
+        ConfigurationOptions, Endpoint, webhook_configurations,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let (mut mutating, mut validating) = webhook_configurations(&ConfigurationOptions {
+        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
+        ca_bundle: Some(ca),
+        own_namespace: CONTROLLER_NAMESPACE.into(),
+        cert_manager_certificate: None,
+    });
+    let only: LabelSelector = obj(json!({"matchExpressions": [{
+        "key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces,
+    }]}));
+    mutating.metadata.name = Some(name.into());
+    for w in mutating.webhooks.iter_mut().flatten() {
+        w.namespace_selector = Some(only.clone());
+    }
+    validating.metadata.name = Some(name.into());
+    if let Some(webhooks) = validating.webhooks.as_mut() {
+        webhooks.retain(|w| w.namespace_selector.is_some());
+        for w in webhooks {
+            w.namespace_selector = Some(only.clone());
+        }
+    }
+    create_webhook_configurations(client, &mutating, &validating).await
+}
+
+/// Creates a pair of webhook configurations.
+pub async fn create_webhook_configurations(
+    client: &Client,
+    mutating: &k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    validating: &k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+) -> AnyResult<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), mutating)
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), validating)
+        .await?;
+    Ok(())
+}
+
+/// A tool the tests run, found by `$env_var` or else by a script of this repository that
+/// provides it (a no-op when its cache is warm) and prints its path as the last line.
+pub fn tool_path(env_var: &str, script: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last().map(str::trim) {
+        Some(p) if out.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(format!(
+            "{} failed ({}); its output is above",
+            script.display(),
+            out.status
+        )),
+    }
+}
