@@ -230,6 +230,7 @@ async fn lead_while_elected(
         ctx.metrics.leader.set(1);
         tracing::info!(identity = %ctx.settings.identity, "became leader");
         ctx.restore_slots();
+        ctx.written.forget_drains(None);
         // Every workload gets a look when leadership starts: the state in the API is the truth.
         for key in ctx.cache.workloads_in(None) {
             ctx.queue.enqueue(key);
