@@ -25,6 +25,7 @@
 
 pub mod admission;
 pub mod annotation;
+pub mod cache;
 pub mod classify;
 pub mod controller;
 pub mod image;

@@ -4,11 +4,9 @@
 //! condition, the workload's status annotation), so a replica that takes over — after a crash
 //! or a leader change — carries on from there.
 
-mod cache;
 mod events;
 mod leader;
 mod metrics;
-mod policy_watch;
 mod queue;
 mod reconcile;
 mod report;
@@ -25,11 +23,12 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
+
+use crate::cache::{Cache, Role};
 use tokio::sync::watch;
 
 use crate::status::{WorkloadPhase, WorkloadStatus};
 
-pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
@@ -162,14 +161,25 @@ impl Handle {
 pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Handle {
     let metrics = Metrics::register(registry);
     let (queue, receiver) = Queue::new();
-    let (cache, drivers) = Cache::start(&client, queue.clone());
-    for driver in drivers {
+    let q = queue.clone();
+    let cache = Cache::triggering(Role::Controller, move |key| q.enqueue(key));
+    for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
-    tokio::spawn(events::drive(&client, cache.clone(), queue.clone()));
+    let events = events::EventIndex::default();
+    tokio::spawn(events::drive(
+        &client,
+        cache.clone(),
+        events.clone(),
+        queue.clone(),
+    ));
+    let view = view::Watched {
+        cache: cache.clone(),
+        events,
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Arc::new(cache.clone()),
+        Arc::new(view),
         queue.clone(),
         metrics.clone(),
         settings.clone(),

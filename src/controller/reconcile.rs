@@ -20,7 +20,7 @@ use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
     gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
-use crate::plan::inputs::{disruption_budgets, endpoints_drained, slices_listing};
+use crate::plan::inputs::disruption_budgets;
 use crate::plan::{Action, DrainRecord, Plan, Step, plan};
 use crate::state::Phase;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
@@ -108,14 +108,8 @@ pub(super) async fn reconcile_workload(
         .written
         .freshest_status(key, cached_status)
         .and_then(|s| WorkloadStatus::parse(&s));
-    let pods: Vec<Pod> = ctx.written.freshest(
-        key,
-        ctx.cache
-            .pods_of(key)
-            .iter()
-            .map(|p| Pod::clone(p))
-            .collect(),
-    );
+    // The cache, corrected by our own writes it has not delivered yet (see `written`).
+    let pods: Vec<Pod> = ctx.written.freshest(key, ctx.cache.pods_of(key));
     let now = Timestamp::now();
     let policies = ctx.cache.policies();
     let subject = Subject {
@@ -142,14 +136,7 @@ pub(super) async fn reconcile_workload(
         &pods,
     );
     let drains = ctx.written.drains(key, &pods);
-    let endpoints_drained = endpoints_drained(
-        ctx.cache
-            .endpoint_slices_in(&key.namespace)
-            .iter()
-            .map(|s| &**s),
-        &pods,
-        &drains,
-    );
+    let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods, &drains);
     let events = ctx.cache.pod_events(&pods);
     let seen = Observed {
         pods: &pods,
@@ -382,8 +369,7 @@ async fn execute(
         }
         Action::Drain => {
             // The slices as they are before the drain: versions that cannot reflect it.
-            let slices =
-                slices_listing(ctx.cache.endpoint_slices_in(ns).iter().map(|s| &**s), name);
+            let slices = ctx.cache.slices_listing(ns, name);
             // The condition says the second in which the write was sent (all a restarted
             // controller has to time the grace period from); we remember when it returned.
             let sent = Timestamp::now();

@@ -10,13 +10,12 @@
 //! delivers the watch events ([`Api::deliver`]), which is when the reconciler's own memory of
 //! its writes (`written`) matters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -27,7 +26,7 @@ use serde_json::{Value, json};
 use super::reconcile::{ReconcileError, reconcile_workload};
 use super::{Context, ControllerView, Metrics, Queue, Settings};
 use crate::kubectl::render::PlanReport;
-use crate::plan::PodEvents;
+use crate::plan::{DrainRecord, PodEvents};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::{Phase, PodUpgradeState};
 use crate::workload::{
@@ -460,7 +459,7 @@ impl Api {
         Context::new(
             client,
             Arc::new(self.clone()),
-            Queue::discarding(),
+            Queue::new().0,
             metrics,
             settings,
         )
@@ -497,19 +496,23 @@ impl ControllerView for Api {
             .filter(|n| n.name_any() == name)
             .map(Arc::new)
     }
-    fn pods_of(&self, key: &WorkloadKey) -> Vec<Arc<Pod>> {
-        self.world()
-            .cached
-            .pods_of(key)
-            .into_iter()
-            .map(Arc::new)
-            .collect()
+    fn pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
+        self.world().cached.pods_of(key)
     }
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
         self.world().policies.clone()
     }
-    fn endpoint_slices_in(&self, _: &str) -> Vec<Arc<EndpointSlice>> {
-        Vec::new()
+    /// No EndpointSlices in this suite: every pod counts as drained.
+    fn endpoints_drained(
+        &self,
+        _: &str,
+        pods: &[Pod],
+        drains: &BTreeMap<String, DrainRecord>,
+    ) -> BTreeSet<String> {
+        crate::plan::inputs::endpoints_drained(std::iter::empty(), pods, drains)
+    }
+    fn slices_listing(&self, _: &str, _: &str) -> BTreeMap<String, String> {
+        BTreeMap::new()
     }
     fn pdbs_in(&self, _: &str) -> Vec<Arc<PodDisruptionBudget>> {
         Vec::new()

@@ -11,12 +11,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::admission::ClusterView;
-use crate::controller::{self, Cache};
+use crate::cache::Cache;
+use crate::controller;
 use crate::policy::InPlaceUpgradePolicy;
 use crate::workload::{WorkloadKey, WorkloadView};
 
-/// The live view: the controller's caches (the same ones in `run`, a cache-only copy in
-/// `webhook`) and a watch of the controller's Lease.
+/// The live view: a [`Cache`] (the controller's in `run`; in `webhook` one of
+/// [`crate::cache::Role::Webhook`], which holds no pods) and a watch of the controller's Lease.
 #[derive(Clone)]
 pub struct LiveView {
     cache: Cache,
@@ -69,9 +70,7 @@ impl ClusterView for LiveView {
     }
 
     fn replica_set(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
-        self.cache
-            .replica_sets
-            .get(&ObjectRef::new(name).within(namespace))
+        self.cache.replica_set(namespace, name)
     }
 
     fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
@@ -87,12 +86,7 @@ impl ClusterView for LiveView {
     }
 
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
-        self.cache
-            .policies
-            .state()
-            .iter()
-            .map(|p| InPlaceUpgradePolicy::clone(p))
-            .collect()
+        self.cache.policies()
     }
 
     fn controller_alive(&self) -> bool {

@@ -287,7 +287,15 @@ pub fn testapp_binary() -> Result<PathBuf, Error> {
         return Ok(PathBuf::from(bin));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target_dir = cache_root().join("testapp-target");
+    // Beside the caller's own build output when it has a target directory of its own (CI and
+    // every worktree set CARGO_TARGET_DIR): cargo fingerprints a path package by its
+    // workspace-relative path and its files' mtimes, so one directory shared by two worktrees
+    // of this repository hands one of them the binary the other built last (seen: a worktree
+    // whose testapp had new flags got the old binary, and its pods crashed on the flags).
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir).join("testapp-static"),
+        None => cache_root().join("testapp-target"),
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(&root)
