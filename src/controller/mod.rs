@@ -10,6 +10,7 @@ pub mod inputs;
 mod leader;
 mod metrics;
 mod policy_watch;
+pub mod preflight;
 mod queue;
 mod reconcile;
 mod report;
