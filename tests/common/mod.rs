@@ -15,7 +15,9 @@ use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerStatus, Namespace, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -383,6 +385,20 @@ pub async fn await_event(
 pub fn state_phase(pod: &Pod) -> Option<String> {
     let state: Value = serde_json::from_str(pod.annotations().get(STATE_ANNOTATION)?).ok()?;
     state["phase"].as_str().map(str::to_string)
+}
+
+/// The ConfigMap `istio-ca-root-cert` that the Istio fixtures' pods mount: istiod publishes
+/// it in every namespace, and a real kubelet does not start such a pod without it (the
+/// simulator does not look).
+pub async fn create_istio_ca_configmap(client: &Client, ns: &str) -> AnyResult<()> {
+    let cm: ConfigMap = obj(json!({
+        "metadata": {"name": "istio-ca-root-cert"},
+        "data": {"root-cert.pem": "not a certificate: the test images do not read it"},
+    }));
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
 }
 
 /// An InPlaceUpgradePolicy named after the namespace that selects exactly that namespace,

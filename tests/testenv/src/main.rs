@@ -176,12 +176,25 @@ fn product_image(out: Option<PathBuf>, overlay: Option<PathBuf>) -> anyhow::Resu
     if let Some(overlay) = overlay {
         std::fs::create_dir_all(&overlay)
             .with_context(|| format!("create {}", overlay.display()))?;
-        let deploy = std::path::absolute(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"))
+        // kustomize takes only relative paths to a base.
+        let deploy = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"))
+            .canonicalize()
             .context("the deploy/ directory")?;
+        let from = overlay.canonicalize().context("the overlay directory")?;
+        let common = from
+            .components()
+            .zip(deploy.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut relative = PathBuf::new();
+        for _ in from.components().skip(common) {
+            relative.push("..");
+        }
+        relative.extend(deploy.components().skip(common));
         let file = overlay.join("kustomization.yaml");
         std::fs::write(
             &file,
-            testenv::product::overlay(&built, &deploy.display().to_string()),
+            testenv::product::overlay(&built, &relative.display().to_string()),
         )
         .with_context(|| format!("write {}", file.display()))?;
     }
