@@ -390,12 +390,7 @@ async fn set_mode(
             }]);
         }
     }
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mutating)
-        .await?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &validating)
-        .await?;
+    common::create_webhook_configurations(client, &mutating, &validating).await?;
     await_probe(pods, template, true).await
 }
 

@@ -10,7 +10,14 @@
 //!   after the initial sync;
 //! - the controller's RSS and CPU.
 //!
-//! Knobs (environment): BENCH_REPLICAS (20), BENCH_RESTART_MS (1000), BENCH_GRACE_S (1).
+//! - per pod, when it was drained, patched and seen Ready, and where the rollout's time went
+//!   against the floor.
+//!
+//! Knobs (environment): BENCH_REPLICAS (20), BENCH_RESTART_MS (1000), BENCH_GRACE_S (1),
+//! BENCH_COMPARE (other controllers measured in the same control plane, each rollout in a
+//! namespace and with a controller of its own, right before this build: `label=TOKENS;…`,
+//! each token a binary path — e.g. main's build — or a `KEY=VALUE` for its environment),
+//! BENCH_ROUNDS (1: how many times to alternate them).
 //! Run: `cargo bench -p inplace-upgrade --bench rollout`.
 
 #[path = "../tests/common/mod.rs"]
@@ -22,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -45,14 +52,96 @@ async fn run() -> AnyResult<()> {
     let replicas = knob("BENCH_REPLICAS", 20) as i32;
     let restart = Duration::from_millis(knob("BENCH_RESTART_MS", 1000));
     let grace = knob("BENCH_GRACE_S", 1);
+    let rounds = knob("BENCH_ROUNDS", 1).max(1);
+    let compare = variants(&std::env::var("BENCH_COMPARE").unwrap_or_default())?;
     let mut options = testenv::Options::default();
     options.kubelet.delays.restart = restart;
     let delays = options.kubelet.delays;
     stamp("rollout bench start");
     let bench = Bench::start(options, true).await?;
+    common::install(&bench.client).await?;
+    let setup = Setup {
+        replicas,
+        restart,
+        readiness: delays.readiness,
+        grace,
+    };
+    let mut samples = Vec::new();
+    for round in 1..=rounds {
+        // The variants first, then the build under test, alternating round by round.
+        for variant in compare.iter().map(Some).chain([None]) {
+            let label = variant.map_or("this build".to_string(), |v| v.label.clone());
+            println!();
+            println!("## Controller reaction and cost (in-place rollout): {label}, round {round}");
+            samples.push((label, rollout(&bench, &setup, variant).await?));
+        }
+    }
+    if samples.len() > 1 {
+        println!();
+        println!(
+            "## Summary (floor N x (restart + readiness + grace); target <= 1.05 x floor + 1 s)"
+        );
+        println!(
+            "{:<12} {:>9} {:>9} {:>7} {:>9} {:>11} {:>16}  load before / after",
+            "controller",
+            "total s",
+            "floor s",
+            "ratio",
+            "target s",
+            "writes/pod",
+            "Ready->patch ms"
+        );
+        for (label, s) in &samples {
+            println!(
+                "{label:<12} {:>9.2} {:>9.2} {:>7.3} {:>9.2} {:>11.2} {:>16.0}  {} / {}",
+                s.total,
+                s.floor,
+                s.total / s.floor,
+                1.05 * s.floor + 1.0,
+                s.writes_per_pod,
+                s.ready_to_patch_median,
+                s.load_before,
+                s.load_after
+            );
+        }
+    }
+    stamp("rollout bench end");
+    Ok(())
+}
+
+struct Setup {
+    replicas: i32,
+    restart: Duration,
+    readiness: Duration,
+    grace: u64,
+}
+
+/// What the summary compares across controllers and rounds.
+struct Sample {
+    total: f64,
+    floor: f64,
+    /// Without Events and Lease renewals.
+    writes_per_pod: f64,
+    ready_to_patch_median: f64,
+    load_before: String,
+    load_after: String,
+}
+
+/// One rollout in a namespace of its own, with a controller of its own (the build under test,
+/// or `variant`), stopped (its Lease released) at the end.
+async fn rollout(bench: &Bench, setup: &Setup, variant: Option<&Variant>) -> AnyResult<Sample> {
+    let Setup {
+        replicas,
+        restart,
+        readiness,
+        grace,
+    } = *setup;
     let client = bench.client.clone();
-    common::install(&client).await?;
-    let (controller, sync) = bench.start_controller("controller.log").await?;
+    let tag = variant.map_or("this", |v| v.label.as_str());
+    let mut controller = bench
+        .spawn_controller(&format!("controller-{tag}.log"), variant)
+        .await?;
+    let sync = controller.await_synced(Duration::from_secs(600)).await?;
     let after_sync = bench.audit.mark();
 
     let ns = bench.env.namespace("rollout").await?;
@@ -88,6 +177,7 @@ async fn run() -> AnyResult<()> {
     let rss_before = controller.rss_mib();
     let cpu_before = controller.cpu_seconds();
     let mark = bench.audit.mark();
+    let load_before = load_average();
     stamp("rollout start");
     let started = Instant::now();
     let t0 = Timestamp::now();
@@ -100,6 +190,8 @@ async fn run() -> AnyResult<()> {
     .await?;
     common::await_phase(&deployments, "hello", TARGET, "Completed").await?;
     let total = started.elapsed();
+    let t_end = Timestamp::now();
+    let load_after = load_average();
     stamp("rollout end");
     let cpu = controller.cpu_seconds() - cpu_before;
     let rss_after = controller.rss_mib();
@@ -107,9 +199,15 @@ async fn run() -> AnyResult<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     watch.abort();
     let events = bench.audit.since(mark)?;
+    // The controller's requests about this rollout: its namespace, its policy, the Lease.
     let ours: Vec<&AuditEvent> = events
         .iter()
         .filter(|e| e.actor() == Actor::Controller)
+        .filter(|e| {
+            e.namespace() == ns
+                || e.resource() == "leases"
+                || (e.resource() == "inplaceupgradepolicies" && e.name() == ns)
+        })
         .collect();
 
     // Per pod: the controller's writes to it, in order.
@@ -190,15 +288,13 @@ async fn run() -> AnyResult<()> {
         }
     }
     let upgraded = ready_at.len().max(1);
-    let floor = (restart + delays.readiness + Duration::from_secs(grace)) * replicas as u32;
+    let floor = (restart + readiness + Duration::from_secs(grace)) * replicas as u32;
     let floor_brief = (restart + Duration::from_secs(grace)) * replicas as u32;
 
-    println!();
-    println!("## Controller reaction and cost (in-place rollout)");
     println!(
         "replicas {replicas}, restart delay {} ms, readiness delay {} ms (istio-proxy has a probe), drain grace {grace} s, maxUnavailable 1; controller sync {:.0} ms",
         restart.as_millis(),
-        delays.readiness.as_millis(),
+        readiness.as_millis(),
         ms(sync)
     );
     println!(
@@ -240,11 +336,20 @@ async fn run() -> AnyResult<()> {
         "  EndpointSlice write -> next pod's drain write",
         &slice_to_drain,
     );
+    print_timeline(
+        &order,
+        &image_patch,
+        &ready_at,
+        (t0, t_end),
+        Duration::from_secs(grace),
+        restart + readiness,
+    );
     println!(
-        "total rollout {:.2} s; floor N x (restart + readiness + grace) {:.2} s -> ratio {:.2}; N x (restart + grace) {:.2} s -> ratio {:.2}",
+        "total rollout {:.2} s; floor N x (restart + readiness + grace) {:.2} s -> ratio {:.3} (target <= 1.05 x floor + 1 s = {:.2} s); N x (restart + grace) {:.2} s -> ratio {:.2}",
         total.as_secs_f64(),
         floor.as_secs_f64(),
         total.as_secs_f64() / floor.as_secs_f64(),
+        1.05 * floor.as_secs_f64() + 1.0,
         floor_brief.as_secs_f64(),
         total.as_secs_f64() / floor_brief.as_secs_f64()
     );
@@ -260,10 +365,10 @@ async fn run() -> AnyResult<()> {
         .iter()
         .filter(|e| e.is_write() && e.resource() != "events" && e.resource() != "leases")
         .count();
+    let writes_per_pod = writes_no_events as f64 / upgraded as f64;
     println!(
-        "controller writes per upgraded pod: {:.2} (without Events and Lease renewals: {:.2}; DESIGN target <= 4)",
+        "controller writes per upgraded pod: {:.2} (without Events and Lease renewals: {writes_per_pod:.2}; DESIGN target <= 4)",
         writes_all as f64 / upgraded as f64,
-        writes_no_events as f64 / upgraded as f64
     );
     let all_after_sync = bench.audit.since(after_sync)?;
     let lists: Vec<String> = all_after_sync
@@ -276,20 +381,91 @@ async fn run() -> AnyResult<()> {
         lists.len(),
         lists
     );
-    let others = by_actor_writes(&events);
-    println!("all writes during the rollout by actor: {others:?}");
+    let others = by_actor_writes(events.iter().filter(|e| e.namespace() == ns));
+    println!("all writes in the rollout's namespace by actor: {others:?}");
     println!(
         "controller RSS {rss_before:.1} MiB before, {rss_after:.1} MiB after (peak {:.1}); CPU {cpu:.2} s over the rollout ({:.1} ms per pod)",
         controller.peak_rss_mib(),
         cpu * 1000.0 / upgraded as f64
     );
-    stamp("rollout bench end");
-    Ok(())
+    controller.stop();
+    // The next rollout starts in a cluster without this one's pods.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces.delete(&ns, &Default::default()).await?;
+    testenv::wait_deleted(&namespaces, &ns, "the rollout's namespace").await?;
+    Ok(Sample {
+        total: total.as_secs_f64(),
+        floor: floor.as_secs_f64(),
+        writes_per_pod,
+        ready_to_patch_median: percentile(&to_patch, 50.0),
+        load_before,
+        load_after,
+    })
 }
 
-fn by_actor_writes(events: &[AuditEvent]) -> BTreeMap<String, usize> {
+/// Per pod, in the order they were upgraded: when the controller drained it, patched its
+/// image, and when its restarted container was seen Ready; then where the whole rollout's time
+/// went against the floor (the segments add up to the total).
+fn print_timeline(
+    order: &[(&String, Timestamp)],
+    image_patch: &dyn Fn(&str) -> Option<Timestamp>,
+    ready_at: &BTreeMap<String, Timestamp>,
+    (t0, t_end): (Timestamp, Timestamp),
+    grace: Duration,
+    restart: Duration,
+) {
+    println!(
+        "per pod (ms from the annotation; drain -> patch, patch -> Ready, Ready -> next drain):"
+    );
+    let (mut waits, mut restarts, mut handoffs) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (name, drain)) in order.iter().enumerate() {
+        let patch = image_patch(name.as_str());
+        let ready = ready_at.get(name.as_str()).copied();
+        let next = order.get(i + 1).map(|(_, t)| *t);
+        let span = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => ms_between(a, b),
+            _ => f64::NAN,
+        };
+        let (wait, up, handoff) = (
+            span(Some(*drain), patch),
+            span(patch, ready),
+            span(ready, next),
+        );
+        waits.push(wait);
+        restarts.push(up);
+        if next.is_some() {
+            handoffs.push(handoff);
+        }
+        println!(
+            "  {:<28} drain {:>8.0}  patch {:>8.0} (+{wait:>6.0})  Ready {:>8.0} (+{up:>6.0})  next drain +{handoff:>5.0}",
+            name,
+            ms_between(t0, *drain),
+            span(Some(t0), patch),
+            span(Some(t0), ready),
+        );
+    }
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let n = order.len() as f64;
+    let start = order.first().map_or(f64::NAN, |(_, t)| ms_between(t0, *t));
+    let last_ready = order
+        .last()
+        .and_then(|(name, _)| ready_at.get(name.as_str()));
+    let end = last_ready.map_or(f64::NAN, |r| ms_between(*r, t_end));
+    println!(
+        "where the time went (ms): annotation -> first drain {start:.0}; drain -> patch {:.0} (grace {:.0}, over it {:.0}); patch -> Ready {:.0} (restart + readiness {:.0}, over it {:.0}); Ready -> next drain {:.0}; last Ready -> Completed seen {end:.0}",
+        sum(&waits),
+        n * ms(grace),
+        sum(&waits) - n * ms(grace),
+        sum(&restarts),
+        n * ms(restart),
+        sum(&restarts) - n * ms(restart),
+        sum(&handoffs),
+    );
+}
+
+fn by_actor_writes<'a>(events: impl Iterator<Item = &'a AuditEvent>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for e in events.iter().filter(|e| e.is_write()) {
+    for e in events.filter(|e| e.is_write()) {
         *m.entry(format!("{:?}", e.actor())).or_insert(0) += 1;
     }
     m

@@ -24,7 +24,7 @@
 //! - new gated pods whose condition is missing and that are not started now are marked ready,
 //!   so a pod never waits for its turn unready.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -47,6 +47,38 @@ pub struct DisruptionBudget {
     pub disruptions_allowed: i32,
     /// Names of the workload's pods it selects.
     pub pods: BTreeSet<String>,
+}
+
+/// A drain this controller made, timed to the microsecond. The gate condition's
+/// `lastTransitionTime` has one-second resolution: alone it says only that the drain happened
+/// within that second, so a grace period timed from it must add a second to stay a minimum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainRecord {
+    /// The drained pod's UID: a record never applies to another pod of the same name.
+    pub uid: Option<String>,
+    /// The `lastTransitionTime` the drain wrote: the record applies only while the condition
+    /// still shows that drain.
+    pub condition_time: Timestamp,
+    /// When the drain write had returned: the API server had persisted it by then.
+    pub drained_at: Timestamp,
+    /// The EndpointSlices (name → resourceVersion) that listed the pod, in any condition,
+    /// when it was drained (read just before the write): those versions predate the drain,
+    /// so they cannot show that it reached the load balancers (see
+    /// [`crate::controller::inputs::endpoints_drained`]).
+    pub slices: BTreeMap<String, String>,
+}
+
+impl DrainRecord {
+    /// Whether `pod` still shows the drain this record is about: the same pod, its gate
+    /// condition still False with our reason and the time the drain wrote.
+    pub fn applies_to(&self, pod: &Pod) -> bool {
+        self.uid == pod.metadata.uid
+            && gate_condition(pod).is_some_and(|g| {
+                !g.ready
+                    && g.reason == Some(DRAINING_REASON)
+                    && g.since == Some(self.condition_time)
+            })
+    }
 }
 
 /// A target that failed in this workload (or, under a Namespace annotation, in another one):
@@ -77,6 +109,11 @@ pub struct PlanInput<'a> {
     pub disruption_budgets: &'a [DisruptionBudget],
     /// Pods whose IP is no longer ready in any EndpointSlice (the controller's view).
     pub endpoints_drained: &'a BTreeSet<String>,
+    /// The drains this controller made, by pod name, to time grace periods to the
+    /// microsecond. A drain without a record that applies (after a restart, or by another
+    /// replica) is timed from its condition's `lastTransitionTime`, rounded up to the next
+    /// second: a restart may lengthen a grace period, never shorten it.
+    pub drains: &'a BTreeMap<String, DrainRecord>,
     /// kubelet's Warning Events of pods with an upgrade in flight, by pod UID (see
     /// [`crate::classify::ContainerEvent`]): how a native sidecar that shows no waiting reason
     /// is seen failing.
@@ -152,10 +189,11 @@ pub struct Plan {
     pub recheck_at: Option<Timestamp>,
 }
 
-struct Gate<'p> {
-    ready: bool,
-    reason: Option<&'p str>,
-    since: Option<Timestamp>,
+/// Our readiness-gate condition as the planner reads it.
+pub(crate) struct Gate<'p> {
+    pub(crate) ready: bool,
+    pub(crate) reason: Option<&'p str>,
+    pub(crate) since: Option<Timestamp>,
 }
 
 struct Candidate<'p> {
@@ -429,7 +467,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         if drained_by_us {
             let since = gate.as_ref().and_then(|g| g.since);
-            let (done, next) = drain_done(input, name, since);
+            let record = input.drains.get(name).filter(|r| r.applies_to(pod));
+            let (done, next) = drain_done(input, name, drain_time(since, record));
             p.recheck(next);
             drained.push((name, pending, done));
             continue;
@@ -574,7 +613,8 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-fn gate_condition(pod: &Pod) -> Option<Gate<'_>> {
+/// Our readiness gate's condition on `pod`, if it has one.
+pub(crate) fn gate_condition(pod: &Pod) -> Option<Gate<'_>> {
     let c = pod
         .status
         .as_ref()?
@@ -673,36 +713,65 @@ fn timeout_at(start: Timestamp, timeout: Duration) -> Option<Timestamp> {
         .ok()
 }
 
-/// Whether a drain that started at `since` may proceed to the patch, and when to look again.
+/// When a drain happened, as closely as we know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DrainTime {
+    earliest: Timestamp,
+    latest: Timestamp,
+}
+
+/// Our record times the drain exactly. Without one, the condition's `lastTransitionTime`
+/// (the second in which the drain write was sent, truncated) says only that it happened
+/// within that second. `None` when the condition has no time at all.
+fn drain_time(since: Option<Timestamp>, record: Option<&DrainRecord>) -> Option<DrainTime> {
+    let since = since?;
+    Some(match record {
+        // Never before the second the condition names (a clock that stepped back).
+        Some(r) => {
+            let at = r.drained_at.max(since);
+            DrainTime {
+                earliest: at,
+                latest: at,
+            }
+        }
+        None => DrainTime {
+            earliest: since,
+            latest: since
+                .checked_add(SignedDuration::from_secs(1))
+                .unwrap_or(since),
+        },
+    })
+}
+
+/// Whether a drain may proceed to the patch, and when to look again. The grace period is a
+/// minimum, so it counts from the latest moment the drain may have happened; the timeout on
+/// the EndpointSlice wait is an upper bound, so it counts from the earliest.
 fn drain_done(
     input: &PlanInput<'_>,
     name: &str,
-    since: Option<Timestamp>,
+    drained: Option<DrainTime>,
 ) -> (bool, Option<Timestamp>) {
     let drain = &input.policy.drain;
     // We always set lastTransitionTime; without it the drain cannot be timed, so do not hold
     // the pod drained forever.
-    let Some(since) = since else {
+    let Some(drained) = drained else {
         return (true, None);
     };
-    let elapsed = input.now.duration_since(since).as_secs();
-    let at = |secs: i64| since.checked_add(SignedDuration::from_secs(secs)).ok();
-    // `lastTransitionTime` is truncated to the second: the drain happened up to a second
-    // after it, so a grace period counts from the next second to be a true minimum.
-    let grace = match drain.grace_period_seconds {
-        0 => 0,
-        g => g.saturating_add(1),
-    };
-    if elapsed < grace {
-        return (false, at(grace));
+    let after = |from: Timestamp, secs: i64| from.checked_add(SignedDuration::from_secs(secs)).ok();
+    if drain.grace_period_seconds > 0
+        && let Some(until) = after(drained.latest, drain.grace_period_seconds)
+        && input.now < until
+    {
+        return (false, Some(until));
     }
+    let timeout_at = after(drained.earliest, drain.timeout_seconds);
     let endpoints_ok = !drain.wait_for_endpoints
         || input.endpoints_drained.contains(name)
-        || elapsed >= drain.timeout_seconds;
+        || timeout_at.is_none_or(|t| input.now >= t);
     if endpoints_ok {
         (true, None)
     } else {
-        (false, at(drain.timeout_seconds))
+        (false, timeout_at)
     }
 }
 

@@ -3,7 +3,8 @@
 //! in the readiness gate condition.
 //!
 //! Draining is not a phase: a drain is the readiness gate condition set False with reason
-//! `Draining`, and its `lastTransitionTime` is when it started. That
+//! `Draining`, and its `lastTransitionTime` is when it started, to the second (the controller
+//! that drained keeps the exact time in memory: [`crate::plan::DrainRecord`]). That
 //! saves a write per pod, and a pod drained by a controller that then died is still visible
 //! as such.
 

@@ -43,7 +43,7 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
     let before = pods_by_name(&client, &ns, "hello").await?;
     assert_eq!(before.len(), 3);
 
-    let seen = observe(&client, &ns, "hello", "istio-proxy");
+    let seen = observe(&client, &ns, "hello", "istio-proxy").await?;
     // Every phase the workload's status shows: a plain rollout never looks Blocked (our own
     // status writes bump the Deployment's generation; that must not read as its own rollout).
     let phases = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -148,13 +148,12 @@ async fn gated_deployment_sidecar_is_upgraded_in_place_one_pod_at_a_time() -> Te
         "at most maxUnavailable=1 pod unavailable at once, saw {}",
         o.max_not_ready
     );
-    for name in after.keys() {
-        let (left, patched) = (o.left_endpoints_rv.get(name), o.patched_rv.get(name));
-        assert!(
-            matches!((left, patched), (Some(l), Some(p)) if l < p),
-            "pod {name} left the ready endpoints (rv {left:?}) before its image was patched (rv {patched:?})"
-        );
-    }
+    assert_eq!(
+        o.patched_rv.len(),
+        after.len(),
+        "every pod was patched: {o:?}"
+    );
+    o.drained_before_patched()?;
     Ok(())
 }
 
@@ -291,7 +290,7 @@ async fn failing_target_rolls_back_one_pod(
         .await?;
     await_deployment_ready(&deployments, "hello", 3).await?;
     let before = pods_by_name(&client, &ns, "hello").await?;
-    let seen = observe(&client, &ns, "hello", "istio-proxy");
+    let seen = observe(&client, &ns, "hello", "istio-proxy").await?;
 
     let target = format!("istio-proxy=proxyv2:{tag}");
     annotate(&deployments, "hello", TARGETS_ANNOTATION, &target).await?;
@@ -346,7 +345,10 @@ async fn failing_target_rolls_back_one_pod(
         }
     }
     assert_eq!(touched.len(), 1, "exactly one pod was tried: {touched:?}");
-    assert!(seen.lock().unwrap().max_not_ready <= 1);
+    let o = seen.lock().unwrap();
+    assert!(o.max_not_ready <= 1);
+    assert_eq!(o.patched_rv.len(), 1, "one pod was patched: {o:?}");
+    o.drained_before_patched()?;
     Ok(())
 }
 

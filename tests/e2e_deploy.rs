@@ -42,7 +42,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -740,46 +739,6 @@ async fn start_webhook_with_files(
     Ok((webhook, port, admin_port, ca))
 }
 
-/// Our webhook configurations as deploy/ has them, but calling `https://127.0.0.1:port` and
-/// only for namespace `ns` (the API server cannot reach a Service here: no kube-proxy).
-async fn register_webhook_for(
-    client: &Client,
-    ns: &str,
-    port: u16,
-    ca: Vec<u8>,
-) -> AnyResult<String> {
-    use inplace_upgrade::admission::configuration::{
-        ConfigurationOptions, Endpoint, webhook_configurations,
-    };
-    let (mut mutating, mut validating) = webhook_configurations(&ConfigurationOptions {
-        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
-        ca_bundle: Some(ca),
-        own_namespace: NAMESPACE.into(),
-        cert_manager_certificate: None,
-    });
-    let name = format!("e2e-deploy-{ns}");
-    let only_ns: LabelSelector = obj(json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}));
-    mutating.metadata.name = Some(name.clone());
-    for w in mutating.webhooks.iter_mut().flatten() {
-        w.namespace_selector = Some(only_ns.clone());
-    }
-    validating.metadata.name = Some(name.clone());
-    if let Some(webhooks) = validating.webhooks.as_mut() {
-        // The policies webhook is cluster-wide; the other tests' policies need not see it.
-        webhooks.retain(|w| w.namespace_selector.is_some());
-        for w in webhooks {
-            w.namespace_selector = Some(only_ns.clone());
-        }
-    }
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mutating)
-        .await?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &validating)
-        .await?;
-    Ok(name)
-}
-
 async fn await_ready_at(port: u16, what: &str) -> AnyResult<()> {
     tokio::time::timeout(testenv::WAIT_LIMIT, async {
         while !is_ready_at(port).await {
@@ -835,7 +794,8 @@ async fn controller_and_webhook_under_their_service_accounts_upgrade_in_place() 
         )
         .await?;
         await_ready_at(admin_port, "the webhook").await?;
-        let registered = register_webhook_for(&client, &ns, port, ca).await?;
+        let registered = format!("e2e-deploy-{ns}");
+        register_webhook(&client, &registered, &[&ns], port, ca).await?;
         create_policy(&client, &ns, json!({})).await?;
         create_service(&client, &ns, "hello").await?;
         let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);

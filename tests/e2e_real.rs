@@ -174,7 +174,7 @@ async fn gated_native_sidecar_rollout_keeps_uid_ip_and_node() -> TestResult {
             "the webhook gave {n} our readiness gate"
         );
     }
-    let seen = observe(&client, &ns, "hello", "istio-proxy");
+    let seen = observe(&client, &ns, "hello", "istio-proxy").await?;
 
     let target = "istio-proxy=proxyv2:1.25.0";
     annotate(&deployments, &name, TARGETS_ANNOTATION, target).await?;
@@ -217,16 +217,12 @@ async fn gated_native_sidecar_rollout_keeps_uid_ip_and_node() -> TestResult {
     }
     let o = seen.lock().map_err(|_| "observer poisoned")?;
     assert!(o.max_not_ready <= 1, "max unavailable {}", o.max_not_ready);
-    for pod_name in after.keys() {
-        let (left, patched) = (
-            o.left_endpoints_rv.get(pod_name),
-            o.patched_rv.get(pod_name),
-        );
-        assert!(
-            matches!((left, patched), (Some(l), Some(p)) if l < p),
-            "{pod_name} left the ready endpoints (rv {left:?}) before its patch (rv {patched:?})"
-        );
-    }
+    assert_eq!(
+        o.patched_rv.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "every pod was patched once"
+    );
+    o.drained_before_patched()?;
     Ok(())
 }
 

@@ -82,7 +82,7 @@ async fn sigkilled_leaders_never_leave_a_pod_drained_and_the_rollout_completes()
     let first = await_holder(&client, &["replica-a", "replica-b"]).await?;
     // The leader admits the gated pods (condition True), so the Deployment becomes ready.
     await_deployment_ready(&deployments, "hello", 5).await?;
-    let seen = observe(&client, &ns, "hello", "istio-proxy");
+    let seen = observe(&client, &ns, "hello", "istio-proxy").await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
 

@@ -354,6 +354,25 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// Stops the controller as Kubernetes would (SIGTERM: it releases its Lease, so the next
+    /// controller of the bench leads at once), killing it if it has not exited within 10 s.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();

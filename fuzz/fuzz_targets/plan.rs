@@ -10,7 +10,7 @@
 //! `Completed` verdict comes with no upgrade or rollback step.
 #![no_main]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use inplace_upgrade::plan::{Action, PlanInput, PodEvents, Verdict, plan};
 use inplace_upgrade::policy::InPlaceUpgradePolicySpec;
@@ -275,6 +275,7 @@ fn run(data: &[u8]) -> Result<()> {
         retry_since: None,
         disruption_budgets: &[],
         endpoints_drained: &drained,
+        drains: &BTreeMap::new(),
         events: &PodEvents::new(),
         now,
     };

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 
-use crate::plan::DisruptionBudget;
+use crate::plan::{DisruptionBudget, DrainRecord};
 use crate::policy::selector_matches;
 
 /// The PodDisruptionBudgets (of the workload's namespace) that select any of its pods. A PDB
@@ -43,30 +43,60 @@ pub fn disruption_budgets<'a>(
 /// load balancers send them no new requests. Absent conditions read as true, as the
 /// EndpointConditions API says. (A Service with `publishNotReadyAddresses` keeps its pods
 /// ready there: their drain ends at the policy's drain timeout.)
+///
+/// For a pod we drained (`drains`), a version of a slice that we already had when we drained
+/// it counts as listing it ready whatever it says: a "not ready" there predates the drain —
+/// typically the version from before the pod first became Ready, still in a cache that lags
+/// the EndpointSlice controller (or an EndpointSlice controller that lags the pod) — and is
+/// no evidence that the drain reached the load balancers. Only a later version of that slice
+/// is. (Without a record, after a restart, every version is later: the caches were listed
+/// after the drain.)
 pub fn endpoints_drained<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
     pods: &[Pod],
+    drains: &BTreeMap<String, DrainRecord>,
 ) -> BTreeSet<String> {
     let mut serving: BTreeSet<&str> = BTreeSet::new();
-    for endpoint in slices.flat_map(|s| s.endpoints.iter()) {
-        let Some(name) = endpoint
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| t.name.as_deref())
-        else {
-            continue;
-        };
-        let c = endpoint.conditions.as_ref();
-        let ready = c.and_then(|c| c.ready).unwrap_or(true);
-        if ready || c.and_then(|c| c.serving).unwrap_or(ready) {
-            serving.insert(name);
+    for slice in slices {
+        let version = slice.metadata.resource_version.as_deref();
+        for (name, endpoint) in pod_endpoints(slice) {
+            let c = endpoint.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let predates_drain = drains.get(name).is_some_and(|d| {
+                version.is_some() && d.slices.get(&slice.name_any()).map(String::as_str) == version
+            });
+            if ready || c.and_then(|c| c.serving).unwrap_or(ready) || predates_drain {
+                serving.insert(name);
+            }
         }
     }
     pods.iter()
         .map(|p| p.name_any())
         .filter(|n| !serving.contains(n.as_str()))
         .collect()
+}
+
+/// The EndpointSlices that list `pod` (name → resourceVersion), for its [`DrainRecord`].
+pub fn slices_listing<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    pod: &str,
+) -> BTreeMap<String, String> {
+    slices
+        .filter(|s| pod_endpoints(s).any(|(name, _)| name == pod))
+        .map(|s| (s.name_any(), s.resource_version().unwrap_or_default()))
+        .collect()
+}
+
+/// The endpoints of a slice that are pods, with the pod's name.
+fn pod_endpoints(slice: &EndpointSlice) -> impl Iterator<Item = (&str, &Endpoint)> {
+    slice.endpoints.iter().filter_map(|endpoint| {
+        let name = endpoint
+            .target_ref
+            .as_ref()
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| t.name.as_deref())?;
+        Some((name, endpoint))
+    })
 }
 
 #[cfg(test)]
@@ -115,7 +145,7 @@ mod tests {
                 endpoint("d", json!({})),
             ])),
         ];
-        let drained = endpoints_drained(slices.iter(), &pods);
+        let drained = endpoints_drained(slices.iter(), &pods, &BTreeMap::new());
         // e is in no slice at all (no Service selects it): nothing to wait for.
         assert_eq!(drained, BTreeSet::from(["b".to_string(), "e".to_string()]));
     }
@@ -130,7 +160,55 @@ mod tests {
             )])),
             slice(json!([endpoint("a", json!({"ready": true}))])),
         ];
-        assert!(endpoints_drained(slices.iter(), &pods).is_empty());
+        assert!(endpoints_drained(slices.iter(), &pods, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_slice_version_from_before_the_drain_is_no_evidence_of_it() {
+        let pods = [pod("a", "x"), pod("b", "x")];
+        let at = |rv: &str, a: serde_json::Value| {
+            let mut s = slice(json!([
+                endpoint("a", a),
+                endpoint("b", json!({"ready": true}))
+            ]));
+            s.metadata.resource_version = Some(rv.into());
+            s
+        };
+        let not_ready = json!({"ready": false, "serving": false});
+        // When we drained `a`, our cache still had the slice from before `a` was Ready.
+        let stale = at("5", not_ready.clone());
+        let record = DrainRecord {
+            uid: None,
+            condition_time: "2026-01-01T00:00:00Z".parse().expect("time"),
+            drained_at: "2026-01-01T00:00:00.1Z".parse().expect("time"),
+            slices: slices_listing([&stale].into_iter(), "a"),
+        };
+        assert_eq!(record.slices, BTreeMap::from([("s".into(), "5".into())]));
+        let drains = BTreeMap::from([("a".to_string(), record)]);
+        assert!(
+            endpoints_drained([&stale].into_iter(), &pods, &drains).is_empty(),
+            "that version cannot show the drain"
+        );
+        assert_eq!(
+            endpoints_drained([&stale].into_iter(), &pods, &BTreeMap::new()),
+            BTreeSet::from(["a".to_string()]),
+            "without the record (a restart: caches listed after the drain) it counts"
+        );
+        // The EndpointSlice controller publishes `a` Ready (its drain not yet seen), then not.
+        let ready = at("6", json!({"ready": true}));
+        assert!(endpoints_drained([&ready].into_iter(), &pods, &drains).is_empty());
+        let drained = at("7", not_ready);
+        assert_eq!(
+            endpoints_drained([&drained].into_iter(), &pods, &drains),
+            BTreeSet::from(["a".to_string()])
+        );
+        // A slice that no longer lists `a` at all, in a later version: nothing sends it traffic.
+        let mut without = slice(json!([endpoint("b", json!({"ready": true}))]));
+        without.metadata.resource_version = Some("8".into());
+        assert_eq!(
+            endpoints_drained([&without].into_iter(), &pods, &drains),
+            BTreeSet::from(["a".to_string()])
+        );
     }
 
     fn pdb(name: &str, selector: serde_json::Value, allowed: Option<i32>) -> PodDisruptionBudget {

@@ -62,8 +62,8 @@ pub struct Context {
     pub settings: Settings,
     /// Workloads rolling, and waiting to, under each policy (`maxConcurrentWorkloads`).
     slots: Mutex<slots::Slots>,
-    /// What each policy governs, for its status.
-    report: report::PolicyReport,
+    /// What each policy governs, for its status (and the rollout gauges at each scrape).
+    report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
 }
@@ -161,6 +161,15 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let metrics = Metrics::register(registry);
     let (queue, receiver) = Queue::new();
     let (cache, drivers) = Cache::start(&client, queue.clone());
+    let report = Arc::new(report::PolicyReport::new(
+        metrics.workloads_in_progress.clone(),
+    ));
+    registry
+        .sub_registry_with_prefix("inplace_upgrade")
+        .register_collector(Box::new(metrics::RolloutCollector {
+            report: report.clone(),
+            cache: cache.clone(),
+        }));
     for driver in drivers {
         tokio::spawn(driver);
     }
@@ -177,7 +186,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         metrics: metrics.clone(),
         settings: settings.clone(),
         slots: Mutex::default(),
-        report: report::PolicyReport::new(metrics.workloads_in_progress.clone()),
+        report,
         written: written::Written::default(),
     });
 
@@ -222,6 +231,7 @@ async fn lead_while_elected(
         ctx.metrics.leader.set(1);
         tracing::info!(identity = %ctx.settings.identity, "became leader");
         ctx.restore_slots();
+        ctx.written.forget_drains(None);
         // Every workload gets a look when leadership starts: the state in the API is the truth.
         for key in ctx.cache.workloads_in(None) {
             ctx.queue.enqueue(key);

@@ -13,16 +13,16 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::{disruption_budgets, endpoints_drained};
+use super::inputs::{disruption_budgets, endpoints_drained, slices_listing};
 use super::metrics::{ErrorLabels, ResultLabels};
 use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
 use super::workload::{WorkloadKey, WorkloadView};
 use super::writes::is_conflict;
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
-    gate_condition_patch, rollback_patch, state_patch, upgrade_patch,
+    gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
-use crate::plan::{Action, PlanInput, Step, Verdict, plan};
+use crate::plan::{Action, DrainRecord, PlanInput, Step, Verdict, plan};
 use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, TargetSource, effective_targets};
@@ -109,6 +109,7 @@ async fn reconcile_workload(
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.release_slot(key);
         ctx.written.forget_status(key);
+        ctx.written.forget_drains(Some(key));
         ctx.report.record(key, None);
         return Ok(None);
     };
@@ -254,12 +255,14 @@ async fn reconcile_workload(
         ctx.cache.pdbs_in(&key.namespace).iter().map(|p| &**p),
         &pods,
     );
+    let drains = ctx.written.drains(key, &pods);
     let endpoints_drained = endpoints_drained(
         ctx.cache
             .endpoint_slices_in(&key.namespace)
             .iter()
             .map(|s| &**s),
         &pods,
+        &drains,
     );
     let events = ctx
         .cache
@@ -275,6 +278,7 @@ async fn reconcile_workload(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
+        drains: &drains,
         events: &events,
         now,
     };
@@ -323,13 +327,8 @@ async fn reconcile_workload(
         (retry, retry_since),
         now,
     );
-    let mut recheck = recheck_after(plan.recheck_at, now);
-    if let Some(left) =
-        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?
-    {
-        // A progress-only change waits to be written: come back when it is due.
-        recheck = Some(recheck.map_or(left, |r| r.min(left)));
-    }
+    let status_due =
+        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?;
     // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
     // its slot, if it had one, goes to the oldest waiter). Slots change hands only now that
     // the status saying why is written (and counts at once, through `written`): a waiter woken
@@ -351,6 +350,13 @@ async fn reconcile_workload(
     ctx.metrics
         .workloads_in_progress
         .set(i64::try_from(ctx.report.progressing()).unwrap_or(i64::MAX));
+    // Timed from now, not from this reconcile's start: a recheck due when a drain's grace
+    // period ends must not come late by however long this reconcile took.
+    let mut recheck = recheck_after(plan.recheck_at, Timestamp::now());
+    if let Some(left) = status_due {
+        // A progress-only change waits to be written: come back when it is due.
+        recheck = Some(recheck.map_or(left, |r| r.min(left)));
+    }
     Ok(recheck)
 }
 
@@ -418,7 +424,7 @@ async fn write_status(
     }
     ctx.written.remember_status(key, cached_status, &raw);
     if previous.map(|p| p.phase) != Some(status.phase) {
-        announce(ctx, workload, status).await;
+        announce(ctx, workload, status);
     }
     Ok(())
 }
@@ -457,35 +463,55 @@ async fn execute(
     };
     // Our readiness-gate condition, through `pods/status`; the returned pod is remembered
     // until the watch delivers it.
-    let set_gate =
-        |ready: bool, reason: &'static str, message: &'static str, what: &'static str| async move {
-            let written = ctx
-                .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, now))
-                .await
-                .map_err(kube(what))?;
-            ctx.written.remember(&workload.key, &written);
-            Ok::<(), ReconcileError>(())
-        };
+    let set_gate = |ready: bool,
+                    reason: &'static str,
+                    message: &'static str,
+                    what: &'static str,
+                    at: Timestamp| async move {
+        let written = ctx
+            .patch_pod_status(ns, name, gate_condition_patch(ready, reason, message, at))
+            .await
+            .map_err(kube(what))?;
+        ctx.written.remember(&workload.key, &written);
+        Ok::<Pod, ReconcileError>(written)
+    };
     match &step.action {
         Action::Wait { .. } => {}
         Action::Drain => {
-            set_gate(
+            // The slices as they are before the drain: versions that cannot reflect it.
+            let slices =
+                slices_listing(ctx.cache.endpoint_slices_in(ns).iter().map(|s| &**s), name);
+            // The condition says the second in which the write was sent (all a restarted
+            // controller has to time the grace period from); we remember when it returned.
+            let sent = Timestamp::now();
+            let written = set_gate(
                 false,
                 DRAINING_REASON,
                 "taken out of load balancing before an in-place upgrade",
                 "draining",
+                sent,
             )
-            .await?
+            .await?;
+            let record = DrainRecord {
+                uid: written.metadata.uid,
+                condition_time: kubernetes_time(sent),
+                drained_at: Timestamp::now(),
+                slices,
+            };
+            ctx.written.remember_drain(&workload.key, name, record);
         }
-        Action::Undrain => set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining").await?,
+        Action::Undrain => {
+            set_gate(true, SERVING_REASON, UPGRADE_DONE, "undraining", now).await?;
+        }
         Action::MarkReady => {
             set_gate(
                 true,
                 NOT_UPGRADING_REASON,
                 "no in-place upgrade in progress",
                 "marking ready",
+                now,
             )
-            .await?
+            .await?;
         }
         Action::Patch { targets } => {
             let (patch, _) =
@@ -520,8 +546,7 @@ async fn execute(
             let note = format!(
                 "in-place upgrade failed ({reason}: {message}); rolling back to the previous image"
             );
-            ctx.event(&pod.object_ref(&()), true, "RollingBack", note.clone())
-                .await;
+            ctx.event(&pod.object_ref(&()), true, "RollingBack", note);
             ctx.metrics
                 .pods_upgraded
                 .get_or_create(&ResultLabels {
@@ -577,8 +602,7 @@ async fn execute(
                             "in-place upgrade done: {}; every target runs and is Ready",
                             what.join(", ")
                         ),
-                    )
-                    .await;
+                    );
                 }
                 Phase::Failed => {
                     ctx.metrics
@@ -589,18 +613,14 @@ async fn execute(
                         "in-place upgrade failed: {}",
                         message.as_deref().unwrap_or_default()
                     );
-                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note)
-                        .await;
+                    ctx.event(&pod.object_ref(&()), true, "UpgradeFailed", note);
                 }
-                Phase::RolledBack => {
-                    ctx.event(
-                        &pod.object_ref(&()),
-                        true,
-                        "RolledBack",
-                        "back on the previous image".into(),
-                    )
-                    .await
-                }
+                Phase::RolledBack => ctx.event(
+                    &pod.object_ref(&()),
+                    true,
+                    "RolledBack",
+                    "back on the previous image".into(),
+                ),
                 _ => {}
             }
         }
@@ -733,7 +753,7 @@ fn progress(
 }
 
 /// An Event on the workload when its phase changes.
-async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
+fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
     let note = match status.phase {
         WorkloadPhase::Progressing => format!(
             "in-place upgrade to {} under policy {}",
@@ -754,8 +774,7 @@ async fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatu
             | WorkloadPhase::Blocked
     );
     let reason = status.phase.as_str();
-    ctx.event(&workload.object_reference(), warning, reason, note)
-        .await;
+    ctx.event(&workload.object_reference(), warning, reason, note);
 }
 
 #[cfg(test)]

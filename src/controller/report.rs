@@ -63,6 +63,15 @@ impl PolicyReport {
         }
     }
 
+    /// Every recorded workload with its governing policy and phase.
+    pub fn snapshot(&self) -> Vec<(WorkloadKey, String, WorkloadPhase)> {
+        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        workloads
+            .iter()
+            .map(|(key, (policy, phase))| (key.clone(), policy.clone(), *phase))
+            .collect()
+    }
+
     /// How many workloads are rolling now.
     pub fn progressing(&self) -> usize {
         let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,14 +180,9 @@ pub async fn write_policy_statuses(ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
-        WorkloadKey {
-            kind: WorkloadKind::Deployment,
-            namespace: "shop".into(),
-            name: name.into(),
-        }
+        WorkloadKey::test_deployment(name)
     }
 
     fn policy(name: &str, spec: serde_json::Value) -> InPlaceUpgradePolicy {

@@ -99,14 +99,9 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::WorkloadKind;
 
     fn key(name: &str) -> WorkloadKey {
-        WorkloadKey {
-            kind: WorkloadKind::Deployment,
-            namespace: "shop".into(),
-            name: name.into(),
-        }
+        WorkloadKey::test_deployment(name)
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub struct WorkloadKey {
     pub name: String,
 }
 
+#[cfg(test)]
+impl WorkloadKey {
+    /// `Deployment shop/<name>`: the workload the controller's unit tests use.
+    pub fn test_deployment(name: &str) -> Self {
+        WorkloadKey {
+            kind: WorkloadKind::Deployment,
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+}
+
 impl fmt::Display for WorkloadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)

@@ -85,8 +85,11 @@ impl Context {
         }
     }
 
-    /// Publishes an Event about `object`; a failure to publish is logged, never fatal.
-    pub async fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
+    /// Publishes an Event about `object` in the background: a reconcile never waits for it
+    /// (the Event that a pod is upgraded must not hold back the drain of the next one; the
+    /// drain follows the kubelet's Ready by a few milliseconds). A failure to publish is
+    /// logged, never fatal; an Event still in flight when the process exits is lost.
+    pub fn event(&self, object: &ObjectReference, warning: bool, reason: &str, note: String) {
         self.metrics.write("create", "events");
         let event = Event {
             type_: if warning {
@@ -99,8 +102,11 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, object).await {
-            tracing::warn!(error = %e, reason, "could not publish Event");
-        }
+        let (recorder, object, reason) = (self.recorder.clone(), object.clone(), reason.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &object).await {
+                tracing::warn!(error = %e, reason, "could not publish Event");
+            }
+        });
     }
 }

@@ -8,7 +8,7 @@
 //! older. One etcd orders every write, so resourceVersions of one object compare as numbers;
 //! one that is not a number is never trusted over the cache.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::workload::WorkloadKey;
+use crate::plan::DrainRecord;
 
 #[derive(Default)]
 pub struct Written {
@@ -24,6 +25,9 @@ pub struct Written {
     statuses: Mutex<HashMap<WorkloadKey, (Option<String>, String)>>,
     /// Since when a progress-only status change has waited to be written.
     deferred: Mutex<HashMap<WorkloadKey, Instant>>,
+    /// The drains made in this leadership term, timed to the microsecond (the API keeps the
+    /// condition's time to the second), by pod name.
+    drains: Mutex<HashMap<WorkloadKey, BTreeMap<String, DrainRecord>>>,
 }
 
 /// How long a progress-only status change (pods started or finished) may wait to be written
@@ -73,6 +77,45 @@ impl Written {
             *written = kept;
         }
         pods
+    }
+}
+
+impl Written {
+    pub fn remember_drain(&self, workload: &WorkloadKey, pod: &str, record: DrainRecord) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains
+            .entry(workload.clone())
+            .or_default()
+            .insert(pod.to_string(), record);
+    }
+
+    /// The drain records of a workload that still apply to its `pods` (freshest view); the
+    /// others (undrained, patched, deleted pods) are forgotten.
+    pub fn drains(&self, workload: &WorkloadKey, pods: &[Pod]) -> BTreeMap<String, DrainRecord> {
+        let mut all = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(records) = all.get_mut(workload) else {
+            return BTreeMap::new();
+        };
+        records.retain(|name, record| {
+            pods.iter()
+                .any(|p| p.metadata.name.as_deref() == Some(name.as_str()) && record.applies_to(p))
+        });
+        let kept = records.clone();
+        if kept.is_empty() {
+            all.remove(workload);
+        }
+        kept
+    }
+
+    /// Forgets the drain records of a workload (deleted), or of every workload: at the start
+    /// of a leadership term, as another replica may have undrained a pod and drained it again
+    /// within the same second meanwhile.
+    pub fn forget_drains(&self, workload: Option<&WorkloadKey>) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        match workload {
+            Some(w) => drop(drains.remove(w)),
+            None => drains.clear(),
+        }
     }
 }
 
@@ -195,6 +238,55 @@ mod tests {
         assert!(
             w.pods.lock().unwrap().is_empty(),
             "a deleted pod's entry goes"
+        );
+    }
+
+    fn drained(name: &str, uid: &str, reason: &str, since: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": uid},
+            "status": {"conditions": [{"type": "inplace-upgrade.io/ready", "status": "False",
+                "reason": reason, "lastTransitionTime": since}]},
+        }))
+        .expect("pod literal")
+    }
+
+    #[test]
+    fn drain_records_last_while_their_drain_does() {
+        let w = Written::default();
+        let since = "2026-01-01T00:00:00Z";
+        let record = |uid: &str| DrainRecord {
+            uid: Some(uid.into()),
+            condition_time: since.parse().expect("time"),
+            drained_at: "2026-01-01T00:00:00.25Z".parse().expect("time"),
+            slices: BTreeMap::new(),
+        };
+        w.remember_drain(&key(), "a", record("u1"));
+        w.remember_drain(&key(), "b", record("u2"));
+        w.remember_drain(&key(), "c", record("u3"));
+        let pods = [
+            drained("a", "u1", "Draining", since),
+            // Undrained (and drained again in a later second) / replaced by a new pod.
+            drained("b", "u2", "Draining", "2026-01-01T00:00:09Z"),
+            drained("c", "u4", "Draining", since),
+        ];
+        let kept = w.drains(&key(), &pods);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(kept["a"], record("u1"));
+        assert_eq!(w.drains(&key(), &pods[..1]).len(), 1, "still there");
+        assert!(
+            w.drains(&key(), &[]).is_empty(),
+            "a deleted pod's record goes"
+        );
+        assert!(w.drains.lock().unwrap().is_empty());
+        // A new term starts with none: another replica may have drained since.
+        w.remember_drain(&key(), "a", record("u1"));
+        w.forget_drains(None);
+        assert!(w.drains(&key(), &pods).is_empty());
+        w.remember_drain(&key(), "a", record("u1"));
+        w.forget_drains(Some(&key()));
+        assert!(
+            w.drains(&key(), &pods).is_empty(),
+            "the workload was deleted"
         );
     }
 

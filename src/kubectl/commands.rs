@@ -295,7 +295,10 @@ async fn build_plan(
         .await
         .map_err(list("endpointslices"))?;
     let budgets = disruption_budgets(pdbs.items.iter(), &pods);
-    let drained = endpoints_drained(slices.items.iter(), &pods);
+    // A dry run does not know when, or against which EndpointSlices, the controller drained
+    // a pod: it judges the slices and times the grace period as a restarted controller would.
+    let drains = BTreeMap::new();
+    let drained = endpoints_drained(slices.items.iter(), &pods, &drains);
     let previous = view
         .annotations
         .get(STATUS_ANNOTATION)
@@ -316,6 +319,7 @@ async fn build_plan(
         retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &drained,
+        drains: &drains,
         // A dry run reads no Events: a native sidecar failing without a waiting reason shows
         // here as in progress until the controller, which watches them, records the failure.
         events: &Default::default(),

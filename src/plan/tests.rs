@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState as K8sState, ContainerStateRunning, ContainerStateWaiting,
@@ -182,6 +182,7 @@ struct World {
     retry_since: Option<Timestamp>,
     pdbs: Vec<DisruptionBudget>,
     drained: BTreeSet<String>,
+    drains: BTreeMap<String, DrainRecord>,
     events: crate::plan::PodEvents,
     now: Timestamp,
 }
@@ -198,6 +199,7 @@ impl World {
             retry_since: None,
             pdbs: Vec::new(),
             drained: BTreeSet::new(),
+            drains: BTreeMap::new(),
             events: Default::default(),
             now: ts(0),
         }
@@ -220,6 +222,7 @@ impl World {
             retry_since: self.retry_since,
             disruption_budgets: &self.pdbs,
             endpoints_drained: &self.drained,
+            drains: &self.drains,
             events: &self.events,
             now: self.now,
         })
@@ -502,6 +505,119 @@ fn drain_then_patch() {
     );
     world.now = ts(4);
     assert_eq!(summary(&world.plan()), s(&[("a", PATCH)]));
+}
+
+/// `ts(0)` plus `us` microseconds.
+fn at_us(us: i64) -> Timestamp {
+    ts(0)
+        .checked_add(SignedDuration::from_micros(us))
+        .expect("in range")
+}
+
+/// One boundary of the drain timing, pod `a` drained by us with its condition's time `ts(0)`:
+/// name; the grace period (s; timeout 60 s); our record (same pod UID?, the condition time it
+/// wrote in s, the µs its write returned at); endpoints drained?; now (µs); `None`: patched
+/// now, `Some(t)`: waits, planning again at `t` µs.
+type DrainCase<'a> = (
+    &'a str,
+    i64,
+    Option<(bool, i64, i64)>,
+    bool,
+    i64,
+    Option<i64>,
+);
+
+#[test]
+fn drain_grace_is_a_true_minimum_to_the_microsecond() {
+    const S: i64 = 1_000_000;
+    #[rustfmt::skip]
+    let cases: [DrainCase; 17] = [
+        ("record: 1 µs before the grace ends", 1, Some((true, 0, 400_000)), true, 1_399_999, Some(1_400_000)),
+        ("record: the grace ends now", 1, Some((true, 0, 400_000)), true, 1_400_000, None),
+        ("record late in the second: not rounded up", 1, Some((true, 0, 999_999)), true, 1_999_998, Some(1_999_999)),
+        ("record late in the second: done", 1, Some((true, 0, 999_999)), true, 1_999_999, None),
+        ("record early in the second: a second sooner than without", 1, Some((true, 0, 1_000)), true, S + 1_000, None),
+        ("no record (a restart): the condition's second, rounded up", 1, None, true, 2 * S - 1, Some(2 * S)),
+        ("no record: done", 1, None, true, 2 * S, None),
+        ("a record of an earlier drain (another condition time)", 1, Some((true, -1, -500_000)), true, 1_500_000, Some(2 * S)),
+        ("a record of another pod of the same name", 1, Some((false, 0, 100_000)), true, 1_500_000, Some(2 * S)),
+        ("a record before its own second (a clock stepped back)", 1, Some((true, 0, -300_000)), true, S - 1, Some(S)),
+        ("grace 0: the endpoints alone decide", 0, Some((true, 0, 400_000)), true, 0, None),
+        ("grace 0 without a record", 0, None, true, 0, None),
+        ("grace over, endpoints still list the pod: the timeout, from the record", 1, Some((true, 0, 400_000)), false, 1_400_000, Some(60 * S + 400_000)),
+        ("the timeout 1 µs ahead", 1, Some((true, 0, 400_000)), false, 60 * S + 399_999, Some(60 * S + 400_000)),
+        ("the timeout reached", 1, Some((true, 0, 400_000)), false, 60 * S + 400_000, None),
+        // An upper bound: from the earliest the drain can have been, the condition's time.
+        ("no record: the timeout from the condition's second", 1, None, false, 60 * S - 1, Some(60 * S)),
+        ("no record: the timeout reached", 1, None, false, 60 * S, None),
+    ];
+    for (name, grace, record, endpoints_drained, now_us, wait_until_us) in cases {
+        let mut a = gated(p("a", OLD, false));
+        a.gate = Some((false, DRAINING_REASON, 0));
+        let mut world = World::new(&[a]);
+        world.pods[0].metadata.uid = Some("uid-a".into());
+        world.policy.drain.grace_period_seconds = grace;
+        if endpoints_drained {
+            world.drained.insert("a".into());
+        }
+        if let Some((same_pod, condition_time, drained_at)) = record {
+            let uid = if same_pod {
+                "uid-a"
+            } else {
+                "uid-of-an-older-a"
+            };
+            world.drains.insert(
+                "a".into(),
+                DrainRecord {
+                    uid: Some(uid.into()),
+                    condition_time: ts(condition_time),
+                    drained_at: at_us(drained_at),
+                    slices: BTreeMap::new(),
+                },
+            );
+        }
+        world.now = at_us(now_us);
+        let plan = world.plan();
+        match wait_until_us {
+            None => assert_eq!(summary(&plan), s(&[("a", PATCH)]), "{name}"),
+            Some(until) => {
+                assert_eq!(summary(&plan), s(&[("a", "Wait")]), "{name}");
+                assert_eq!(plan.recheck_at, Some(at_us(until)), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_drain_record_applies_only_while_the_pod_shows_that_drain() {
+    let record = DrainRecord {
+        uid: Some("uid-a".into()),
+        condition_time: ts(0),
+        drained_at: at_us(300_000),
+        slices: BTreeMap::new(),
+    };
+    let pod = |gate: Option<(bool, &'static str, i64)>, uid: &str| {
+        let mut a = gated(p("a", OLD, false));
+        a.gate = gate;
+        let mut pod = build(&a);
+        pod.metadata.uid = Some(uid.into());
+        pod
+    };
+    assert!(record.applies_to(&pod(Some((false, DRAINING_REASON, 0)), "uid-a")));
+    for (why, other) in [
+        ("undrained", pod(Some((true, SERVING_REASON, 0)), "uid-a")),
+        (
+            "drained again later",
+            pod(Some((false, DRAINING_REASON, 1)), "uid-a"),
+        ),
+        (
+            "another pod of that name",
+            pod(Some((false, DRAINING_REASON, 0)), "uid-b"),
+        ),
+        ("no condition", pod(None, "uid-a")),
+    ] {
+        assert!(!record.applies_to(&other), "{why}");
+    }
 }
 
 #[test]

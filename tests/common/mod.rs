@@ -238,15 +238,55 @@ where
 }
 
 /// What a watcher saw of the pods and EndpointSlices of one app during a rollout: the most
-/// pods not Ready at once, and per pod the etcd revision at which it left the ready endpoints
-/// and the one at which its image was patched. One etcd serves the test environment, so
+/// pods not Ready at once, every version of the app's EndpointSlices, and per pod the etcd
+/// revision at which its image was patched. One etcd serves the test environment, so
 /// resourceVersions of different objects are ordered.
 #[derive(Default, Debug)]
 pub struct Observed {
     pub max_not_ready: usize,
     pub not_ready: BTreeSet<String>,
-    pub left_endpoints_rv: BTreeMap<String, u64>,
+    /// Per EndpointSlice, each version seen: its revision and the pods it listed as ready or
+    /// serving.
+    pub slices: BTreeMap<String, Vec<(u64, BTreeSet<String>)>>,
     pub patched_rv: BTreeMap<String, u64>,
+    /// Per pod, what the watches showed of it, in order: for a failure message.
+    pub timeline: BTreeMap<String, Vec<String>>,
+}
+
+impl Observed {
+    /// The EndpointSlices that listed `pod` as ready or serving just before revision `rv`
+    /// (in their latest version older than it), or `None` when no version of any slice older
+    /// than `rv` was seen.
+    pub fn serving_before(&self, pod: &str, rv: u64) -> Option<Vec<String>> {
+        let mut seen = false;
+        let mut serving = Vec::new();
+        for (name, versions) in &self.slices {
+            if let Some((_, pods)) = versions.iter().rev().find(|(v, _)| *v < rv) {
+                seen = true;
+                if pods.contains(pod) {
+                    serving.push(name.clone());
+                }
+            }
+        }
+        seen.then_some(serving)
+    }
+
+    /// Checks that every patched pod was out of the ready endpoints when its image was
+    /// patched: in the latest version of each EndpointSlice before the patch, it was neither
+    /// ready nor serving.
+    pub fn drained_before_patched(&self) -> Result<(), String> {
+        for (pod, rv) in &self.patched_rv {
+            let serving = self.serving_before(pod, *rv);
+            if serving != Some(vec![]) {
+                return Err(format!(
+                    "pod {pod}, patched at rv {rv}, was still ready in EndpointSlices {serving:?} \
+                     (None: no slice seen before); what the watches showed of it: {:#?}",
+                    self.timeline.get(pod)
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn rv<K: ResourceExt>(o: &K) -> u64 {
@@ -255,7 +295,14 @@ pub fn rv<K: ResourceExt>(o: &K) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn observe(client: &Client, ns: &str, app: &str, container: &str) -> Arc<Mutex<Observed>> {
+/// Starts watching the pods labelled `app=<app>` and the EndpointSlices of the Service
+/// `app`, and returns once both watches have listed: everything after the call is seen.
+pub async fn observe(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    container: &str,
+) -> AnyResult<Arc<Mutex<Observed>>> {
     let seen = Arc::new(Mutex::new(Observed::default()));
     let pods = watcher(
         Api::<Pod>::namespaced(client.clone(), ns),
@@ -268,9 +315,12 @@ pub fn observe(client: &Client, ns: &str, app: &str, container: &str) -> Arc<Mut
     let s = seen.clone();
     let container = container.to_string();
     let mut images: BTreeMap<String, String> = BTreeMap::new();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut pods = pods.boxed();
         let mut slices = slices.boxed();
+        let (mut pods_listed, mut slices_listed) = (false, false);
+        let mut listed_tx = Some(listed_tx);
         loop {
             tokio::select! {
                 ev = pods.next() => match ev {
@@ -284,31 +334,87 @@ pub fn observe(client: &Client, ns: &str, app: &str, container: &str) -> Arc<Mut
                         }
                         o.max_not_ready = o.max_not_ready.max(o.not_ready.len());
                         let image = spec_image(&p, &container).unwrap_or_default();
+                        let line = format!(
+                            "rv {}: pod Ready {}, gate {}, image {image}",
+                            rv(&p),
+                            is_ready(&p),
+                            gate_of(&p)
+                        );
+                        o.timeline.entry(name.clone()).or_default().push(line);
                         if images.get(&name).is_some_and(|old| *old != image) {
                             o.patched_rv.entry(name.clone()).or_insert(rv(&p));
                         }
                         images.insert(name, image);
                     }
+                    Some(Ok(watcher::Event::InitDone)) => pods_listed = true,
                     Some(_) => {}
                     None => break,
                 },
                 ev = slices.next() => match ev {
                     Some(Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice))) => {
                         let mut o = s.lock().unwrap();
+                        let version = rv(&slice);
+                        let mut serving = BTreeSet::new();
                         for e in &slice.endpoints {
-                            let Some(name) = e.target_ref.as_ref().and_then(|t| t.name.clone()) else { continue };
-                            if !e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
-                                o.left_endpoints_rv.entry(name).or_insert(rv(&slice));
+                            let Some(name) = e.target_ref.as_ref().and_then(|t| t.name.clone())
+                            else {
+                                continue;
+                            };
+                            let c = e.conditions.as_ref();
+                            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                            let up = ready || c.and_then(|c| c.serving).unwrap_or(ready);
+                            let state = if up { "ready" } else { "not ready" };
+                            let line =
+                                format!("rv {version}: slice {} lists it {state}", slice.name_any());
+                            o.timeline.entry(name.clone()).or_default().push(line);
+                            if up {
+                                serving.insert(name);
                             }
                         }
+                        o.slices.entry(slice.name_any()).or_default().push((version, serving));
                     }
+                    Some(Ok(watcher::Event::Delete(slice))) => {
+                        let mut o = s.lock().unwrap();
+                        let gone = (rv(&slice), BTreeSet::new());
+                        o.slices.entry(slice.name_any()).or_default().push(gone);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => slices_listed = true,
                     Some(_) => {}
                     None => break,
                 },
             }
+            if pods_listed
+                && slices_listed
+                && let Some(tx) = listed_tx.take()
+            {
+                let _ = tx.send(());
+            }
         }
     });
-    seen
+    tokio::time::timeout(testenv::WAIT_LIMIT, listed)
+        .await
+        .map_err(|_| {
+            format!(
+                "the pods and EndpointSlices of {app} were not listed within {:?}",
+                testenv::WAIT_LIMIT
+            )
+        })?
+        .map_err(|_| format!("the watches of {app}'s pods and EndpointSlices ended"))?;
+    Ok(seen)
+}
+
+/// Our readiness gate's condition as `status/reason`, `-` when the pod has none.
+fn gate_of(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == inplace_upgrade::READINESS_GATE)
+        })
+        .map_or("-".into(), |c| {
+            format!("{}/{}", c.status, c.reason.as_deref().unwrap_or_default())
+        })
 }
 
 pub struct PodFacts {
@@ -826,4 +932,98 @@ pub async fn await_webhook_gates_pods_of(
         )
     })??;
     Ok(())
+}
+
+/// Runs a command; its stdout, or an error with the command, its status and its output.
+pub fn run(mut command: Command) -> AnyResult<String> {
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Our webhook configurations as deploy/ has them, named `name`, but calling
+/// `https://127.0.0.1:port` (the API server cannot reach a Service here: no kube-proxy) and
+/// only for `namespaces`; the policies webhook, which is cluster-wide, is left out so that
+/// other tests' policies never reach this webhook.
+pub async fn register_webhook(
+    client: &Client,
+    name: &str,
+    namespaces: &[&str],
+    port: u16,
+    ca: Vec<u8>,
+) -> AnyResult<()> {
+    use inplace_upgrade::admission::configuration::{
+        ConfigurationOptions, Endpoint, webhook_configurations,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let (mut mutating, mut validating) = webhook_configurations(&ConfigurationOptions {
+        endpoint: Endpoint::Url(format!("https://127.0.0.1:{port}")),
+        ca_bundle: Some(ca),
+        own_namespace: CONTROLLER_NAMESPACE.into(),
+        cert_manager_certificate: None,
+    });
+    let only: LabelSelector = obj(json!({"matchExpressions": [{
+        "key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces,
+    }]}));
+    mutating.metadata.name = Some(name.into());
+    for w in mutating.webhooks.iter_mut().flatten() {
+        w.namespace_selector = Some(only.clone());
+    }
+    validating.metadata.name = Some(name.into());
+    if let Some(webhooks) = validating.webhooks.as_mut() {
+        webhooks.retain(|w| w.namespace_selector.is_some());
+        for w in webhooks {
+            w.namespace_selector = Some(only.clone());
+        }
+    }
+    create_webhook_configurations(client, &mutating, &validating).await
+}
+
+/// Creates a pair of webhook configurations.
+pub async fn create_webhook_configurations(
+    client: &Client,
+    mutating: &k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    validating: &k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+) -> AnyResult<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), mutating)
+        .await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), validating)
+        .await?;
+    Ok(())
+}
+
+/// A tool the tests run, found by `$env_var` or else by a script of this repository that
+/// provides it (a no-op when its cache is warm) and prints its path as the last line.
+pub fn tool_path(env_var: &str, script: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last().map(str::trim) {
+        Some(p) if out.status.success() && !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(format!(
+            "{} failed ({}); its output is above",
+            script.display(),
+            out.status
+        )),
+    }
 }
