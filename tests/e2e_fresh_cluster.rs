@@ -83,7 +83,7 @@ async fn the_controller_names_what_is_missing_and_run_works_on_a_fresh_cluster()
     let kubeconfig = env.kubeconfig_path();
 
     // 1. Nothing installed: the Lease's namespace is named, with the fix.
-    let output = controller_until_exit(&kubeconfig).await?;
+    let output = controller_until_exit(kubeconfig).await?;
     assert_one_line_error(
         &output,
         &[
@@ -98,7 +98,7 @@ async fn the_controller_names_what_is_missing_and_run_works_on_a_fresh_cluster()
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    let output = controller_until_exit(&kubeconfig).await?;
+    let output = controller_until_exit(kubeconfig).await?;
     assert_one_line_error(
         &output,
         &["inplaceupgradepolicies.inplace-upgrade.io", "deploy/crds"],
@@ -115,7 +115,7 @@ async fn the_controller_names_what_is_missing_and_run_works_on_a_fresh_cluster()
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-level", "info"])
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .env_remove("POD_NAMESPACE")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
