@@ -1,21 +1,24 @@
 //! Scale: many Istio-injected pods in many Deployments on simulated nodes.
 //!
-//! 1. Creates half the workloads (Deployments of `hello`, each with BENCH_PODS/BENCH_WORKLOADS
-//!    replicas, 100 per namespace), waits until every pod is Ready, starts a fresh controller
-//!    and measures its initial sync time (process start to `/readyz`), RSS and CPU after sync
-//!    and over the next 10 s; then the same at the full size. Memory per cached pod is the
-//!    RSS slope between the two sizes (it includes each pod's share of its ReplicaSet,
-//!    Deployment and EndpointSlice: every Deployment has a Service, as in a mesh).
+//! 1. Grows the cluster in steps (BENCH_SIZES pods; Deployments of `hello`, each with
+//!    BENCH_PODS/BENCH_WORKLOADS replicas, 100 per namespace, each behind a Service) and at
+//!    each step, once every pod is Ready, starts a fresh controller and measures its initial
+//!    sync time (process start to `/readyz`), RSS and CPU after sync and over the next 10 s;
+//!    then a fresh `inplace-upgrade webhook` (its own caches, registered nowhere) and its sync
+//!    time and RSS. Memory per cached pod is the RSS slope between steps (it includes each
+//!    pod's share of its ReplicaSet, Deployment and EndpointSlice).
 //! 2. A namespace-wide upgrade (the Namespace's `inplace-upgrade` annotation) of
 //!    BENCH_WIDE single-replica gated Deployments in that cluster, once per
 //!    `maxConcurrentWorkloads` in BENCH_CONCURRENCY: time and the most pods unavailable and
 //!    workloads Progressing at once.
 //!
-//! Knobs: BENCH_PODS (10000), BENCH_WORKLOADS (2000), BENCH_NODES (20), BENCH_WIDE (500),
+//! Knobs: BENCH_PODS (10000), BENCH_WORKLOADS (2000), BENCH_SIZES (pods at each step;
+//! "1000,<half>,<all>"), BENCH_NODES (20), BENCH_WIDE (500),
 //! BENCH_CONCURRENCY ("50,10,1"; empty: no namespace-wide upgrade), BENCH_PERF_DIR (perf
 //! profiles of each controller), BENCH_COMPARE (other controllers measured in the same
-//! cluster right before this build, at both sizes: `label=TOKENS;…`, each token a binary
-//! path — e.g. main's build — or a `KEY=VALUE` for its environment).
+//! cluster right before this build, at every step, controller and webhook: `label=TOKENS;…`,
+//! each token a binary path — e.g. main's build, or this one built with `--features
+//! jemalloc` — or a `KEY=VALUE` for its environment).
 //! Run: `cargo bench -p inplace-upgrade --bench scale` (long: tens of minutes at full size).
 
 #[path = "../tests/common/mod.rs"]
@@ -47,6 +50,8 @@ async fn main() {
 }
 
 struct Sample {
+    /// `controller` or `webhook`.
+    role: &'static str,
     controller: String,
     pods: u64,
     workloads: u64,
@@ -80,7 +85,7 @@ async fn run() -> AnyResult<()> {
     let mut samples = Vec::new();
     let mut created = 0;
     let mut namespaces: Vec<String> = Vec::new();
-    for size in [workloads / 2, workloads] {
+    for size in sizes(pods, per) {
         let started = Instant::now();
         create_workloads(&bench, &mut namespaces, created, size, per as i32).await?;
         created = size;
@@ -92,10 +97,11 @@ async fn run() -> AnyResult<()> {
             load_average()
         );
         // The variants first, so the build under test is measured last either way.
-        for variant in &compare {
-            samples.push(measure(&bench, Some(variant), size, per).await?);
+        for variant in compare.iter().map(Some).chain([None]) {
+            for role in ["controller", "webhook"] {
+                samples.push(measure(&bench, role, variant, size, per).await?);
+            }
         }
-        samples.push(measure(&bench, None, size, per).await?);
     }
 
     print_scale(&samples);
@@ -203,10 +209,11 @@ async fn run() -> AnyResult<()> {
     Ok(())
 }
 
-/// Starts a fresh controller (a variant, or the build under test) in the synced cluster and
-/// measures its initial sync, then its RSS and idle CPU.
+/// Starts a fresh controller or webhook (`role`; a variant, or the build under test) in the
+/// synced cluster and measures its initial sync, then its RSS and idle CPU.
 async fn measure(
     bench: &Bench,
+    role: &'static str,
     variant: Option<&Variant>,
     workloads: u64,
     per: u64,
@@ -214,20 +221,23 @@ async fn measure(
     let pods = workloads * per;
     let controller = variant.map_or("this build".to_string(), |v| v.label.clone());
     let tag = variant.map_or(String::new(), |v| format!("{}-", v.label));
-    let mut c = bench
-        .spawn_controller(&format!("controller-{tag}{pods}.log"), variant)
-        .await?;
-    let mut perf = Perf::attach(c.pid(), &format!("sync-{tag}{pods}"));
+    let log = format!("{role}-{tag}{pods}.log");
+    let mut c = match role {
+        "webhook" => bench.spawn_webhook(&log, variant).await?,
+        _ => bench.spawn_controller(&log, variant).await?,
+    };
+    let mut perf = Perf::attach(c.pid(), &format!("sync-{role}-{tag}{pods}"));
     let sync = c.await_synced(Duration::from_secs(600)).await?;
     let cpu_sync = c.cpu_seconds();
-    // The first term reconciles every workload once; give it a moment, then measure a
-    // quiet 10 s.
+    // The controller's first term reconciles every workload once; give it a moment, then
+    // measure a quiet 10 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
     perf.stop();
     let before = c.cpu_seconds();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu_idle = (c.cpu_seconds() - before) / 10.0;
     let s = Sample {
+        role,
         controller,
         pods,
         workloads,
@@ -238,7 +248,7 @@ async fn measure(
         cpu_idle,
     };
     println!(
-        "# {}, {pods} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, then {:.1}% of a core (load average {})",
+        "# {role}, {}, {pods} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, then {:.1}% of a core (load average {})",
         s.controller,
         s.sync.as_secs_f64(),
         s.rss,
@@ -250,56 +260,76 @@ async fn measure(
     Ok(s)
 }
 
+/// The steps, in Deployments: BENCH_SIZES (pods), or 1,000 pods, half and all.
+fn sizes(pods: u64, per: u64) -> Vec<u64> {
+    let asked = std::env::var("BENCH_SIZES").unwrap_or_default();
+    let mut sizes: Vec<u64> = if asked.trim().is_empty() {
+        vec![1000, pods / 2, pods]
+    } else {
+        asked
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    };
+    sizes.retain(|s| *s <= pods);
+    let mut steps: Vec<u64> = sizes.iter().map(|s| (s / per).max(1)).collect();
+    steps.sort();
+    steps.dedup();
+    steps
+}
+
 fn print_scale(samples: &[Sample]) {
-    println!();
-    println!("## Scale");
-    println!(
-        "| controller | pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | peak RSS MiB | idle CPU after sync |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for s in samples {
+    for role in ["controller", "webhook"] {
+        let samples: Vec<&Sample> = samples.iter().filter(|s| s.role == role).collect();
+        println!();
+        println!("## Scale: {role}");
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1}% |",
-            s.controller,
-            s.pods,
-            s.workloads,
-            s.sync.as_secs_f64(),
-            s.cpu_sync,
-            s.rss,
-            s.peak_rss,
-            s.cpu_idle * 100.0
+            "| build | pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | peak RSS MiB | idle CPU after sync |"
         );
-    }
-    let mut controllers: Vec<&str> = samples.iter().map(|s| s.controller.as_str()).collect();
-    controllers.dedup();
-    controllers.sort();
-    controllers.dedup();
-    for controller in &controllers {
-        let of: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| s.controller == *controller)
-            .collect();
-        if let [a, b] = &of[..] {
+        println!("|---|---|---|---|---|---|---|---|");
+        for s in &samples {
             println!(
-                "{controller}: memory per cached pod (RSS slope) {:.2} KiB; sync time ratio full/half {:.2}",
-                (b.rss - a.rss) * 1024.0 / (b.pods - a.pods) as f64,
-                b.sync.as_secs_f64() / a.sync.as_secs_f64()
+                "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1}% |",
+                s.controller,
+                s.pods,
+                s.workloads,
+                s.sync.as_secs_f64(),
+                s.cpu_sync,
+                s.rss,
+                s.peak_rss,
+                s.cpu_idle * 100.0
             );
         }
-    }
-    for ours in samples.iter().filter(|s| s.controller == "this build") {
-        for base in samples
-            .iter()
-            .filter(|s| s.controller != "this build" && s.pods == ours.pods)
-        {
-            println!(
-                "{} pods, this build / {}: RSS {:.2}, CPU to sync {:.2}, sync time {:.2}",
-                ours.pods,
-                base.controller,
-                ours.rss / base.rss,
-                ours.cpu_sync / base.cpu_sync,
-                ours.sync.as_secs_f64() / base.sync.as_secs_f64()
-            );
+        let mut builds: Vec<&str> = samples.iter().map(|s| s.controller.as_str()).collect();
+        builds.sort();
+        builds.dedup();
+        for build in &builds {
+            let of: Vec<&&Sample> = samples.iter().filter(|s| s.controller == *build).collect();
+            for pair in of.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                println!(
+                    "{role}, {build}: {} -> {} pods: {:.2} KiB per pod (RSS slope), sync time x{:.2}",
+                    a.pods,
+                    b.pods,
+                    (b.rss - a.rss) * 1024.0 / (b.pods - a.pods) as f64,
+                    b.sync.as_secs_f64() / a.sync.as_secs_f64()
+                );
+            }
+        }
+        for ours in samples.iter().filter(|s| s.controller == "this build") {
+            for base in samples
+                .iter()
+                .filter(|s| s.controller != "this build" && s.pods == ours.pods)
+            {
+                println!(
+                    "{role}, {} pods, this build / {}: RSS {:.2}, CPU to sync {:.2}, sync time {:.2}",
+                    ours.pods,
+                    base.controller,
+                    ours.rss / base.rss,
+                    ours.cpu_sync / base.cpu_sync,
+                    ours.sync.as_secs_f64() / base.sync.as_secs_f64()
+                );
+            }
         }
     }
 }
@@ -337,14 +367,16 @@ async fn create_workloads(
                 let d = workload(&name, replicas, false)?;
                 // A create the API server completed but answered too late for the client
                 // (seen at load average 15) is retried by the client: already there is done.
-                done(
+                // An etcd timeout under load (seen at load average 20) is tried again.
+                created(|| async {
                     api.create(&PostParams::default(), &d)
                         .await
                         .map(drop)
-                        .map_err(Into::into),
-                )?;
+                        .map_err(Into::into)
+                })
+                .await?;
                 // Every app behind its own Service, as in a mesh: one EndpointSlice each.
-                done(common::create_service(&client, &ns, &name).await)?;
+                created(|| common::create_service(&client, &ns, &name)).await?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
         })
@@ -354,11 +386,24 @@ async fn create_workloads(
     Ok(())
 }
 
-/// A create's result, with "already exists" taken as done.
-fn done(result: AnyResult<()>) -> AnyResult<()> {
-    match result {
-        Err(e) if e.to_string().contains("already exists") => Ok(()),
-        other => other,
+/// Runs a create until it is done: "already exists" is done, a server-side timeout (etcd
+/// overloaded) is tried again, up to 10 times.
+async fn created<F, Fut>(create: F) -> AnyResult<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = AnyResult<()>>,
+{
+    let mut tries = 0;
+    loop {
+        match create().await {
+            Err(e) if e.to_string().contains("already exists") => return Ok(()),
+            Err(e) if e.to_string().contains("timed out") && tries < 10 => {
+                tries += 1;
+                eprintln!("  create timed out ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
     }
 }
 

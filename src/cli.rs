@@ -344,9 +344,9 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     };
     serve::start_certificates(&client, &source, store.clone(), shutdown()).await?;
 
-    // The controller's caches without its reconciler: the webhook only reads them.
-    let (cache, drivers) = controller::Cache::start(&client, controller::Queue::discarding());
-    for driver in drivers {
+    // What admission reads, and nothing else: no pods, EndpointSlices or PDBs.
+    let cache = inplace_upgrade::cache::Cache::new(inplace_upgrade::cache::Role::Webhook);
+    for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
     let view = Arc::new(admission::LiveView::start(&client, cache, &args.namespace));

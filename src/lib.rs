@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod annotation;
+pub mod cache;
 pub mod classify;
 pub mod controller;
 pub mod image;

@@ -10,7 +10,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The process-wide allocator, chosen at build time (docs/benchmarks.md, "Allocators"): the
+// system's by default; `--features jemalloc` or `--features mimalloc` builds another in.
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!("features `jemalloc` and `mimalloc` each choose the global allocator: enable one");
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    keep_large_blocks_mapped();
     // Installed as `kubectl-inplace` (a symlink or a copy on PATH), it is the kubectl plugin.
     let invoked_as = std::env::args_os()
         .next()
@@ -25,6 +37,24 @@ fn main() -> ExitCode {
             eprintln!("Error: {e:?}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, so the LIST pages of the
+/// initial sync (MiBs of JSON each) end up in the heap and stay counted in RSS after they are
+/// freed: most of a synced webhook's and a good part of a synced controller's memory. A fixed
+/// threshold (what `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072` sets, measured in
+/// docs/benchmarks.md) gives every block over 128 KiB a mapping of its own, returned on free.
+/// Called first thing, before any thread starts.
+fn keep_large_blocks_mapped() {
+    #[cfg(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(any(feature = "jemalloc", feature = "mimalloc"))
+    ))]
+    // SAFETY: mallopt only changes a malloc parameter; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

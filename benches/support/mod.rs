@@ -133,10 +133,7 @@ impl Bench {
         variant: Option<&Variant>,
     ) -> AnyResult<Controller> {
         let kubeconfig = self.controller_kubeconfig().await?;
-        let binary = match variant.and_then(|v| v.binary.clone()) {
-            Some(b) => b,
-            None => controller_binary()?,
-        };
+        let binary = variant_binary(variant)?;
         let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
         Controller::start_binary(
             &binary,
@@ -147,12 +144,56 @@ impl Bench {
         )
     }
 
+    /// Starts `inplace-upgrade webhook` (the build under test, or a [`Variant`]) under the
+    /// controller's identity, serving a certificate of its own on a free loopback port, and
+    /// registered nowhere: what it costs to keep its caches. Ready (`/readyz`) once its
+    /// certificate is loaded and its caches synced.
+    pub async fn spawn_webhook(
+        &self,
+        log: &str,
+        variant: Option<&Variant>,
+    ) -> AnyResult<Controller> {
+        let kubeconfig = self.controller_kubeconfig().await?;
+        let certs = self.env.dir().join("webhook-tls");
+        if !certs.join("tls.key").exists() {
+            let status = Command::new(controller_binary()?)
+                .args(["certs", "--ip", "127.0.0.1", "--out"])
+                .arg(&certs)
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(format!("inplace-upgrade certs failed: {status}").into());
+            }
+        }
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
+        let args = [
+            "webhook".to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--cert-dir".into(),
+            certs.display().to_string(),
+        ];
+        Controller::spawn(
+            &variant_binary(variant)?,
+            &args,
+            env,
+            &kubeconfig,
+            self.env.dir().join("logs").join(log),
+        )
+    }
+
     /// A kubeconfig for the ServiceAccount `bench-controller` (cluster-admin), so the audit
     /// log can tell the controller's requests from everyone else's.
     pub async fn controller_kubeconfig(&self) -> AnyResult<PathBuf> {
-        let ns = "inplace-upgrade-system";
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "bench-controller"}}))?;
+        self.service_account_kubeconfig("inplace-upgrade-system", "bench-controller")
+            .await
+    }
+
+    /// A kubeconfig for the ServiceAccount `ns/name`, created and bound to cluster-admin
+    /// (its audit log user is `system:serviceaccount:<ns>:<name>`); `ns` must exist.
+    pub async fn service_account_kubeconfig(&self, ns: &str, name: &str) -> AnyResult<PathBuf> {
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         let sas = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
         match sas.create(&PostParams::default(), &sa).await {
             Ok(_) => {}
@@ -160,9 +201,9 @@ impl Bench {
             Err(e) => return Err(e.into()),
         }
         let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "bench-controller"},
+            "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": "bench-controller", "namespace": ns}],
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         }))?;
         match Api::<ClusterRoleBinding>::all(self.client.clone())
             .create(&PostParams::default(), &binding)
@@ -176,13 +217,13 @@ impl Bench {
             "spec": {"audiences": [], "expirationSeconds": 86400}
         }))?;
         let token = sas
-            .create_token_request("bench-controller", &PostParams::default(), &request)
+            .create_token_request(name, &PostParams::default(), &request)
             .await?
             .status
             .ok_or("TokenRequest returned no status")?
             .token;
         let dir = self.env.dir();
-        let token_file = dir.join("bench-controller.token");
+        let token_file = dir.join(format!("{name}.token"));
         std::fs::write(&token_file, token)?;
         let mut kubeconfig = Kubeconfig::read_from(self.env.kubeconfig_path())?;
         for named in &mut kubeconfig.auth_infos {
@@ -191,7 +232,7 @@ impl Bench {
                 ..Default::default()
             });
         }
-        let path = dir.join("bench-controller.kubeconfig");
+        let path = dir.join(format!("{name}.kubeconfig"));
         std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
         Ok(path)
     }
@@ -246,6 +287,14 @@ fn copy_binary(dir: &Path) -> AnyResult<()> {
     Ok(())
 }
 
+/// The variant's binary, or the build under test.
+fn variant_binary(variant: Option<&Variant>) -> AnyResult<PathBuf> {
+    match variant.and_then(|v| v.binary.clone()) {
+        Some(b) => Ok(b),
+        None => controller_binary(),
+    }
+}
+
 fn controller_binary() -> AnyResult<PathBuf> {
     BINARY
         .get()
@@ -253,7 +302,8 @@ fn controller_binary() -> AnyResult<PathBuf> {
         .ok_or_else(|| "start a Bench before a Controller".into())
 }
 
-/// One `inplace-upgrade controller` process (release build); killed when dropped.
+/// One `inplace-upgrade controller` (or `webhook`) process (release build); killed when
+/// dropped.
 pub struct Controller {
     pub child: Child,
     pub admin: u16,
@@ -274,17 +324,32 @@ impl Controller {
         log: PathBuf,
         extra: &[&str],
     ) -> AnyResult<Controller> {
+        let mut args: Vec<String> = ["controller", "--identity", "bench"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(binary, &args, env, kubeconfig, log)
+    }
+
+    /// One `inplace-upgrade` process running `args`, with an admin port of its own.
+    pub fn spawn(
+        binary: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        kubeconfig: &Path,
+        log: PathBuf,
+    ) -> AnyResult<Controller> {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let started = Instant::now();
         let child = Command::new(binary)
-            .args(["controller", "--identity", "bench"])
+            .args(args)
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-level", "info"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(extra)
             .env("POD_NAMESPACE", "inplace-upgrade-system")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())

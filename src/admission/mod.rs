@@ -4,8 +4,9 @@
 //! The decisions ([`mutate::mutate_pod`], [`validate::validate_workload_or_namespace`],
 //! [`validate::validate_policy`]) are plain functions of the request and a [`ClusterView`]:
 //! no I/O, nothing async, so they are table-tested on real Istio-injected objects. The live
-//! [`ClusterView`] is [`LiveView`]: the controller's watched caches plus a watch of the
-//! controller's Lease, so an admission never makes an API call. [`configuration`] builds the
+//! [`ClusterView`] is [`LiveView`]: a watched [`Cache`] (the webhook's own, which holds no pods,
+//! or the controller's in `run`) plus a watch of the controller's Lease, so an admission never
+//! makes an API call. [`configuration`] builds the
 //! Mutating/ValidatingWebhookConfigurations; [`serve`] runs the handlers over the transport
 //! crate in each serving mode.
 
@@ -27,7 +28,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::controller::{self, Cache, WorkloadKey, WorkloadView};
+use crate::cache::Cache;
+use crate::controller::{self, WorkloadKey, WorkloadView};
 use crate::policy::InPlaceUpgradePolicy;
 
 /// Path of the pod mutation.
@@ -65,8 +67,8 @@ pub struct Settings {
     pub controller_namespace: String,
 }
 
-/// The live view: the controller's caches (the same ones in `run`, a cache-only copy in
-/// `webhook`) and a watch of the controller's Lease.
+/// The live view: a [`Cache`] (the controller's in `run`; in `webhook` one of
+/// [`crate::cache::Role::Webhook`]) and a watch of the controller's Lease.
 #[derive(Clone)]
 pub struct LiveView {
     cache: Cache,
@@ -119,9 +121,7 @@ impl ClusterView for LiveView {
     }
 
     fn replica_set(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
-        self.cache
-            .replica_sets
-            .get(&ObjectRef::new(name).within(namespace))
+        self.cache.replica_set(namespace, name)
     }
 
     fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
@@ -137,12 +137,7 @@ impl ClusterView for LiveView {
     }
 
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
-        self.cache
-            .policies
-            .state()
-            .iter()
-            .map(|p| InPlaceUpgradePolicy::clone(p))
-            .collect()
+        self.cache.policies()
     }
 
     fn controller_alive(&self) -> bool {

@@ -12,18 +12,18 @@
 //! It decodes what `k8s_openapi` would on the fields it reads (same leniency on `null` and
 //! missing fields, a field given twice keeps its last value, same check of `apiVersion`/`kind`);
 //! a pod that only one of the two would refuse differs in a field the mutation never reads.
+//! The spec is read as the controller's cache reads it ([`crate::cache::lean`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt;
 
-use k8s_openapi::api::core::v1::{Pod, PodReadinessGate};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{NamespaceResourceScope, Resource as _};
-use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Unexpected, Visitor};
+use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer};
 
-use crate::target::{ContainerRef, PodContainers};
+pub use crate::cache::lean::{LeanContainer, LeanPodSpec};
+use crate::cache::lean::{WirePodMeta, WireSpec, wire_struct};
 
 /// A Pod as the mutation reads it (see the module doc for what is kept).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,119 +31,18 @@ pub struct AdmittedPod {
     /// Only `name`, `generateName`, `namespace`, `labels`, `annotations` and
     /// `ownerReferences` are read; every other field is left empty.
     pub metadata: ObjectMeta,
-    pub spec: Option<AdmittedPodSpec>,
-}
-
-/// The containers and readiness gates of a pod spec.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AdmittedPodSpec {
-    /// Every container, in the pod's order.
-    pub containers: Vec<AdmittedContainer>,
-    /// Every init container, in the pod's order (`None` when the pod has none).
-    pub init_containers: Option<Vec<AdmittedContainer>>,
-    pub readiness_gates: Option<Vec<PodReadinessGate>>,
-}
-
-/// One container (or init container) of the pod: what locating and patching it needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AdmittedContainer {
-    pub name: String,
-    pub image: Option<String>,
-    pub restart_policy: Option<String>,
-}
-
-/// Generates a struct of optional fields and a `Deserialize` for it that reads a JSON object
-/// the way `k8s_openapi` reads its types: a field given twice keeps its last value, `null`
-/// is absent, unknown fields are skipped unread, and anything but an object is refused.
-macro_rules! wire_struct {
-    ($name:ident, $expecting:literal, { $($field:ident: $ty:ty = $key:literal),+ $(,)? }) => {
-        #[derive(Default)]
-        struct $name {
-            $($field: Option<$ty>,)+
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct Fields;
-                impl<'de> Visitor<'de> for Fields {
-                    type Value = $name;
-
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
-                        let mut out = $name::default();
-                        while let Some(key) = map.next_key_seed(FieldName(&[$($key),+]))? {
-                            match key {
-                                $(Some($key) => out.$field = map.next_value()?,)+
-                                _ => {
-                                    map.next_value::<IgnoredAny>()?;
-                                }
-                            }
-                        }
-                        Ok(out)
-                    }
-                }
-                deserializer.deserialize_map(Fields)
-            }
-        }
-    };
-}
-
-/// Reads an object key as one of the fields read, without allocating it.
-struct FieldName(&'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for FieldName {
-    type Value = Option<&'static str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_identifier(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldName {
-    type Value = Option<&'static str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().find(|field| **field == key).copied())
-    }
+    pub spec: Option<LeanPodSpec>,
 }
 
 wire_struct!(WirePod, "a Pod object", {
     api_version: String = "apiVersion",
     kind: String = "kind",
-    metadata: WireMeta = "metadata",
+    metadata: WirePodMeta = "metadata",
     spec: WireSpec = "spec",
 });
 
-wire_struct!(WireMeta, "a Pod's metadata", {
-    name: String = "name",
-    generate_name: String = "generateName",
-    namespace: String = "namespace",
-    labels: BTreeMap<String, String> = "labels",
-    annotations: BTreeMap<String, String> = "annotations",
-    owner_references: Vec<OwnerReference> = "ownerReferences",
-});
-
-wire_struct!(WireSpec, "a Pod's spec", {
-    containers: Vec<WireContainer> = "containers",
-    init_containers: Vec<WireContainer> = "initContainers",
-    readiness_gates: Vec<PodReadinessGate> = "readinessGates",
-});
-
-wire_struct!(WireContainer, "a container", {
-    name: String = "name",
-    image: String = "image",
-    restart_policy: String = "restartPolicy",
-});
-
-impl From<WireMeta> for ObjectMeta {
-    fn from(meta: WireMeta) -> Self {
+impl From<WirePodMeta> for ObjectMeta {
+    fn from(meta: WirePodMeta) -> Self {
         ObjectMeta {
             name: meta.name,
             generate_name: meta.generate_name,
@@ -152,27 +51,6 @@ impl From<WireMeta> for ObjectMeta {
             annotations: meta.annotations,
             owner_references: meta.owner_references,
             ..ObjectMeta::default()
-        }
-    }
-}
-
-impl From<WireContainer> for AdmittedContainer {
-    fn from(c: WireContainer) -> Self {
-        AdmittedContainer {
-            name: c.name.unwrap_or_default(),
-            image: c.image,
-            restart_policy: c.restart_policy,
-        }
-    }
-}
-
-impl From<WireSpec> for AdmittedPodSpec {
-    fn from(spec: WireSpec) -> Self {
-        let containers = |list: Vec<WireContainer>| list.into_iter().map(Into::into).collect();
-        AdmittedPodSpec {
-            containers: spec.containers.map(containers).unwrap_or_default(),
-            init_containers: spec.init_containers.map(containers),
-            readiness_gates: spec.readiness_gates,
         }
     }
 }
@@ -192,7 +70,7 @@ impl<'de> Deserialize<'de> for AdmittedPod {
         }
         Ok(AdmittedPod {
             metadata: pod.metadata.map(ObjectMeta::from).unwrap_or_default(),
-            spec: pod.spec.map(AdmittedPodSpec::from),
+            spec: pod.spec.map(LeanPodSpec::from),
         })
     }
 }
@@ -221,31 +99,10 @@ impl kube::Resource for AdmittedPod {
     }
 }
 
-impl PodContainers for AdmittedPodSpec {
-    fn containers(&self) -> impl Iterator<Item = ContainerRef<'_>> {
-        self.containers.iter().map(AdmittedContainer::as_ref)
-    }
-    fn init_containers(&self) -> impl Iterator<Item = ContainerRef<'_>> {
-        self.init_containers
-            .iter()
-            .flatten()
-            .map(AdmittedContainer::as_ref)
-    }
-}
-
-impl AdmittedContainer {
-    fn as_ref(&self) -> ContainerRef<'_> {
-        ContainerRef {
-            name: &self.name,
-            image: self.image.as_deref(),
-            restart_policy: self.restart_policy.as_deref(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::{ContainerRef, PodContainers};
     use crate::testutil::{fixture_files, fixture_pods};
     use kube::ResourceExt;
 

@@ -14,16 +14,14 @@ use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde::Deserialize;
 
-use super::cache::Cache;
 use super::queue::Queue;
+use crate::cache::Cache;
 use crate::classify::ContainerEvent;
 use crate::plan::PodEvents;
-use crate::state::PodUpgradeState;
 
 /// The field selector of the watch: Warning Events about pods (kubelet's failures).
 pub const FIELD_SELECTOR: &str = "involvedObject.kind=Pod,type=Warning";
@@ -154,11 +152,13 @@ impl EventIndex {
     }
 
     /// Number of pods with kept Events.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.pods.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -198,24 +198,12 @@ impl EventIndex {
     }
 }
 
-/// Whether the cached pod `namespace/name` has UID `uid` and an upgrade or rollback in flight.
-fn in_flight(cache: &Cache, namespace: &str, name: &str, uid: &str) -> bool {
-    cache
-        .pods
-        .get(&ObjectRef::new(name).within(namespace))
-        .is_some_and(|pod| {
-            pod.metadata.uid.as_deref() == Some(uid)
-                && PodUpgradeState::from_pod(&pod)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.phase.in_progress())
-        })
-}
-
-/// The watch: feeds `cache.events` and queues the workload of every pod an Event was kept for.
+/// The watch: feeds `index` (pods in flight as `cache` has them) and queues the workload of
+/// every pod an Event was kept for.
 pub fn drive(
     client: &Client,
     cache: Cache,
+    index: EventIndex,
     queue: Queue,
 ) -> futures::future::BoxFuture<'static, ()> {
     let api: Api<WatchedEvent> = Api::all(client.clone());
@@ -238,14 +226,13 @@ pub fn drive(
                     continue;
                 }
             };
-            let kept = cache.events.apply(&ev, deleted, |ns, name, uid| {
-                in_flight(&cache, ns, name, uid)
+            let kept = index.apply(&ev, deleted, |ns, name, uid| {
+                cache.pod_in_flight(ns, name, uid)
             });
             if kept
                 && let (Some(ns), Some(name)) =
                     (&ev.involved_object.namespace, &ev.involved_object.name)
-                && let Some(pod) = cache.pods.get(&ObjectRef::new(name).within(ns))
-                && let Some(key) = cache.workload_of_pod(&pod)
+                && let Some(key) = cache.workload_of_pod_named(ns, name)
             {
                 queue.enqueue(key);
             }

@@ -57,46 +57,76 @@ pub fn endpoints_drained<'a>(
     drains: &BTreeMap<String, DrainRecord>,
 ) -> BTreeSet<String> {
     let mut serving: BTreeSet<&str> = BTreeSet::new();
+    let mut versions: BTreeMap<String, &str> = BTreeMap::new();
     for slice in slices {
-        let version = slice.metadata.resource_version.as_deref();
-        for (name, endpoint) in pod_endpoints(slice) {
-            let c = endpoint.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let predates_drain = drains.get(name).is_some_and(|d| {
-                version.is_some() && d.slices.get(&slice.name_any()).map(String::as_str) == version
-            });
-            if ready || c.and_then(|c| c.serving).unwrap_or(ready) || predates_drain {
-                serving.insert(name);
-            }
+        serving.extend(slice.endpoints.iter().filter_map(serving_pod));
+        if let Some(version) = slice.metadata.resource_version.as_deref() {
+            versions.insert(slice.name_any(), version);
         }
     }
+    not_serving(pods, |name| {
+        serving.contains(name)
+            || unchanged_since_drain(drains.get(name), |slice| versions.get(slice).copied())
+    })
+}
+
+/// Whether one of the slices that listed a drained pod when it was drained still has the
+/// version it had then (`version_of` answers by slice name): that version, whatever it says,
+/// predates the drain. (The same resourceVersion is the same content, which listed the pod.)
+pub fn unchanged_since_drain<'v>(
+    drain: Option<&DrainRecord>,
+    version_of: impl Fn(&str) -> Option<&'v str>,
+) -> bool {
+    drain.is_some_and(|d| {
+        d.slices
+            .iter()
+            .any(|(slice, version)| version_of(slice) == Some(version.as_str()))
+    })
+}
+
+/// The pod an endpoint is, if it is one.
+pub fn endpoint_pod(endpoint: &Endpoint) -> Option<&str> {
+    endpoint
+        .target_ref
+        .as_ref()
+        .filter(|t| t.kind.as_deref() == Some("Pod"))
+        .and_then(|t| t.name.as_deref())
+}
+
+/// The pod an endpoint sends traffic to, if it lists one as ready or serving. Absent
+/// conditions read as true, as the EndpointConditions API says.
+pub fn serving_pod(endpoint: &Endpoint) -> Option<&str> {
+    let name = endpoint_pod(endpoint)?;
+    let c = endpoint.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    (ready || c.and_then(|c| c.serving).unwrap_or(ready)).then_some(name)
+}
+
+/// The names of the pods no endpoint serves (`serving` answers by pod name).
+pub fn not_serving(pods: &[Pod], serving: impl Fn(&str) -> bool) -> BTreeSet<String> {
     pods.iter()
         .map(|p| p.name_any())
-        .filter(|n| !serving.contains(n.as_str()))
+        .filter(|n| !serving(n))
         .collect()
 }
 
-/// The EndpointSlices that list `pod` (name → resourceVersion), for its [`DrainRecord`].
+/// The EndpointSlices that list `pod` (name → resourceVersion), for its [`DrainRecord`], from
+/// whole slices: the reference the cache's [`crate::cache::Cache::slices_listing`] is tested
+/// against.
+#[cfg(test)]
 pub fn slices_listing<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
     pod: &str,
 ) -> BTreeMap<String, String> {
     slices
-        .filter(|s| pod_endpoints(s).any(|(name, _)| name == pod))
+        .filter(|s| {
+            s.endpoints
+                .iter()
+                .filter_map(endpoint_pod)
+                .any(|name| name == pod)
+        })
         .map(|s| (s.name_any(), s.resource_version().unwrap_or_default()))
         .collect()
-}
-
-/// The endpoints of a slice that are pods, with the pod's name.
-fn pod_endpoints(slice: &EndpointSlice) -> impl Iterator<Item = (&str, &Endpoint)> {
-    slice.endpoints.iter().filter_map(|endpoint| {
-        let name = endpoint
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| t.name.as_deref())?;
-        Some((name, endpoint))
-    })
 }
 
 #[cfg(test)]

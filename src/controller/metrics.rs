@@ -15,11 +15,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::cache::Cache;
 use super::report::PolicyReport;
 use super::status::{WorkloadPhase, WorkloadStatus};
 use super::workload::WorkloadKey;
 use crate::STATUS_ANNOTATION;
+use crate::cache::Cache;
 use crate::patch::DRAINING_REASON;
 use crate::plan::gate_condition;
 use crate::state::PodUpgradeState;
@@ -209,7 +209,7 @@ fn seconds(t: Timestamp) -> f64 {
 pub fn rollout_gauges(
     recorded: &[(WorkloadKey, String, WorkloadPhase)],
     status_of: impl Fn(&WorkloadKey) -> Option<String>,
-    pods_of: impl Fn(&WorkloadKey) -> Vec<Arc<Pod>>,
+    pods_of: impl Fn(&WorkloadKey) -> Vec<Pod>,
     drain_timeout: impl Fn(&str) -> Option<i64>,
 ) -> RolloutGauges {
     let mut out = RolloutGauges {
@@ -368,7 +368,7 @@ mod tests {
         name: &str,
         gate: Option<(&str, &str, &str)>,
         state: Option<(&str, &str, Option<&str>)>,
-    ) -> Arc<Pod> {
+    ) -> Pod {
         let mut annotations = serde_json::Map::new();
         if let Some((phase, patched, finished)) = state {
             let mut record =
@@ -384,13 +384,11 @@ mod tests {
             })
             .into_iter()
             .collect();
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
-                "status": {"conditions": conditions},
-            }))
-            .expect("pod literal"),
-        )
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "status": {"conditions": conditions},
+        }))
+        .expect("pod literal")
     }
 
     fn at(s: &str) -> f64 {

@@ -4,12 +4,10 @@
 //! condition, the workload's status annotation), so a replica that takes over — after a crash
 //! or a leader change — carries on from there.
 
-mod cache;
 mod events;
 pub mod inputs;
 mod leader;
 mod metrics;
-mod policy_watch;
 pub mod preflight;
 mod queue;
 mod reconcile;
@@ -26,14 +24,18 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
+
+use crate::cache::{Cache, Role};
 use tokio::sync::watch;
 
-pub use cache::Cache;
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
 pub use status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-pub use workload::{WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled};
+pub use workload::{
+    WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled, template_digest,
+    workload_of_pod,
+};
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.
@@ -56,6 +58,9 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub cache: Cache,
+    /// kubelet's Warning Events of pods in flight, fed by the controller's own watch
+    /// (`events.rs`; the webhook reads no Events).
+    events: events::EventIndex,
     pub queue: Queue,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -160,7 +165,8 @@ impl Handle {
 pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Handle {
     let metrics = Metrics::register(registry);
     let (queue, receiver) = Queue::new();
-    let (cache, drivers) = Cache::start(&client, queue.clone());
+    let q = queue.clone();
+    let cache = Cache::triggering(Role::Controller, move |key| q.enqueue(key));
     let report = Arc::new(report::PolicyReport::new(
         metrics.workloads_in_progress.clone(),
     ));
@@ -170,10 +176,16 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
             report: report.clone(),
             cache: cache.clone(),
         }));
-    for driver in drivers {
+    for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
-    tokio::spawn(events::drive(&client, cache.clone(), queue.clone()));
+    let events = events::EventIndex::default();
+    tokio::spawn(events::drive(
+        &client,
+        cache.clone(),
+        events.clone(),
+        queue.clone(),
+    ));
     let reporter = Reporter {
         controller: "inplace-upgrade".into(),
         instance: Some(settings.identity.clone()),
@@ -182,6 +194,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         cache: cache.clone(),
+        events,
         queue: queue.clone(),
         metrics: metrics.clone(),
         settings: settings.clone(),

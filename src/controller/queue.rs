@@ -25,12 +25,6 @@ impl Queue {
         (Queue { tx }, QueueReceiver { rx })
     }
 
-    /// A queue nobody reads: requests are dropped at once. For processes that only need the
-    /// caches (the webhook without the controller).
-    pub fn discarding() -> Queue {
-        Queue::new().0
-    }
-
     /// Reconcile `key` as soon as possible.
     pub fn enqueue(&self, key: WorkloadKey) {
         self.enqueue_after(key, Duration::ZERO);

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::{disruption_budgets, endpoints_drained, slices_listing};
+use super::inputs::disruption_budgets;
 use super::metrics::{ErrorLabels, ResultLabels};
 use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
 use super::workload::{WorkloadKey, WorkloadView};
@@ -129,14 +129,7 @@ async fn reconcile_workload(
         .freshest_status(key, cached_status)
         .and_then(|s| WorkloadStatus::parse(&s));
     // The cache, corrected by our own writes it has not delivered yet (see `written`).
-    let pods: Vec<Pod> = ctx.written.freshest(
-        key,
-        ctx.cache
-            .pods_of(key)
-            .iter()
-            .map(|p| Pod::clone(p))
-            .collect(),
-    );
+    let pods: Vec<Pod> = ctx.written.freshest(key, ctx.cache.pods_of(key));
     let now = Timestamp::now();
 
     // What is asked, and whether we may act on it.
@@ -256,16 +249,8 @@ async fn reconcile_workload(
         &pods,
     );
     let drains = ctx.written.drains(key, &pods);
-    let endpoints_drained = endpoints_drained(
-        ctx.cache
-            .endpoint_slices_in(&key.namespace)
-            .iter()
-            .map(|s| &**s),
-        &pods,
-        &drains,
-    );
+    let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods, &drains);
     let events = ctx
-        .cache
         .events
         .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()));
     let input = PlanInput {
@@ -479,8 +464,7 @@ async fn execute(
         Action::Wait { .. } => {}
         Action::Drain => {
             // The slices as they are before the drain: versions that cannot reflect it.
-            let slices =
-                slices_listing(ctx.cache.endpoint_slices_in(ns).iter().map(|s| &**s), name);
+            let slices = ctx.cache.slices_listing(ns, name);
             // The condition says the second in which the write was sent (all a restarted
             // controller has to time the grace period from); we remember when it returned.
             let sent = Timestamp::now();

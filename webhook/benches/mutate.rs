@@ -49,7 +49,7 @@ use inplace_upgrade::{
     admission::{
         ClusterView, Settings,
         mutate::mutate_pod,
-        pod::{AdmittedContainer, AdmittedPod, AdmittedPodSpec},
+        pod::{AdmittedPod, LeanContainer, LeanPodSpec},
         validate::{WorkloadObject, validate_workload_or_namespace},
     },
     controller::{WorkloadKey, WorkloadView},
@@ -761,14 +761,14 @@ fn handler_cost(
 
 /// The fields the mutation reads, moved out of a whole `Pod` (the "before" decode).
 fn partial(request: AdmissionRequest<Pod>) -> AdmissionRequest<AdmittedPod> {
-    let container = |name, image, restart_policy| AdmittedContainer {
+    let container = |name, image, restart_policy| LeanContainer {
         name,
         image,
         restart_policy,
     };
     let object = request.object.map(|pod| AdmittedPod {
         metadata: pod.metadata,
-        spec: pod.spec.map(|spec| AdmittedPodSpec {
+        spec: pod.spec.map(|spec| LeanPodSpec {
             containers: spec
                 .containers
                 .into_iter()

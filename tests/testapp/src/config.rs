@@ -6,7 +6,7 @@
 //! | started as | args | is |
 //! |---|---|---|
 //! | `testapp` | `[serve] [--NAME VALUE…]` | the app: HTTP server ([`App`]) |
-//! | `testapp` | `forward [--NAME VALUE…]` | a forwarding sidecar ([`Forward`]) |
+//! | `testapp` | `forward [--NAME VALUE…]` | a forwarding sidecar ([`Forward`]): `--listen 15006,15001 --to 8080,10.96.0.9:80` pairs each listener with an upstream (one `--to` serves them all) |
 //! | `testapp` / `pause` | `pause` / none | the sandbox: sleeps until SIGTERM |
 //! | `testapp` | `hook ARGS…` | an exec hook: logs into the container's log |
 //! | `pilot-agent` | `istio-iptables …` | Istio's init container: exits 0 at once |
@@ -29,6 +29,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("crash-exit", "TESTAPP_CRASH_EXIT"),
     ("flap-ms", "TESTAPP_FLAP_MS"),
     ("to", "TESTAPP_FORWARD_TO"),
+    ("outbound", "TESTAPP_OUTBOUND"),
+    ("outbound-every-ms", "TESTAPP_OUTBOUND_EVERY_MS"),
 ];
 
 /// How the app behaves (`TESTAPP_MODE`).
@@ -76,13 +78,24 @@ pub struct Common {
 pub struct App {
     pub common: Common,
     pub listen: Vec<SocketAddr>,
+    /// The app's own outbound calls ([`Outbound`]), when asked for.
+    pub outbound: Option<Outbound>,
+}
+
+/// The app calls `GET /` on `to` every `every`, as an app calls another service through its
+/// sidecar (Istio redirects it to the proxy's 15001), and logs when the calls start failing
+/// and when they succeed again: the sidecar-restart window as the app sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: SocketAddr,
+    pub every: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
     pub common: Common,
-    pub listen: Vec<SocketAddr>,
-    pub to: SocketAddr,
+    /// Each listener with the upstream it forwards to.
+    pub routes: Vec<(SocketAddr, SocketAddr)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,9 +175,20 @@ pub fn parse(
         "hook" => Ok(Personality::Hook { argv: argv() }),
         "serve" => {
             let s = Settings::read(rest, env)?;
+            let outbound = match s.get("outbound") {
+                None => None,
+                Some(to) => Some(Outbound {
+                    to: upstream(address(&to)?),
+                    every: match s.ms("outbound-every-ms")? {
+                        d if d.is_zero() => Duration::from_millis(20),
+                        d => d,
+                    },
+                }),
+            };
             Ok(Personality::App(App {
                 common: s.common(143)?,
                 listen: s.listen("8080")?,
+                outbound,
             }))
         }
         _ => {
@@ -172,10 +196,26 @@ pub fn parse(
             let to = s
                 .get("to")
                 .ok_or("forward needs --to PORT or HOST:PORT (TESTAPP_FORWARD_TO)")?;
+            let listen = s.listen("15006")?;
+            let to = addresses(&to)?;
+            let routes = match to.as_slice() {
+                [one] => listen.iter().map(|l| (*l, upstream(*one))).collect(),
+                many if many.len() == listen.len() => listen
+                    .iter()
+                    .zip(many)
+                    .map(|(l, t)| (*l, upstream(*t)))
+                    .collect(),
+                many => {
+                    return Err(format!(
+                        "forward: {} listeners and {} upstreams; give one --to, or one per --listen",
+                        listen.len(),
+                        many.len()
+                    ));
+                }
+            };
             Ok(Personality::Forward(Forward {
                 common: s.common(143)?,
-                listen: s.listen("15006")?,
-                to: address(&to)?,
+                routes,
             }))
         }
     }
@@ -341,18 +381,21 @@ impl Settings {
     }
 
     fn listen(&self, default: &str) -> Result<Vec<SocketAddr>, String> {
-        let spec = self.get("listen").unwrap_or_else(|| default.to_owned());
-        let addrs = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(address)
-            .collect::<Result<Vec<_>, _>>()?;
+        let addrs = addresses(&self.get("listen").unwrap_or_else(|| default.to_owned()))?;
         if addrs.is_empty() {
             return Err("listen: no address".into());
         }
         Ok(addrs)
     }
+}
+
+/// A comma-separated list of [`address`]es.
+fn addresses(spec: &str) -> Result<Vec<SocketAddr>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(address)
+        .collect()
 }
 
 /// `PORT` (all IPv4 addresses; for `to`, 127.0.0.1) or `IP:PORT`.
@@ -367,15 +410,12 @@ fn address(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?}: expected PORT or IP:PORT (no host names)"))
 }
 
-impl Forward {
-    /// The upstream to dial: an unspecified address means this host.
-    pub fn upstream(&self) -> SocketAddr {
-        let mut to = self.to;
-        if to.ip().is_unspecified() {
-            to.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        to
+/// An address to dial: an unspecified address (a bare port) means this host.
+fn upstream(mut to: SocketAddr) -> SocketAddr {
+    if to.ip().is_unspecified() {
+        to.set_ip(Ipv4Addr::LOCALHOST.into());
     }
+    to
 }
 
 fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
@@ -545,9 +585,72 @@ mod tests {
         .unwrap() else {
             panic!("not forward")
         };
-        assert_eq!(f.listen, vec!["0.0.0.0:9080".parse().unwrap()]);
-        assert_eq!(f.upstream(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            f.routes,
+            vec![(
+                "0.0.0.0:9080".parse().unwrap(),
+                "127.0.0.1:8080".parse().unwrap()
+            )]
+        );
         assert_eq!(f.common.term_exit, 143);
+    }
+
+    #[test]
+    fn forward_pairs_listeners_with_upstreams() {
+        let Personality::Forward(f) = run(
+            "testapp",
+            &[
+                "forward",
+                "--listen",
+                "15006,15001",
+                "--to",
+                "8080,10.96.0.9:80",
+            ],
+            &[],
+        )
+        .unwrap() else {
+            panic!("not forward")
+        };
+        assert_eq!(
+            f.routes,
+            vec![
+                (
+                    "0.0.0.0:15006".parse().unwrap(),
+                    "127.0.0.1:8080".parse().unwrap()
+                ),
+                (
+                    "0.0.0.0:15001".parse().unwrap(),
+                    "10.96.0.9:80".parse().unwrap()
+                ),
+            ]
+        );
+        let err = run(
+            "testapp",
+            &["forward", "--listen", "1,2,3", "--to", "4,5"],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("3 listeners and 2 upstreams"), "{err}");
+    }
+
+    #[test]
+    fn the_app_calls_out_when_asked() {
+        assert_eq!(app(run("testapp", &[], &[]).unwrap()).outbound, None);
+        let a = app(run(
+            "testapp",
+            &["--outbound", "15001"],
+            &[("TESTAPP_OUTBOUND_EVERY_MS", "50")],
+        )
+        .unwrap());
+        assert_eq!(
+            a.outbound,
+            Some(Outbound {
+                to: "127.0.0.1:15001".parse().unwrap(),
+                every: Duration::from_millis(50),
+            })
+        );
+        let a = app(run("testapp", &["--outbound", "10.96.0.9:80"], &[]).unwrap());
+        assert_eq!(a.outbound.map(|o| o.every), Some(Duration::from_millis(20)));
     }
 
     #[test]

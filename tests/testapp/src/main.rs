@@ -44,10 +44,17 @@ fn main() {
         Personality::App(app) => {
             let state = State::new(app.common.clone());
             log(&format!(
-                "event=start personality=app {} listen={}",
+                "event=start personality=app {} listen={}{}",
                 app.common.describe(),
-                join(&app.listen)
+                join(&app.listen),
+                app.outbound
+                    .as_ref()
+                    .map(|o| format!(" outbound={} every_ms={}", o.to, o.every.as_millis()))
+                    .unwrap_or_default()
             ));
+            if let Some(outbound) = app.outbound {
+                std::thread::spawn(move || call_out(&outbound));
+            }
             run_server(&state, &app.listen, app_handler(state.clone()), &signals)
         }
         Personality::IstioProxy(proxy) => {
@@ -70,17 +77,21 @@ fn main() {
         }
         Personality::Forward(forward) => {
             let state = State::new(forward.common.clone());
+            let routes: Vec<String> = forward
+                .routes
+                .iter()
+                .map(|(l, t)| format!("{l}->{t}"))
+                .collect();
             log(&format!(
-                "event=start personality=forward {} listen={} to={}",
+                "event=start personality=forward {} routes={}",
                 forward.common.describe(),
-                join(&forward.listen),
-                forward.upstream()
+                routes.join(",")
             ));
             if state.common.mode == Mode::Crash {
                 crash(&state.common)
             } else {
-                for addr in &forward.listen {
-                    if let Err(e) = forward_port(*addr, forward.upstream()) {
+                for (addr, to) in &forward.routes {
+                    if let Err(e) = forward_port(*addr, *to) {
                         log(&format!("event=error message=\"listen {addr}: {e}\""));
                         std::process::exit(2);
                     }
@@ -401,6 +412,56 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The app's outbound calls: `GET /` on `to` every `every` (1 s timeout), for the life of the
+/// process. Logs a line when calls start failing (`outbound-down`, with the send time of the
+/// first failed call) and when they succeed again (`outbound-up`, with the send time of the
+/// first successful one, the window between the two and the calls that failed), so the window
+/// is read from the log at the resolution of `every`. Times are Unix milliseconds.
+fn call_out(outbound: &config::Outbound) {
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    };
+    // (first failure's send time, failed calls since)
+    let mut down: Option<(u128, u64)> = None;
+    let mut ok_once = false;
+    loop {
+        let sent = Instant::now();
+        let at = unix_ms();
+        match http::request(outbound.to, "GET", "/", Duration::from_secs(1)) {
+            Ok((status, _)) if status < 500 => {
+                if let Some((since, failed)) = down.take() {
+                    log(&format!(
+                        "event=outbound-up at_ms={at} window_ms={} failed={failed}",
+                        at - since
+                    ));
+                } else if !ok_once {
+                    log(&format!("event=outbound-up at_ms={at} first=true"));
+                }
+                ok_once = true;
+            }
+            result => {
+                let (since, failed) = down.get_or_insert((at, 0));
+                *failed += 1;
+                if *failed == 1 {
+                    let error = match result {
+                        Ok((status, _)) => format!("status {status}"),
+                        Err(e) => e.kind().to_string(),
+                    };
+                    log(&format!(
+                        "event=outbound-down at_ms={since} to={} error={error:?}",
+                        outbound.to
+                    ));
+                }
+            }
+        }
+        if let Some(rest) = outbound.every.checked_sub(sent.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
 }
 
 /// Forwards every connection on `listen` to `to` (a sidecar in front of the app).

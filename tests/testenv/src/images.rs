@@ -288,18 +288,27 @@ pub fn testapp_binary() -> Result<PathBuf, Error> {
     if let Some(bin) = std::env::var_os(BIN_ENV) {
         return Ok(PathBuf::from(bin));
     }
-    static_release_binary("testapp", "testapp", "testapp-target")
+    static_release_binary("testapp", "testapp", "testapp")
 }
 
 /// `cargo build --release --locked -p PACKAGE --bin BIN` of this workspace, linked statically
 /// (`-C target-feature=+crt-static`: static glibc — this machine has `libc.a` but cannot
-/// fetch the musl target), stripped, into a target directory of its own under the cache
-/// (`target_dir`), so its flags never invalidate the caller's build. Static glibc cannot load
+/// fetch the musl target), stripped, into a target directory of its own
+/// (`$CARGO_TARGET_DIR/<target_dir>-static`, else `<cache>/<target_dir>-target`), so its flags
+/// never invalidate the caller's build. Static glibc cannot load
 /// NSS modules: such a binary must not resolve host names through NSS (the testapp resolves
 /// none; the product reaches the API server by the IP in `KUBERNETES_SERVICE_HOST`).
 pub fn static_release_binary(package: &str, bin: &str, target_dir: &str) -> Result<PathBuf, Error> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target_dir = cache_root().join(target_dir);
+    // Beside the caller's own build output when it has a target directory of its own (CI and
+    // every worktree set CARGO_TARGET_DIR): cargo fingerprints a path package by its
+    // workspace-relative path and its files' mtimes, so one directory shared by two worktrees
+    // of this repository hands one of them the binary the other built last (seen: a worktree
+    // whose testapp had new flags got the old binary, and its pods crashed on the flags).
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir).join(format!("{target_dir}-static")),
+        None => cache_root().join(format!("{target_dir}-target")),
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(&root)

@@ -90,7 +90,7 @@ pub fn binary() -> Result<PathBuf, Error> {
     if let Some(bin) = std::env::var_os(BIN_ENV) {
         return Ok(PathBuf::from(bin));
     }
-    static_release_binary("inplace-upgrade", "inplace-upgrade", "product-target")
+    static_release_binary("inplace-upgrade", "inplace-upgrade", "product")
 }
 
 /// Builds (or finds cached) the image under `dir`.
