@@ -68,6 +68,8 @@ pub enum ServeError {
     },
     #[error("Secret {secret}: key {key} is missing or not UTF-8 PEM")]
     SecretKey { secret: String, key: String },
+    #[error(transparent)]
+    Preflight(#[from] crate::controller::preflight::PreflightError),
 }
 
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ServeError {
@@ -437,9 +439,10 @@ pub fn parse_webhook_url(url: &str) -> Result<(String, u16), ServeError> {
     Ok((host.to_owned(), port))
 }
 
-/// `inplace-upgrade run`: starts the controller, serves the webhook at `webhook_url` with a CA
-/// of its own and registers URL-based configurations with that caBundle; returns when
-/// `shutdown` completes and in-flight admissions are answered.
+/// `inplace-upgrade run`: creates the controller's namespace and the policy CRD when missing
+/// (so it works on a fresh cluster), starts the controller, serves the webhook at
+/// `webhook_url` with a CA of its own and registers URL-based configurations with that
+/// caBundle; returns when `shutdown` completes and in-flight admissions are answered.
 ///
 /// The configurations stay registered after it returns: every webhook fails open
 /// (`failurePolicy: Ignore`), so a stopped process only means new pods are not mutated until
@@ -536,6 +539,17 @@ pub async fn start_local(
     }
 
     let namespace = options.controller.namespace.clone();
+    // The laptop mode works on a fresh cluster: what the controller needs is made here.
+    let created = crate::controller::preflight::ensure(&client, &namespace).await?;
+    if created.namespace {
+        tracing::info!(%namespace, "created the controller's namespace (its leader Lease lives there)");
+    }
+    if created.crd {
+        tracing::info!(
+            crd = crate::controller::preflight::CRD_NAME,
+            "installed the InPlaceUpgradePolicy CRD"
+        );
+    }
     let handle = crate::controller::start(client.clone(), options.controller, &mut registry);
     let view = Arc::new(super::LiveView::start(
         &client,

@@ -8,6 +8,7 @@ mod events;
 pub mod inputs;
 mod leader;
 mod metrics;
+pub mod preflight;
 mod queue;
 mod reconcile;
 mod report;
