@@ -468,6 +468,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
         lease_duration: std::time::Duration::from_secs(args.lease_duration_seconds),
     };
+    // Stop at once, in one line, when the namespace or the CRD is missing: without them the
+    // controller would only retry (no leader, a cache that never syncs).
+    controller::preflight::check(&client, &settings.namespace)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(identity = %settings.identity, namespace = %settings.namespace, "starting the controller");
     let handle = controller::start(client, settings, &mut registry);
     let ready = handle.clone();

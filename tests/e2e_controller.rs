@@ -26,6 +26,7 @@ async fn setup(prefix: &str, policy: Value) -> AnyResult<(Client, String)> {
     let ns = env.namespace(prefix).await?;
     let client = env.client()?;
     create_policy(&client, &ns, policy).await?;
+    create_istio_ca_configmap(&client, &ns).await?;
     Ok((client, ns))
 }
 
@@ -739,6 +740,7 @@ async fn a_namespace_no_policy_selects_is_left_alone_and_told_why() -> TestResul
     let env = shared_controller("e2e-controller")?;
     let ns = env.namespace("nopolicy").await?;
     let client = env.client()?;
+    create_istio_ca_configmap(&client, &ns).await?;
     let deployments = deploy_hello(&client, &ns, 1, false).await?;
     let target = "istio-proxy=proxyv2:1.24.2";
     annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;

@@ -38,9 +38,9 @@ use inplace_upgrade::{PAUSED_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -753,73 +753,6 @@ async fn await_ready_at(port: u16, what: &str) -> AnyResult<()> {
         )
         .into()
     })
-}
-
-/// Waits until a pod of `deployment` would get our readiness gate: the API server has loaded
-/// the new configurations and the webhook's caches hold the ReplicaSet, the policy and a live
-/// Lease (each arrives by its own watch, so a pod created at once could miss the mutation).
-/// Probes with server-side dry-run creations, which run admission but store nothing.
-async fn await_webhook_gates_pods_of(
-    client: &Client,
-    ns: &str,
-    deployment: &Deployment,
-) -> AnyResult<()> {
-    let replica_sets = testenv::wait_list(
-        &Api::<ReplicaSet>::namespaced(client.clone(), ns),
-        kube::runtime::watcher::Config::default(),
-        "the Deployment's ReplicaSet",
-        |rs: &[ReplicaSet]| !rs.is_empty(),
-    )
-    .await?;
-    let rs = &replica_sets[0];
-    let template = deployment
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .ok_or("Deployment without spec")?;
-    let probe: Pod = obj(json!({
-        "metadata": {
-            "generateName": "webhook-probe-",
-            "labels": template.metadata.and_then(|m| m.labels),
-            "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.name_any(),
-                "uid": rs.uid(), "controller": true,
-            }],
-        },
-        "spec": template.spec,
-    }));
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    let dry_run = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let gated = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.readiness_gates.as_ref())
-            .is_some_and(|g| {
-                g.iter()
-                    .any(|g| g.condition_type == "inplace-upgrade.io/ready")
-            })
-    };
-    tokio::time::timeout(testenv::WAIT_LIMIT, async {
-        loop {
-            match pods.create(&dry_run, &probe).await {
-                Ok(p) if gated(&p) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .map_err(|_| {
-        format!(
-            "no dry-run pod of {ns}/hello got the readiness gate within {:?}",
-            testenv::WAIT_LIMIT
-        )
-    })??;
-    Ok(())
 }
 
 /// The rollout with both binaries out of process, each under its deploy/ ServiceAccount: the

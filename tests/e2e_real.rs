@@ -19,7 +19,7 @@ use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endp
 use inplace_upgrade::serve;
 use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -99,13 +99,7 @@ impl Stack {
     async fn namespace(&self, prefix: &str, policy: serde_json::Value) -> AnyResult<String> {
         let ns = self.env.namespace(prefix).await?;
         create_policy(&self.client, &ns, policy).await?;
-        let cm: ConfigMap = obj(json!({
-            "metadata": {"name": "istio-ca-root-cert"},
-            "data": {"root-cert.pem": "not a certificate: the test images do not read it"},
-        }));
-        Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
-            .create(&PostParams::default(), &cm)
-            .await?;
+        create_istio_ca_configmap(&self.client, &ns).await?;
         Ok(ns)
     }
 

@@ -7,6 +7,7 @@
 mod events;
 mod leader;
 mod metrics;
+pub mod preflight;
 mod queue;
 mod reconcile;
 mod report;

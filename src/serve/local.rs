@@ -53,9 +53,10 @@ pub fn parse_webhook_url(url: &str) -> Result<(String, u16), ServeError> {
     Ok((host.to_owned(), port))
 }
 
-/// `inplace-upgrade run`: starts the controller, serves the webhook at `webhook_url` with a CA
-/// of its own and registers URL-based configurations with that caBundle; returns when
-/// `shutdown` completes and in-flight admissions are answered.
+/// `inplace-upgrade run`: creates the controller's namespace and the policy CRD when missing
+/// (so it works on a fresh cluster), starts the controller, serves the webhook at
+/// `webhook_url` with a CA of its own and registers URL-based configurations with that
+/// caBundle; returns when `shutdown` completes and in-flight admissions are answered.
 ///
 /// The configurations stay registered after it returns: every webhook fails open
 /// (`failurePolicy: Ignore`), so a stopped process only means new pods are not mutated until
@@ -152,6 +153,17 @@ pub async fn start_local(
     }
 
     let namespace = options.controller.namespace.clone();
+    // The laptop mode works on a fresh cluster: what the controller needs is made here.
+    let created = controller::preflight::ensure(&client, &namespace).await?;
+    if created.namespace {
+        tracing::info!(%namespace, "created the controller's namespace (its leader Lease lives there)");
+    }
+    if created.crd {
+        tracing::info!(
+            crd = controller::preflight::CRD_NAME,
+            "installed the InPlaceUpgradePolicy CRD"
+        );
+    }
     let handle = controller::start(client.clone(), options.controller, &mut registry);
     let view = Arc::new(LiveView::start(&client, handle.cache.clone(), &namespace));
     if let Some(addr) = options.admin_addr {

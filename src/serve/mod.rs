@@ -61,6 +61,8 @@ pub enum ServeError {
     },
     #[error("Secret {secret}: key {key} is missing or not UTF-8 PEM")]
     SecretKey { secret: String, key: String },
+    #[error(transparent)]
+    Preflight(#[from] crate::controller::preflight::PreflightError),
 }
 
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ServeError {

@@ -12,10 +12,12 @@ use futures::StreamExt;
 use inplace_upgrade::controller;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerStatus, Namespace, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -491,6 +493,20 @@ pub fn state_phase(pod: &Pod) -> Option<String> {
     state["phase"].as_str().map(str::to_string)
 }
 
+/// The ConfigMap `istio-ca-root-cert` that the Istio fixtures' pods mount: istiod publishes
+/// it in every namespace, and a real kubelet does not start such a pod without it (the
+/// simulator does not look).
+pub async fn create_istio_ca_configmap(client: &Client, ns: &str) -> AnyResult<()> {
+    let cm: ConfigMap = obj(json!({
+        "metadata": {"name": "istio-ca-root-cert"},
+        "data": {"root-cert.pem": "not a certificate: the test images do not read it"},
+    }));
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
+
 /// An InPlaceUpgradePolicy named after the namespace that selects exactly that namespace,
 /// with fast drain and ready timeouts; `overrides` replaces top-level spec fields.
 pub async fn create_policy(client: &Client, ns: &str, overrides: Value) -> AnyResult<()> {
@@ -637,9 +653,25 @@ pub fn gate(pod: &Pod) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
+/// On an external cluster ([`TestEnv::is_external`]), the identity holding a live controller
+/// Lease: the product runs in-cluster.
+pub async fn in_cluster_controller(env: &TestEnv, client: &Client) -> Option<String> {
+    if !env.is_external() {
+        return None;
+    }
+    let lease = Api::<Lease>::namespaced(client.clone(), CONTROLLER_NAMESPACE)
+        .get_opt(controller::LEASE_NAME)
+        .await
+        .ok()??;
+    controller::lease_is_live(&lease, k8s_openapi::jiff::Timestamp::now())
+        .then(|| lease.spec?.holder_identity)
+        .flatten()
+}
+
 /// Installs the CRD and starts one in-process controller (identity `identity`) for the whole
 /// test binary, on a thread and runtime of its own that live as long as the process (so no
-/// process outlives the tests); waits until it leads.
+/// process outlives the tests); waits until it leads. On an external cluster where the
+/// product already runs ([`in_cluster_controller`]), starts none and says so.
 pub fn shared_controller(identity: &'static str) -> AnyResult<&'static TestEnv> {
     static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
     let env = TestEnv::shared()?;
@@ -658,6 +690,14 @@ pub fn shared_controller(identity: &'static str) -> AnyResult<&'static TestEnv> 
                 let started = runtime.block_on(async move {
                     let client = env.client().map_err(|e| e.to_string())?;
                     install(&client).await.map_err(|e| e.to_string())?;
+                    if let Some(holder) = in_cluster_controller(env, &client).await {
+                        // Two controllers would both act: the suite uses the installed one.
+                        eprintln!(
+                            "using the controller running in the cluster (Lease {CONTROLLER_NAMESPACE}/{} held by {holder}); not starting {identity}",
+                            controller::LEASE_NAME
+                        );
+                        return Ok(None);
+                    }
                     let mut registry = prometheus_client::registry::Registry::default();
                     let settings = controller::Settings {
                         namespace: CONTROLLER_NAMESPACE.into(),
@@ -668,7 +708,7 @@ pub fn shared_controller(identity: &'static str) -> AnyResult<&'static TestEnv> 
                     let handle = controller::start(client, settings, &mut registry);
                     let mut leading = handle.leading.clone();
                     leading.wait_for(|l| *l).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(handle)
+                    Ok::<_, String>(Some(handle))
                 });
                 let ok = started.is_ok();
                 let _ = tx.send(started.map(drop));
@@ -825,6 +865,73 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     let code = answer.split_whitespace().nth(1)?.parse().ok()?;
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Some((code, body.to_owned()))
+}
+
+/// Waits until a pod of `deployment` would get our readiness gate: the API server has loaded
+/// the new configurations and the webhook's caches hold the ReplicaSet, the policy and a live
+/// Lease (each arrives by its own watch, so a pod created at once could miss the mutation).
+/// Probes with server-side dry-run creations, which run admission but store nothing.
+pub async fn await_webhook_gates_pods_of(
+    client: &Client,
+    ns: &str,
+    deployment: &Deployment,
+) -> AnyResult<()> {
+    let replica_sets = testenv::wait_list(
+        &Api::<ReplicaSet>::namespaced(client.clone(), ns),
+        kube::runtime::watcher::Config::default(),
+        "the Deployment's ReplicaSet",
+        |rs: &[ReplicaSet]| !rs.is_empty(),
+    )
+    .await?;
+    let rs = &replica_sets[0];
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .ok_or("Deployment without spec")?;
+    let probe: Pod = obj(json!({
+        "metadata": {
+            "generateName": "webhook-probe-",
+            "labels": template.metadata.and_then(|m| m.labels),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.name_any(),
+                "uid": rs.uid(), "controller": true,
+            }],
+        },
+        "spec": template.spec,
+    }));
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let gated = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| {
+                g.iter()
+                    .any(|g| g.condition_type == "inplace-upgrade.io/ready")
+            })
+    };
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        loop {
+            match pods.create(&dry_run, &probe).await {
+                Ok(p) if gated(&p) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "no dry-run pod of {ns}/hello got the readiness gate within {:?}",
+            testenv::WAIT_LIMIT
+        )
+    })??;
+    Ok(())
 }
 
 /// Runs a command; its stdout, or an error with the command, its status and its output.

@@ -52,15 +52,19 @@ const PATH: &str = "PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("building the static testapp failed ({status}):\n{stderr}")]
-    Build { status: String, stderr: String },
+    #[error("building the static {what} failed ({status}):\n{stderr}")]
+    Build {
+        what: String,
+        status: String,
+        stderr: String,
+    },
     #[error(transparent)]
     Oci(#[from] oci::Error),
     #[error("image set: {0}")]
     Set(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let io = oci::io(what);
     move |source| Error::from(io(source))
 }
@@ -278,14 +282,23 @@ pub fn default_dir() -> PathBuf {
     cache_root().join("images")
 }
 
-/// The static testapp: `$INPLACE_TESTAPP_BIN`, else `cargo build --release` of `tests/testapp`
-/// with `-C target-feature=+crt-static` into a target directory of its own under the cache
-/// (static glibc: this machine has `libc.a` but cannot fetch the musl target; the program
-/// resolves no host names, so glibc's NSS limits do not apply).
+/// The static testapp: `$INPLACE_TESTAPP_BIN`, else [`static_release_binary`] of
+/// `tests/testapp`.
 pub fn testapp_binary() -> Result<PathBuf, Error> {
     if let Some(bin) = std::env::var_os(BIN_ENV) {
         return Ok(PathBuf::from(bin));
     }
+    static_release_binary("testapp", "testapp", "testapp")
+}
+
+/// `cargo build --release --locked -p PACKAGE --bin BIN` of this workspace, linked statically
+/// (`-C target-feature=+crt-static`: static glibc — this machine has `libc.a` but cannot
+/// fetch the musl target), stripped, into a target directory of its own
+/// (`$CARGO_TARGET_DIR/<target_dir>-static`, else `<cache>/<target_dir>-target`), so its flags
+/// never invalidate the caller's build. Static glibc cannot load
+/// NSS modules: such a binary must not resolve host names through NSS (the testapp resolves
+/// none; the product reaches the API server by the IP in `KUBERNETES_SERVICE_HOST`).
+pub fn static_release_binary(package: &str, bin: &str, target_dir: &str) -> Result<PathBuf, Error> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // Beside the caller's own build output when it has a target directory of its own (CI and
     // every worktree set CARGO_TARGET_DIR): cargo fingerprints a path package by its
@@ -293,8 +306,8 @@ pub fn testapp_binary() -> Result<PathBuf, Error> {
     // of this repository hands one of them the binary the other built last (seen: a worktree
     // whose testapp had new flags got the old binary, and its pods crashed on the flags).
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir).join("testapp-static"),
-        None => cache_root().join("testapp-target"),
+        Some(dir) => root.join(dir).join(format!("{target_dir}-static")),
+        None => cache_root().join(format!("{target_dir}-target")),
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
@@ -304,10 +317,11 @@ pub fn testapp_binary() -> Result<PathBuf, Error> {
             "--release",
             "--locked",
             "-p",
-            "testapp",
-            "--target",
-            TARGET,
+            package,
+            "--bin",
+            bin,
         ])
+        .args(["--target", TARGET])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -315,16 +329,25 @@ pub fn testapp_binary() -> Result<PathBuf, Error> {
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
         .output()
-        .map_err(io("run cargo build for tests/testapp"))?;
+        .map_err(io(format!("run cargo build for {package}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
         return Err(Error::Build {
+            what: package.to_owned(),
             status: out.status.to_string(),
             stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
     }
-    Ok(target_dir.join(TARGET).join("release/testapp"))
+    let path = target_dir.join(TARGET).join("release").join(bin);
+    let elf = std::fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+    if !oci::is_static_elf(&elf) {
+        return Err(Error::Set(format!(
+            "{} is not a static executable (it has an ELF interpreter): it would not run in an image without libc",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// Builds (or finds cached) every image of [`specs`] under `dir`.
@@ -401,12 +424,12 @@ pub fn build_from(dir: &Path, testapp: Vec<u8>) -> Result<ImageSet, Error> {
 }
 
 /// An exclusive `flock(2)`, held while the file is open (until dropped).
-struct Flock {
+pub(crate) struct Flock {
     _file: std::fs::File,
 }
 
 impl Flock {
-    fn exclusive(path: &Path) -> Result<Self, Error> {
+    pub(crate) fn exclusive(path: &Path) -> Result<Self, Error> {
         use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
             .create(true)

@@ -48,6 +48,7 @@ pub mod image;
 pub mod images;
 pub mod node;
 pub mod oci;
+pub mod product;
 pub mod registry;
 pub mod sim;
 
@@ -220,6 +221,8 @@ pub struct TestEnv {
     /// kube-apiserver's flags and port, to restart it in place.
     apiserver_args: Vec<String>,
     api_port: u16,
+    /// An existing cluster ([`TestEnv::external`]): its nodes that are not simulated ones.
+    external: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for TestEnv {
@@ -312,6 +315,7 @@ impl TestEnv {
             tasks: Vec::new(),
             apiserver_args: Vec::new(),
             api_port,
+            external: None,
         };
         let booted = async {
             let etcd_bin = etcd_bin_vendored::etcd_bin_path()
@@ -477,10 +481,19 @@ impl TestEnv {
     /// runtime that live as long as the process (a `#[tokio::test]` runtime ends with its
     /// test). Two simulated nodes. Its processes are killed and its directory removed when
     /// the process exits (set `INPLACE_TESTENV_KEEP=1` to keep the directory).
+    ///
+    /// With [`E2E_KUBECONFIG_ENV`] set, it is that cluster instead ([`TestEnv::external`]).
     pub fn shared() -> Result<&'static TestEnv> {
         static SHARED: OnceLock<std::result::Result<&'static TestEnv, String>> = OnceLock::new();
         SHARED
-            .get_or_init(|| start_shared("testenv-shared", || Ok(Options::default())))
+            .get_or_init(|| match std::env::var_os(E2E_KUBECONFIG_ENV) {
+                Some(path) if !path.is_empty() => {
+                    start_shared_with("testenv-shared", move |runtime| {
+                        runtime.block_on(TestEnv::external(Path::new(&path)))
+                    })
+                }
+                _ => start_shared("testenv-shared", || Ok(Options::default())),
+            })
             .as_ref()
             .copied()
             .map_err(|e| Error::Shared(e.clone()))
@@ -539,7 +552,7 @@ impl TestEnv {
         self.nodes
             .iter()
             .cloned()
-            .chain(self.real_nodes.iter().map(|n| n.name.clone()))
+            .chain(self.real_nodes())
             .collect()
     }
 
@@ -549,8 +562,93 @@ impl TestEnv {
     }
 
     /// Names of the real nodes (`real-node-<i>`).
+    /// On an external cluster: every node that is not a simulated one.
     pub fn real_nodes(&self) -> Vec<String> {
-        self.real_nodes.iter().map(|n| n.name.clone()).collect()
+        match &self.external {
+            Some(nodes) => nodes.clone(),
+            None => self.real_nodes.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
+
+    /// An existing cluster given by [`E2E_KUBECONFIG_ENV`]: this harness started nothing.
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
+    }
+
+    /// Whether a test that needs the simulated kubelet (failure injected by timing, delays
+    /// per pod, restarting the API server, the simulator's own rules) can run here. When it
+    /// cannot, prints that `test` is skipped and why, so a skip is never silent.
+    pub fn simulator_only(&self, test: &str, why: &str) -> bool {
+        if self.is_external() {
+            eprintln!(
+                "skipped {test}: it needs the simulated kubelet ({why}); {E2E_KUBECONFIG_ENV} gives an existing cluster"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Uses the existing cluster of `kubeconfig` (cluster-admin expected): starts no
+    /// control plane and no kubelet; the nodes are the cluster's (those labelled
+    /// [`NODE_KIND_LABEL`]`=simulated` are [`Self::simulated_nodes`], the others
+    /// [`Self::real_nodes`]); `kubectl` is this build's. Namespaces the tests create are
+    /// labelled `testenv.inplace-upgrade.io/test` and left for the caller to delete (the
+    /// cluster outlives the tests).
+    pub async fn external(kubeconfig: &Path) -> Result<Self> {
+        let kubeconfig = kubeconfig
+            .canonicalize()
+            .map_err(|e| Error::io(format!("{E2E_KUBECONFIG_ENV}={}", kubeconfig.display()), e))?;
+        let config = load_config(&kubeconfig).await?;
+        let client = Client::try_from(config.clone())
+            .map_err(|e| Error::kube("build a client".into(), e))?;
+        let listed = Api::<Node>::all(client)
+            .list(&Default::default())
+            .await
+            .map_err(|e| Error::kube(format!("list the nodes of {}", kubeconfig.display()), e))?;
+        let (mut simulated, mut others) = (Vec::new(), Vec::new());
+        for node in listed.items {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let kind = node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NODE_KIND_LABEL))
+                .map(String::as_str);
+            if kind == Some("simulated") {
+                simulated.push(name);
+            } else {
+                others.push(name);
+            }
+        }
+        if simulated.is_empty() && others.is_empty() {
+            return Err(Error::Options(format!(
+                "{E2E_KUBECONFIG_ENV}={}: the cluster has no nodes",
+                kubeconfig.display()
+            )));
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("testenv-external-")
+            .tempdir()
+            .map_err(|e| Error::io("create a temporary directory".into(), e))?;
+        let dir = temp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        Ok(Self {
+            dir,
+            temp: Some(temp),
+            bin_dir: binaries()?,
+            kubeconfig,
+            config,
+            nodes: simulated,
+            real_nodes: Vec::new(),
+            host: Mutex::new(None),
+            registry: None,
+            children: Mutex::new(Vec::new()),
+            tasks: Vec::new(),
+            apiserver_args: Vec::new(),
+            api_port: 0,
+            external: Some(others),
+        })
     }
 
     /// A real node's IP (its bridge address: InternalIP, pods' gateway).
@@ -671,6 +769,11 @@ impl TestEnv {
     pub async fn restart_apiserver(&self, kill: bool) -> Result<Duration> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static RESTARTS: AtomicU32 = AtomicU32::new(0);
+        if self.is_external() {
+            return Err(Error::Options(
+                "the API server of an external cluster is not this harness's to restart".into(),
+            ));
+        }
         let started = Instant::now();
         let mut old = {
             let mut children = self
@@ -1007,6 +1110,16 @@ fn start_shared(
     thread: &str,
     options: impl FnOnce() -> Result<Options> + Send + 'static,
 ) -> std::result::Result<&'static TestEnv, String> {
+    start_shared_with(thread, move |runtime| {
+        options().and_then(|o| runtime.block_on(TestEnv::start(o)))
+    })
+}
+
+/// [`start_shared`] with the environment made by `start` on the shared runtime.
+fn start_shared_with(
+    thread: &str,
+    start: impl FnOnce(&tokio::runtime::Runtime) -> Result<TestEnv> + Send + 'static,
+) -> std::result::Result<&'static TestEnv, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name(thread.into())
@@ -1022,7 +1135,7 @@ fn start_shared(
                     return;
                 }
             };
-            let result = options().and_then(|o| runtime.block_on(TestEnv::start(o)));
+            let result = start(&runtime);
             let _ = tx.send(
                 result
                     .map(|env| &*Box::leak(Box::new(env)))
@@ -1072,6 +1185,10 @@ extern "C" fn stop_shared_at_exit() {
         }
     }
 }
+
+/// Environment variable naming the kubeconfig of an existing cluster: [`TestEnv::shared`] is
+/// then that cluster ([`TestEnv::external`]).
+pub const E2E_KUBECONFIG_ENV: &str = "INPLACE_E2E_KUBECONFIG";
 
 /// Environment variable deciding whether suites run their real-node half: `require` (CI:
 /// fail when real nodes cannot run), `skip`, or unset (run when root, else skip with a

@@ -39,6 +39,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Build the product image (the static release `inplace-upgrade` in a minimal non-root
+    /// image, what deploy/Dockerfile describes) as an OCI archive and print `NAME ARCHIVE`.
+    /// Cached: a warm run only checks the release build.
+    ProductImage {
+        /// Output directory (default: ~/.cache/inplace-upgrade/product).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write `DIR/kustomization.yaml`: deploy/ with only the image swapped for this one.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -127,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Images { out } => return images(out),
+        Command::ProductImage { out, overlay } => return product_image(out, overlay),
     };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -155,5 +167,37 @@ fn images(out: Option<PathBuf>) -> anyhow::Result<()> {
         println!("{name} {}", archive.display());
     }
     println!("bundle {}", set.bundle.display());
+    Ok(())
+}
+
+fn product_image(out: Option<PathBuf>, overlay: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = out.unwrap_or_else(testenv::product::default_dir);
+    let built = testenv::product::build(&dir).context("building the product image")?;
+    if let Some(overlay) = overlay {
+        std::fs::create_dir_all(&overlay)
+            .with_context(|| format!("create {}", overlay.display()))?;
+        // kustomize takes only relative paths to a base.
+        let deploy = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"))
+            .canonicalize()
+            .context("the deploy/ directory")?;
+        let from = overlay.canonicalize().context("the overlay directory")?;
+        let common = from
+            .components()
+            .zip(deploy.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut relative = PathBuf::new();
+        for _ in from.components().skip(common) {
+            relative.push("..");
+        }
+        relative.extend(deploy.components().skip(common));
+        let file = overlay.join("kustomization.yaml");
+        std::fs::write(
+            &file,
+            testenv::product::overlay(&built, &relative.display().to_string()),
+        )
+        .with_context(|| format!("write {}", file.display()))?;
+    }
+    println!("{} {}", built.name, built.archive.display());
     Ok(())
 }

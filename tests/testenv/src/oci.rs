@@ -362,6 +362,41 @@ impl Image {
     }
 }
 
+/// Whether `elf` is a 64-bit little-endian ELF executable without a program interpreter
+/// (`PT_INTERP`): it needs no dynamic loader or libc in the image.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    // Magic, ELFCLASS64, ELFDATA2LSB.
+    if elf.get(..6) != Some(&b"\x7fELF\x02\x01"[..]) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    let headers_end = usize::from(phnum)
+        .checked_mul(usize::from(phentsize))
+        .and_then(|n| n.checked_add(phoff));
+    if headers_end.is_none_or(|end| end > elf.len()) {
+        return false;
+    }
+    (0..usize::from(phnum))
+        .all(|i| u32_at(phoff + i * usize::from(phentsize)).is_some_and(|t| t != PT_INTERP))
+}
+
 /// Writes an archive holding `images`, each under its names (normalised references such as
 /// `registry.istio.io/testing/proxyv2:1.25.0`). The bytes depend only on the arguments. The
 /// file is written beside `path` and renamed into place.
@@ -450,6 +485,35 @@ pub fn archive(images: &[(&Image, Vec<String>)]) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal ELF64 header with one program header of each type in `types`.
+    fn elf(types: &[u32]) -> Vec<u8> {
+        let mut e = vec![0u8; 0x40 + 0x38 * types.len()];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for (i, t) in types.iter().enumerate() {
+            e[0x40 + 0x38 * i..0x44 + 0x38 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        e
+    }
+
+    #[test]
+    fn a_static_executable_has_no_interpreter() {
+        const LOAD: u32 = 1;
+        const INTERP: u32 = 3;
+        assert!(is_static_elf(&elf(&[LOAD, LOAD])));
+        assert!(!is_static_elf(&elf(&[LOAD, INTERP, LOAD])));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        // Program headers past the end of the file: not something we can run.
+        let mut cut = elf(&[LOAD]);
+        cut.truncate(0x50);
+        assert!(!is_static_elf(&cut));
+        // This test binary is dynamically linked.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+    }
 
     fn layer() -> Blob {
         Layer::new()
