@@ -45,7 +45,7 @@ use futures::{StreamExt, stream};
 use inplace_upgrade::admission::configuration::{
     self, CONFIGURATION_NAME, ConfigurationOptions, Endpoint,
 };
-use inplace_upgrade::admission::serve;
+use inplace_upgrade::serve;
 use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
 use k8s_openapi::api::admissionregistration::v1::{

@@ -320,7 +320,7 @@ fn shared_shutdown() -> impl Fn() -> futures::future::BoxFuture<'static, ()> + C
 }
 
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
-    use inplace_upgrade::admission::{self, serve};
+    use inplace_upgrade::{admission, serve};
     let client = args.client.client().await?;
     let shutdown = shared_shutdown();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -349,11 +349,11 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
-    let view = Arc::new(admission::LiveView::start(&client, cache, &args.namespace));
+    let view = Arc::new(serve::LiveView::start(&client, cache, &args.namespace));
     let settings = admission::Settings {
         controller_namespace: args.namespace,
     };
-    let router = serve::admission_router(view.clone(), settings, metrics.clone());
+    let router = admission::router(view.clone(), settings, metrics.clone());
 
     let ready_store = store.clone();
     let admin = inplace_upgrade_webhook::AdminRouter::new(Arc::new(registry), move || {
@@ -381,7 +381,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
 }
 
 async fn run_both(args: RunArgs) -> anyhow::Result<()> {
-    use inplace_upgrade::admission::serve;
+    use inplace_upgrade::serve;
     let client = args.controller.client.client().await?;
     let options = serve::LocalOptions {
         webhook_url: args.webhook_url,
@@ -401,7 +401,7 @@ async fn run_both(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn write_certs(args: &CertsArgs) -> anyhow::Result<()> {
-    use inplace_upgrade::admission::serve;
+    use inplace_upgrade::serve;
     use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
     use std::os::unix::fs::OpenOptionsExt as _;
     let names = SubjectAltNames {

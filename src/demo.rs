@@ -128,7 +128,7 @@ pub async fn run(args: DemoArgs, env: &mut Option<testenv::TestEnv>) -> anyhow::
             Ok(())
         })
     } else {
-        use inplace_upgrade::admission::serve;
+        use inplace_upgrade::serve;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

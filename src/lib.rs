@@ -1,19 +1,25 @@
 //! inplace-upgrade: upgrade container images of running pods in place.
 //!
 //! Everything that *decides* (annotation grammar, image resolution, target selection, policy
-//! resolution, container state classification, the planner and the JSON patches) is a plain
-//! function over `k8s_openapi` types or small structs defined here, with no I/O and nothing
-//! async, so most behaviour is proven by fast tests. The I/O lives at the edges:
-//! [`controller`] (watches, the work queue, leader election, the API writes).
+//! resolution, workload ownership, the decision before the plan, container state
+//! classification, the planner, the workload's status and the JSON patches) is a plain function
+//! over `k8s_openapi` types or small structs defined here, with no I/O and nothing async, so
+//! most behaviour is proven by fast tests. The I/O lives at the edges: [`controller`] (watches,
+//! the work queue, leader election, the API writes), [`admission`] (the webhook's handlers over
+//! in-memory views), [`kubectl`] (the plugin's API reads and annotation writes), and
+//! [`serve`], the wiring of the process roles that only the binary uses.
 //!
 //! How the edges use it:
-//! - controller: [`target::effective_targets`] (workload over Namespace annotation) →
-//!   [`policy::governing_policy`] (which policy, paused?) → [`plan::plan`] (next step per pod and
-//!   a verdict) → for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
+//! - all three: [`intent::decide`] (what is asked, workload over Namespace annotation; which
+//!   policy governs; paused or not; which targets failed before, Namespace-wide included) →
+//!   [`plan::plan`] (next step per pod, a verdict, counts) → [`status::progress`] (the
+//!   workload's status record);
+//! - controller: for each step [`patch::upgrade_patch`], [`patch::rollback_patch`],
 //!   [`patch::state_patch`] (JSON patches on the pod) or [`patch::gate_condition_patch`]
-//!   (strategic merge patch on `pods/status`);
-//! - webhook ([`admission`]): [`annotation::parse`] to validate an annotation,
+//!   (strategic merge patch on `pods/status`), with the pod's record as the planner read it;
+//! - webhook ([`admission`]): [`workload::owning_workload`], then the decision and
 //!   [`target::resolve`] on the new pod's spec, then [`patch::new_pod_patch`];
+//!   [`annotation::parse`] to validate an annotation;
 //! - status and `plan` output: [`classify::classify`], [`state::PodUpgradeState`], and the
 //!   resolved images in [`target::ResolvedTarget`].
 
@@ -23,12 +29,16 @@ pub mod cache;
 pub mod classify;
 pub mod controller;
 pub mod image;
+pub mod intent;
 pub mod kubectl;
 pub mod patch;
 pub mod plan;
 pub mod policy;
+pub mod serve;
 pub mod state;
+pub mod status;
 pub mod target;
+pub mod workload;
 
 #[cfg(test)]
 mod testutil;
@@ -48,34 +58,3 @@ pub const RETRY_ANNOTATION: &str = "inplace-upgrade.io/retry";
 pub const READINESS_GATE: &str = "inplace-upgrade.io/ready";
 /// Field manager for every write we make.
 pub const FIELD_MANAGER: &str = "inplace-upgrade";
-
-/// Every error the domain core can report. Each variant's message names the offending input
-/// and what to do about it, so it can be shown to a user as is (admission denial, Event).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Annotation(#[from] annotation::AnnotationError),
-    #[error(transparent)]
-    Image(#[from] image::ImageError),
-    #[error(transparent)]
-    Target(#[from] target::TargetError),
-    #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
-    #[error(transparent)]
-    State(#[from] state::StateError),
-}
-
-impl Error {
-    /// A short, stable label for metrics and Event reasons.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Annotation(_) => "annotation",
-            Error::Image(_) => "image",
-            Error::Target(_) => "target",
-            Error::Policy(_) => "policy",
-            Error::State(_) => "state",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -47,6 +47,26 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
 
+/// The three operations that change one container's image, and the rule that makes the change
+/// safe: `test` that the container at `index` is still `name` and still runs `from`, then
+/// `replace` the image with `to`. Sent in one request with the state annotation, they apply
+/// together or not at all; a pod someone else changed since we read it (another writer's
+/// image, a reordered container list) fails the `test` and is re-read and re-planned, never
+/// overwritten.
+fn swap_image(
+    kind: ContainerKind,
+    index: usize,
+    name: &str,
+    from: &str,
+    to: &str,
+) -> [PatchOperation; 3] {
+    [
+        test(image_path(kind, index, "name"), json!(name)),
+        test(image_path(kind, index, "image"), json!(from)),
+        replace(image_path(kind, index, "image"), json!(to)),
+    ]
+}
+
 /// Set one annotation, creating `metadata.annotations` when the pod has none. The key is a
 /// JSON-pointer token, so `/` is escaped (`inplace-upgrade.io~1state`).
 pub fn set_annotation(pod: &Pod, key: &str, value: &str) -> PatchOperation {
@@ -98,33 +118,22 @@ fn has_readiness_gate(pod: &Pod) -> bool {
 /// The upgrade patch for the pending targets of a pod, and the state it records.
 ///
 /// The previous image is what the spec has now, unless an upgrade is already in progress
-/// (the annotation changed mid-rollout): then the last image known to run before it is kept,
-/// so a rollback returns to it.
+/// (`recorded`, the pod's state annotation, is `Patched`: the annotation changed mid-rollout):
+/// then the last image known to run before it is kept, so a rollback returns to it.
 pub fn upgrade_patch(
     pod: &Pod,
+    recorded: Option<&PodUpgradeState>,
     targets: &[ResolvedTarget],
     now: Timestamp,
 ) -> Result<(Patch, PodUpgradeState), StateError> {
     let now = kubernetes_time(now);
-    let existing = PodUpgradeState::from_pod(pod)
-        .ok()
-        .flatten()
-        .filter(|s| s.phase == Phase::Patched);
+    let existing = recorded.filter(|s| s.phase == Phase::Patched);
     let mut ops = Vec::new();
     let mut containers = Vec::new();
     for t in targets {
         let loc = &t.location;
-        ops.push(test(
-            image_path(loc.kind, loc.index, "name"),
-            json!(loc.name),
-        ));
-        ops.push(test(
-            image_path(loc.kind, loc.index, "image"),
-            json!(loc.image),
-        ));
-        ops.push(replace(
-            image_path(loc.kind, loc.index, "image"),
-            json!(t.image),
+        ops.extend(swap_image(
+            loc.kind, loc.index, &loc.name, &loc.image, &t.image,
         ));
         let running = baseline_of(pod, loc.kind, &loc.name);
         let previous_image = existing
@@ -170,14 +179,12 @@ pub fn rollback_patch(
     let mut ops = Vec::new();
     let mut containers = Vec::new();
     for c in &state.containers {
-        ops.push(test(image_path(c.kind, c.index, "name"), json!(c.name)));
-        ops.push(test(
-            image_path(c.kind, c.index, "image"),
-            json!(c.target_image),
-        ));
-        ops.push(replace(
-            image_path(c.kind, c.index, "image"),
-            json!(c.previous_image),
+        ops.extend(swap_image(
+            c.kind,
+            c.index,
+            &c.name,
+            &c.target_image,
+            &c.previous_image,
         ));
         let running = baseline_of(pod, c.kind, &c.name);
         containers.push(ContainerBaseline {
@@ -212,16 +219,10 @@ pub fn state_patch(pod: &Pod, state: &PodUpgradeState) -> Result<Patch, StateErr
 }
 
 /// The webhook's mutation of a pod being created: set the target images and, when asked,
-/// inject our readiness gate (creating `readinessGates` if absent). Idempotent: a pod that
+/// inject our readiness gate (creating `readinessGates` if absent). It reads only the pod's
+/// `spec.readinessGates` (the webhook decodes only part of the pod). Idempotent: a pod that
 /// already has the images and the gate gets an empty patch, so reinvocation changes nothing.
-pub fn new_pod_patch(pod: &Pod, targets: &[ResolvedTarget], inject_gate: bool) -> Patch {
-    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
-    new_pod_patch_with_gates(gates, targets, inject_gate)
-}
-
-/// [`new_pod_patch`] from the pod's `spec.readinessGates` alone (all it reads of the pod), for
-/// the webhook, which decodes only part of the pod.
-pub fn new_pod_patch_with_gates(
+pub fn new_pod_patch(
     readiness_gates: Option<&[PodReadinessGate]>,
     targets: &[ResolvedTarget],
     inject_gate: bool,
@@ -341,6 +342,14 @@ mod tests {
         pod
     }
 
+    fn recorded(pod: &Pod) -> Option<PodUpgradeState> {
+        PodUpgradeState::from_pod(pod).expect("a valid record")
+    }
+
+    fn gates_of(pod: &Pod) -> Option<&[PodReadinessGate]> {
+        pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref())
+    }
+
     fn image_of(pod: &Pod, name: &str) -> String {
         let spec = pod.spec.as_ref().expect("spec");
         spec.containers
@@ -366,7 +375,7 @@ mod tests {
                 let resolved = target::resolve(spec, &targets).expect("resolves");
                 let pending: Vec<_> = resolved.pending().cloned().collect();
                 assert_eq!(pending.len(), 1, "{file}");
-                let (patch, state) = upgrade_patch(&pod, &pending, now()).expect("patch");
+                let (patch, state) = upgrade_patch(&pod, None, &pending, now()).expect("patch");
                 let patched = apply(&pod, &patch).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(image_of(&patched, "istio-proxy"), NEW_PROXY, "{file}");
                 // istio-init runs the same image and must be left alone.
@@ -424,7 +433,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("native-sidecar.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:1.24.2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let ops = serde_json::to_value(&patch).expect("json");
         let paths: Vec<(&str, &str)> = ops
             .as_array()
@@ -455,7 +464,7 @@ mod tests {
         pod.metadata.annotations = None;
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, state) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, state) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let patched = apply(&pod, &patch).expect("applies to a pod without annotations");
         assert_eq!(
             PodUpgradeState::from_pod(&patched).expect("ok"),
@@ -469,7 +478,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("hello-old-version.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let mut changed = pod.clone();
         if let Some(c) = changed
             .spec
@@ -486,7 +495,7 @@ mod tests {
         let pod = with_running_status(fixture_pods("hello-multi.yaml.injected").remove(0));
         let targets = annotation::parse("istio-proxy=:bad").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-        let (patch, state) = upgrade_patch(&pod, &resolved.resolved, now()).expect("patch");
+        let (patch, state) = upgrade_patch(&pod, None, &resolved.resolved, now()).expect("patch");
         let mut upgraded = apply(&pod, &patch).expect("applies");
         // The new container crash-loops with a new ID.
         if let Some(s) = upgraded
@@ -533,14 +542,15 @@ mod tests {
         let spec = pod.spec.clone().expect("spec");
         let first =
             target::resolve(&spec, &annotation::parse("istio-proxy=:2").expect("v")).expect("ok");
-        let (patch, _) = upgrade_patch(&pod, &first.resolved, now()).expect("patch");
+        let (patch, _) = upgrade_patch(&pod, None, &first.resolved, now()).expect("patch");
         let mid = apply(&pod, &patch).expect("applies");
         let second = target::resolve(
             mid.spec.as_ref().expect("spec"),
             &annotation::parse("istio-proxy=:3").expect("v"),
         )
         .expect("ok");
-        let (_, state) = upgrade_patch(&mid, &second.resolved, now()).expect("patch");
+        let (_, state) =
+            upgrade_patch(&mid, recorded(&mid).as_ref(), &second.resolved, now()).expect("patch");
         assert_eq!(
             state.containers[0].previous_image,
             "registry.istio.io/testing/proxyv2:latest"
@@ -558,7 +568,7 @@ mod tests {
                 let targets = annotation::parse("istio-proxy=:1.24.2").expect("valid");
                 let resolved =
                     target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
-                let patch = new_pod_patch(&pod, &resolved.resolved, true);
+                let patch = new_pod_patch(gates_of(&pod), &resolved.resolved, true);
                 let mutated = apply(&pod, &patch).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert_eq!(image_of(&mutated, "istio-proxy"), NEW_PROXY, "{file}");
                 let gates = mutated
@@ -577,12 +587,17 @@ mod tests {
                 let again =
                     target::resolve(mutated.spec.as_ref().expect("spec"), &targets).expect("ok");
                 assert!(
-                    new_pod_patch(&mutated, &again.resolved, true).0.is_empty(),
+                    new_pod_patch(gates_of(&mutated), &again.resolved, true)
+                        .0
+                        .is_empty(),
                     "{file}"
                 );
                 // Without the gate only the image changes.
-                let no_gate =
-                    apply(&pod, &new_pod_patch(&pod, &resolved.resolved, false)).expect("applies");
+                let no_gate = apply(
+                    &pod,
+                    &new_pod_patch(gates_of(&pod), &resolved.resolved, false),
+                )
+                .expect("applies");
                 assert_eq!(
                     no_gate
                         .spec
@@ -602,7 +617,7 @@ mod tests {
                 condition_type: "example.com/other".into(),
             }]);
         }
-        let mutated = apply(&pod, &new_pod_patch(&pod, &[], true)).expect("applies");
+        let mutated = apply(&pod, &new_pod_patch(gates_of(&pod), &[], true)).expect("applies");
         let gates: Vec<String> = mutated
             .spec
             .and_then(|s| s.readiness_gates)
@@ -622,7 +637,7 @@ mod tests {
         let targets = annotation::parse("istio-proxy=:2").expect("valid");
         let resolved = target::resolve(pod.spec.as_ref().expect("spec"), &targets).expect("ok");
         let precise: Timestamp = "2026-01-01T00:00:07.999Z".parse().expect("timestamp");
-        let (_, state) = upgrade_patch(&pod, &resolved.resolved, precise).expect("patch");
+        let (_, state) = upgrade_patch(&pod, None, &resolved.resolved, precise).expect("patch");
         assert_eq!(state.patched_at.to_string(), "2026-01-01T00:00:07Z");
         let (_, rolled) = rollback_patch(&pod, &state, "x", "y", precise).expect("patch");
         assert_eq!(rolled.patched_at.to_string(), "2026-01-01T00:00:07Z");

@@ -24,7 +24,7 @@
 //! - new gated pods whose condition is missing and that are not started now are marked ready,
 //!   so a pod never waits for its turn unready.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -38,6 +38,8 @@ use crate::patch::DRAINING_REASON;
 use crate::policy::{ImageAllowlist, InPlaceUpgradePolicySpec, OnFailure};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, ResolvedTarget};
+
+pub mod inputs;
 
 /// A PodDisruptionBudget as the planner needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +66,7 @@ pub struct DrainRecord {
     /// The EndpointSlices (name → resourceVersion) that listed the pod, in any condition,
     /// when it was drained (read just before the write): those versions predate the drain,
     /// so they cannot show that it reached the load balancers (see
-    /// [`crate::controller::inputs::endpoints_drained`]).
+    /// [`crate::plan::inputs::endpoints_drained`]).
     pub slices: BTreeMap<String, String>,
 }
 
@@ -81,12 +83,23 @@ impl DrainRecord {
     }
 }
 
-/// A target that failed in this workload (or, under a Namespace annotation, in another one):
-/// it is not started again until the annotation changes or the user asks for a retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A target that failed in a workload: it is not started again there (nor, under a Namespace
+/// annotation, in the namespace's other workloads) until the annotation changes or the user
+/// asks for a retry. The one record of it: the workload's status keeps it (`failedTargets`),
+/// the planner and the webhook read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FailedTarget {
     pub container: String,
     pub image: String,
+}
+
+impl FailedTarget {
+    /// Whether this is the record of `container` moving to `image` (images compared in
+    /// docker's normalised form).
+    pub fn is(&self, container: &str, image: &str) -> bool {
+        self.container == container && same_image(&self.image, image)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,12 +167,28 @@ impl Action {
     pub fn starts_upgrade(&self) -> bool {
         matches!(self, Action::Drain | Action::Patch { .. })
     }
+
+    /// The step's name, for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Drain => "drain",
+            Action::Patch { .. } => "patch",
+            Action::Wait { .. } => "wait",
+            Action::Undrain => "undrain",
+            Action::Rollback { .. } => "rollback",
+            Action::Finish { .. } => "finish",
+            Action::MarkReady => "mark-ready",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub pod: String,
     pub action: Action,
+    /// The pod's state annotation as the planner read it (`None`: none, or one it does not
+    /// read: malformed or newer), so that executing the step does not parse it again.
+    pub state: Option<PodUpgradeState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +216,30 @@ pub struct Plan {
     /// When to plan again if nothing changes before (a drain grace period or a ready timeout
     /// runs out).
     pub recheck_at: Option<Timestamp>,
+    /// The pods the targets apply to, as the workload's status counts them.
+    pub counts: Counts,
+    /// With a `Failed` verdict: the targets the failing pod's record shows failed, for the
+    /// workload's memory (none when that failure was forgiven by a retry request).
+    pub failed_targets: Vec<FailedTarget>,
+}
+
+impl Plan {
+    /// Drops the steps that would take new pods into an upgrade: they are held back (the
+    /// workload's own rollout is not done, or no rollout slot is free); every other step, for
+    /// pods in flight or to release, stands.
+    pub fn hold_new_pods(&mut self) {
+        self.steps.retain(|s| !s.action.starts_upgrade());
+    }
+}
+
+/// The workload's pods as its status counts them: those (not terminating) the targets apply
+/// to, those of them that run every target with no upgrade in flight, and those without our
+/// readiness gate (they cannot be drained).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub targeted: u32,
+    pub upgraded: u32,
+    pub ungated: u32,
 }
 
 /// Our readiness-gate condition as the planner reads it.
@@ -215,6 +268,7 @@ impl Planner<'_> {
         self.steps.push(Step {
             pod: pod.to_string(),
             action,
+            state: None,
         });
     }
 
@@ -233,7 +287,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         recheck_at: None,
     };
     let mut blocked: Vec<String> = Vec::new();
-    let mut failure: Option<(String, String)> = None;
+    // The first failure found: the pod, why, and what its record says failed.
+    let mut failure: Option<(String, String, Vec<FailedTarget>)> = None;
     let limits: Option<(usize, ImageAllowlist)> = match (
         policy.max_unavailable_pods(input.desired_replicas),
         policy.image_allowlist(),
@@ -256,6 +311,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut replans: Vec<(&str, Vec<ResolvedTarget>)> = Vec::new();
     let mut drained: Vec<(&str, Vec<ResolvedTarget>, bool)> = Vec::new();
     let mut candidates: Vec<Candidate<'_>> = Vec::new();
+    let mut counts = Counts::default();
+    // Every record read, handed to the steps at the end (execution does not parse them again).
+    let mut states: HashMap<&str, PodUpgradeState> = HashMap::new();
 
     let mut pods: Vec<(&str, &Pod)> = input
         .pods
@@ -293,14 +351,29 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             Action::Undrain
         };
         // A malformed or newer record is foreign: re-derive from the pod itself.
-        let state = PodUpgradeState::from_pod(pod).ok().flatten();
-        let active = state.as_ref().filter(|s| s.phase.in_progress());
+        let state: Option<&PodUpgradeState> = PodUpgradeState::from_pod(pod)
+            .ok()
+            .flatten()
+            .map(|s| &*states.entry(name).or_insert(s));
+        let active = state.filter(|s| s.phase.in_progress());
         if !ready || drained_by_us || active.is_some() {
             unavailable += 1;
         }
         if drained_by_us || active.is_some() {
             in_progress += 1;
         }
+        let resolved = target::resolve(spec, input.targets);
+        if let Ok(r) = &resolved
+            && !r.resolved.is_empty()
+        {
+            counts.targeted += 1;
+            counts.upgraded += u32::from(active.is_none() && r.pending().next().is_none());
+            counts.ungated += u32::from(!gated);
+        }
+        let failing = |reason: String| {
+            let remember = failed_targets(state, input.retry_since);
+            (name.to_string(), reason, remember)
+        };
         // Pods that no longer need us: undrain what we drained, admit new gated pods.
         let release = |p: &mut Planner<'_>| {
             if gate_not_true || drained_by_us {
@@ -355,9 +428,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     }
                 }
                 (_, ContainerState::Upgraded) => {
-                    failure.get_or_insert_with(|| {
-                        (name.to_string(), rolled_back_reason(st))
-                    });
+                    failure.get_or_insert_with(|| failing(rolled_back_reason(st)));
                     p.step(
                         name,
                         Action::Finish {
@@ -369,9 +440,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     );
                 }
                 (Phase::Patched, ContainerState::Failed { reason, message }) => {
-                    failure.get_or_insert_with(|| {
-                        (name.to_string(), format!("{}: {message}", reason.as_str()))
-                    });
+                    failure
+                        .get_or_insert_with(|| failing(format!("{}: {message}", reason.as_str())));
                     if policy.on_failure == OnFailure::Rollback && input.paused {
                         // An emergency stop changes no image, not even back: the rollback
                         // happens when the workload is unpaused.
@@ -406,7 +476,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 (_, ContainerState::Failed { reason, message }) => {
                     let message = format!("the rollback failed too: {}: {message}", reason.as_str());
-                    failure.get_or_insert_with(|| (name.to_string(), message.clone()));
+                    failure.get_or_insert_with(|| failing(message.clone()));
                     p.step(
                         name,
                         Action::Finish {
@@ -439,7 +509,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             continue;
         }
 
-        let resolved = match target::resolve(spec, input.targets) {
+        let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(e) => {
                 blocked.push(format!("pod {name}: {e}"));
@@ -453,8 +523,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             continue;
         }
         pending_pods += 1;
-        if let Some(why) = known_failure(&pending, input, state.as_ref()) {
-            failure.get_or_insert_with(|| (name.to_string(), why));
+        if let Some(why) = known_failure(&pending, input, state) {
+            failure.get_or_insert_with(|| failing(why));
             release(&mut p);
             continue;
         }
@@ -572,9 +642,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
 
+    let mut failed_targets = Vec::new();
     let verdict = if input.paused {
         Verdict::Paused
-    } else if let Some((pod, reason)) = failure {
+    } else if let Some((pod, reason, remember)) = failure {
+        failed_targets = remember;
         Verdict::Failed { pod, reason }
     } else if limits.is_none() {
         Verdict::Blocked {
@@ -598,11 +670,41 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let mut steps = p.steps;
     steps.sort_by(|a, b| a.pod.cmp(&b.pod));
+    for step in &mut steps {
+        step.state = states.remove(step.pod.as_str());
+    }
     Plan {
         steps,
         verdict,
         recheck_at: p.recheck_at,
+        counts,
+        failed_targets,
     }
+}
+
+/// What a failing pod's record says failed, for the workload's memory. A failure known before
+/// the last retry request (its rollback, or its `Pause`, was recorded by then) is forgiven, not
+/// remembered again — as [`known_failure`] forgives it. A pod still `Patched` is a fresh attempt
+/// failing now. (Phases are compared, not only times: recorded times are truncated to the
+/// second.)
+fn failed_targets(
+    state: Option<&PodUpgradeState>,
+    retry_since: Option<Timestamp>,
+) -> Vec<FailedTarget> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    if retry_since.is_some_and(|r| state.phase != Phase::Patched && state.patched_at <= r) {
+        return Vec::new();
+    }
+    state
+        .containers
+        .iter()
+        .map(|c| FailedTarget {
+            container: c.name.clone(),
+            image: c.target_image.clone(),
+        })
+        .collect()
 }
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -659,10 +761,7 @@ fn known_failure(
     let retried = |s: &PodUpgradeState| input.retry_since.is_some_and(|r| s.patched_at <= r);
     for t in pending {
         let name = &t.location.name;
-        if failed
-            .iter()
-            .any(|f| &f.container == name && same_image(&f.image, &t.image))
-        {
+        if failed.iter().any(|f| f.is(name, &t.image)) {
             return Some(format!(
                 "target {name}={} failed before; change the annotation or ask for a retry",
                 t.image
@@ -687,21 +786,10 @@ fn policy_denial(
     policy: &InPlaceUpgradePolicySpec,
     allow: &ImageAllowlist,
 ) -> Option<String> {
-    for t in pending {
-        if !policy.allows_container(&t.location.name) {
-            return Some(
-                crate::policy::PolicyError::ContainerNotAllowed {
-                    container: t.location.name.clone(),
-                    allowed: policy.containers.clone(),
-                }
-                .to_string(),
-            );
-        }
-        if let Err(e) = allow.check(&t.image) {
-            return Some(e.to_string());
-        }
-    }
-    None
+    pending
+        .iter()
+        .find_map(|t| policy.check_target(allow, &t.location.name, &t.image).err())
+        .map(|e| e.to_string())
 }
 
 fn timeout_at(start: Timestamp, timeout: Duration) -> Option<Timestamp> {

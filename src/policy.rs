@@ -265,6 +265,38 @@ impl InPlaceUpgradePolicySpec {
         }
     }
 
+    /// Whether this policy lets `container` change to `image` (resolved): its `containers`
+    /// rule, then its `allowedImages` (`allowlist`, compiled once by [`Self::image_allowlist`]).
+    pub fn check_target(
+        &self,
+        allowlist: &ImageAllowlist,
+        container: &str,
+        image: &str,
+    ) -> Result<(), PolicyError> {
+        if !self.allows_container(container) {
+            return Err(PolicyError::ContainerNotAllowed {
+                container: container.to_owned(),
+                allowed: self.containers.clone(),
+            });
+        }
+        allowlist.check(image)
+    }
+
+    /// Whether `namespaceSelector` selects a namespace with these labels. An empty selector
+    /// selects every namespace except `kube-system` and the controller's own; an invalid one
+    /// is an error naming the problem.
+    pub fn selects_namespace(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        controller_namespace: &str,
+    ) -> Result<bool, String> {
+        if selector_is_empty(&self.namespace_selector) {
+            return Ok(namespace != "kube-system" && namespace != controller_namespace);
+        }
+        selector_matches(&self.namespace_selector, labels)
+    }
+
     /// Compile `allowedImages` once, to check many targets.
     pub fn image_allowlist(&self) -> Result<ImageAllowlist, PolicyError> {
         ImageAllowlist::new(&self.allowed_images)
@@ -367,18 +399,18 @@ pub fn governing_policy<'a>(
     let mut matching: Vec<&InPlaceUpgradePolicy> = Vec::new();
     for policy in policies {
         let name = policy.name_any();
-        let ns_selector = &policy.spec.namespace_selector;
-        let ns_match = if selector_is_empty(ns_selector) {
-            scope.namespace != "kube-system" && scope.namespace != scope.controller_namespace
-        } else {
-            selector_matches(ns_selector, scope.namespace_labels).map_err(|reason| {
-                PolicyError::InvalidSelector {
-                    policy: name.clone(),
-                    field: "namespaceSelector",
-                    reason,
-                }
-            })?
-        };
+        let ns_match = policy
+            .spec
+            .selects_namespace(
+                scope.namespace,
+                scope.namespace_labels,
+                scope.controller_namespace,
+            )
+            .map_err(|reason| PolicyError::InvalidSelector {
+                policy: name.clone(),
+                field: "namespaceSelector",
+                reason,
+            })?;
         let workload_match = match &policy.spec.workload_selector {
             None => true,
             Some(selector) => {

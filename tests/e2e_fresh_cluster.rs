@@ -31,6 +31,9 @@ async fn controller_until_exit(kubeconfig: &Path) -> AnyResult<Output> {
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .env_remove("POD_NAMESPACE")
+        // What a user sees by default: anyhow adds a backtrace only when these ask for one.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use inplace_upgrade::TARGETS_ANNOTATION;
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
-use inplace_upgrade::admission::serve;
+use inplace_upgrade::serve;
 use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;

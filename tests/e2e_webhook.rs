@@ -21,9 +21,9 @@ use common::{
 };
 use inplace_upgrade::admission::ClusterView as _;
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
-use inplace_upgrade::admission::serve::{self, LocalOptions};
 use inplace_upgrade::controller::Settings;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
+use inplace_upgrade::serve::{self, LocalOptions};
 use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;

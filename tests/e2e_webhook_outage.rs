@@ -35,7 +35,7 @@ use common::{
     free_port, install, is_ready, obj, spec_image,
 };
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
-use inplace_upgrade::admission::serve;
+use inplace_upgrade::serve;
 use inplace_upgrade::{READINESS_GATE, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use inplace_upgrade_webhook::{CertificateStore, TlsServer, WebhookMetrics};

@@ -9,16 +9,16 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use serde::Deserialize;
 
 use super::pod::AdmittedPod;
 use super::{ClusterView, Settings, warning};
-use crate::controller::{WorkloadKey, WorkloadKind, WorkloadView};
-use crate::image::same_image;
-use crate::policy::{Scope, governing_policy};
-use crate::target::{ResolvedTarget, TargetSource, effective_targets, resolve};
-use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
+use crate::intent::{self, Subject};
+use crate::policy::PolicyError;
+use crate::status::WorkloadStatus;
+use crate::target::{ResolvedTarget, resolve};
+use crate::workload::{Owner, controller_of, owning_workload};
 use inplace_upgrade_webhook::{AdmissionHandler, AdmissionRequest, AdmissionResponse, Operation};
 
 /// What the webhook does to one new pod.
@@ -59,8 +59,7 @@ pub fn mutate_pod(
         .or(request.namespace.as_deref());
     let mutation = decide_in(pod, namespace, view, settings);
     let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref());
-    let patch =
-        crate::patch::new_pod_patch_with_gates(gates, &mutation.targets, mutation.inject_gate);
+    let patch = crate::patch::new_pod_patch(gates, &mutation.targets, mutation.inject_gate);
     let response = if patch.0.is_empty() {
         response
     } else {
@@ -167,28 +166,33 @@ fn decide_in(
         ));
         return out;
     }
-    let workload = match owning_workload(pod, &namespace, &owner.kind, &owner.name, view) {
-        Owner::Workload(w) => w,
+    let owner = owning_workload(&namespace, pod.owner_references(), pod.labels(), |rs| {
+        view.replica_set(&namespace, rs)
+            .map(|rs| controller_of(rs.owner_references()).cloned())
+    });
+    let workload = match owner {
+        Owner::Workload(key) => match view.workload(&key) {
+            Some(w) => w,
+            None => return not_cached(out, key.to_string()),
+        },
+        Owner::UnknownReplicaSet(what) => return not_cached(out, what),
         Owner::NotOurs => return out,
-        Owner::Unknown(what) => {
-            out.warnings.push(warning(format!(
-                "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
-            )));
-            return out;
-        }
     };
     let ns = view.namespace(&namespace);
-    let empty = Default::default();
-    let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
-    let ns_annotations = ns.as_ref().map(|n| n.annotations()).unwrap_or(&empty);
     let policies = view.policies();
-    let scope = Scope {
-        namespace: &namespace,
-        namespace_labels: ns_labels,
-        workload_labels: &workload.labels,
+    let status = WorkloadStatus::of(&workload);
+    let subject = Subject {
+        workload: &workload,
+        namespace: ns.as_deref(),
+        policies: &policies,
         controller_namespace: &settings.controller_namespace,
+        status: status.as_ref(),
+        now: Timestamp::now(),
     };
-    let governance = match governing_policy(&policies, &scope) {
+    let intent = intent::decide(&subject, || {
+        intent::sibling_statuses(&workload.key, view.workloads_in(&namespace))
+    });
+    let governance = match &intent.governance {
         Ok(Some(g)) => g,
         Ok(None) => return out, // the validating webhook and the status report this
         Err(e) => {
@@ -197,32 +201,28 @@ fn decide_in(
             return out;
         }
     };
-    let spec = &governance.policy.spec;
+    let spec = intent.spec;
     let policy_name = governance.policy.name_any();
     // The gate goes into every pod a policy governs, annotated or not: a readiness gate cannot
     // be added to a running pod, so only a pod born with it can be drained by a later
     // in-place upgrade. (The controller sets its condition True within moments.)
     out.inject_gate = spec.readiness_gate && view.controller_alive();
 
-    let asked = effective_targets(
-        workload
-            .annotations
-            .get(TARGETS_ANNOTATION)
-            .map(String::as_str),
-        ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str),
-    );
-    let (source, targets) = match asked {
-        Ok(Some(asked)) => asked,
-        Ok(None) => return out,
-        Err(e) => {
-            out.warnings.push(warning(format!(
-                "the inplace-upgrade annotation of {} is invalid: {e}; no image was set on this pod",
-                workload.key
-            )));
-            return out;
-        }
-    };
-    let resolved = match pod.spec.as_ref().map(|spec| resolve(spec, &targets)) {
+    if let Some(e) = &intent.asked.invalid {
+        out.warnings.push(warning(format!(
+            "the inplace-upgrade annotation of {} is invalid: {e}; no image was set on this pod",
+            workload.key
+        )));
+        return out;
+    }
+    if intent.asked.source.is_none() {
+        return out; // nothing asked
+    }
+    let resolved = match pod
+        .spec
+        .as_ref()
+        .map(|spec| resolve(spec, intent.targets()))
+    {
         Some(Ok(resolved)) => resolved,
         Some(Err(e)) => {
             out.warnings
@@ -234,10 +234,7 @@ fn decide_in(
     if resolved.resolved.is_empty() {
         return out; // e.g. a Namespace-wide istio-proxy target on a pod without the sidecar (yet)
     }
-    let paused_here = |a: &std::collections::BTreeMap<String, String>| {
-        a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
-    };
-    if governance.paused() || paused_here(&workload.annotations) || paused_here(ns_annotations) {
+    if intent.paused() {
         return out; // paused: no new image, but the gate keeps the pod upgradable later
     }
     let allowlist = match spec.image_allowlist() {
@@ -249,139 +246,32 @@ fn decide_in(
             return out;
         }
     };
-    let failed = failed_targets(&workload, source, view);
     for target in resolved.pending() {
         let name = &target.location.name;
-        if failed
-            .iter()
-            .any(|f| &f.container == name && same_image(&f.image, &target.image))
-        {
+        if intent.failed.iter().any(|f| f.is(name, &target.image)) {
             out.warnings.push(warning(format!(
                 "target {name}={} failed before in this workload; not set on the new pod (change the annotation or ask for a retry)",
                 target.image
             )));
             continue;
         }
-        if !spec.allows_container(name) {
-            out.warnings.push(warning(format!(
+        match spec.check_target(&allowlist, name, &target.image) {
+            Ok(()) => out.targets.push(target.clone()),
+            Err(PolicyError::ContainerNotAllowed { .. }) => out.warnings.push(warning(format!(
                 "InPlaceUpgradePolicy {policy_name:?} (containers) does not allow container {name:?}; not set"
-            )));
-            continue;
-        }
-        if let Err(e) = allowlist.check(&target.image) {
-            out.warnings.push(warning(format!(
+            ))),
+            Err(e) => out.warnings.push(warning(format!(
                 "InPlaceUpgradePolicy {policy_name:?} (allowedImages): {e}; not set"
-            )));
-            continue;
+            ))),
         }
-        out.targets.push(target.clone());
     }
     out
 }
 
-enum Owner {
-    Workload(WorkloadView),
-    /// Owned by something that is not one of our workload kinds (e.g. an Argo Rollout's
-    /// ReplicaSet).
-    NotOurs,
-    /// The owner is not in the cache (yet): names it.
-    Unknown(String),
-}
-
-/// The workload at the top of the pod's owner chain, from the caches.
-fn owning_workload(
-    pod: &AdmittedPod,
-    namespace: &str,
-    owner_kind: &str,
-    owner_name: &str,
-    view: &impl ClusterView,
-) -> Owner {
-    let key = |kind, name: &str| WorkloadKey {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
-    let found = |key: WorkloadKey| match view.workload(&key) {
-        Some(w) => Owner::Workload(w),
-        None => Owner::Unknown(key.to_string()),
-    };
-    match owner_kind {
-        "StatefulSet" => found(key(WorkloadKind::StatefulSet, owner_name)),
-        "DaemonSet" => found(key(WorkloadKind::DaemonSet, owner_name)),
-        "ReplicaSet" => match view.replica_set(namespace, owner_name) {
-            Some(rs) => match rs
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-            {
-                Some(o) if o.kind == "Deployment" => found(key(WorkloadKind::Deployment, &o.name)),
-                Some(_) => Owner::NotOurs,
-                None => found(key(WorkloadKind::ReplicaSet, owner_name)),
-            },
-            // A Deployment's new ReplicaSet creates its first pods right after it is created,
-            // possibly before our watch delivers it. Its name is `<deployment>-<pod-template-hash>`
-            // and the pod carries that hash label, which identifies the Deployment.
-            None => pod
-                .labels()
-                .get("pod-template-hash")
-                .and_then(|hash| owner_name.strip_suffix(hash.as_str()))
-                .and_then(|prefix| prefix.strip_suffix('-'))
-                .and_then(|deployment| view.workload(&key(WorkloadKind::Deployment, deployment)))
-                .map_or_else(
-                    || Owner::Unknown(format!("ReplicaSet {namespace}/{owner_name}")),
-                    Owner::Workload,
-                ),
-        },
-        _ => Owner::NotOurs,
-    }
-}
-
-/// The workload's memory of failed targets (its status annotation), and under a Namespace
-/// annotation the failures recorded by the other workloads of the namespace: a bad image must
-/// not spread through scale-ups. A retry request not yet acted on by the controller lifts the
-/// memory, as the controller does.
-fn failed_targets(
-    workload: &WorkloadView,
-    source: TargetSource,
-    view: &impl ClusterView,
-) -> Vec<FailedRecord> {
-    let memory = |w: &WorkloadView| -> Option<StatusMemory> {
-        let status: StatusMemory = w
-            .annotations
-            .get(STATUS_ANNOTATION)
-            .and_then(|s| serde_json::from_str(s).ok())?;
-        (status.retry.as_ref() == w.annotations.get(RETRY_ANNOTATION)).then_some(status)
-    };
-    let mut failed = memory(workload)
-        .map(|m| m.failed_targets)
-        .unwrap_or_default();
-    if source == TargetSource::Namespace {
-        for other in view.workloads_in(&workload.key.namespace) {
-            if other.key == workload.key {
-                continue;
-            }
-            if let Some(m) = memory(&other).filter(|m| m.source == Some(TargetSource::Namespace)) {
-                failed.extend(m.failed_targets);
-            }
-        }
-    }
-    failed
-}
-
-/// The part of the controller's `inplace-upgrade.io/status` record the webhook reads.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusMemory {
-    #[serde(default)]
-    source: Option<TargetSource>,
-    #[serde(default)]
-    failed_targets: Vec<FailedRecord>,
-    #[serde(default)]
-    retry: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FailedRecord {
-    container: String,
-    image: String,
+/// The pod's owner is not in the webhook's cache (yet): not mutated, and said so.
+fn not_cached(mut out: PodMutation, what: String) -> PodMutation {
+    out.warnings.push(warning(format!(
+        "{what} is not in the webhook's cache yet; this pod was not mutated (the controller will upgrade it in place)"
+    )));
+    out
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::configuration::{self, ConfigurationOptions, Endpoint};
 use super::*;
 use crate::admission::pod::AdmittedPod;
-use crate::controller::WorkloadView;
+use crate::workload::WorkloadView;
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Decoded, decode_review_as};
 
@@ -546,6 +546,81 @@ fn a_namespace_target_that_failed_in_another_workload_does_not_spread() {
     );
 }
 
+/// The record the controller writes, through its own type: the webhook reads that type too,
+/// so a renamed status field cannot silently stop it refusing a bad image.
+fn recorded_failure(source: crate::target::TargetSource, retry: Option<&str>) -> String {
+    serde_json::to_string(&crate::status::WorkloadStatus {
+        phase: crate::status::WorkloadPhase::Failed,
+        source: Some(source),
+        failed_targets: vec![crate::plan::FailedTarget {
+            container: "istio-proxy".into(),
+            image: PROXY_NEW.into(),
+        }],
+        retry: retry.map(str::to_string),
+        ..Default::default()
+    })
+    .expect("status json")
+}
+
+/// Before, the webhook lifted a sibling's failure as soon as that sibling had a retry request
+/// of its own, while the controller kept it until the sibling's status forgot it (`kubectl
+/// inplace retry` asks every blocked sibling, then the workload itself).
+#[test]
+fn a_siblings_failure_blocks_until_its_status_forgets_it_as_in_the_controller() {
+    let (_, mut view, pod, field) = every_kind("x=y:1").remove(0);
+    view.deployments[0].metadata.annotations = None;
+    view.namespaces = vec![namespace(
+        json!({ TARGETS_ANNOTATION: format!("istio-proxy={PROXY_NEW}") }),
+    )];
+    let mut other = workload("frontend.yaml.injected", "Deployment", None);
+    other["metadata"]["annotations"] = json!({
+        crate::STATUS_ANNOTATION: recorded_failure(crate::target::TargetSource::Namespace, None),
+        crate::RETRY_ANNOTATION: "2026-11-22T03:00:00Z",
+    });
+    view.deployments.push(obj(other.clone()));
+    let response = mutate(&view, &pod);
+    assert_eq!(
+        container_image(&mutated(&pod, &response), field, "istio-proxy").as_deref(),
+        Some(PROXY_OLD)
+    );
+    assert!(
+        response
+            .warnings
+            .unwrap_or_default()
+            .join("\n")
+            .contains("failed before"),
+        "named"
+    );
+    // The sibling's status took the retry up and forgot the failure: the target is set.
+    other["metadata"]["annotations"][crate::STATUS_ANNOTATION] = json!(
+        serde_json::to_string(&crate::status::WorkloadStatus {
+            source: Some(crate::target::TargetSource::Namespace),
+            retry: Some("2026-11-22T03:00:00Z".into()),
+            ..Default::default()
+        })
+        .expect("json")
+    );
+    view.deployments.pop();
+    view.deployments.push(obj(other));
+    assert_eq!(
+        container_image(&mutated(&pod, &mutate(&view, &pod)), field, "istio-proxy").as_deref(),
+        Some(PROXY_NEW)
+    );
+}
+
+#[test]
+fn the_workloads_own_recorded_failure_is_read_through_the_controllers_type() {
+    let (_, mut view, pod, field) = every_kind(&format!("istio-proxy={PROXY_NEW}")).remove(0);
+    view.deployments[0].annotations_mut().insert(
+        crate::STATUS_ANNOTATION.into(),
+        recorded_failure(crate::target::TargetSource::Workload, None),
+    );
+    assert_eq!(
+        container_image(&mutated(&pod, &mutate(&view, &pod)), field, "istio-proxy").as_deref(),
+        Some(PROXY_OLD)
+    );
+}
+
 #[test]
 fn paused_means_the_gate_but_no_image() {
     let pause_policy = |v: &mut Fake| v.policies.push(policy("stop", json!({"paused": true})));
@@ -1023,107 +1098,6 @@ fn configurations_fail_open_and_exclude_the_control_plane() {
         yaml.contains("kind: MutatingWebhookConfiguration")
             && yaml.contains("kind: ValidatingWebhookConfiguration")
     );
-}
-
-#[test]
-fn self_managed_certificates_are_created_kept_and_renewed() {
-    use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
-    use std::time::{Duration, SystemTime};
-    let names = SubjectAltNames::for_service("inplace-upgrade-webhook", "inplace-upgrade-system");
-    let now = SystemTime::now();
-    let first = serve::renew(None, &names, now)
-        .expect("generates")
-        .expect("new");
-    assert!(
-        serve::renew(Some(&first), &names, now)
-            .expect("checks")
-            .is_none(),
-        "valid: kept"
-    );
-    // A serving certificate close to expiry is renewed under the same CA.
-    let later = now + serve::SERVING_VALIDITY - Duration::from_secs(24 * 3600);
-    let renewed = serve::renew(Some(&first), &names, later)
-        .expect("renews")
-        .expect("new");
-    assert_eq!(renewed.ca, first.ca);
-    assert_ne!(renewed.serving, first.serving);
-    // New names (a renamed Service) need a new serving certificate.
-    let other = SubjectAltNames::for_service("renamed", "inplace-upgrade-system");
-    assert!(
-        serve::renew(Some(&first), &other, now)
-            .expect("checks")
-            .is_some()
-    );
-    // A CA close to expiry is replaced; the old one stays in the bundle while it is valid.
-    let ca_end = now + serve::CA_VALIDITY - serve::CA_RENEW_BEFORE + Duration::from_secs(3600);
-    let rotated = serve::renew(Some(&first), &names, ca_end)
-        .expect("renews")
-        .expect("new");
-    assert_ne!(rotated.ca, first.ca);
-    assert!(rotated.ca_bundle.contains(&first.ca.cert_pem));
-    assert!(matches!(
-        certs::check_serving_certificate(
-            &rotated.ca.cert_pem,
-            &rotated.serving,
-            &names,
-            Duration::ZERO,
-            now
-        ),
-        certs::Renewal::NotNeeded { .. }
-    ));
-}
-
-#[test]
-fn the_secret_layout_is_swapped_atomically() {
-    let dir = std::env::temp_dir().join(format!("inplace-upgrade-secret-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    serve::write_secret_dir(&dir, &[("tls.crt", "one"), ("tls.key", "k1")]).expect("writes");
-    assert_eq!(
-        std::fs::read_to_string(dir.join("tls.crt")).expect("reads"),
-        "one"
-    );
-    serve::write_secret_dir(&dir, &[("tls.crt", "two"), ("tls.key", "k2")]).expect("writes");
-    assert_eq!(
-        std::fs::read_to_string(dir.join("tls.crt")).expect("reads"),
-        "two"
-    );
-    assert!(
-        std::fs::symlink_metadata(dir.join("tls.crt"))
-            .expect("link")
-            .file_type()
-            .is_symlink()
-    );
-    let versions = std::fs::read_dir(&dir)
-        .expect("lists")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
-        .count();
-    assert_eq!(versions, 1, "the previous version is removed");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn webhook_urls_are_parsed() {
-    assert_eq!(
-        serve::parse_webhook_url("https://127.0.0.1:9443").expect("ok"),
-        ("127.0.0.1".into(), 9443)
-    );
-    assert_eq!(
-        serve::parse_webhook_url("https://[::1]:8443/").expect("ok"),
-        ("::1".into(), 8443)
-    );
-    assert_eq!(
-        serve::parse_webhook_url("https://localhost:1").expect("ok"),
-        ("localhost".into(), 1)
-    );
-    for bad in [
-        "http://127.0.0.1:1",
-        "https://127.0.0.1",
-        "https://h:1/path",
-        "https://:1",
-    ] {
-        assert!(serve::parse_webhook_url(bad).is_err(), "{bad}");
-    }
 }
 
 #[test]

@@ -304,19 +304,10 @@ fn scope_matches(
     labels: &BTreeMap<String, String>,
     settings: &Settings,
 ) -> bool {
-    let selector = &policy.spec.namespace_selector;
-    let empty = selector
-        .match_labels
-        .as_ref()
-        .is_none_or(BTreeMap::is_empty)
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(Vec::is_empty);
-    if empty {
-        return namespace != "kube-system" && namespace != settings.controller_namespace;
-    }
-    selector_matches(selector, labels).unwrap_or(false)
+    policy
+        .spec
+        .selects_namespace(namespace, labels, &settings.controller_namespace)
+        .unwrap_or(false)
 }
 
 /// InPlaceUpgradePolicy CREATE/UPDATE: selectors valid, globs compile, `maxUnavailable`

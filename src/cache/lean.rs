@@ -49,10 +49,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use serde::de::{DeserializeSeed, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::controller::inputs::{endpoint_pod, serving_pod};
-use crate::controller::{WorkloadView, controller_of, template_digest};
+use crate::plan::inputs::{endpoint_pod, serving_pod};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::target::{ContainerRef, PodContainers};
+use crate::workload::{WorkloadView, controller_of, template_digest};
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
 
 /// Generates a struct of optional fields and a `Deserialize` for it that reads a JSON object

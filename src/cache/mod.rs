@@ -24,17 +24,17 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::watcher;
 
 use crate::STATE_ANNOTATION;
-use crate::controller::inputs::{not_serving, unchanged_since_drain};
-use crate::controller::{
-    WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, workload_of_pod,
-};
 use crate::plan::DrainRecord;
+use crate::plan::inputs::{not_serving, unchanged_since_drain};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
+use crate::workload::{
+    Owner, WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, owning_workload,
+};
 use index::Table;
 use lean::{CachedPod, CachedSlice, CachedWorkload};
 pub use watch::{FeedError, Kind, Role};
@@ -228,7 +228,7 @@ impl Cache {
 
     /// The pods (of `pods`, all in `namespace`) that no EndpointSlice lists as ready or
     /// serving, a slice unchanged since we drained a pod counting as serving it: the same
-    /// answer as [`crate::controller::inputs::endpoints_drained`] over the namespace's slices,
+    /// answer as [`crate::plan::inputs::endpoints_drained`] over the namespace's slices,
     /// from an index.
     pub fn endpoints_drained(
         &self,
@@ -314,16 +314,13 @@ impl Cache {
 
     /// The workload a pod in `namespace` with this controlling owner belongs to.
     fn workload_of(&self, namespace: &str, owner: Option<&OwnerReference>) -> Option<WorkloadKey> {
-        let pod = Pod {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.to_string()),
-                owner_references: Some(vec![owner?.clone()]),
-                ..ObjectMeta::default()
-            },
-            ..Pod::default()
-        };
+        let owners = [owner?.clone()];
         let replica_sets = read(&self.shared.tables.replica_sets);
-        workload_of_pod(&pod, |rs| replica_sets.get(namespace, rs)?.owner.clone())
+        let lookup = |rs: &str| Some(replica_sets.get(namespace, rs)?.owner.clone());
+        match owning_workload(namespace, &owners, &BTreeMap::new(), lookup) {
+            Owner::Workload(key) => Some(key),
+            Owner::UnknownReplicaSet(_) | Owner::NotOurs => None,
+        }
     }
 
     fn workloads(&self, kind: WorkloadKind) -> &RwLock<Table<CachedWorkload>> {

@@ -349,7 +349,7 @@ fn slices_drain_and_trigger_only_the_pods_whose_serving_changed() {
     let listed = slice("s", &[("a", true), ("b", false), ("c", true)]);
     assert_eq!(
         cache.slices_listing("ns", "b"),
-        crate::controller::inputs::slices_listing([&listed].into_iter(), "b")
+        crate::plan::inputs::slices_listing([&listed].into_iter(), "b")
     );
     assert_eq!(
         cache.slices_listing("ns", "b"),

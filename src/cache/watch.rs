@@ -17,8 +17,8 @@ use serde::{Deserialize, Deserializer};
 use super::index::{Change, Kept, Table};
 use super::lean::{CacheKind, CachedPod, CachedSlice, CachedWorkload, Decoded};
 use super::{Cache, Tables, read};
-use crate::controller::{WorkloadKey, WorkloadKind};
 use crate::policy::InPlaceUpgradePolicy;
+use crate::workload::{WorkloadKey, WorkloadKind};
 
 /// What a process does, and so what it caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,13 +16,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::report::PolicyReport;
-use super::status::{WorkloadPhase, WorkloadStatus};
-use super::workload::WorkloadKey;
 use crate::STATUS_ANNOTATION;
 use crate::cache::Cache;
 use crate::patch::DRAINING_REASON;
 use crate::plan::gate_condition;
 use crate::state::PodUpgradeState;
+use crate::status::{WorkloadPhase, WorkloadStatus};
+use crate::workload::WorkloadKey;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {

@@ -5,7 +5,6 @@
 //! or a leader change — carries on from there.
 
 mod events;
-pub mod inputs;
 mod leader;
 mod metrics;
 pub mod preflight;
@@ -13,8 +12,9 @@ mod queue;
 mod reconcile;
 mod report;
 mod slots;
-mod status;
-mod workload;
+#[cfg(test)]
+mod tests;
+mod view;
 mod writes;
 mod written;
 
@@ -28,14 +28,12 @@ use prometheus_client::registry::Registry;
 use crate::cache::{Cache, Role};
 use tokio::sync::watch;
 
+use crate::status::{WorkloadPhase, WorkloadStatus};
+
 pub use leader::{LeaseConfig, lease_is_live};
 pub use metrics::Metrics;
 pub use queue::Queue;
-pub use status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-pub use workload::{
-    WorkloadKey, WorkloadKind, WorkloadView, controller_of, deployment_settled, template_digest,
-    workload_of_pod,
-};
+pub use view::ControllerView;
 
 /// Name of the Lease the controller replicas elect a leader on; the webhook reads it to know
 /// whether the controller is alive.
@@ -57,10 +55,8 @@ pub struct Settings {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub cache: Cache,
-    /// kubelet's Warning Events of pods in flight, fed by the controller's own watch
-    /// (`events.rs`; the webhook reads no Events).
-    events: events::EventIndex,
+    /// What the reconciles read: the watched caches.
+    pub cache: Arc<dyn ControllerView>,
     pub queue: Queue,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -74,34 +70,38 @@ pub struct Context {
 }
 
 impl Context {
-    /// Takes (or keeps) a rollout slot under `policy` for `key`; false when `max` workloads
-    /// already roll under it (or older waiters come first), and `key` then waits in line: a
-    /// freed slot re-queues it.
-    fn claim_slot(&self, policy: &str, key: &WorkloadKey, max: i32) -> bool {
-        let max = usize::try_from(max).unwrap_or(1);
-        let (granted, wake) = self.slots().claim(policy, key, max);
-        self.wake(wake);
-        granted
+    /// A context for reconciles that read `cache` and write through `client`.
+    pub fn new(
+        client: Client,
+        cache: Arc<dyn ControllerView>,
+        queue: Queue,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "inplace-upgrade".into(),
+            instance: Some(settings.identity.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            cache,
+            queue,
+            report: Arc::new(report::PolicyReport::new(
+                metrics.workloads_in_progress.clone(),
+            )),
+            metrics,
+            settings,
+            slots: Mutex::default(),
+            written: written::Written::default(),
+        }
     }
 
-    /// Keeps a slot for `key`, which is rolling under `policy`, whatever the limit.
-    fn hold_slot(&self, policy: &str, key: &WorkloadKey) {
-        let wake = self.slots().hold(policy, key);
-        self.wake(wake);
-    }
-
-    /// `key` neither rolls nor waits for a slot any more: its slot goes to the oldest waiter.
-    fn release_slot(&self, key: &WorkloadKey) {
-        let wake = self.slots().release(key);
-        self.wake(wake);
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, slots::Slots> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(&self, keys: slots::Wake) {
-        for key in keys {
+    /// Changes the rollout slots under their lock and re-queues the workloads a freed slot may
+    /// be due to now (see [`slots::SlotTurn`], the one user besides [`Self::restore_slots`]).
+    fn with_slots(&self, change: impl FnOnce(&mut slots::Slots) -> slots::Wake) {
+        let wake = change(&mut self.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in wake {
             self.queue.enqueue(key);
         }
     }
@@ -109,22 +109,19 @@ impl Context {
     /// At the start of a term: the workloads whose status says they are rolling hold their
     /// slots, so a new workload cannot overtake them.
     fn restore_slots(&self) {
-        self.slots().clear();
+        self.with_slots(|slots| {
+            slots.clear();
+            Vec::new()
+        });
         for key in self.cache.workloads_in(None) {
             let Some(w) = self.cache.workload(&key) else {
                 continue;
             };
-            let Some(status) = w
-                .annotations
-                .get(crate::STATUS_ANNOTATION)
-                .and_then(|s| status::WorkloadStatus::parse(s))
-            else {
+            let Some(status) = WorkloadStatus::of(&w) else {
                 continue;
             };
-            if let (status::WorkloadPhase::Progressing, Some(policy)) =
-                (status.phase, &status.policy)
-            {
-                self.hold_slot(policy, &key);
+            if let (WorkloadPhase::Progressing, Some(policy)) = (status.phase, &status.policy) {
+                self.with_slots(|slots| slots.hold(policy, &key));
             }
         }
     }
@@ -167,15 +164,6 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     let (queue, receiver) = Queue::new();
     let q = queue.clone();
     let cache = Cache::triggering(Role::Controller, move |key| q.enqueue(key));
-    let report = Arc::new(report::PolicyReport::new(
-        metrics.workloads_in_progress.clone(),
-    ));
-    registry
-        .sub_registry_with_prefix("inplace_upgrade")
-        .register_collector(Box::new(metrics::RolloutCollector {
-            report: report.clone(),
-            cache: cache.clone(),
-        }));
     for driver in cache.watch(&client) {
         tokio::spawn(driver);
     }
@@ -186,22 +174,23 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
         events.clone(),
         queue.clone(),
     ));
-    let reporter = Reporter {
-        controller: "inplace-upgrade".into(),
-        instance: Some(settings.identity.clone()),
-    };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
+    let view = view::Watched {
         cache: cache.clone(),
         events,
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-        slots: Mutex::default(),
-        report,
-        written: written::Written::default(),
-    });
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(view),
+        queue.clone(),
+        metrics.clone(),
+        settings.clone(),
+    ));
+    registry
+        .sub_registry_with_prefix("inplace_upgrade")
+        .register_collector(Box::new(metrics::RolloutCollector {
+            report: ctx.report.clone(),
+            cache: cache.clone(),
+        }));
 
     let (leading_tx, leading) = watch::channel(false);
     let lease = LeaseConfig::new(

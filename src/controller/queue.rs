@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::workload::WorkloadKey;
+use crate::workload::WorkloadKey;
 
 /// Sends reconcile requests; cheap to clone.
 #[derive(Clone)]

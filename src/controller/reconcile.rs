@@ -3,8 +3,7 @@
 //! the workload (a pod's container restarted, a pod left an EndpointSlice, a PDB changed) or
 //! the planner's recheck time brings the next reconcile.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -13,23 +12,20 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::inputs::disruption_budgets;
 use super::metrics::{ErrorLabels, ResultLabels};
-use super::status::{FailedTargetRecord, WorkloadPhase, WorkloadStatus, failure_memory};
-use super::workload::{WorkloadKey, WorkloadView};
+use super::slots::SlotTurn;
 use super::writes::is_conflict;
+use crate::intent::{self, Intent, Observed, Subject};
 use crate::patch::{
     DRAINING_REASON, NOT_UPGRADING_REASON, SERVING_REASON, finish_with_gate_patch,
     gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
-use crate::plan::{Action, DrainRecord, PlanInput, Step, Verdict, plan};
-use crate::policy::{InPlaceUpgradePolicySpec, Scope, governing_policy};
-use crate::state::{Phase, PodUpgradeState};
-use crate::target::{self, TargetSource, effective_targets};
-use crate::{
-    PAUSED_ANNOTATION, READINESS_GATE, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION,
-    TARGETS_ANNOTATION,
-};
+use crate::plan::inputs::disruption_budgets;
+use crate::plan::{Action, DrainRecord, Plan, Step, plan};
+use crate::state::Phase;
+use crate::status::{WorkloadPhase, WorkloadStatus, progress};
+use crate::workload::{WorkloadKey, WorkloadView};
+use crate::{READINESS_GATE, STATE_ANNOTATION, STATUS_ANNOTATION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -60,6 +56,7 @@ impl ReconcileError {
 }
 
 /// Runs one reconcile and schedules the next one it needs.
+#[tracing::instrument(skip_all, fields(workload = %key))]
 pub async fn reconcile(ctx: Arc<Context>, key: WorkloadKey) {
     match reconcile_workload(&ctx, &key).await {
         Ok(Some(after)) => ctx.queue.enqueue_after(key, after),
@@ -73,10 +70,10 @@ pub async fn reconcile(ctx: Arc<Context>, key: WorkloadKey) {
                 .inc();
             // A conflict means our cache was behind: the watch event that fixes it is on its way.
             let after = if matches!(e, ReconcileError::Conflict { .. }) {
-                tracing::debug!(workload = %key, error = %e, "conflict");
+                tracing::debug!(error = %e, "conflict");
                 Duration::from_millis(200)
             } else {
-                tracing::warn!(workload = %key, error = %e, "reconcile failed; retrying");
+                tracing::warn!(error = %e, "reconcile failed; retrying");
                 Duration::from_secs(5)
             };
             ctx.queue.enqueue_after(key, after);
@@ -87,39 +84,22 @@ pub async fn reconcile(ctx: Arc<Context>, key: WorkloadKey) {
 /// Message of the gate condition set True when we are done with a pod.
 const UPGRADE_DONE: &str = "in-place upgrade done";
 
-/// The policy used when none governs: nothing new may start (no targets are passed), but
-/// pods we were working on are finished and gated pods are released. Every field takes its
-/// documented default.
-static RELEASE_ONLY: LazyLock<InPlaceUpgradePolicySpec> = LazyLock::new(|| {
-    serde_json::from_value(serde_json::json!({ "namespaceSelector": {} }))
-        .expect("a policy spec with only namespaceSelector is valid (unit-tested)")
-});
-
-struct Asked {
-    targets: Vec<crate::annotation::Target>,
-    source: Option<TargetSource>,
-    written: String,
-    problem: Option<(WorkloadPhase, String)>,
-}
-
-async fn reconcile_workload(
+/// Reads the workload and what surrounds it from the caches (corrected by our own writes the
+/// watches have not delivered yet), decides ([`intent::decide`]), plans, makes the writes the
+/// plan asks for, and records the status; returns when to look again if nothing else asks.
+pub(super) async fn reconcile_workload(
     ctx: &Context,
     key: &WorkloadKey,
 ) -> Result<Option<Duration>, ReconcileError> {
+    let mut slot = SlotTurn::new(ctx, key);
     let Some(workload) = ctx.cache.workload(key) else {
-        ctx.release_slot(key);
         ctx.written.forget_status(key);
         ctx.written.forget_drains(Some(key));
+        slot.end(None);
         ctx.report.record(key, None);
         return Ok(None);
     };
     let namespace = ctx.cache.namespace(&key.namespace);
-    let empty = BTreeMap::new();
-    let ns_labels = namespace.as_ref().map(|n| n.labels()).unwrap_or(&empty);
-    let ns_annotations = namespace
-        .as_ref()
-        .map(|n| n.annotations())
-        .unwrap_or(&empty);
     let cached_status = workload
         .annotations
         .get(STATUS_ANNOTATION)
@@ -131,117 +111,24 @@ async fn reconcile_workload(
     // The cache, corrected by our own writes it has not delivered yet (see `written`).
     let pods: Vec<Pod> = ctx.written.freshest(key, ctx.cache.pods_of(key));
     let now = Timestamp::now();
-
-    // What is asked, and whether we may act on it.
-    let workload_value = workload
-        .annotations
-        .get(TARGETS_ANNOTATION)
-        .map(String::as_str);
-    let ns_value = ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str);
-    let mut asked = match effective_targets(workload_value, ns_value) {
-        Ok(Some((source, targets))) => Asked {
-            written: crate::annotation::render(&targets),
-            targets,
-            source: Some(source),
-            problem: None,
-        },
-        Ok(None) => Asked {
-            targets: vec![],
-            source: None,
-            written: String::new(),
-            problem: None,
-        },
-        Err(e) => Asked {
-            targets: vec![],
-            source: None,
-            written: workload_value.or(ns_value).unwrap_or_default().to_string(),
-            problem: Some((WorkloadPhase::Invalid, e.to_string())),
-        },
+    let policies = ctx.cache.policies();
+    let subject = Subject {
+        workload: &workload,
+        namespace: namespace.as_deref(),
+        policies: &policies,
+        controller_namespace: &ctx.settings.namespace,
+        status: previous.as_ref(),
+        now,
     };
-    let ours = |p: &Pod| {
-        p.annotations().contains_key(STATE_ANNOTATION)
-            || p.spec
-                .as_ref()
-                .and_then(|s| s.readiness_gates.as_ref())
-                .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
-    };
-    if asked.source.is_none()
-        && asked.problem.is_none()
+    let intent = intent::decide(&subject, || sibling_statuses(ctx, key));
+    if intent.asked.source.is_none()
+        && intent.asked.invalid.is_none()
         && previous.is_none()
         && !pods.iter().any(ours)
     {
-        ctx.release_slot(key);
+        slot.end(None);
         ctx.report.record(key, None);
         return Ok(None); // never annotated, nothing of ours on its pods: not our business
-    }
-
-    let policies = ctx.cache.policies();
-    let scope = Scope {
-        namespace: &key.namespace,
-        namespace_labels: ns_labels,
-        workload_labels: &workload.labels,
-        controller_namespace: &ctx.settings.namespace,
-    };
-    let fallback = &*RELEASE_ONLY;
-    let (spec, policy_name, mut paused) = match governing_policy(&policies, &scope) {
-        Ok(Some(g)) => (&g.policy.spec, Some(g.policy.name_any()), g.paused()),
-        Ok(None) => {
-            if asked.source.is_some() && asked.problem.is_none() {
-                asked.problem = Some((
-                    WorkloadPhase::NoPolicy,
-                    format!(
-                        "no InPlaceUpgradePolicy enables namespace {:?} for this workload; nothing is upgraded",
-                        key.namespace
-                    ),
-                ));
-            }
-            (fallback, None, false)
-        }
-        Err(e) => {
-            asked
-                .problem
-                .get_or_insert((WorkloadPhase::Blocked, e.to_string()));
-            (fallback, None, true)
-        }
-    };
-    let paused_here =
-        |a: &BTreeMap<String, String>| a.get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
-    paused |= paused_here(&workload.annotations) || paused_here(ns_annotations);
-    if asked.problem.is_some() {
-        // Reported, never acted on: only pods already in flight are finished.
-        asked.targets.clear();
-    }
-
-    // The workload's memory of failed targets, cleared by a new retry request. The retry
-    // annotation holds the time of the request (RFC 3339, as `kubectl inplace retry` writes
-    // it); any other value counts from when we first see it.
-    // `kubectl inplace plan` reads the same memory through the same function.
-    let retry = workload.annotations.get(RETRY_ANNOTATION).cloned();
-    let (mut failed, retry_since) = failure_memory(previous.as_ref(), retry.as_deref(), now);
-    if asked.source == Some(TargetSource::Namespace) {
-        // A bad image must not spread: a target that failed under the Namespace annotation in
-        // one workload is not started in the others either.
-        // Every reconcile in such a namespace reads every other workload's status: read the
-        // annotation in place and parse only the records that hold failed targets.
-        for other in ctx
-            .cache
-            .workloads_in(Some(&key.namespace))
-            .iter()
-            .filter(|k| *k != key)
-        {
-            // Our own status writes count at once (`written`): a failure recorded a moment ago
-            // in a sibling must stop this workload even before the watch delivers it.
-            let cached = ctx.cache.workload_annotation(other, STATUS_ANNOTATION);
-            if let Some(s) = ctx
-                .written
-                .freshest_status(other, cached.as_deref())
-                .filter(|raw| raw.contains("failedTargets"))
-                .and_then(|raw| WorkloadStatus::parse(&raw))
-                && s.source == Some(TargetSource::Namespace)
-            {
-                failed.extend(s.failed());
-            }
-        }
     }
 
     let budgets = disruption_budgets(
@@ -250,47 +137,18 @@ async fn reconcile_workload(
     );
     let drains = ctx.written.drains(key, &pods);
     let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods, &drains);
-    let events = ctx
-        .events
-        .of_pods(pods.iter().filter_map(|p| p.metadata.uid.as_deref()));
-    let input = PlanInput {
-        targets: &asked.targets,
+    let events = ctx.cache.pod_events(&pods);
+    let seen = Observed {
         pods: &pods,
-        policy: spec,
         desired_replicas: workload.desired_replicas,
-        paused,
-        failed_targets: &failed,
-        retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &endpoints_drained,
         drains: &drains,
         events: &events,
-        now,
     };
+    let input = intent.plan_input(seen, now);
     let mut plan = plan(&input);
-
-    // Gates on starting new pods that only the controller can see.
-    let mut hold: Option<String> = None;
-    let mut waiting_for_slot = false;
-    if plan.steps.iter().any(|s| s.action.starts_upgrade()) {
-        if !workload.settled {
-            hold = Some(format!(
-                "waiting for the {}'s own rollout to finish",
-                key.kind.as_str()
-            ));
-        } else if let Some(policy) = &policy_name
-            && !ctx.claim_slot(policy, key, spec.max_concurrent_workloads)
-        {
-            waiting_for_slot = true;
-            hold = Some(format!(
-                "waiting for a rollout slot: policy {policy} allows {} workload(s) at once",
-                spec.max_concurrent_workloads
-            ));
-        }
-    }
-    if hold.is_some() {
-        plan.steps.retain(|s| !s.action.starts_upgrade());
-    }
+    let hold = hold_new_pods(&intent, &mut slot, &mut plan);
 
     let results = join_all(
         plan.steps
@@ -301,40 +159,29 @@ async fn reconcile_workload(
     for r in results {
         r?;
     }
-    // Progress record, written only when it changed.
     let status = progress(
-        &asked,
-        policy_name,
+        &intent.reported(hold.as_deref()),
         &plan,
-        hold,
-        &pods,
         previous.as_ref(),
-        (retry, retry_since),
         now,
     );
-    let status_due =
-        record_status(ctx, &workload, &asked, cached_status, previous, &status).await?;
-    // Every reconcile ends holding a slot, waiting in line for one, or with neither (and then
-    // its slot, if it had one, goes to the oldest waiter). Slots change hands only now that
-    // the status saying why is written (and counts at once, through `written`): a waiter woken
-    // by a failure sees the failure, under a Namespace annotation, before it could start the
-    // same target, and nobody sees two workloads `Progressing` under a limit of one.
-    match (status.phase, &status.policy) {
-        (WorkloadPhase::Progressing, Some(policy)) => ctx.hold_slot(policy, key),
-        _ if waiting_for_slot => {}
-        _ => ctx.release_slot(key),
-    }
+    let status_due = record_status(
+        ctx,
+        &workload,
+        &intent,
+        cached_status,
+        previous.as_ref(),
+        &status,
+    )
+    .await?;
+    let rolling = status.policy.as_deref();
+    slot.end(rolling.filter(|_| status.phase == WorkloadPhase::Progressing));
     ctx.report.record(
         key,
-        status
-            .policy
-            .as_deref()
+        rolling
             .map(|p| (p, status.phase))
-            .filter(|_| asked.source.is_some()),
+            .filter(|_| intent.asked.source.is_some()),
     );
-    ctx.metrics
-        .workloads_in_progress
-        .set(i64::try_from(ctx.report.progressing()).unwrap_or(i64::MAX));
     // Timed from now, not from this reconcile's start: a recheck due when a drain's grace
     // period ends must not come late by however long this reconcile took.
     let mut recheck = recheck_after(plan.recheck_at, Timestamp::now());
@@ -345,6 +192,57 @@ async fn reconcile_workload(
     Ok(recheck)
 }
 
+/// A pod we have touched: it has our state record or our readiness gate.
+fn ours(pod: &Pod) -> bool {
+    pod.annotations().contains_key(STATE_ANNOTATION)
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
+}
+
+/// The status records of the namespace's other workloads that remember failed targets (the
+/// Namespace-wide failure memory), our own writes counting at once (`written`): a failure
+/// recorded a moment ago in a sibling must stop this workload before the watch delivers it.
+/// Every reconcile under a Namespace annotation reads them all: the annotation is read in
+/// place and only the records that hold failed targets are parsed.
+fn sibling_statuses(ctx: &Context, key: &WorkloadKey) -> Vec<WorkloadStatus> {
+    ctx.cache
+        .workloads_in(Some(&key.namespace))
+        .iter()
+        .filter(|other| *other != key)
+        .filter_map(|other| {
+            let cached = ctx.cache.workload_annotation(other, STATUS_ANNOTATION);
+            ctx.written
+                .freshest_status(other, cached.as_deref())
+                .filter(|raw| raw.contains("failedTargets"))
+                .and_then(|raw| WorkloadStatus::parse(&raw))
+        })
+        .collect()
+}
+
+/// The gates on starting new pods that only the controller can apply: the workload's own
+/// rollout must be done, and a rollout slot under its policy ours. When either holds new pods
+/// back, the plan keeps only its other steps, and the reason is returned for the status.
+fn hold_new_pods(intent: &Intent<'_>, slot: &mut SlotTurn<'_>, plan: &mut Plan) -> Option<String> {
+    if !plan.steps.iter().any(|s| s.action.starts_upgrade()) {
+        return None;
+    }
+    let max = intent.spec.max_concurrent_workloads;
+    let hold = match (&intent.hold, &intent.policy) {
+        (Some(own_rollout), _) => Some(own_rollout.clone()),
+        (None, Some(policy)) if !slot.may_start(policy, max) => Some(format!(
+            "waiting for a rollout slot: policy {policy} allows {max} workload(s) at once"
+        )),
+        (None, _) => None,
+    };
+    if hold.is_some() {
+        plan.hold_new_pods();
+    }
+    hold
+}
+
 /// Brings the workload's status annotation to `status`: written at once when the phase, the
 /// message or the failure memory changed; when only progress did, after at most
 /// `written::PROGRESS_DEBOUNCE` (it then returns how much longer it waits); cleared when
@@ -352,13 +250,13 @@ async fn reconcile_workload(
 async fn record_status(
     ctx: &Context,
     workload: &WorkloadView,
-    asked: &Asked,
+    intent: &Intent<'_>,
     cached_status: Option<&str>,
-    previous: Option<WorkloadStatus>,
+    previous: Option<&WorkloadStatus>,
     status: &WorkloadStatus,
 ) -> Result<Option<Duration>, ReconcileError> {
     let key = &workload.key;
-    if asked.source.is_none() && asked.problem.is_none() {
+    if intent.asked.source.is_none() && intent.problem.is_none() {
         // Nothing asked (any more): no progress to report, and a stale record goes.
         if previous.is_some() {
             ctx.written.forget_status(key);
@@ -371,18 +269,16 @@ async fn record_status(
         }
         return Ok(None);
     }
-    if previous.as_ref() == Some(status) {
+    if previous == Some(status) {
         ctx.written.defer_progress(key, true, Instant::now());
         return Ok(None);
     }
     // Progress alone (pods starting, finishing) waits a moment to be written with what follows.
-    let urgent = previous
-        .as_ref()
-        .is_none_or(|p| !p.only_progress_since(status));
+    let urgent = previous.is_none_or(|p| !p.only_progress_since(status));
     if let Some(left) = ctx.written.defer_progress(key, urgent, Instant::now()) {
         return Ok(Some(left));
     }
-    write_status(ctx, workload, cached_status, previous.as_ref(), status).await?;
+    write_status(ctx, workload, cached_status, previous, status).await?;
     Ok(None)
 }
 
@@ -409,6 +305,11 @@ async fn write_status(
     }
     ctx.written.remember_status(key, cached_status, &raw);
     if previous.map(|p| p.phase) != Some(status.phase) {
+        tracing::info!(
+            phase = status.phase.as_str(),
+            message = status.message.as_deref(),
+            "phase changed"
+        );
         announce(ctx, workload, status);
     }
     Ok(())
@@ -418,7 +319,8 @@ fn recheck_after(at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
     at.map(|at| Duration::from_secs_f64(at.duration_since(now).as_secs_f64().max(0.0)))
 }
 
-/// Makes the write one step asks for.
+/// Makes the write one step asks for, with the pod's record as the planner read it.
+#[tracing::instrument(skip_all, fields(pod = %step.pod, step = step.action.name()))]
 async fn execute(
     ctx: &Context,
     workload: &WorkloadView,
@@ -461,7 +363,10 @@ async fn execute(
         Ok::<Pod, ReconcileError>(written)
     };
     match &step.action {
-        Action::Wait { .. } => {}
+        Action::Wait { reason } => {
+            tracing::debug!(%reason, "waiting");
+            return Ok(());
+        }
         Action::Drain => {
             // The slices as they are before the drain: versions that cannot reflect it.
             let slices = ctx.cache.slices_listing(ns, name);
@@ -499,9 +404,11 @@ async fn execute(
         }
         Action::Patch { targets } => {
             let (patch, _) =
-                upgrade_patch(pod, targets, now).map_err(|source| ReconcileError::State {
-                    pod: name.into(),
-                    source,
+                upgrade_patch(pod, step.state.as_ref(), targets, now).map_err(|source| {
+                    ReconcileError::State {
+                        pod: name.into(),
+                        source,
+                    }
                 })?;
             let written = ctx
                 .patch_pod(ns, name, patch)
@@ -512,11 +419,11 @@ async fn execute(
             ctx.written.remember(&workload.key, &written);
         }
         Action::Rollback { reason, message } => {
-            let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
+            let Some(state) = &step.state else {
                 return Ok(());
             };
             let (patch, _) =
-                rollback_patch(pod, &state, reason, message, now).map_err(|source| {
+                rollback_patch(pod, state, reason, message, now).map_err(|source| {
                     ReconcileError::State {
                         pod: name.into(),
                         source,
@@ -544,7 +451,7 @@ async fn execute(
             message,
             open_gate,
         } => {
-            let Some(state) = PodUpgradeState::from_pod(pod).ok().flatten() else {
+            let Some(state) = &step.state else {
                 return Ok(());
             };
             let done = state.finished(*phase, reason.clone(), message.clone(), now);
@@ -609,131 +516,8 @@ async fn execute(
             }
         }
     }
+    tracing::debug!("written");
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn progress(
-    asked: &Asked,
-    policy: Option<String>,
-    plan: &crate::plan::Plan,
-    hold: Option<String>,
-    pods: &[Pod],
-    previous: Option<&WorkloadStatus>,
-    (retry, retry_since): (Option<String>, Option<Timestamp>),
-    now: Timestamp,
-) -> WorkloadStatus {
-    let (mut total, mut upgraded, mut ungated) = (0u32, 0u32, 0u32);
-    for pod in pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
-        let Some(spec) = pod.spec.as_ref() else {
-            continue;
-        };
-        let Ok(resolved) = target::resolve(spec, &asked.targets) else {
-            continue;
-        };
-        if resolved.resolved.is_empty() {
-            continue;
-        }
-        total += 1;
-        let active = PodUpgradeState::from_pod(pod)
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.phase.in_progress());
-        if resolved.pending().next().is_none() && !active {
-            upgraded += 1;
-        }
-        if !spec
-            .readiness_gates
-            .iter()
-            .flatten()
-            .any(|g| g.condition_type == READINESS_GATE)
-        {
-            ungated += 1;
-        }
-    }
-    let current_pods = plan
-        .steps
-        .iter()
-        .filter(|s| !matches!(s.action, Action::MarkReady | Action::Finish { .. }))
-        .map(|s| s.pod.clone())
-        .collect();
-    let (mut phase, mut message) = match &plan.verdict {
-        Verdict::Progressing => (WorkloadPhase::Progressing, None),
-        Verdict::Completed => (WorkloadPhase::Completed, None),
-        Verdict::Paused => (
-            WorkloadPhase::Paused,
-            Some("paused; resumes before the next pod".to_string()),
-        ),
-        Verdict::Blocked { reason } => (WorkloadPhase::Blocked, Some(reason.clone())),
-        Verdict::Failed { pod, reason } => {
-            (WorkloadPhase::Failed, Some(format!("pod {pod}: {reason}")))
-        }
-    };
-    if let Some((p, m)) = &asked.problem {
-        (phase, message) = (*p, Some(m.clone()));
-    } else if let Some(h) = hold
-        && phase == WorkloadPhase::Progressing
-        && plan
-            .steps
-            .iter()
-            .all(|s| matches!(s.action, Action::MarkReady | Action::Finish { .. }))
-    {
-        (phase, message) = (WorkloadPhase::Blocked, Some(h));
-    }
-    if ungated > 0 && phase == WorkloadPhase::Progressing {
-        let note = format!(
-            "{ungated} pod(s) have no {READINESS_GATE} readiness gate (created before the webhook): they are upgraded without being drained first"
-        );
-        message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
-    }
-    // Failure memory: what failed stays failed for this annotation until a retry.
-    let mut failed_targets: Vec<FailedTargetRecord> = match previous {
-        Some(p) if p.retry == retry && p.target == asked.written => p.failed_targets.clone(),
-        _ => Vec::new(),
-    };
-    if let Verdict::Failed { pod, .. } = &plan.verdict
-        && let Some(p) = pods
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
-        && let Some(state) = PodUpgradeState::from_pod(p).ok().flatten()
-        // A failure known before the last retry request (its rollback, or its `Pause`, was
-        // recorded by then) is forgiven, not remembered again — the planner's rule. A pod
-        // still `Patched` is a fresh attempt failing now. (Comparing phases, not only times:
-        // recorded times are truncated to the second.)
-        && !retry_since.is_some_and(|r| state.phase != Phase::Patched && state.patched_at <= r)
-    {
-        for c in &state.containers {
-            let record = FailedTargetRecord {
-                container: c.name.clone(),
-                image: c.target_image.clone(),
-            };
-            if !failed_targets.contains(&record) {
-                failed_targets.push(record);
-            }
-        }
-    }
-    let last_transition_time = match previous {
-        Some(p) if p.phase == phase => p.last_transition_time,
-        _ => Some(now),
-    };
-    WorkloadStatus {
-        phase,
-        target: asked.written.clone(),
-        source: asked.source,
-        policy,
-        upgraded,
-        total,
-        current_pods,
-        ungated_pods: ungated,
-        message,
-        failed_targets,
-        retry,
-        retry_since,
-        last_transition_time,
-    }
 }
 
 /// An Event on the workload when its phase changes.
@@ -759,16 +543,4 @@ fn announce(ctx: &Context, workload: &WorkloadView, status: &WorkloadStatus) {
     );
     let reason = status.phase.as_str();
     ctx.event(&workload.object_reference(), warning, reason, note);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_release_only_policy_takes_the_documented_defaults() {
-        assert_eq!(RELEASE_ONLY.max_unavailable_pods(10).ok(), Some(1));
-        assert_eq!(RELEASE_ONLY.on_failure, crate::policy::OnFailure::Rollback);
-        assert!(RELEASE_ONLY.readiness_gate && !RELEASE_ONLY.paused);
-    }
 }

@@ -14,12 +14,12 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::Context;
-use super::status::WorkloadPhase;
-use super::workload::WorkloadKey;
 use crate::FIELD_MANAGER;
 use crate::policy::{
     InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, InPlaceUpgradePolicyStatus, selector_matches,
 };
+use crate::status::WorkloadPhase;
+use crate::workload::WorkloadKey;
 
 /// How long the writer waits after a change for more changes to fold into the same write.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -70,15 +70,6 @@ impl PolicyReport {
             .iter()
             .map(|(key, (policy, phase))| (key.clone(), policy.clone(), *phase))
             .collect()
-    }
-
-    /// How many workloads are rolling now.
-    pub fn progressing(&self) -> usize {
-        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        workloads
-            .values()
-            .filter(|(_, phase)| *phase == WorkloadPhase::Progressing)
-            .count()
     }
 
     /// The status each policy should show.

@@ -5,7 +5,59 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::workload::WorkloadKey;
+use super::Context;
+use crate::workload::WorkloadKey;
+
+/// One reconcile's dealings with the rollout slots, from its first look at the workload to the
+/// status it writes: every slot rule of a reconcile is here. [`SlotTurn::may_start`] says
+/// whether new pods may start (it claims, or keeps, a slot, or takes a place in line), and
+/// [`SlotTurn::end`] settles the slot once the status that says why is written. A turn dropped
+/// without `end` (the reconcile failed) leaves the slots as they are; the retry settles them.
+pub struct SlotTurn<'c> {
+    ctx: &'c Context,
+    key: &'c WorkloadKey,
+    waiting: bool,
+}
+
+impl<'c> SlotTurn<'c> {
+    pub fn new(ctx: &'c Context, key: &'c WorkloadKey) -> Self {
+        SlotTurn {
+            ctx,
+            key,
+            waiting: false,
+        }
+    }
+
+    /// Whether the workload may start pods under `policy`, which lets `max` workloads roll at
+    /// once: it takes (or keeps) a slot; when none is free, or older waiters come first, it
+    /// waits in line and a freed slot re-queues it.
+    pub fn may_start(&mut self, policy: &str, max: i32) -> bool {
+        let max = usize::try_from(max).unwrap_or(1);
+        let mut granted = false;
+        self.ctx.with_slots(|slots| {
+            let (g, wake) = slots.claim(policy, self.key, max);
+            granted = g;
+            wake
+        });
+        self.waiting = !granted;
+        granted
+    }
+
+    /// Ends the turn, once the status is written: a workload rolling under a policy
+    /// (`rolling_under`) holds its slot, whatever the limit; one waiting in line keeps its
+    /// place; any other frees its slot, if it had one, for the oldest waiter. Slots change
+    /// hands only now that the status saying why is written (and counts at once, through
+    /// `written`): a waiter woken by a failure sees the failure, under a Namespace annotation,
+    /// before it could start the same target, and nobody sees two workloads `Progressing`
+    /// under a limit of one.
+    pub fn end(self, rolling_under: Option<&str>) {
+        match rolling_under {
+            Some(policy) => self.ctx.with_slots(|slots| slots.hold(policy, self.key)),
+            None if self.waiting => {}
+            None => self.ctx.with_slots(|slots| slots.release(self.key)),
+        }
+    }
+}
 
 #[derive(Default)]
 struct PolicySlots {

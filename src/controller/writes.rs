@@ -10,8 +10,8 @@ use kube::runtime::events::{Event, EventType};
 use serde_json::json;
 
 use super::Context;
-use super::workload::{WorkloadKey, WorkloadKind};
 use crate::FIELD_MANAGER;
+use crate::workload::{WorkloadKey, WorkloadKind};
 
 /// A JSON patch whose `test` op failed: someone else changed the pod since we read it.
 pub fn is_conflict(e: &kube::Error) -> bool {

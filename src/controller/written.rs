@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::workload::WorkloadKey;
 use crate::plan::DrainRecord;
+use crate::workload::WorkloadKey;
 
 #[derive(Default)]
 pub struct Written {
@@ -199,7 +199,7 @@ mod tests {
 
     fn key() -> WorkloadKey {
         WorkloadKey {
-            kind: crate::controller::WorkloadKind::Deployment,
+            kind: crate::workload::WorkloadKind::Deployment,
             namespace: "ns".into(),
             name: "web".into(),
         }

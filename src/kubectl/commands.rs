@@ -24,16 +24,15 @@ use super::{Cli, Command, ExitStatus, GlobalArgs, KubectlError, Output};
 use crate::admission::validate::{WorkloadObject, check_workload_or_namespace};
 use crate::admission::{ClusterView, Settings};
 use crate::annotation;
-use crate::controller::failure_memory;
-use crate::controller::inputs::{disruption_budgets, endpoints_drained};
-use crate::controller::{WorkloadKey, WorkloadPhase, WorkloadStatus, WorkloadView};
-use crate::plan::{Action, PlanInput, Verdict, plan};
-use crate::policy::{InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, Scope, governing_policy};
+use crate::intent::{self, Observed, Subject};
+use crate::plan::inputs::{disruption_budgets, endpoints_drained};
+use crate::plan::{Action, PodEvents, Verdict, plan};
+use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
-use crate::target::{self, TargetSource, effective_targets};
-use crate::{
-    PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION,
-};
+use crate::status::{WorkloadPhase, WorkloadStatus, progress};
+use crate::target::{self, TargetSource};
+use crate::workload::{WorkloadKey, WorkloadView};
+use crate::{PAUSED_ANNOTATION, RETRY_ANNOTATION, STATE_ANNOTATION, TARGETS_ANNOTATION};
 
 /// Field manager of our annotation writes.
 const FIELD_MANAGER: &str = "kubectl-inplace";
@@ -124,20 +123,6 @@ fn annotations_of(ns: Option<&Namespace>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The targets the controller acts on now, as it records them in `status.target`.
-fn effective(
-    workload: &BTreeMap<String, String>,
-    namespace: &BTreeMap<String, String>,
-) -> (String, Option<TargetSource>) {
-    let w = workload.get(TARGETS_ANNOTATION).map(String::as_str);
-    let n = namespace.get(TARGETS_ANNOTATION).map(String::as_str);
-    match effective_targets(w, n) {
-        Ok(Some((source, targets))) => (annotation::render(&targets), Some(source)),
-        Ok(None) => (String::new(), None),
-        Err(_) => (w.or(n).unwrap_or_default().to_string(), None),
-    }
-}
-
 async fn policies(client: &Client) -> Result<Vec<InPlaceUpgradePolicy>, KubectlError> {
     match Api::<InPlaceUpgradePolicy>::all(client.clone())
         .list(&ListParams::default())
@@ -184,103 +169,29 @@ async fn build_plan(
 ) -> Result<PlanReport, KubectlError> {
     let client = &ctx.client;
     let ns_name = ctx.namespace.as_str();
-    let Workload { view, .. } = resource::get_workload(client, ns_name, resource, "plan").await?;
-    let namespace = resource::namespace(client, ns_name).await;
-    let ns_labels = namespace
-        .as_ref()
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_else(|| {
-            BTreeMap::from([("kubernetes.io/metadata.name".into(), ns_name.to_string())])
-        });
-    let ns_annotations = annotations_of(namespace.as_ref());
-    let mut blockers = Vec::new();
-
-    let (targets, source) = if images.is_empty() {
-        let w = view.annotations.get(TARGETS_ANNOTATION).map(String::as_str);
-        let n = ns_annotations.get(TARGETS_ANNOTATION).map(String::as_str);
-        match effective_targets(w, n) {
-            Ok(Some((TargetSource::Workload, t))) => (t, "workload annotation"),
-            Ok(Some((TargetSource::Namespace, t))) => (t, "namespace annotation"),
-            Ok(None) => {
-                blockers.push(format!(
-                    "no target: neither {resource} nor namespace {ns_name} has the {TARGETS_ANNOTATION} annotation; give --image CONTAINER=IMAGE or run kubectl inplace set"
-                ));
-                (Vec::new(), "")
-            }
-            Err(e) => {
-                return Err(KubectlError::Refused(format!(
-                    "annotation {TARGETS_ANNOTATION}: {:?} is invalid: {e}",
-                    w.or(n).unwrap_or_default()
-                )));
-            }
-        }
-    } else {
+    let Workload { mut view, .. } =
+        resource::get_workload(client, ns_name, resource, "plan").await?;
+    if !images.is_empty() {
+        // Planned as if the workload were annotated with them.
         let joined = images.join(",");
-        let t = annotation::parse(&joined)
+        annotation::parse(&joined)
             .map_err(|e| KubectlError::Usage(format!("--image {joined:?} is invalid: {e}")))?;
-        (t, "--image")
-    };
-
-    let all_policies = policies(client).await?;
-    let scope = Scope {
-        namespace: ns_name,
-        namespace_labels: &ns_labels,
-        workload_labels: &view.labels,
-        controller_namespace: &ctx.global.controller_namespace,
-    };
-    // Without a governing policy nothing starts; the planner still shows what would change,
-    // under the policy defaults.
-    let defaults: InPlaceUpgradePolicySpec =
-        serde_json::from_value(json!({"namespaceSelector": {}})).map_err(|e| {
-            KubectlError::Unavailable(format!("cannot build the default policy: {e}"))
-        })?;
-    let mut paused = false;
-    let (spec, policy_name) = match governing_policy(&all_policies, &scope) {
-        Ok(Some(g)) => {
-            if g.paused() {
-                paused = true;
-                blockers.push(format!(
-                    "paused by InPlaceUpgradePolicy {}",
-                    g.paused_by.join(", ")
-                ));
-            }
-            (g.policy.spec.clone(), Some(g.policy.name_any()))
-        }
-        Ok(None) => {
-            blockers.push(format!(
-                "no InPlaceUpgradePolicy enables namespace {ns_name:?} for this {}; create one (see deploy/examples)",
-                view.key.kind.as_str()
-            ));
-            (defaults, None)
-        }
-        Err(e) => {
-            blockers.push(format!(
-                "{e}; nothing is upgraded until that policy is fixed"
-            ));
-            (defaults, None)
-        }
-    };
-    for (what, annotations) in [
-        (resource.to_string(), &view.annotations),
-        (format!("namespace/{ns_name}"), &ns_annotations),
-    ] {
-        if annotations
-            .get(PAUSED_ANNOTATION)
-            .is_some_and(|v| v == "true")
-        {
-            paused = true;
-            blockers.push(format!(
-                "paused by annotation {PAUSED_ANNOTATION} on {what}; kubectl inplace resume {what}"
-            ));
-        }
+        view.annotations.insert(TARGETS_ANNOTATION.into(), joined);
     }
-    if !view.settled {
-        blockers.push(format!(
-            "the {}'s own rollout is in progress; in-place upgrades start once it finishes",
-            view.key.kind.as_str()
-        ));
-    }
-
+    // An unreadable Namespace: its name label is all the policies' selectors can go by.
+    let namespace = resource::namespace(client, ns_name)
+        .await
+        .unwrap_or_else(|| unreadable_namespace(ns_name));
+    let policies = policies(client).await?;
+    // The Namespace-wide failure memory: the other workloads' records, as the controller reads them.
+    let siblings = if intent::namespace_wide(&view, Some(&namespace)) {
+        intent::sibling_statuses(
+            &view.key,
+            resource::list_workloads(client, Some(ns_name)).await?,
+        )
+    } else {
+        Vec::new()
+    };
     let pods = resource::pods_of(client, &view).await?;
     let list = |what: &'static str| {
         let what = format!("{what} in namespace {ns_name:?}");
@@ -294,58 +205,158 @@ async fn build_plan(
         .list(&ListParams::default())
         .await
         .map_err(list("endpointslices"))?;
-    let budgets = disruption_budgets(pdbs.items.iter(), &pods);
+    plan_report(
+        &Cluster {
+            workload: &view,
+            namespace: &namespace,
+            policies: &policies,
+            siblings,
+            pods: &pods,
+            pdbs: &pdbs.items,
+            slices: &slices.items,
+        },
+        resource,
+        !images.is_empty(),
+        &ctx.global.controller_namespace,
+        Timestamp::now(),
+    )
+}
+
+/// A Namespace that cannot be read, as the policies' selectors see it: its name label only.
+fn unreadable_namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                name.to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// What `plan` read of the cluster.
+pub(crate) struct Cluster<'a> {
+    /// The workload, with `--image` (if given) as its annotation.
+    pub workload: &'a WorkloadView,
+    pub namespace: &'a Namespace,
+    pub policies: &'a [InPlaceUpgradePolicy],
+    /// The status records of the namespace's other workloads (read only under a Namespace
+    /// annotation).
+    pub siblings: Vec<WorkloadStatus>,
+    pub pods: &'a [Pod],
+    pub pdbs: &'a [PodDisruptionBudget],
+    pub slices: &'a [EndpointSlice],
+}
+
+/// The dry run from what was read: the controller's own decision ([`intent::decide`]), plan
+/// and status ([`progress`]), and every blocker named.
+pub(crate) fn plan_report(
+    cluster: &Cluster<'_>,
+    resource: &ResourceRef,
+    from_image: bool,
+    controller_namespace: &str,
+    now: Timestamp,
+) -> Result<PlanReport, KubectlError> {
+    let view = cluster.workload;
+    let ns_name = view.key.namespace.as_str();
+    let previous = WorkloadStatus::of(view);
+    let subject = Subject {
+        workload: view,
+        namespace: Some(cluster.namespace),
+        policies: cluster.policies,
+        controller_namespace,
+        status: previous.as_ref(),
+        now,
+    };
+    let intent = intent::decide(&subject, || cluster.siblings.clone());
+    if let Some(e) = &intent.asked.invalid {
+        return Err(KubectlError::Refused(format!(
+            "annotation {TARGETS_ANNOTATION}: {:?} is invalid: {e}",
+            intent.asked.written
+        )));
+    }
+    let source = match intent.asked.source {
+        Some(_) if from_image => "--image",
+        Some(TargetSource::Workload) => "workload annotation",
+        Some(TargetSource::Namespace) => "namespace annotation",
+        None => "",
+    };
+
+    let mut blockers = Vec::new();
+    if intent.asked.source.is_none() {
+        blockers.push(format!(
+            "no target: neither {resource} nor namespace {ns_name} has the {TARGETS_ANNOTATION} annotation; give --image CONTAINER=IMAGE or run kubectl inplace set"
+        ));
+    }
+    match &intent.governance {
+        Ok(Some(g)) if g.paused() => blockers.push(format!(
+            "paused by InPlaceUpgradePolicy {}",
+            g.paused_by.join(", ")
+        )),
+        Ok(Some(_)) => {}
+        Ok(None) => blockers.push(format!(
+            "no InPlaceUpgradePolicy enables namespace {ns_name:?} for this {}; create one (see deploy/examples)",
+            view.key.kind.as_str()
+        )),
+        Err(e) => blockers.push(format!(
+            "{e}; nothing is upgraded until that policy is fixed"
+        )),
+    }
+    for (what, paused) in [
+        (resource.to_string(), intent.paused_workload),
+        (format!("namespace/{ns_name}"), intent.paused_namespace),
+    ] {
+        if paused {
+            blockers.push(format!(
+                "paused by annotation {PAUSED_ANNOTATION} on {what}; kubectl inplace resume {what}"
+            ));
+        }
+    }
+    if let Some(hold) = &intent.hold {
+        blockers.push(hold.clone());
+    }
+
+    let budgets = disruption_budgets(cluster.pdbs.iter(), cluster.pods);
     // A dry run does not know when, or against which EndpointSlices, the controller drained
     // a pod: it judges the slices and times the grace period as a restarted controller would.
     let drains = BTreeMap::new();
-    let drained = endpoints_drained(slices.items.iter(), &pods, &drains);
-    let previous = view
-        .annotations
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s));
-    let now = Timestamp::now();
-    let (failed, retry_since) = failure_memory(
-        previous.as_ref(),
-        view.annotations.get(RETRY_ANNOTATION).map(String::as_str),
-        now,
-    );
-    let input = PlanInput {
-        targets: &targets,
-        pods: &pods,
-        policy: &spec,
+    let drained = endpoints_drained(cluster.slices.iter(), cluster.pods, &drains);
+    // A dry run reads no Events: a native sidecar failing without a waiting reason shows here
+    // as in progress until the controller, which watches them, records the failure.
+    let events = PodEvents::new();
+    let seen = Observed {
+        pods: cluster.pods,
         desired_replicas: view.desired_replicas,
-        paused,
-        failed_targets: &failed,
-        retry_since,
         disruption_budgets: &budgets,
         endpoints_drained: &drained,
         drains: &drains,
-        // A dry run reads no Events: a native sidecar failing without a waiting reason shows
-        // here as in progress until the controller, which watches them, records the failure.
-        events: &Default::default(),
+        events: &events,
+    };
+    let input = intent.plan_input(seen, now);
+    let mut planned = plan(&input);
+    if intent.hold.is_some() {
+        planned.hold_new_pods();
+    }
+    match &planned.verdict {
+        Verdict::Blocked { reason } => blockers.extend(reason.split("; ").map(str::to_string)),
+        Verdict::Failed { pod, reason } => blockers.push(format!(
+            "pod {pod}: {reason}; kubectl inplace retry {resource} tries the target again"
+        )),
+        Verdict::Progressing | Verdict::Completed | Verdict::Paused => {}
+    }
+    // What the controller would record (the rollout slots aside: only it knows them).
+    let verdict = progress(
+        &intent.reported(intent.hold.as_deref()),
+        &planned,
+        previous.as_ref(),
         now,
-    };
-    let planned = plan(&input);
-    let verdict = match &planned.verdict {
-        Verdict::Progressing => "Progressing",
-        Verdict::Completed => "Completed",
-        Verdict::Paused => "Paused",
-        Verdict::Blocked { reason } => {
-            blockers.extend(reason.split("; ").map(str::to_string));
-            "Blocked"
-        }
-        Verdict::Failed { pod, reason } => {
-            blockers.push(format!(
-                "pod {pod}: {reason}; kubectl inplace retry {resource} tries the target again"
-            ));
-            "Failed"
-        }
-    };
-    let verdict = if policy_name.is_none() && !targets.is_empty() {
-        "NoPolicy"
-    } else {
-        verdict
-    };
+    )
+    .phase;
+    let pods = cluster.pods;
+    let targets = &intent.asked.targets;
 
     // The pods in the order the planner takes them: in-flight first, then not Ready ones,
     // then by name (its stable sort).
@@ -367,7 +378,7 @@ async fn build_plan(
         let ready = is_ready(pod);
         let record = PodUpgradeState::from_pod(pod).ok().flatten();
         let active = record.as_ref().filter(|s| s.phase.in_progress());
-        let changes: Vec<ContainerChange> = match (active, target::resolve(spec, &targets)) {
+        let changes: Vec<ContainerChange> = match (active, target::resolve(spec, targets)) {
             (Some(st), _) => st
                 .containers
                 .iter()
@@ -444,17 +455,17 @@ async fn build_plan(
     Ok(PlanReport {
         namespace: ns_name.to_string(),
         workload: resource.to_string(),
-        targets: annotation::render(&targets),
+        targets: intent.asked.written.clone(),
         source: source.to_string(),
-        policy: policy_name.map(|name| PolicySummary {
+        policy: intent.policy.clone().map(|name| PolicySummary {
             name,
-            max_unavailable: match &spec.max_unavailable {
+            max_unavailable: match &intent.spec.max_unavailable {
                 IntOrString::Int(n) => n.to_string(),
                 IntOrString::String(s) => s.clone(),
             },
-            pods_at_once: spec.max_unavailable_pods(view.desired_replicas).ok(),
-            on_failure: format!("{:?}", spec.on_failure),
-            ready_timeout_seconds: spec.ready_timeout_seconds,
+            pods_at_once: intent.spec.max_unavailable_pods(view.desired_replicas).ok(),
+            on_failure: format!("{:?}", intent.spec.on_failure),
+            ready_timeout_seconds: intent.spec.ready_timeout_seconds,
         }),
         desired_replicas: view.desired_replicas,
         disruption_budgets: budgets
@@ -466,7 +477,7 @@ async fn build_plan(
             })
             .collect(),
         pods: pods_out,
-        verdict: verdict.to_string(),
+        verdict: verdict.as_str().to_string(),
         blockers,
     })
 }
@@ -495,11 +506,9 @@ async fn status_rows(ctx: &Ctx, one: Option<&ResourceRef>) -> Result<Vec<StatusR
             namespaces.insert(ns.clone(), annotations);
         }
         let ns_annotations = namespaces.get(&ns).cloned().unwrap_or_default();
-        let (target, _) = effective(&view.annotations, &ns_annotations);
-        let recorded = view
-            .annotations
-            .get(STATUS_ANNOTATION)
-            .and_then(|s| WorkloadStatus::parse(s));
+        // The targets as the controller records them in `status.target`.
+        let target = intent::asked(&view.annotations, &ns_annotations).written;
+        let recorded = WorkloadStatus::of(&view);
         if one.is_none() && target.is_empty() && recorded.is_none() {
             continue; // never asked for an in-place upgrade
         }
@@ -726,12 +735,8 @@ async fn retry(
     let Workload { view, .. } =
         resource::get_workload(client, &ctx.namespace, resource, "retry").await?;
     let ns_annotations = annotations_of(resource::namespace(client, &ctx.namespace).await.as_ref());
-    let (_, source) = effective(&view.annotations, &ns_annotations);
-    let recorded_source = view
-        .annotations
-        .get(STATUS_ANNOTATION)
-        .and_then(|s| WorkloadStatus::parse(s))
-        .and_then(|s| s.source);
+    let source = intent::asked(&view.annotations, &ns_annotations).source;
+    let recorded_source = WorkloadStatus::of(&view).and_then(|s| s.source);
     let asked_at = retry_value();
     // Under a Namespace annotation a failed target is remembered by the workload it failed in
     // and blocks every other workload of the namespace: each of them forgets it only on a
@@ -742,11 +747,7 @@ async fn retry(
             if other.key == view.key {
                 continue;
             }
-            let Some(s) = other
-                .annotations
-                .get(STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
-            else {
+            let Some(s) = WorkloadStatus::of(&other) else {
                 continue;
             };
             if s.source == Some(TargetSource::Namespace)
@@ -774,11 +775,7 @@ async fn retry(
         let mut pending = Vec::new();
         for key in &siblings {
             let w = resource::get_workload(client, &ctx.namespace, &key_ref(key), "retry").await?;
-            let taken = w
-                .view
-                .annotations
-                .get(STATUS_ANNOTATION)
-                .and_then(|s| WorkloadStatus::parse(s))
+            let taken = WorkloadStatus::of(&w.view)
                 .is_some_and(|s| s.retry.as_deref() == Some(asked_at.as_str()));
             if !taken {
                 pending.push(key_ref(key).to_string());
@@ -1009,6 +1006,177 @@ mod tests {
         let state = json!({"version": 1, "phase": phase, "patchedAt": "2026-01-01T00:00:00Z", "containers": containers});
         serde_json::from_value(json!({"metadata": {"name": name, "annotations": {STATE_ANNOTATION: state.to_string()}}}))
             .expect("pod")
+    }
+
+    /// A namespace `shop` with a policy, a Deployment `web` of three Ready pods running
+    /// `app=nginx:1`, and one sibling workload's status record.
+    struct Shop {
+        workload: WorkloadView,
+        namespace: Namespace,
+        policies: Vec<InPlaceUpgradePolicy>,
+        siblings: Vec<WorkloadStatus>,
+        pods: Vec<Pod>,
+    }
+
+    impl Shop {
+        fn new(
+            workload_annotations: serde_json::Value,
+            namespace_annotations: serde_json::Value,
+        ) -> Self {
+            let deployment: k8s_openapi::api::apps::v1::Deployment =
+                serde_json::from_value(json!({
+                    "metadata": {"name": "web", "namespace": "shop", "generation": 1,
+                                 "annotations": workload_annotations},
+                    "spec": {"replicas": 3, "selector": {}, "template": {}},
+                    "status": {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3},
+                }))
+                .expect("deployment");
+            let running = |name: &str| -> Pod {
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "shop"},
+                    "spec": {"containers": [{"name": "app", "image": "nginx:1"}]},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                               "containerStatuses": [{"name": "app", "image": "nginx:1", "imageID": "",
+                                   "containerID": format!("containerd://{name}"), "ready": true,
+                                   "restartCount": 0, "state": {"running": {}}}]},
+                }))
+                .expect("pod")
+            };
+            Shop {
+                workload: WorkloadView::from_deployment(&deployment),
+                namespace: serde_json::from_value(json!({"metadata": {"name": "shop",
+                    "labels": {"kubernetes.io/metadata.name": "shop"},
+                    "annotations": namespace_annotations}}))
+                .expect("namespace"),
+                policies: vec![policy("mesh", json!({"namespaceSelector": {}}))],
+                siblings: Vec::new(),
+                pods: vec![running("web-1"), running("web-2"), running("web-3")],
+            }
+        }
+
+        fn plan(&self, from_image: bool) -> PlanReport {
+            let cluster = Cluster {
+                workload: &self.workload,
+                namespace: &self.namespace,
+                policies: &self.policies,
+                siblings: self.siblings.clone(),
+                pods: &self.pods,
+                pdbs: &[],
+                slices: &[],
+            };
+            let resource: ResourceRef = "deploy/web".parse().expect("resource");
+            let now = "2026-01-02T00:00:00Z".parse().expect("time");
+            plan_report(
+                &cluster,
+                &resource,
+                from_image,
+                "inplace-upgrade-system",
+                now,
+            )
+            .expect("a report")
+        }
+    }
+
+    fn policy(name: &str, spec: serde_json::Value) -> InPlaceUpgradePolicy {
+        serde_json::from_value(json!({"apiVersion": "inplace-upgrade.io/v1alpha1",
+            "kind": "InPlaceUpgradePolicy", "metadata": {"name": name}, "spec": spec}))
+        .expect("policy")
+    }
+
+    fn nexts(report: &PlanReport) -> Vec<&str> {
+        report.pods.iter().map(|p| p.next.as_str()).collect()
+    }
+
+    #[test]
+    fn plan_reports_what_the_controller_would_do() {
+        let shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Progressing");
+        assert!(report.blockers.is_empty(), "{:?}", report.blockers);
+        assert_eq!(report.source, "workload annotation");
+        assert_eq!(
+            nexts(&report),
+            ["upgrade now", "waits for its turn", "waits for its turn"]
+        );
+    }
+
+    /// Before: `plan` read the workload's own failure memory only and said "upgrade now" for
+    /// a target the controller held back because it failed in another workload.
+    #[test]
+    fn plan_honours_the_namespace_wide_failure_memory() {
+        let mut shop = Shop::new(json!({}), json!({TARGETS_ANNOTATION: "app=nginx:2"}));
+        shop.siblings = vec![WorkloadStatus {
+            phase: WorkloadPhase::Failed,
+            source: Some(TargetSource::Namespace),
+            failed_targets: vec![crate::plan::FailedTarget {
+                container: "app".into(),
+                image: "docker.io/library/nginx:2".into(),
+            }],
+            ..WorkloadStatus::default()
+        }];
+        let report = shop.plan(false);
+        assert_eq!(report.source, "namespace annotation");
+        assert_eq!(report.verdict, "Failed");
+        assert!(!nexts(&report).contains(&"upgrade now"), "{report:?}");
+        assert!(
+            report.blockers.iter().any(|b| b.contains("failed before")),
+            "{:?}",
+            report.blockers
+        );
+    }
+
+    /// Before: a broken policy paused the workload in the controller, and `plan` still said
+    /// "upgrade now" (verdict Progressing).
+    #[test]
+    fn plan_stops_on_a_broken_policy_as_the_controller_does() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.policies.push(policy(
+            "broken",
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+        ));
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert!(
+            report.blockers.iter().any(|b| b.contains("broken")
+                && b.ends_with("nothing is upgraded until that policy is fixed")),
+            "{:?}",
+            report.blockers
+        );
+    }
+
+    /// Before: without a policy `plan` planned under its own copy of the defaults and said
+    /// "upgrade now" for pods the controller never touches.
+    #[test]
+    fn plan_starts_nothing_without_a_policy_but_shows_the_changes() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.policies.clear();
+        let report = shop.plan(true);
+        assert_eq!(report.verdict, "NoPolicy");
+        assert_eq!(report.source, "--image");
+        assert!(report.policy.is_none());
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert!(
+            report
+                .pods
+                .iter()
+                .all(|p| p.changes.len() == 1 && p.changes[0].target == "nginx:2")
+        );
+    }
+
+    /// Before: `plan` named the workload's own rollout as a blocker and still said "upgrade
+    /// now"; the controller holds new pods back until it is done.
+    #[test]
+    fn plan_holds_new_pods_while_the_workloads_own_rollout_runs() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.workload.settled = false;
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(nexts(&report), ["blocked", "blocked", "blocked"]);
+        assert_eq!(
+            report.blockers,
+            ["waiting for the Deployment's own rollout to finish"]
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@ mod commands;
 pub mod render;
 pub mod resource;
 
+/// The dry run from what was read, for the reconciler's tests to hold the controller to.
+#[cfg(test)]
+pub(crate) use commands::{Cluster, plan_report};
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::controller::{WorkloadPhase, WorkloadStatus};
+use crate::status::{WorkloadPhase, WorkloadStatus};
 
 /// Columns separated by three spaces and left-aligned, headers in capitals (kubectl's
 /// printer); the last column is not padded.

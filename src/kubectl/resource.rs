@@ -11,7 +11,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Client, ResourceExt};
 
 use super::KubectlError;
-use crate::controller::{WorkloadKind, WorkloadView, deployment_settled};
+use crate::workload::{WorkloadKind, WorkloadView, deployment_settled};
 
 /// What a `TYPE/NAME` argument names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,7 @@ pub async fn get_workload(
         WorkloadKind::DaemonSet => WorkloadView::from_daemon_set(&typed::<DaemonSet>(&object)?),
         WorkloadKind::ReplicaSet => {
             let rs: ReplicaSet = typed(&object)?;
-            if let Some(owner) = crate::controller::controller_of(rs.owner_references()) {
+            if let Some(owner) = crate::workload::controller_of(rs.owner_references()) {
                 return Err(KubectlError::Usage(format!(
                     "{resource} is controlled by {}/{}: name that instead",
                     owner.kind.to_lowercase(),
@@ -222,7 +222,7 @@ fn controlled_by(
     owners: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
     uid: &str,
 ) -> bool {
-    crate::controller::controller_of(owners).is_some_and(|o| o.uid == uid)
+    crate::workload::controller_of(owners).is_some_and(|o| o.uid == uid)
 }
 
 /// The workload's pods (terminating ones included, as the planner wants them), by name.
@@ -244,7 +244,7 @@ pub async fn pods_of(client: &Client, workload: &WorkloadView) -> Result<Vec<Pod
         .items
         .into_iter()
         .filter(|p| {
-            crate::controller::controller_of(p.owner_references())
+            crate::workload::controller_of(p.owner_references())
                 .is_some_and(|o| owners.contains(&o.uid))
         })
         .collect();
@@ -318,7 +318,7 @@ pub async fn list_workloads(
         views.push(WorkloadView::from_daemon_set(&d));
     }
     for rs in &replica_sets.items {
-        if crate::controller::controller_of(rs.owner_references()).is_none() {
+        if crate::workload::controller_of(rs.owner_references()).is_none() {
             views.push(WorkloadView::from_replica_set(rs));
         }
     }

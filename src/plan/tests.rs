@@ -103,6 +103,38 @@ fn patched_state(phase: Phase, patched_at: i64, id: &str, restarts: i32) -> Stri
     .expect("json")
 }
 
+/// A record patched at `patched_at` and finished in `phase` at `finished_at`.
+fn finished_state(phase: Phase, patched_at: i64, finished_at: i64) -> String {
+    let from = if phase == Phase::RolledBack {
+        Phase::RollingBack
+    } else {
+        Phase::Patched
+    };
+    PodUpgradeState::parse(&patched_state(from, patched_at, "x", 0))
+        .expect("state")
+        .finished(phase, None, None, ts(finished_at))
+        .to_json()
+        .expect("json")
+}
+
+/// Pod `name` patched to the new image 10 s ago, whose new container crash-loops.
+fn crash_looping(name: &str) -> P {
+    let mut failing = p(name, NEW, false);
+    failing.state = Some(patched_state(
+        Phase::Patched,
+        -10,
+        &format!("containerd://{name}-1"),
+        0,
+    ));
+    failing.ctr = Ctr {
+        waiting: Some("CrashLoopBackOff"),
+        running: false,
+        ready: false,
+        ..Ctr::up(&format!("containerd://{name}-3"), 2, -5)
+    };
+    failing
+}
+
 fn build(p: &P) -> Pod {
     let mut pod = Pod::default();
     pod.metadata.name = Some(p.name.clone());
@@ -657,14 +689,7 @@ fn in_progress_pods_wait_finish_and_count_against_the_budget() {
 
 #[test]
 fn failure_rolls_back_and_stops_the_workload() {
-    let mut failing = p("a", NEW, false);
-    failing.state = Some(patched_state(Phase::Patched, -10, "containerd://a-1", 0));
-    failing.ctr = Ctr {
-        waiting: Some("CrashLoopBackOff"),
-        running: false,
-        ready: false,
-        ..Ctr::up("containerd://a-3", 2, -5)
-    };
+    let failing = crash_looping("a");
     let others = [p("b", OLD, true), p("c", OLD, false)];
     let mut pods = vec![failing.clone()];
     pods.extend(others.iter().cloned());
@@ -732,13 +757,7 @@ fn paused_failure_waits_for_unpause_to_roll_back() {
 #[test]
 fn retry_lifts_a_pods_own_failure_record() {
     let mut rolled = p("a", OLD, true);
-    rolled.state = Some(
-        PodUpgradeState::parse(&patched_state(Phase::RolledBack, -100, "x", 0))
-            .expect("state")
-            .finished(Phase::RolledBack, None, None, ts(-50))
-            .to_json()
-            .expect("json"),
-    );
+    rolled.state = Some(finished_state(Phase::RolledBack, -100, -50));
     let mut world = World::new(&[rolled]);
     assert_eq!(summary(&world.plan()), s(&[]));
     world.retry_since = Some(ts(-120));
@@ -781,6 +800,72 @@ fn failed_targets_memory_blocks_every_pod() {
     // A different target is allowed again.
     world.targets = annotation::parse("app=nginx:3").expect("valid");
     assert_eq!(summary(&world.plan()), s(&[("a", "Patch app=nginx:3")]));
+}
+
+/// Execution writes from what the planner read: each step carries the pod's parsed record,
+/// and the status counts come with the plan.
+#[test]
+fn steps_carry_the_record_read_and_the_plan_counts_the_pods() {
+    let failing = crash_looping("a");
+    let mut done = p("b", NEW, true);
+    done.state = Some(finished_state(Phase::Succeeded, -100, -50));
+    let ungated_old = p("c", OLD, true);
+    let gone = P {
+        terminating: true,
+        ..p("d", OLD, true)
+    };
+    let new_pod = gated(p("e", OLD, true));
+    let world = World::new(&[failing.clone(), done, ungated_old, gone, new_pod]).max_unavailable(3);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Rollback CrashLoopBackOff")]));
+    let rollback = &plan.steps[0];
+    assert_eq!(
+        rollback.state,
+        failing
+            .state
+            .as_deref()
+            .map(|j| PodUpgradeState::parse(j).expect("state"))
+    );
+    // a (in flight), b (done), c, e; d terminates.
+    assert_eq!(
+        plan.counts,
+        Counts {
+            targeted: 4,
+            upgraded: 1,
+            ungated: 3,
+        }
+    );
+    // The failing pod's record is what the workload remembers.
+    assert_eq!(
+        plan.failed_targets,
+        [FailedTarget {
+            container: "app".into(),
+            image: NEW.into(),
+        }]
+    );
+    // Paused, the failure is not a verdict and nothing is remembered yet.
+    let mut world = world;
+    world.paused = true;
+    assert!(world.plan().failed_targets.is_empty());
+}
+
+/// A failure known before the last retry request is forgiven: not remembered again.
+#[test]
+fn a_failure_from_before_the_retry_is_not_remembered_again() {
+    let mut rolled = p("a", OLD, true);
+    rolled.state = Some(finished_state(Phase::RolledBack, -100, -50));
+    let mut world = World::new(&[rolled]);
+    let plan = world.plan();
+    assert!(matches!(plan.verdict, Verdict::Failed { .. }));
+    assert_eq!(plan.failed_targets.len(), 1);
+    world.retry_since = Some(ts(-120));
+    assert_eq!(
+        world.plan().failed_targets.len(),
+        1,
+        "a retry older than the attempt"
+    );
+    world.retry_since = Some(ts(-60));
+    assert!(world.plan().failed_targets.is_empty());
 }
 
 #[test]

@@ -52,8 +52,8 @@ use inplace_upgrade::{
         pod::{AdmittedPod, LeanContainer, LeanPodSpec},
         validate::{WorkloadObject, validate_workload_or_namespace},
     },
-    controller::{WorkloadKey, WorkloadView},
     policy::InPlaceUpgradePolicy,
+    workload::{WorkloadKey, WorkloadView},
 };
 use inplace_upgrade_webhook::{
     AdmissionRequest, AdmissionResponse, AdmissionRouter, CertificateStore, Decoded, TlsServer,

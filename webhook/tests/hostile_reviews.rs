@@ -1,5 +1,5 @@
 //! Hostile AdmissionReviews (issue #8 part 3) sent to OUR handlers through the real router
-//! (`inplace_upgrade::admission::serve::admission_router`: the pod mutation and the workload
+//! (`inplace_upgrade::admission::router`: the pod mutation and the workload
 //! validation over an in-memory cluster view): wrong kinds, missing fields, huge, deeply
 //! nested, invalid UTF-8, duplicate keys, numbers where strings go, DELETE/CONNECT, dryRun
 //! and malformed annotations. Each row pins the HTTP status, `allowed`, a fragment of the
@@ -19,11 +19,9 @@ use common::{fixture, pod_from_template, review};
 use http_body_util::BodyExt;
 use inplace_upgrade::{
     TARGETS_ANNOTATION,
-    admission::{
-        ClusterView, MUTATE_PODS_PATH, Settings, VALIDATE_WORKLOADS_PATH, serve::admission_router,
-    },
-    controller::{WorkloadKey, WorkloadView},
+    admission::{self, ClusterView, MUTATE_PODS_PATH, Settings, VALIDATE_WORKLOADS_PATH},
     policy::InPlaceUpgradePolicy,
+    workload::{WorkloadKey, WorkloadView},
 };
 use inplace_upgrade_webhook::{DEFAULT_BODY_LIMIT, WebhookMetrics};
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Namespace};
@@ -135,7 +133,7 @@ fn router() -> Router {
     let settings = Settings {
         controller_namespace: "inplace-upgrade-system".into(),
     };
-    admission_router(
+    admission::router(
         Arc::new(view),
         settings,
         WebhookMetrics::new(&mut Registry::default()),

@@ -241,7 +241,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
     if let Ok(resolved) = crate::target::resolve(spec, &targets)
         && !resolved.resolved.is_empty()
     {
-        let patch = upgrade_patch(pod, &resolved.resolved, at(10))
+        let patch = upgrade_patch(pod, None, &resolved.resolved, at(10))
             .map(|(p, s)| (serde_json::to_string(&p).expect("json"), s));
         out.push(format!("upgrade {patch:?}"));
     }
@@ -296,7 +296,12 @@ fn decisions(pod: &Pod) -> Vec<String> {
     }
     out.push(format!(
         "workload {:?}",
-        crate::controller::workload_of_pod(pod, |_| None)
+        crate::workload::owning_workload(
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.owner_references(),
+            pod.labels(),
+            |_| None
+        )
     ));
     out.push(format!("labels {:?}", pod.metadata.labels));
     out
@@ -315,7 +320,7 @@ fn variants(pod: &Value) -> Vec<(String, Value)> {
         && let Ok(resolved) = crate::target::resolve(spec, &targets)
         && !resolved.resolved.is_empty()
     {
-        let (_, state) = upgrade_patch(&as_pod, &resolved.resolved, at(10)).expect("patch");
+        let (_, state) = upgrade_patch(&as_pod, None, &resolved.resolved, at(10)).expect("patch");
         let mut patched = pod.clone();
         patched["metadata"]["annotations"][crate::STATE_ANNOTATION] =
             json!(state.to_json().expect("json"));
@@ -547,10 +552,9 @@ fn a_lean_slice_serves_the_pods_the_full_slice_serves() {
         .map(|n| serde_json::from_value(json!({"metadata": {"name": n}})).expect("pod"))
         .collect();
     let drained =
-        crate::controller::inputs::endpoints_drained([&full].into_iter(), &pods, &BTreeMap::new());
-    let lean_drained = crate::controller::inputs::not_serving(&pods, |p| {
-        lean.kept.serving.iter().any(|s| &**s == p)
-    });
+        crate::plan::inputs::endpoints_drained([&full].into_iter(), &pods, &BTreeMap::new());
+    let lean_drained =
+        crate::plan::inputs::not_serving(&pods, |p| lean.kept.serving.iter().any(|s| &**s == p));
     assert_eq!(drained, lean_drained);
     assert_eq!(drained, BTreeSet::from(["c".to_string(), "e".to_string()]));
     assert_eq!(
@@ -585,7 +589,7 @@ fn a_lean_pod_classifies_an_alias_named_restart_as_upgraded() {
     let resolved = crate::target::resolve(before.spec.as_ref().expect("spec"), &targets)
         .expect("resolve")
         .resolved;
-    let (_, state) = upgrade_patch(&before, &resolved, at(10)).expect("patch");
+    let (_, state) = upgrade_patch(&before, None, &resolved, at(10)).expect("patch");
     let baseline = state.container("istio-proxy").expect("baseline");
     assert_eq!(
         baseline.image_id.as_deref(),

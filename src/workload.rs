@@ -6,7 +6,7 @@ use std::fmt;
 use std::hash::Hasher;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
@@ -282,34 +282,65 @@ pub fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
     owners.iter().find(|o| o.controller == Some(true))
 }
 
-/// The workload a pod belongs to. A pod of a ReplicaSet that a Deployment controls belongs to
-/// the Deployment (the Deployment controller copies the Deployment's annotations onto its
-/// ReplicaSets, so such a ReplicaSet is never a workload of its own).
-/// `replica_set_owner` looks up a ReplicaSet's controlling owner reference by name (`None`: a
-/// ReplicaSet of its own).
-pub fn workload_of_pod(
-    pod: &Pod,
-    replica_set_owner: impl Fn(&str) -> Option<OwnerReference>,
-) -> Option<WorkloadKey> {
-    let namespace = pod.namespace()?;
-    let owner = controller_of(pod.owner_references())?;
-    let key = |kind, name: &str| WorkloadKey {
-        kind,
-        namespace: namespace.clone(),
-        name: name.to_string(),
+/// Where a pod's controlling owner chain leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// One of our workloads (look it up: it may not be known yet).
+    Workload(WorkloadKey),
+    /// A ReplicaSet that is not known (yet), whose name and the pod's `pod-template-hash` label
+    /// do not name a Deployment either.
+    UnknownReplicaSet(String),
+    /// Nothing we roll: a bare pod, a Job's pod, a pod of a ReplicaSet that another controller
+    /// owns (e.g. an Argo Rollout).
+    NotOurs,
+}
+
+/// The workload a pod belongs to, from its controlling owner reference (`owners`, in
+/// `namespace`) and its `labels`; the controller and the webhook both go through here.
+///
+/// A pod of a ReplicaSet that a Deployment controls belongs to the Deployment (the Deployment
+/// controller copies the Deployment's annotations onto its ReplicaSets, so such a ReplicaSet is
+/// never a workload of its own). `replica_set` looks a ReplicaSet up by name: `None` when it is
+/// not known (yet), else its controlling owner reference (`Some(None)`: a ReplicaSet of its
+/// own). A Deployment's new ReplicaSet creates its first pods right after it is created,
+/// possibly before a watch delivers it: its name is `<deployment>-<pod-template-hash>` and the
+/// pod carries that hash label, which names the Deployment.
+pub fn owning_workload(
+    namespace: &str,
+    owners: &[OwnerReference],
+    labels: &BTreeMap<String, String>,
+    replica_set: impl Fn(&str) -> Option<Option<OwnerReference>>,
+) -> Owner {
+    let Some(owner) = controller_of(owners) else {
+        return Owner::NotOurs;
     };
-    match WorkloadKind::from_owner_kind(&owner.kind)? {
-        WorkloadKind::ReplicaSet => match replica_set_owner(&owner.name) {
-            Some(rs_owner) if rs_owner.kind == "Deployment" => {
-                Some(key(WorkloadKind::Deployment, &rs_owner.name))
+    let key = |kind, name: &str| {
+        Owner::Workload(WorkloadKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    };
+    match WorkloadKind::from_owner_kind(&owner.kind) {
+        Some(WorkloadKind::ReplicaSet) => match replica_set(&owner.name) {
+            Some(Some(rs_owner)) if rs_owner.kind == "Deployment" => {
+                key(WorkloadKind::Deployment, &rs_owner.name)
             }
-            // A ReplicaSet some other controller owns (e.g. an Argo Rollout) is not ours.
-            Some(_) => None,
-            None => Some(key(WorkloadKind::ReplicaSet, &owner.name)),
+            Some(Some(_)) => Owner::NotOurs,
+            Some(None) => key(WorkloadKind::ReplicaSet, &owner.name),
+            None => labels
+                .get("pod-template-hash")
+                .and_then(|hash| owner.name.strip_suffix(hash.as_str()))
+                .and_then(|prefix| prefix.strip_suffix('-'))
+                .filter(|deployment| !deployment.is_empty())
+                .map_or_else(
+                    || Owner::UnknownReplicaSet(format!("ReplicaSet {namespace}/{}", owner.name)),
+                    |deployment| key(WorkloadKind::Deployment, deployment),
+                ),
         },
         // Pods are never owned by a Deployment directly.
-        WorkloadKind::Deployment => None,
-        kind => Some(key(kind, &owner.name)),
+        Some(WorkloadKind::Deployment) | None => Owner::NotOurs,
+        Some(kind) => key(kind, &owner.name),
     }
 }
 
@@ -318,13 +349,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod_owned_by(kind: &str, name: &str) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "ns", "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true}
-            ]}
-        }))
-        .expect("pod literal")
+    fn owned_by(kind: &str, name: &str) -> Vec<OwnerReference> {
+        vec![owner(kind, name)]
     }
 
     fn owner(kind: &str, name: &str) -> OwnerReference {
@@ -336,8 +362,8 @@ mod tests {
         }
     }
 
-    fn key(kind: WorkloadKind, name: &str) -> Option<WorkloadKey> {
-        Some(WorkloadKey {
+    fn key(kind: WorkloadKind, name: &str) -> Owner {
+        Owner::Workload(WorkloadKey {
             kind,
             namespace: "ns".into(),
             name: name.into(),
@@ -346,34 +372,107 @@ mod tests {
 
     #[test]
     fn a_pod_belongs_to_the_workload_at_the_top_of_its_owner_chain() {
-        let deployment_rs = |_: &str| Some(owner("Deployment", "web"));
-        let standalone_rs = |_: &str| None;
-        let rollout_rs = |_: &str| Some(owner("Rollout", "r"));
-        assert_eq!(
-            workload_of_pod(&pod_owned_by("ReplicaSet", "web-1"), deployment_rs),
-            key(WorkloadKind::Deployment, "web")
+        let deployment_rs = |_: &str| Some(Some(owner("Deployment", "web")));
+        let standalone_rs = |_: &str| Some(None);
+        let unknown_rs = |_: &str| None;
+        let rollout_rs = |_: &str| Some(Some(owner("Rollout", "r")));
+        let no_labels = BTreeMap::new();
+        let hashed = BTreeMap::from([("pod-template-hash".to_string(), "5d4f8c7b9".to_string())]);
+        /// How the test looks a ReplicaSet up.
+        type Lookup<'a> = &'a dyn Fn(&str) -> Option<Option<OwnerReference>>;
+        let of = |owners: &[OwnerReference], labels: &BTreeMap<String, String>, rs: Lookup| {
+            owning_workload("ns", owners, labels, rs)
+        };
+        /// Owners, labels, the ReplicaSet lookup, the expected owner, why.
+        type Case<'a> = (
+            Vec<OwnerReference>,
+            &'a BTreeMap<String, String>,
+            Lookup<'a>,
+            Owner,
+            &'a str,
         );
+        let cases: [Case; 10] = [
+            (
+                owned_by("ReplicaSet", "web-1"),
+                &no_labels,
+                &deployment_rs,
+                key(WorkloadKind::Deployment, "web"),
+                "a Deployment's ReplicaSet",
+            ),
+            (
+                owned_by("ReplicaSet", "rs"),
+                &no_labels,
+                &standalone_rs,
+                key(WorkloadKind::ReplicaSet, "rs"),
+                "a ReplicaSet of its own",
+            ),
+            (
+                owned_by("ReplicaSet", "rs"),
+                &no_labels,
+                &rollout_rs,
+                Owner::NotOurs,
+                "another controller's ReplicaSet",
+            ),
+            (
+                owned_by("ReplicaSet", "web-5d4f8c7b9"),
+                &hashed,
+                &unknown_rs,
+                key(WorkloadKind::Deployment, "web"),
+                "a new ReplicaSet named by its hash",
+            ),
+            (
+                owned_by("ReplicaSet", "web-5d4f8c7b9"),
+                &no_labels,
+                &unknown_rs,
+                Owner::UnknownReplicaSet("ReplicaSet ns/web-5d4f8c7b9".into()),
+                "unknown, no hash label",
+            ),
+            (
+                owned_by("ReplicaSet", "5d4f8c7b9"),
+                &hashed,
+                &unknown_rs,
+                Owner::UnknownReplicaSet("ReplicaSet ns/5d4f8c7b9".into()),
+                "the hash alone names nothing",
+            ),
+            (
+                owned_by("StatefulSet", "db"),
+                &no_labels,
+                &unknown_rs,
+                key(WorkloadKind::StatefulSet, "db"),
+                "a StatefulSet",
+            ),
+            (
+                owned_by("DaemonSet", "agent"),
+                &no_labels,
+                &unknown_rs,
+                key(WorkloadKind::DaemonSet, "agent"),
+                "a DaemonSet",
+            ),
+            (
+                owned_by("Job", "j"),
+                &no_labels,
+                &unknown_rs,
+                Owner::NotOurs,
+                "a Job",
+            ),
+            (
+                vec![],
+                &no_labels,
+                &unknown_rs,
+                Owner::NotOurs,
+                "a bare pod",
+            ),
+        ];
+        for (owners, labels, rs, expected, why) in cases {
+            assert_eq!(of(&owners, labels, rs), expected, "{why}");
+        }
+        // Only the controlling owner counts.
+        let mut not_controlling = owner("StatefulSet", "db");
+        not_controlling.controller = None;
         assert_eq!(
-            workload_of_pod(&pod_owned_by("ReplicaSet", "rs"), standalone_rs),
-            key(WorkloadKind::ReplicaSet, "rs")
+            of(&[not_controlling], &no_labels, &unknown_rs),
+            Owner::NotOurs
         );
-        assert_eq!(
-            workload_of_pod(&pod_owned_by("ReplicaSet", "rs"), rollout_rs),
-            None
-        );
-        assert_eq!(
-            workload_of_pod(&pod_owned_by("StatefulSet", "db"), standalone_rs),
-            key(WorkloadKind::StatefulSet, "db")
-        );
-        assert_eq!(
-            workload_of_pod(&pod_owned_by("DaemonSet", "agent"), standalone_rs),
-            key(WorkloadKind::DaemonSet, "agent")
-        );
-        assert_eq!(
-            workload_of_pod(&pod_owned_by("Job", "j"), standalone_rs),
-            None
-        );
-        assert_eq!(workload_of_pod(&Pod::default(), standalone_rs), None);
     }
 
     fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
