@@ -168,8 +168,9 @@ pub fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
 /// reports the spec's string; containerd reports one of the names the image was imported under,
 /// and the test image set imports aliases (`registry.istio.io/testing/proxyv2:1.24.2` and
 /// `docker.io/istio/proxyv2:1.24.2`) as one image. On a real node the container therefore runs
-/// `image` when its `imageID` is the one the test image set built under that name — a different
-/// image under any name still fails.
+/// `image` when its `imageID` is the one the test image set built under that name: the image
+/// ID (`sha256:<config digest>`) of an imported image, or `<repository>@<manifest digest>` of
+/// one pulled from the loopback registry. A different image under any name still fails.
 pub fn runs_image(env: &TestEnv, pod: &Pod, name: &str, image: &str) -> AnyResult<bool> {
     let Some(status) = status_of(pod, name) else {
         return Ok(false);
@@ -192,7 +193,11 @@ pub fn runs_image(env: &TestEnv, pod: &Pod, name: &str, image: &str) -> AnyResul
     let expected = set
         .get(image)
         .ok_or_else(|| format!("{image} is not in the test image set"))?;
-    Ok(status.image_id == expected.id)
+    Ok(status.image_id == expected.id
+        || status
+            .image_id
+            .strip_suffix(&expected.digest)
+            .is_some_and(|repo| repo.ends_with('@')))
 }
 
 pub fn spec_image(pod: &Pod, name: &str) -> Option<String> {
