@@ -373,7 +373,7 @@ async fn run() -> AnyResult<()> {
         .await?;
         println!();
         println!(
-            "### At scale: simulated kubelet, pods in workloads of {per} replicas of the hello fixture (half CloneSets, half Deployments under our policy; all Ready, nothing rolling); each controller started afresh, one after the other, load {}",
+            "### At scale: pods that never schedule (Pending, marked Unschedulable), in workloads of {per} replicas of the hello fixture (half CloneSets, half Deployments under our policy, nothing rolling); each controller started afresh, one after the other, load {}",
             load_average()
         );
         println!(
@@ -1460,7 +1460,18 @@ async fn webhook_cost(
     Ok(())
 }
 
-/// The scale part's pods, and how many of them are Ready.
+/// `PodScheduled=False` (`Unschedulable`): the binder has looked at the pod and left it.
+fn unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+        })
+}
+
+/// The scale part's pods, and how many of them the binder has marked unschedulable.
 async fn count_ready(client: &Client) -> AnyResult<(u64, u64)> {
     let api = Api::<Pod>::all(client.clone());
     let mut params = ListParams::default().labels("bench-scale=1").limit(500);
@@ -1468,7 +1479,7 @@ async fn count_ready(client: &Client) -> AnyResult<(u64, u64)> {
     loop {
         let page = api.list(&params).await?;
         pods += page.items.len() as u64;
-        ready += page.items.iter().filter(|p| common::is_ready(p)).count() as u64;
+        ready += page.items.iter().filter(|p| unschedulable(p)).count() as u64;
         match page.metadata.continue_ {
             Some(c) if !c.is_empty() => params = params.continue_token(&c),
             _ => return Ok((pods, ready)),
@@ -1487,10 +1498,10 @@ struct ScaleSample {
     peak: f64,
 }
 
-/// At scale, on the simulated kubelet: grows the cluster to each size in `sizes` (pods in
-/// workloads of `per` replicas of the hello fixture, half CloneSets and half Deployments
-/// under our policy, 100 workloads per namespace, nothing rolling), waits until every pod
-/// is Ready, then starts each controller afresh, one after the other, and measures its
+/// At scale: grows the cluster to each size in `sizes` (pods in workloads of `per` replicas
+/// of the hello fixture, half CloneSets and half Deployments under our policy, 100 workloads
+/// per namespace, nothing rolling; pods that never schedule, see below), waits until every
+/// pod exists and the binder has marked it unschedulable, then starts each controller afresh, one after the other, and measures its
 /// initial sync (ours: process start to `/readyz`; kruise-manager: to its CloneSet
 /// controller's workers, which controller-runtime starts once that controller's informers
 /// have listed everything), its CPU until then, and its RSS at sync and 10 s later.
@@ -1526,6 +1537,11 @@ async fn scale(
             d["spec"]["selector"]["matchLabels"] = json!({"app": name});
             d["spec"]["template"]["metadata"]["labels"]["app"] = json!(name);
             d["spec"]["template"]["metadata"]["labels"]["bench-scale"] = json!("1");
+            // Pods that never schedule: no node has this label, so the binder marks each
+            // `Unschedulable` once and nothing changes them after (the debug build of the
+            // simulated kubelet cannot bring thousands of pods to Ready in useful time here).
+            d["spec"]["template"]["spec"]["nodeSelector"] =
+                json!({"bench.inplace-upgrade.io/no-such-node": "true"});
             match side {
                 Side::Ours => {
                     Api::<Deployment>::namespaced(client.clone(), &namespace)
@@ -1558,7 +1574,7 @@ async fn scale(
             match count_ready(client).await {
                 Ok((pods, ready)) => {
                     eprintln!(
-                        "  {pods} pods, {ready} Ready ({:.0} s)",
+                        "  {pods} pods, {ready} marked unschedulable ({:.0} s)",
                         t0.elapsed().as_secs_f64()
                     );
                     if pods >= workloads * per && ready >= workloads * per {
@@ -1575,7 +1591,7 @@ async fn scale(
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         let pods = workloads * per;
-        stamp(&format!("scale: {pods} pods Ready; restarting ours"));
+        stamp(&format!("scale: {pods} pods in place; restarting ours"));
         controller.stop();
         *controller = bench
             .spawn_controller(&format!("controller-{pods}.log"), variant)
