@@ -271,7 +271,10 @@ mod tests {
     fn normalised_names_are_fully_qualified() {
         let n = |s: &str| ImageRef::parse(s).unwrap().normalised();
         assert_eq!(n("nginx:1.25"), "docker.io/library/nginx:1.25");
-        assert_eq!(n("docker.io/library/nginx:1.25"), "docker.io/library/nginx:1.25");
+        assert_eq!(
+            n("docker.io/library/nginx:1.25"),
+            "docker.io/library/nginx:1.25"
+        );
         assert_eq!(n("nginx"), "docker.io/library/nginx:latest");
         assert_eq!(
             n("registry.istio.io/testing/proxyv2:1.24.2"),
