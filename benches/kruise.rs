@@ -38,6 +38,7 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -507,7 +508,20 @@ impl Kruise {
         let certs = bench.env.dir().join("kruise-certs");
         let log = bench.env.dir().join("logs").join(log);
         let started = Instant::now();
-        let child = Command::new(dir.join("bin/kruise-manager"))
+        let mut command = Command::new(dir.join("bin/kruise-manager"));
+        // Dies with the bench even when the bench is killed by a signal (Drop does not run
+        // then). The signal fires when the forking thread exits: a runtime worker thread,
+        // which lives as long as the runtime.
+        // SAFETY: only prctl, async-signal-safe, runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args([
                 "--enable-leader-election=false",
                 "--enable-pprof=false",
