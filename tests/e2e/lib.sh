@@ -50,11 +50,12 @@ e2e_install() {
   "$kubectl" -n inplace-upgrade-system get pods -o wide >&2
 }
 
-# Runs each suite ($@) against the cluster of $KUBECONFIG through INPLACE_E2E_KUBECONFIG (and
+# Runs each suite (after $1, the kubectl to use) against the cluster of $KUBECONFIG through INPLACE_E2E_KUBECONFIG (and
 # e2e_deploy applies INPLACE_E2E_KUSTOMIZATION, the overlay, instead of deploy/); prints which
 # failed. Returns 0 only if every suite passed.
 e2e_suites() {
-  local failed=() suite
+  local kubectl=$1 failed=() suite
+  shift
   export INPLACE_E2E_KUBECONFIG="$KUBECONFIG"
   export INPLACE_E2E_KUSTOMIZATION="$E2E_OVERLAY"
   for suite in "$@"; do
@@ -63,6 +64,9 @@ e2e_suites() {
       -- --test-threads="${TEST_THREADS:-3}"); then
       failed+=("$suite")
     fi
+    # The suites leave their namespaces on an existing cluster; their pods' CPU requests
+    # would starve the next suite.
+    "$kubectl" delete namespace -l testenv.inplace-upgrade.io/test --wait=false >&2 || true
   done
   e2e_step "result"
   if [ ${#failed[@]} -gt 0 ]; then

@@ -70,4 +70,4 @@ kubectl=$("$repo/tests/k8s/build.sh" | tail -n 1)/kubectl
 "$kubectl" get nodes -o wide >&2
 
 e2e_install "$kubectl"
-e2e_suites "${suites[@]}"
+e2e_suites "$kubectl" "${suites[@]}"

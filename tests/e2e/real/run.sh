@@ -14,7 +14,9 @@
 # Needs: root on Linux (real nodes; missing Debian packages are installed), cargo. Usage:
 #   tests/e2e/real/run.sh                   # e2e_controller e2e_webhook e2e_deploy
 #   tests/e2e/real/run.sh e2e_controller    # some suites (cargo test --test names)
-# Environment: REAL_NODES (default 2: one 2-CPU node holds the pods of about three tests),
+# Environment: REAL_NODES (default 4: each real node reports this host's 2 CPUs, and the pods
+# of a suite's finished tests keep their requests, since their namespaces stay until the suite
+# ends; with 2 nodes the last tests of e2e_controller stayed Pending on "Insufficient cpu"),
 # TEST_THREADS (default 3), INPLACE_E2E_IMAGE=debug (the debug binary with its shared
 # libraries, as CI's e2e_incluster installs, instead of the static release build, whose cold
 # compile takes long), KEEP=1 to keep the environment's directory (logs) after the run.
@@ -26,7 +28,7 @@ suites=("$@")
 if [ ${#suites[@]} -eq 0 ]; then
   suites=(e2e_controller e2e_webhook e2e_deploy)
 fi
-nodes=${REAL_NODES:-2}
+nodes=${REAL_NODES:-4}
 [ "$(id -u)" = 0 ] || { echo "real nodes need root (kubelet and containerd): run as root" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/inplace-real-e2e.XXXXXX)
@@ -84,4 +86,4 @@ kubectl="$work/env/bin/kubectl"
 "$kubectl" get nodes -o wide >&2
 
 e2e_install "$kubectl"
-e2e_suites "${suites[@]}"
+e2e_suites "$kubectl" "${suites[@]}"
