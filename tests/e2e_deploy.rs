@@ -1250,21 +1250,23 @@ async fn a_controller_missing_one_rule_is_refused_and_says_so() -> TestResult {
     Ok(())
 }
 
-/// The kind path cannot run here (no Docker); at least its script parses and its cluster
-/// config is a kind Cluster.
+/// The kind path cannot run here (no Docker); at least its script, its real-node twin and the
+/// steps they share parse, and its cluster config is a kind Cluster.
 #[test]
 fn the_kind_path_is_well_formed() -> TestResult {
-    let script = repository().join("tests/e2e/kind/run.sh");
-    let syntax = std::process::Command::new("bash")
-        .arg("-n")
-        .arg(&script)
-        .output()?;
-    assert!(
-        syntax.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&syntax.stderr)
-    );
+    for script in ["kind/run.sh", "real/run.sh", "lib.sh"] {
+        let script = repository().join("tests/e2e").join(script);
+        let syntax = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()?;
+        assert!(
+            syntax.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+    }
     let config: Value = serde_yaml::from_str(&std::fs::read_to_string(
         repository().join("tests/e2e/kind/kind-config.yaml"),
     )?)?;

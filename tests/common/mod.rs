@@ -677,6 +677,17 @@ pub async fn await_holder(client: &Client, among: &[&str]) -> AnyResult<String> 
         .unwrap_or_default())
 }
 
+/// Whether the pod's spec lists our readiness gate (injected by the webhook at CREATE).
+pub fn has_gate(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| {
+            g.iter()
+                .any(|g| g.condition_type == inplace_upgrade::READINESS_GATE)
+        })
+}
+
 /// Our readiness gate condition: (status, reason).
 pub fn gate(pod: &Pod) -> Option<(String, String)> {
     let c = pod
@@ -912,6 +923,18 @@ pub async fn await_webhook_gates_pods_of(
     ns: &str,
     deployment: &Deployment,
 ) -> AnyResult<()> {
+    await_webhook_mutates_pods_of(client, ns, deployment, "the readiness gate", |_| true).await
+}
+
+/// [`await_webhook_gates_pods_of`], until the gated dry-run pod also satisfies `also` (e.g.
+/// carries the target image: the webhook's cache holds the workload's annotation too).
+pub async fn await_webhook_mutates_pods_of(
+    client: &Client,
+    ns: &str,
+    deployment: &Deployment,
+    what: &str,
+    also: impl Fn(&Pod) -> bool,
+) -> AnyResult<()> {
     let replica_sets = testenv::wait_list(
         &Api::<ReplicaSet>::namespaced(client.clone(), ns),
         kube::runtime::watcher::Config::default(),
@@ -941,19 +964,10 @@ pub async fn await_webhook_gates_pods_of(
         dry_run: true,
         ..Default::default()
     };
-    let gated = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.readiness_gates.as_ref())
-            .is_some_and(|g| {
-                g.iter()
-                    .any(|g| g.condition_type == "inplace-upgrade.io/ready")
-            })
-    };
     tokio::time::timeout(testenv::WAIT_LIMIT, async {
         loop {
             match pods.create(&dry_run, &probe).await {
-                Ok(p) if gated(&p) => return Ok(()),
+                Ok(p) if has_gate(&p) && also(&p) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -963,7 +977,8 @@ pub async fn await_webhook_gates_pods_of(
     .await
     .map_err(|_| {
         format!(
-            "no dry-run pod of {ns}/hello got the readiness gate within {:?}",
+            "no dry-run pod of {ns}/{} got {what} within {:?}",
+            deployment.name_any(),
             testenv::WAIT_LIMIT
         )
     })??;

@@ -45,8 +45,9 @@ const SERVING_NAMES: [&str; 7] = [
 ];
 
 /// Generates the PKI under `<dir>/pki`, with a kubelet client certificate for each of
-/// `real_nodes`.
-pub(crate) fn generate(dir: &Path, real_nodes: &[String]) -> Result<Pki> {
+/// `real_nodes` and the API server's serving certificate also valid for `api_host` (where it
+/// listens).
+pub(crate) fn generate(dir: &Path, real_nodes: &[String], api_host: &str) -> Result<Pki> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| Error::io(format!("create {}", pki.display()), e))?;
     let cert_err = |what: &str| {
@@ -68,7 +69,10 @@ pub(crate) fn generate(dir: &Path, real_nodes: &[String]) -> Result<Pki> {
     let ca_key = KeyPair::generate().map_err(cert_err("CA key"))?;
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(cert_err("CA certificate"))?;
 
-    let serving_names: Vec<String> = SERVING_NAMES.iter().map(|s| (*s).to_owned()).collect();
+    let mut serving_names: Vec<String> = SERVING_NAMES.iter().map(|s| (*s).to_owned()).collect();
+    if !serving_names.iter().any(|n| n == api_host) {
+        serving_names.push(api_host.to_owned());
+    }
     let mut serving =
         CertificateParams::new(serving_names).map_err(cert_err("serving parameters"))?;
     serving

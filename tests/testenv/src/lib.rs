@@ -221,6 +221,8 @@ pub struct TestEnv {
     tasks: Vec<JoinHandle<()>>,
     /// kube-apiserver's flags and port, to restart it in place.
     apiserver_args: Vec<String>,
+    /// Where kube-apiserver listens: 127.0.0.1, or with real nodes the first node's IP.
+    api_host: String,
     api_port: u16,
     /// An existing cluster ([`TestEnv::external`]): its nodes that are not simulated ones.
     external: Option<Vec<String>>,
@@ -283,17 +285,29 @@ impl TestEnv {
         std::fs::create_dir_all(&logs)
             .map_err(|e| Error::io(format!("create {}", logs.display()), e))?;
         let real_names: Vec<String> = (0..real).map(node::node_name).collect();
-        let pki = certs::generate(&dir, &real_names)?;
         let lease = if real > 0 {
             let (d, k, sims) = (dir.clone(), options.real.kube_proxy, options.kubelet.nodes);
             Some(
-                tokio::task::spawn_blocking(move || host::acquire(&d, real, k, sims))
-                    .await
-                    .map_err(|e| Error::Host(format!("claiming the host: {e}")))??,
+                tokio::task::spawn_blocking(move || {
+                    let lease = host::acquire(&d, real, k, sims)?;
+                    // The nodes' bridges first: the API server listens on the first one.
+                    (0..real).try_for_each(|i| node::network(lease.slot, i))?;
+                    Ok::<_, Error>(lease)
+                })
+                .await
+                .map_err(|e| Error::Host(format!("claiming the host: {e}")))??,
             )
         } else {
             None
         };
+        // With real nodes the API server listens on the first node's IP, as a cluster's does
+        // on its node: pods reach it there through the `kubernetes` Service (its endpoint,
+        // which the API server publishes itself) and the host reaches it as before. Without
+        // them, on loopback only.
+        let api_host = lease
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |l| l.slot.node_ip(0));
+        let pki = certs::generate(&dir, &real_names, &api_host)?;
         let ports = process::free_ports(3)?;
         let (etcd_port, peer_port, api_port) = (ports[0], ports[1], ports[2]);
         let limit = options.startup_limit;
@@ -304,7 +318,7 @@ impl TestEnv {
             kubeconfig: dir.join("kubeconfig"),
             // Replaced by the kubeconfig's (with credentials) once the API server runs.
             config: Config::new(
-                format!("https://127.0.0.1:{api_port}")
+                format!("https://{api_host}:{api_port}")
                     .parse()
                     .map_err(|e| Error::Kubeconfig(format!("API server URL: {e}")))?,
             ),
@@ -315,6 +329,7 @@ impl TestEnv {
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
             apiserver_args: Vec::new(),
+            api_host: api_host.clone(),
             api_port,
             external: None,
         };
@@ -337,18 +352,23 @@ impl TestEnv {
                 "--log-level=warn".to_owned(),
             ];
             env.spawn("etcd", etcd_bin, &etcd_args, logs.join("etcd.log"))?;
-            env.await_port("etcd", etcd_port, limit).await?;
+            env.await_port("etcd", "127.0.0.1", etcd_port, limit)
+                .await?;
 
             let issuer = "https://kubernetes.default.svc.cluster.local";
             let p = |path: &Path| path.display().to_string();
             let apiserver_args = [
                 format!("--etcd-servers={client_url}"),
                 format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--advertise-address=127.0.0.1".to_owned(),
-                // The `kubernetes` Endpoints may not point at loopback, and nothing in this
-                // cluster connects to the API server through its Service.
-                "--endpoint-reconciler-type=none".to_owned(),
+                format!("--bind-address={api_host}"),
+                format!("--advertise-address={api_host}"),
+                // The `kubernetes` Endpoints may not point at loopback: without real nodes
+                // nothing in the cluster connects to the API server through its Service. With
+                // them the API server publishes its node IP there (the default reconciler).
+                format!(
+                    "--endpoint-reconciler-type={}",
+                    if real > 0 { "lease" } else { "none" }
+                ),
                 format!("--cert-dir={}", p(&dir.join("apiserver-certs"))),
                 format!("--tls-cert-file={}", p(&pki.serving_cert)),
                 format!("--tls-private-key-file={}", p(&pki.serving_key)),
@@ -385,8 +405,9 @@ impl TestEnv {
                 logs.join("kube-apiserver.log"),
             )?;
             env.apiserver_args = apiserver_args;
-            env.write_kubeconfig(&pki, api_port)?;
-            env.await_port("kube-apiserver", api_port, limit).await?;
+            env.write_kubeconfig(&pki)?;
+            env.await_port("kube-apiserver", &api_host, api_port, limit)
+                .await?;
             env.config = load_config(&env.kubeconfig).await?;
             let client = env.client()?;
             env.await_readyz(&client, limit).await?;
@@ -433,7 +454,7 @@ impl TestEnv {
             env.nodes = nodes.iter().map(|n| n.name.clone()).collect();
             env.tasks = kubelet::spawn(client.clone(), &options.kubelet, nodes, !scheduler);
             if real > 0 {
-                env.start_real_nodes(&pki, &options, api_port).await?;
+                env.start_real_nodes(&pki, &options).await?;
             }
 
             let bin = dir.join("bin");
@@ -647,6 +668,7 @@ impl TestEnv {
             children: Mutex::new(Vec::new()),
             tasks: Vec::new(),
             apiserver_args: Vec::new(),
+            api_host: String::new(),
             api_port: 0,
             external: Some(others),
         })
@@ -810,7 +832,7 @@ impl TestEnv {
             c.push(child);
         }
         let limit = Duration::from_secs(120);
-        self.await_port("kube-apiserver", self.api_port, limit)
+        self.await_port("kube-apiserver", &self.api_host, self.api_port, limit)
             .await?;
         let client = self.client()?;
         self.await_readyz(&client, limit).await?;
@@ -839,12 +861,7 @@ impl TestEnv {
     /// does what the node lifecycle controller (not run here) does for a Ready node: lifts
     /// the `node.kubernetes.io/not-ready` taint that admission put on it. Also gives each
     /// node the `podCIDR` its CNI bridge serves, as the node IPAM controller would.
-    async fn start_real_nodes(
-        &mut self,
-        pki: &certs::Pki,
-        options: &Options,
-        api_port: u16,
-    ) -> Result<()> {
+    async fn start_real_nodes(&mut self, pki: &certs::Pki, options: &Options) -> Result<()> {
         let slot = self
             .host
             .lock()
@@ -897,8 +914,9 @@ impl TestEnv {
             pki.clone(),
             options.real.clone(),
         );
+        let (api_host, api_port) = (self.api_host.clone(), self.api_port);
         let (started, registry) = tokio::task::spawn_blocking(move || {
-            let api_url = format!("https://127.0.0.1:{api_port}");
+            let api_url = format!("https://{api_host}:{api_port}");
             let setup = node::Setup {
                 env_dir: &dir,
                 slot,
@@ -995,21 +1013,24 @@ impl TestEnv {
     }
 
     /// Startup readiness has no watch to wait on: poll, checking that nothing died.
-    async fn await_port(&self, component: &'static str, port: u16, limit: Duration) -> Result<()> {
+    async fn await_port(
+        &self,
+        component: &'static str,
+        host: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             self.check_children()?;
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
+            if tokio::net::TcpStream::connect((host, port)).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(self.not_ready(
                     component,
                     limit,
-                    format!("nothing listens on 127.0.0.1:{port}"),
+                    format!("nothing listens on {host}:{port}"),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1050,9 +1071,9 @@ impl TestEnv {
         Ok(())
     }
 
-    fn write_kubeconfig(&self, pki: &certs::Pki, port: u16) -> Result<()> {
+    fn write_kubeconfig(&self, pki: &certs::Pki) -> Result<()> {
         let yaml = kubeconfig_yaml(
-            &format!("https://127.0.0.1:{port}"),
+            &format!("https://{}:{}", self.api_host, self.api_port),
             &pki.ca_pem,
             "cluster-admin",
             &pki.admin_cert_pem,

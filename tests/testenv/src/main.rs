@@ -49,6 +49,11 @@ enum Command {
         /// Also write `DIR/kustomization.yaml`: deploy/ with only the image swapped for this one.
         #[arg(long)]
         overlay: Option<PathBuf>,
+        /// Put this dynamically linked `inplace-upgrade` (e.g. target/debug/inplace-upgrade)
+        /// and the shared libraries ldd names into the image instead of the static release
+        /// build (what CI installs: no second compile). Default output: the product directory.
+        #[arg(long, value_name = "BINARY")]
+        shared_libraries: Option<PathBuf>,
     },
 }
 
@@ -138,7 +143,11 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Images { out } => return images(out),
-        Command::ProductImage { out, overlay } => return product_image(out, overlay),
+        Command::ProductImage {
+            out,
+            overlay,
+            shared_libraries,
+        } => return product_image(out, overlay, shared_libraries),
     };
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -170,33 +179,20 @@ fn images(out: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn product_image(out: Option<PathBuf>, overlay: Option<PathBuf>) -> anyhow::Result<()> {
+fn product_image(
+    out: Option<PathBuf>,
+    overlay: Option<PathBuf>,
+    shared_libraries: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let dir = out.unwrap_or_else(testenv::product::default_dir);
-    let built = testenv::product::build(&dir).context("building the product image")?;
+    let built = match shared_libraries {
+        Some(binary) => testenv::product::build_with_shared_libraries(&dir, &binary),
+        None => testenv::product::build(&dir),
+    }
+    .context("building the product image")?;
     if let Some(overlay) = overlay {
-        std::fs::create_dir_all(&overlay)
-            .with_context(|| format!("create {}", overlay.display()))?;
-        // kustomize takes only relative paths to a base.
-        let deploy = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"))
-            .canonicalize()
-            .context("the deploy/ directory")?;
-        let from = overlay.canonicalize().context("the overlay directory")?;
-        let common = from
-            .components()
-            .zip(deploy.components())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut relative = PathBuf::new();
-        for _ in from.components().skip(common) {
-            relative.push("..");
-        }
-        relative.extend(deploy.components().skip(common));
-        let file = overlay.join("kustomization.yaml");
-        std::fs::write(
-            &file,
-            testenv::product::overlay(&built, &relative.display().to_string()),
-        )
-        .with_context(|| format!("write {}", file.display()))?;
+        testenv::product::write_overlay(&built, &overlay)
+            .with_context(|| format!("the overlay in {}", overlay.display()))?;
     }
     println!("{} {}", built.name, built.archive.display());
     Ok(())

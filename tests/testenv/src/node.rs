@@ -98,7 +98,30 @@ pub(crate) fn node_name(index: usize) -> String {
     format!("real-node-{index}")
 }
 
-/// Starts containerd and kubelet for node `index` (blocking: run off the async threads).
+/// The bridge of node `index` with its IP, and its subnet in the pods' routing table. Made
+/// before anything else of the environment starts (the API server listens on node 0's IP).
+pub(crate) fn network(slot: Slot, index: usize) -> Result<()> {
+    let (bridge, ip) = (slot.bridge(index), slot.node_ip(index));
+    host::run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+    host::run("ip", &["addr", "add", &format!("{ip}/24"), "dev", &bridge])?;
+    host::run("ip", &["link", "set", &bridge, "up"])?;
+    host::run(
+        "ip",
+        &[
+            "route",
+            "replace",
+            &slot.subnet(index),
+            "dev",
+            &bridge,
+            "table",
+            &host::POD_ROUTE_TABLE.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Starts containerd and kubelet for node `index`, whose [`network`] exists (blocking: run
+/// off the async threads).
 /// Returns the node and its processes (containerd first).
 pub(crate) fn start(
     setup: &Setup<'_>,
@@ -128,21 +151,6 @@ pub(crate) fn start(
         std::fs::create_dir_all(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
     }
 
-    host::run("ip", &["link", "add", &bridge, "type", "bridge"])?;
-    host::run("ip", &["addr", "add", &format!("{ip}/24"), "dev", &bridge])?;
-    host::run("ip", &["link", "set", &bridge, "up"])?;
-    host::run(
-        "ip",
-        &[
-            "route",
-            "replace",
-            &setup.slot.subnet(index),
-            "dev",
-            &bridge,
-            "table",
-            &host::POD_ROUTE_TABLE.to_string(),
-        ],
-    )?;
     for sub in ["containerd", "kubelet"] {
         crate::cgroup::create(&format!("{cgroup_root}/{sub}"))?;
     }

@@ -105,6 +105,94 @@ pub fn build_from(dir: &Path, binary: Vec<u8>) -> Result<Built, Error> {
     let mut key = Context::new(&SHA256);
     key.update(BUILDER_VERSION.as_bytes());
     key.update(&binary);
+    build_cached(dir, key, || layer(binary))
+}
+
+/// The image the test suites install in CI: the same image ([`layer`], [`run_config`]) with
+/// a dynamically linked `inplace-upgrade` — the debug binary `cargo test` has already built
+/// (`CARGO_BIN_EXE_inplace-upgrade`) — plus the shared libraries `ldd` says it loads, at the
+/// paths it names (glibc, libm, libgcc_s and the loader `/lib64/ld-linux-x86-64.so.2`).
+///
+/// Why not [`build`]: the static release build is a second compile of the whole dependency
+/// tree (58 min cold under load here), too slow for CI; this one costs a tar of the binary.
+/// What users ship stays [`build`] (static, no libc); this image runs the same code, the same
+/// entrypoint, user and ports, and is named like it (`…:dev-<hex>`). It holds a libc but no
+/// shell. Cached by content in `dir`, like [`build_from`].
+pub fn build_with_shared_libraries(dir: &Path, binary: &Path) -> Result<Built, Error> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(io(format!("run ldd {}", binary.display())))?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(Error::Set(format!(
+            "ldd {} failed ({}): {}{}",
+            binary.display(),
+            out.status,
+            listing,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let libraries = shared_libraries(&listing)
+        .map_err(|e| Error::Set(format!("ldd {}: {e}", binary.display())))?;
+    let read = |p: &Path| std::fs::read(p).map_err(io(format!("read {}", p.display())));
+    let mut files = vec![(PathBuf::from(ENTRYPOINT), read(binary)?)];
+    for library in libraries {
+        // Follows symlinks: the layer holds the library's bytes at the path the loader asks for.
+        let bytes = read(&library)?;
+        files.push((library, bytes));
+    }
+    let mut key = Context::new(&SHA256);
+    key.update(BUILDER_VERSION.as_bytes());
+    key.update(b"shared-libraries");
+    for (path, bytes) in &files {
+        key.update(path.to_string_lossy().as_bytes());
+        key.update(&(bytes.len() as u64).to_le_bytes());
+        key.update(bytes);
+    }
+    build_cached(dir, key, move || {
+        let mut files = files.into_iter();
+        let (_, binary) = files.next().expect("the binary comes first");
+        files.try_fold(layer(binary)?, |layer, (path, bytes)| {
+            layer.file(&path.to_string_lossy(), 0o755, bytes)
+        })
+    })
+}
+
+/// The absolute paths of the shared objects in `ldd`'s listing, the dynamic loader included
+/// and the kernel's vDSO left out; a library ldd could not find is an error naming it. Pure.
+pub fn shared_libraries(ldd: &str) -> Result<Vec<PathBuf>, String> {
+    let mut paths = Vec::new();
+    for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    return Err(format!("{} not found", name.trim()));
+                }
+                rest.split(" (").next().unwrap_or_default().trim()
+            }
+            None => line.split(" (").next().unwrap_or_default().trim(),
+        };
+        if path.starts_with('/') {
+            paths.push(PathBuf::from(path));
+        } else if !path.starts_with("linux-vdso") && !path.starts_with("linux-gate") {
+            return Err(format!("unexpected line {line:?}"));
+        }
+    }
+    if paths.is_empty() {
+        return Err("no shared libraries listed (a static binary? use the product image)".into());
+    }
+    Ok(paths)
+}
+
+/// Writes the image of `layer` into `dir` unless `product.json` there records `key` (the
+/// builder's inputs, to which the run config is added) with its archive present.
+fn build_cached(
+    dir: &Path,
+    mut key: Context,
+    layer: impl FnOnce() -> Result<Layer, oci::Error>,
+) -> Result<Built, Error> {
     key.update(format!("{:?}", run_config()).as_bytes());
     let key = hex(key.finish().as_ref());
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
@@ -117,7 +205,7 @@ pub fn build_from(dir: &Path, binary: Vec<u8>) -> Result<Built, Error> {
     {
         return Ok(built);
     }
-    let image = Image::new(vec![layer(binary)?.build()?], &run_config())?;
+    let image = Image::new(vec![layer()?.build()?], &run_config())?;
     let short = &image.id().trim_start_matches("sha256:")[..12];
     let name = format!("{REPOSITORY}:dev-{short}");
     let archive = dir.join("inplace-upgrade.tar");
@@ -148,6 +236,33 @@ pub fn overlay(built: &Built, base: &str) -> String {
     format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\nimages:\n- name: {DEPLOY_IMAGE}\n  newName: {name}\n  newTag: {tag}\n"
     )
+}
+
+/// Writes `dir/kustomization.yaml`: [`overlay`] of the repository's `deploy/`, by a path
+/// relative to `dir` (kustomize refuses absolute ones, and a `dir` inside `deploy/`).
+pub fn write_overlay(built: &Built, dir: &Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let deploy = deploy
+        .canonicalize()
+        .map_err(io(format!("find {}", deploy.display())))?;
+    let from = dir
+        .canonicalize()
+        .map_err(io(format!("find {}", dir.display())))?;
+    let common = from
+        .components()
+        .zip(deploy.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut relative = PathBuf::new();
+    for _ in from.components().skip(common) {
+        relative.push("..");
+    }
+    relative.extend(deploy.components().skip(common));
+    let file = dir.join("kustomization.yaml");
+    std::fs::write(&file, overlay(built, &relative.display().to_string()))
+        .map_err(io(format!("write {}", file.display())))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -291,6 +406,70 @@ mod tests {
                 "tmp/"
             ]
         );
+    }
+
+    #[test]
+    fn ldd_listings_give_the_libraries_and_the_loader() {
+        let debian = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f20)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f13)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f53)\n";
+        assert_eq!(
+            shared_libraries(debian).unwrap(),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+        let missing = "\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n";
+        assert_eq!(
+            shared_libraries(missing).unwrap_err(),
+            "libfoo.so.1 not found"
+        );
+        assert!(
+            shared_libraries("\tstatically linked\n").is_err(),
+            "a static binary is not this image's"
+        );
+        assert!(shared_libraries("").is_err());
+    }
+
+    /// The debug binary of this build with what it links, as CI installs it: the same
+    /// entrypoint, user and ports as the product image, and every library ldd names.
+    #[test]
+    fn the_shared_library_image_holds_the_binary_and_its_libraries() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = std::env::current_exe().unwrap();
+        let built = build_with_shared_libraries(dir.path(), &binary).unwrap();
+        assert!(built.name.starts_with(&format!("{REPOSITORY}:dev-")));
+        assert_eq!(
+            build_with_shared_libraries(dir.path(), &binary).unwrap(),
+            built,
+            "cached"
+        );
+        let archive = std::fs::read(&built.archive).unwrap();
+        let mut outer = tar::Archive::new(archive.as_slice());
+        let mut paths = Vec::new();
+        for entry in outer.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.header().size().unwrap() < 1024 * 1024 {
+                continue;
+            }
+            let mut blob = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut blob).unwrap();
+            if let Ok(entries) = tar::Archive::new(blob.as_slice()).entries() {
+                paths.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| format!("/{}", e.path().unwrap().display())),
+                );
+            }
+        }
+        assert!(paths.iter().any(|p| p == ENTRYPOINT), "{paths:?}");
+        assert!(paths.iter().any(|p| p == "/etc/passwd"), "{paths:?}");
+        assert!(
+            paths.iter().any(|p| p.contains("/ld-linux")),
+            "the loader: {paths:?}"
+        );
+        assert!(paths.iter().any(|p| p.contains("/libc.so")), "{paths:?}");
     }
 
     #[test]

@@ -198,7 +198,12 @@ impl Registry {
                             let Some((name, archive)) = next else {
                                 return Ok(());
                             };
-                            self.push(&archive, &name)?;
+                            // Two pushes into one repository can race on a layer they share:
+                            // distribution 2.8's filesystem storage then answers the second one's
+                            // HEAD with 500 "invalid checksum digest format" (seen here under
+                            // load). Once the first has finished, the layer is complete.
+                            self.push(&archive, &name)
+                                .or_else(|first| self.push(&archive, &name).map_err(|_| first))?;
                         }
                     })
                 })
