@@ -26,7 +26,7 @@ use rustls::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::{Notify, oneshot},
     task::JoinHandle,
 };
 use tokio_rustls::TlsConnector;
@@ -66,6 +66,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub store: Arc<CertificateStore>,
     pub registry: Arc<Registry>,
+    /// Notified when `/slow` has begun a request (servers made by [`Server::start`]).
+    pub slow_started: Arc<Notify>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<inplace_upgrade_webhook::Result<()>>,
 }
@@ -74,13 +76,16 @@ impl Server {
     /// A server with `/mutate-pods` (a recording handler), `/slow` (600 ms on a worker) and
     /// the routes of `extra`, with the default bounds.
     pub async fn start(store_setup: impl FnOnce(&Arc<CertificateStore>), extra: Router) -> Self {
-        Self::start_with(
+        let slow_started = Arc::new(Notify::new());
+        let started = slow_started.clone();
+        let mut server = Self::start_with(
             store_setup,
             move |metrics| {
                 let (_, handler) = recording_handler();
                 AdmissionRouter::new(metrics)
                     .handler("/mutate-pods", handler)
-                    .handler("/slow", |req: &AdmissionRequest| {
+                    .handler("/slow", move |req: &AdmissionRequest| {
+                        started.notify_one();
                         // Blocks a worker on purpose: a request still in flight at shutdown.
                         std::thread::sleep(Duration::from_millis(600));
                         AdmissionResponse::from(req)
@@ -90,7 +95,9 @@ impl Server {
             },
             |server| server,
         )
-        .await
+        .await;
+        server.slow_started = slow_started;
+        server
     }
 
     /// A server whose router `routes` builds over the registered metrics, and whose
@@ -119,6 +126,7 @@ impl Server {
             addr,
             store,
             registry: Arc::new(registry),
+            slow_started: Arc::new(Notify::new()),
             stop: Some(stop),
             task,
         }
