@@ -2,6 +2,10 @@
 //! mode: a URL (local `run`, the API server dials the process directly) or a Service
 //! (in-cluster). `inplace-upgrade manifests webhooks` prints the Service form for deploy/.
 //!
+//! The pod webhook is called only for namespaces the controller labels governed
+//! ([`crate::GOVERNED_LABEL`]); the ValidatingAdmissionPolicy that keeps the controller to that
+//! label ([`namespace_label_policy`]) is printed with the configurations.
+//!
 //! Every webhook fails open (`failurePolicy: Ignore`), each for its own reason, written on
 //! the constants below. `sideEffects: None` (the handlers only read memory), `admissionReviewVersions:
 //! [v1]`, a small timeout, and neither `kube-system` nor our own namespace is ever sent to
@@ -13,7 +17,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    ServiceReference, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -129,6 +134,22 @@ fn excluded_namespaces(options: &ConfigurationOptions) -> LabelSelector {
     }
 }
 
+/// The pod webhook's namespaces: those the controller labels governed (some policy selects
+/// them, [`crate::GOVERNED_LABEL`]), never `kube-system` or our own. Every other namespace's
+/// pod creations never reach the webhook: zero calls, zero latency, zero API server CPU.
+fn governed_namespaces(options: &ConfigurationOptions) -> LabelSelector {
+    let mut selector = excluded_namespaces(options);
+    selector
+        .match_expressions
+        .get_or_insert_with(Vec::new)
+        .push(LabelSelectorRequirement {
+            key: crate::GOVERNED_LABEL.to_owned(),
+            operator: "In".to_owned(),
+            values: Some(vec!["true".to_owned()]),
+        });
+    selector
+}
+
 fn rule(group: &str, version: &str, resources: &[&str], scope: &str) -> RuleWithOperations {
     RuleWithOperations {
         api_groups: Some(vec![group.to_owned()]),
@@ -165,7 +186,7 @@ pub fn webhook_configurations(
             // 2.4-3.6 ms (docs/benchmarks.md, `--bench admission`). A bare pod that reaches us
             // is allowed unchanged.
             match_conditions: None,
-            namespace_selector: Some(excluded_namespaces(options)),
+            namespace_selector: Some(governed_namespaces(options)),
             object_selector: None,
             // Istio's injector adds istio-proxy in its own webhook: when it runs after us, the
             // API server calls us again and we set the target on the container it added.
@@ -230,9 +251,14 @@ pub fn webhook_configurations_yaml(
     options: &ConfigurationOptions,
 ) -> Result<String, serde_yaml::Error> {
     let (mutating, validating) = webhook_configurations(options);
+    let (policy, binding) = namespace_label_policy(&options.own_namespace);
     let mut out = serde_yaml::to_string(&mutating)?;
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(&validating)?);
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&policy)?);
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&binding)?);
     Ok(out)
 }
 
@@ -253,3 +279,98 @@ pub async fn apply(
         .await?;
     Ok(())
 }
+
+/// Name of the ValidatingAdmissionPolicy (and its binding) that holds the controller to the
+/// governed label.
+pub const NAMESPACE_LABEL_POLICY: &str = "inplace-upgrade-namespace-label";
+/// The controller's ServiceAccount (deploy/base/controller.yaml).
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "inplace-upgrade-controller";
+
+/// CEL: `field` (a path under `object`/`oldObject`) is absent in both or equal in both.
+fn unchanged(field: &str) -> String {
+    let (parent, leaf) = field.rsplit_once('.').unwrap_or(("", field));
+    let has = |root: &str| {
+        if parent.is_empty() {
+            format!("has({root}.{leaf})")
+        } else {
+            format!("has({root}.{parent}.{leaf})")
+        }
+    };
+    format!(
+        "{} == {} && (!{} || object.{field} == oldObject.{field})",
+        has("object"),
+        has("oldObject"),
+        has("object"),
+    )
+}
+
+/// Least privilege for the governed label. RBAC can grant `patch` on Namespaces but cannot
+/// narrow it to one label; this policy (admissionregistration.k8s.io/v1, GA since 1.30,
+/// evaluated inside the API server, no webhook) refuses any Namespace write by the
+/// controller's ServiceAccount other than adding, changing or removing
+/// [`crate::GOVERNED_LABEL`]: no other label, annotation, finalizer, owner or spec change, no
+/// create or delete. `failurePolicy: Fail`: if the API server cannot evaluate it, the write is
+/// refused (the label waits; nothing else is at stake).
+pub fn namespace_label_policy(
+    controller_namespace: &str,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let label = crate::GOVERNED_LABEL;
+    let username =
+        format!("system:serviceaccount:{controller_namespace}:{CONTROLLER_SERVICE_ACCOUNT}");
+    // Every label but ours is kept, with its value, and none is added.
+    let other_labels_kept = format!(
+        "variables.newLabels.all(k, k == '{label}' || (k in variables.oldLabels && variables.oldLabels[k] == variables.newLabels[k])) && variables.oldLabels.all(k, k == '{label}' || k in variables.newLabels)"
+    );
+    let others_kept = [
+        "metadata.annotations",
+        "metadata.finalizers",
+        "metadata.ownerReferences",
+        "spec",
+    ]
+    .iter()
+    .map(|f| format!("({})", unchanged(f)))
+    .collect::<Vec<_>>()
+    .join(" && ");
+    let message =
+        format!("the inplace-upgrade controller may change only the label {label} of a Namespace");
+    let metadata = serde_json::json!({
+        "name": NAMESPACE_LABEL_POLICY,
+        "labels": {"app.kubernetes.io/name": "inplace-upgrade"},
+    });
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": metadata.clone(),
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE", "DELETE"],
+                "resources": ["namespaces"],
+            }]},
+            "matchConditions": [{
+                "name": "controller-service-account",
+                "expression": format!("request.userInfo.username == '{username}'"),
+            }],
+            "variables": [
+                {"name": "newLabels", "expression": "object != null && has(object.metadata.labels) ? object.metadata.labels : {}"},
+                {"name": "oldLabels", "expression": "oldObject != null && has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
+            ],
+            "validations": [{
+                "expression": format!("request.operation == 'UPDATE' && {other_labels_kept} && {others_kept}"),
+                "message": message,
+                "reason": "Forbidden",
+            }],
+        },
+    }))
+    .expect("a ValidatingAdmissionPolicy literal");
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": metadata,
+        "spec": {"policyName": NAMESPACE_LABEL_POLICY, "validationActions": ["Deny"]},
+    }))
+    .expect("a ValidatingAdmissionPolicyBinding literal");
+    (policy, binding)
+}
+
