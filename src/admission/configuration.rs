@@ -374,3 +374,95 @@ pub fn namespace_label_policy(
     (policy, binding)
 }
 
+/// Name of the MutatingAdmissionPolicy (and its binding) that adds the readiness gate without
+/// the webhook.
+pub const READINESS_GATE_POLICY: &str = "inplace-upgrade-readiness-gate";
+/// The API version the readiness-gate policy is written for: beta in Kubernetes 1.34–1.35
+/// (behind the `MutatingAdmissionPolicy` feature gate and
+/// `--runtime-config=admissionregistration.k8s.io/v1beta1=true`), v1 from 1.36.
+pub const MUTATING_ADMISSION_POLICY_API: &str = "admissionregistration.k8s.io/v1beta1";
+
+/// The webhook-free alternative for the readiness gate: a MutatingAdmissionPolicy (evaluated
+/// inside the API server: no certificates, no Service, no call) that adds
+/// `inplace-upgrade.io/ready` to every pod created by a ReplicaSet, StatefulSet or DaemonSet in
+/// a governed namespace (the same label and exclusions as the pod webhook), unless the pod has
+/// it already — so it is idempotent, and the webhook (if both run) adds nothing twice, in
+/// either order. The target image still comes from the webhook or, without it, from the
+/// controller (an in-place upgrade right after creation).
+///
+/// What it cannot do that the webhook does: read the controller's Lease (the webhook gates no
+/// pod while the controller is down, so an outage cannot keep new pods unready — under this
+/// policy it does, until the controller is back), and match a policy's `workloadSelector` or
+/// `readinessGate: false` (it gates every controller-owned pod of a governed namespace; the
+/// controller admits every gated pod it sees, governed or not). JSON (k8s-openapi has no type
+/// for the beta API).
+pub fn readiness_gate_policy(controller_namespace: &str) -> [serde_json::Value; 2] {
+    let gate = crate::READINESS_GATE;
+    let metadata = serde_json::json!({
+        "name": READINESS_GATE_POLICY,
+        "labels": {"app.kubernetes.io/name": "inplace-upgrade"},
+    });
+    let selector = serde_json::to_value(governed_namespaces(&ConfigurationOptions {
+        endpoint: Endpoint::Url(String::new()),
+        ca_bundle: None,
+        own_namespace: controller_namespace.to_owned(),
+        cert_manager_certificate: None,
+    }))
+    .unwrap_or_default();
+    let gate_value = format!("Object.spec.readinessGates{{conditionType: '{gate}'}}");
+    let policy = serde_json::json!({
+        "apiVersion": MUTATING_ADMISSION_POLICY_API,
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": metadata.clone(),
+        "spec": {
+            // Like the pod webhook: a policy that cannot be evaluated never blocks a pod.
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "matchConstraints": {
+                "namespaceSelector": selector,
+                "resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["pods"],
+                }],
+            },
+            "matchConditions": [
+                {
+                    "name": "owned-by-a-workload",
+                    "expression": "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller && o.kind in ['ReplicaSet', 'StatefulSet', 'DaemonSet'])",
+                },
+                {
+                    "name": "not-gated-yet",
+                    "expression": format!("!has(object.spec.readinessGates) || !object.spec.readinessGates.exists(g, g.conditionType == '{gate}')"),
+                },
+            ],
+            // One JSON patch: the list created with our gate when the pod has none, our gate
+            // appended otherwise (an apply configuration may not touch the atomic list). The
+            // new list is a CEL map, not `[Object.spec.readinessGates{…}]`: kube-apiserver
+            // 1.35.4 panics converting a list of typed objects as a patch value ("reflect.Set:
+            // value of type *structpb.Struct is not assignable to type *structpb.Value"; the
+            // request fails).
+            "mutations": [{
+                "patchType": "JSONPatch",
+                "jsonPatch": {"expression": format!(
+                    "has(object.spec.readinessGates) ? [JSONPatch{{op: 'add', path: '/spec/readinessGates/-', value: {gate_value}}}] : [JSONPatch{{op: 'add', path: '/spec/readinessGates', value: [{{'conditionType': '{gate}'}}]}}]"
+                )},
+            }],
+        },
+    });
+    let binding = serde_json::json!({
+        "apiVersion": MUTATING_ADMISSION_POLICY_API,
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": metadata,
+        "spec": {"policyName": READINESS_GATE_POLICY},
+    });
+    [policy, binding]
+}
+
+/// [`readiness_gate_policy`] as one YAML stream.
+pub fn readiness_gate_policy_yaml(controller_namespace: &str) -> Result<String, serde_yaml::Error> {
+    let [policy, binding] = readiness_gate_policy(controller_namespace);
+    let mut out = serde_yaml::to_string(&policy)?;
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&binding)?);
+    Ok(out)
+}
