@@ -440,7 +440,7 @@ pub fn readiness_gate_policy(controller_namespace: &str) -> [serde_json::Value; 
             // new list is a CEL map, not `[Object.spec.readinessGates{…}]`: kube-apiserver
             // 1.35.4 panics converting a list of typed objects as a patch value ("reflect.Set:
             // value of type *structpb.Struct is not assignable to type *structpb.Value"; the
-            // request fails).
+            // request fails; kubernetes/kubernetes#142181, fixed by #139032).
             "mutations": [{
                 "patchType": "JSONPatch",
                 "jsonPatch": {"expression": format!(
