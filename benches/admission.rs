@@ -14,9 +14,13 @@
 //! at a time, and `BENCH_UPDATES` Deployment updates that change the annotation (the
 //! validating webhook's full check).
 //!
-//! Three modes, alternating within each round: our configurations as registered; none (the
-//! baseline); and ours plus the pod webhook's former matchCondition (`has-controller`) — what
-//! that CEL filter cost the API server, the measurement that removed it.
+//! Modes, alternating within each round: our configurations as registered; none (the
+//! baseline); the same pods created in a namespace no policy selects, with our configurations
+//! (the pod webhook selects governed namespaces only: 0 calls) and with the pod webhook
+//! selecting every namespace as it did before (`ungoverned … (before)`: called for every pod);
+//! and, with `BENCH_HAS_CONTROLLER=1`, ours plus the pod webhook's former matchCondition
+//! (`has-controller`) — what that CEL filter cost the API server, the measurement that
+//! removed it. The Deployment updates run in the governed namespace only.
 //!
 //! Printed per phase and mode: the client's latency (median, p99, mean; the client is this
 //! process); from kube-apiserver's `/metrics`, deltas over the phase:
@@ -80,13 +84,27 @@ enum Mode {
     /// show what such a CEL filter costs the API server (see the configuration's comment).
     WebhookWithControllerCondition,
     Baseline,
+    /// Our configurations, pods created in a namespace no policy selects: the pod webhook's
+    /// `namespaceSelector` (the governed label) keeps them away from it.
+    Ungoverned,
+    /// The same pods with the pod webhook selecting every namespace, as before the governed
+    /// label: called for each, answering "not governed".
+    UngovernedBefore,
 }
 
-const MODES: [Mode; 3] = [
-    Mode::Webhook,
-    Mode::Baseline,
-    Mode::WebhookWithControllerCondition,
-];
+/// The modes run by default; `BENCH_HAS_CONTROLLER=1` adds the former matchCondition's.
+fn modes() -> Vec<Mode> {
+    let mut modes = vec![
+        Mode::Webhook,
+        Mode::Baseline,
+        Mode::Ungoverned,
+        Mode::UngovernedBefore,
+    ];
+    if std::env::var_os("BENCH_HAS_CONTROLLER").is_some() {
+        modes.push(Mode::WebhookWithControllerCondition);
+    }
+    modes
+}
 
 /// The matchCondition the pod webhook had until this benchmark measured it.
 const POD_HAS_CONTROLLER: &str = "has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(o, has(o.controller) && o.controller)";
@@ -97,7 +115,14 @@ impl Mode {
             Mode::Webhook => "webhook",
             Mode::WebhookWithControllerCondition => "webhook + has-controller matchCondition",
             Mode::Baseline => "no webhook",
+            Mode::Ungoverned => "ungoverned namespace",
+            Mode::UngovernedBefore => "ungoverned namespace, webhook for all namespaces (before)",
         }
+    }
+
+    /// Whether its pods are created in the namespace the policy selects.
+    fn governed(self) -> bool {
+        !matches!(self, Mode::Ungoverned | Mode::UngovernedBefore)
     }
 
     fn calls_webhook(self) -> bool {
@@ -184,6 +209,9 @@ async fn run() -> AnyResult<()> {
 
     let ns = bench.env.namespace("admission").await?;
     common::create_policy(&client, &ns, json!({})).await?;
+    // The controller labels the namespace governed: from then on its pods reach the webhook.
+    common::await_governed(&client, &ns).await?;
+    let free = bench.env.namespace("admission-free").await?;
     let mut deployment = common::hello_deployment("hello-old-version.yaml.injected", 0, true)?;
     deployment
         .annotations_mut()
@@ -219,13 +247,19 @@ async fn run() -> AnyResult<()> {
         idle_rate * 1e3
     );
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let free_pods = Api::<Pod>::namespaced(client.clone(), &free);
     let mut results: BTreeMap<(Phase, Mode), Measured> = BTreeMap::new();
     for round in 0..rounds {
-        for mode in MODES {
+        for mode in modes() {
             set_mode(&client, &pods_api, &template, &options, mode).await?;
             stamp(&format!("round {} {}", round + 1, mode.label()));
+            let created_in = if mode.governed() {
+                &pods_api
+            } else {
+                &free_pods
+            };
             let before = Metrics::scrape(&client, &webhook, apiserver).await?;
-            let latencies = create_pods(&pods_api, &template, pods, 1).await?;
+            let latencies = create_pods(created_in, &template, pods, 1).await?;
             let after_sequential = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
                 results.entry((Phase::PodsSequential, mode)).or_default(),
@@ -234,7 +268,7 @@ async fn run() -> AnyResult<()> {
                 &after_sequential,
                 &POD_CREATE,
             );
-            let latencies = create_pods(&pods_api, &template, pods, concurrency).await?;
+            let latencies = create_pods(created_in, &template, pods, concurrency).await?;
             let after_concurrent = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
                 results.entry((Phase::PodsConcurrent, mode)).or_default(),
@@ -243,6 +277,9 @@ async fn run() -> AnyResult<()> {
                 &after_concurrent,
                 &POD_CREATE,
             );
+            if !mode.governed() {
+                continue; // the Deployment updates are the governed namespace's
+            }
             let latencies = update_deployment(&deployments, updates).await?;
             let after_updates = Metrics::scrape(&client, &webhook, apiserver).await?;
             record(
@@ -261,7 +298,7 @@ async fn run() -> AnyResult<()> {
         }
     }
     if let Ok(dir) = std::env::var("BENCH_PPROF_DIR") {
-        for mode in MODES {
+        for mode in modes() {
             set_mode(&client, &pods_api, &template, &options, mode).await?;
             let file = Path::new(&dir).join(format!(
                 "kube-apiserver-{}.pprof",
@@ -382,6 +419,17 @@ async fn set_mode(
         return Ok(());
     }
     let (mut mutating, validating) = configuration::webhook_configurations(options);
+    if mode == Mode::UngovernedBefore {
+        for webhook in mutating.webhooks.iter_mut().flatten() {
+            if let Some(expressions) = webhook
+                .namespace_selector
+                .as_mut()
+                .and_then(|s| s.match_expressions.as_mut())
+            {
+                expressions.retain(|e| e.key != inplace_upgrade::GOVERNED_LABEL);
+            }
+        }
+    }
     if mode == Mode::WebhookWithControllerCondition {
         for webhook in mutating.webhooks.iter_mut().flatten() {
             webhook.match_conditions = Some(vec![MatchCondition {
@@ -609,7 +657,12 @@ fn report(
         let Some(base) = results.get(&(phase, Mode::Baseline)) else {
             continue;
         };
-        for mode in [Mode::Webhook, Mode::WebhookWithControllerCondition] {
+        for mode in [
+            Mode::Webhook,
+            Mode::Ungoverned,
+            Mode::UngovernedBefore,
+            Mode::WebhookWithControllerCondition,
+        ] {
             let Some(ours) = results.get(&(phase, mode)) else {
                 continue;
             };

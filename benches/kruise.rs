@@ -50,7 +50,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1287,6 +1287,17 @@ async fn webhook_cost(
     let client = &bench.client;
     let ns = bench.env.namespace("webhook-cost").await?;
     common::create_policy(client, &ns, json!({})).await?;
+    // Our pod webhook is called only in namespaces labelled governed, which our controller
+    // does; none may run in this part, so the label is set here as the controller would
+    // (server-side apply under its field manager).
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::apply(inplace_upgrade::NAMESPACE_FIELD_MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {inplace_upgrade::GOVERNED_LABEL: "true"}}})),
+        )
+        .await?;
     let sc = &scenarios()[0];
     // Not gated: our webhook injects the readiness gate (the probe looks for it).
     let mut d = workload(sc, 0, false)?;

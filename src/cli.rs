@@ -212,6 +212,18 @@ pub enum Manifests {
     /// The Mutating- and ValidatingWebhookConfigurations for an in-cluster Service (what
     /// deploy/ holds), without caBundle (the webhook or cert-manager fills it in).
     Webhooks(ManifestsWebhooksArgs),
+    /// The MutatingAdmissionPolicy that adds the readiness gate inside the API server, without
+    /// the webhook (admissionregistration.k8s.io/v1beta1: Kubernetes 1.34-1.35 with the
+    /// MutatingAdmissionPolicy feature gate and API enabled; README, "The readiness gate without
+    /// the webhook").
+    ReadinessGatePolicy(ManifestsReadinessGateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsReadinessGateArgs {
+    /// The controller's namespace (left out, like kube-system).
+    #[arg(long, default_value = "inplace-upgrade-system")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +301,13 @@ impl Command {
                     own_namespace: args.namespace,
                     cert_manager_certificate: args.cert_manager_certificate,
                 })?;
+                std::io::stdout().lock().write_all(yaml.as_bytes())?;
+                Ok(())
+            }
+            Command::Manifests(Manifests::ReadinessGatePolicy(args)) => {
+                let yaml = inplace_upgrade::admission::configuration::readiness_gate_policy_yaml(
+                    &args.namespace,
+                )?;
                 std::io::stdout().lock().write_all(yaml.as_bytes())?;
                 Ok(())
             }

@@ -416,6 +416,29 @@ async fn current_pods(pods: &Api<Pod>) -> anyhow::Result<BTreeMap<String, Pod>> 
 async fn show_rollout(client: &Client, images: &Images, external: bool) -> anyhow::Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    // The pod webhook is called only in namespaces the controller has labelled governed; the
+    // pods are created once it has (else they would be born without the gate, as during a
+    // webhook outage, and the controller would upgrade them without a drain).
+    let governed = kube::runtime::wait::await_condition(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        NAMESPACE,
+        |n: Option<&k8s_openapi::api::core::v1::Namespace>| {
+            n.is_some_and(|n| {
+                n.labels()
+                    .get(inplace_upgrade::GOVERNED_LABEL)
+                    .is_some_and(|v| v == "true")
+            })
+        },
+    );
+    if tokio::time::timeout(Duration::from_secs(60), governed)
+        .await
+        .is_err()
+    {
+        bail!(
+            "the controller did not label namespace {NAMESPACE} {} within 60 s",
+            inplace_upgrade::GOVERNED_LABEL
+        );
+    }
     apply(&deployments, app(images)).await?;
     apply(
         &Api::<Service>::namespaced(client.clone(), NAMESPACE),

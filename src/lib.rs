@@ -58,3 +58,9 @@ pub const RETRY_ANNOTATION: &str = "inplace-upgrade.io/retry";
 pub const READINESS_GATE: &str = "inplace-upgrade.io/ready";
 /// Field manager for every write we make.
 pub const FIELD_MANAGER: &str = "inplace-upgrade";
+/// `"true"` on a Namespace that some InPlaceUpgradePolicy selects, kept by the controller: the
+/// pod webhook's `namespaceSelector` matches it, so pods elsewhere never reach the webhook.
+pub const GOVERNED_LABEL: &str = "inplace-upgrade.io/governed";
+/// Field manager of the controller's writes of [`GOVERNED_LABEL`] (server-side apply): it owns
+/// that one label and nothing else of a Namespace, whoever owns the rest.
+pub const NAMESPACE_FIELD_MANAGER: &str = "inplace-upgrade-namespaces";

@@ -442,6 +442,23 @@ pub fn governing_policy<'a>(
     Ok(governing.map(|policy| Governance { policy, paused_by }))
 }
 
+/// Whether some policy's `namespaceSelector` selects this namespace: the pod webhook is called
+/// only there ([`crate::GOVERNED_LABEL`]). A policy whose selector cannot be evaluated selects
+/// nothing here: while it is broken every decision it could reach is blocked anyway
+/// ([`governing_policy`] refuses to decide), so the webhook would only warn.
+pub fn governs_namespace(
+    policies: &[InPlaceUpgradePolicy],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    controller_namespace: &str,
+) -> bool {
+    policies.iter().any(|p| {
+        p.spec
+            .selects_namespace(namespace, labels, controller_namespace)
+            .unwrap_or(false)
+    })
+}
+
 fn selector_is_empty(selector: &LabelSelector) -> bool {
     selector
         .match_labels
@@ -660,6 +677,37 @@ mod tests {
                 .expect("valid")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_namespace_is_governed_when_any_policy_selects_it_whatever_its_workloads() {
+        let dev = labels(&[("env", "dev")]);
+        let none = labels(&[]);
+        let governs = |policies: &[InPlaceUpgradePolicy], ns: &str, l| {
+            governs_namespace(policies, ns, l, "inplace-upgrade-system")
+        };
+        let team = [policy(
+            "web",
+            "namespaceSelector: {matchLabels: {env: dev}}\nworkloadSelector: {matchLabels: {app: web}}",
+        )];
+        // The workloadSelector narrows workloads, not namespaces: any pod there may be governed.
+        assert!(governs(&team, "dev", &dev));
+        assert!(!governs(&team, "other", &none));
+        assert!(!governs(&[], "dev", &dev), "no policy, nothing governed");
+        let everywhere = [policy("all", "namespaceSelector: {}")];
+        assert!(governs(&everywhere, "other", &none));
+        assert!(!governs(&everywhere, "kube-system", &none));
+        assert!(!governs(&everywhere, "inplace-upgrade-system", &none));
+        // A paused policy still governs (its pods keep getting the gate).
+        let paused = [policy("stop", "namespaceSelector: {}\npaused: true")];
+        assert!(governs(&paused, "other", &none));
+        // A selector that cannot be evaluated selects nothing; the valid ones still count.
+        let broken = policy(
+            "broken",
+            "namespaceSelector: {matchExpressions: [{key: env, operator: Sideways}]}",
+        );
+        assert!(!governs(std::slice::from_ref(&broken), "dev", &dev));
+        assert!(governs(&[broken, team[0].clone()], "dev", &dev));
     }
 
     #[test]

@@ -363,7 +363,7 @@ const BASELINE: &[(&str, &str, &str, &str)] = &[
 const CONTROLLER_CLUSTER: &[(&str, &str, &str, &str)] = &[
     ("pods", "", "", "list watch patch"),
     ("pods/status", "", "", "patch"),
-    ("namespaces", "", "", "list watch"),
+    ("namespaces", "", "", "list watch patch"),
     ("deployments.apps", "", "", "list watch patch"),
     ("statefulsets.apps", "", "", "list watch patch"),
     ("daemonsets.apps", "", "", "list watch patch"),
@@ -797,6 +797,20 @@ async fn controller_and_webhook_under_their_service_accounts_upgrade_in_place() 
         let registered = format!("e2e-deploy-{ns}");
         register_webhook(&client, &registered, &[&ns], port, ca).await?;
         create_policy(&client, &ns, json!({})).await?;
+        // The controller, under its ServiceAccount and the namespace-label policy, labels the
+        // namespace its new policy selects (what the pod webhook's namespaceSelector matches).
+        wait_for(
+            &Api::<Namespace>::all(client.clone()),
+            &ns,
+            "the namespace labelled governed by the controller",
+            |n: &Namespace| {
+                n.labels()
+                    .get(inplace_upgrade::GOVERNED_LABEL)
+                    .map(String::as_str)
+                    == Some("true")
+            },
+        )
+        .await?;
         create_service(&client, &ns, "hello").await?;
         let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
         // No gate in the template: the webhook adds it to each pod, and then the controller
@@ -1015,6 +1029,129 @@ async fn tenant_client(env: &TestEnv, admin: &Client, ns: &str) -> AnyResult<Cli
     let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(Client::try_from(config)?)
+}
+
+/// The controller's ServiceAccount may patch Namespaces (RBAC cannot narrow that to one
+/// label), and the ValidatingAdmissionPolicy installed with deploy/ holds it to the label
+/// `inplace-upgrade.io/governed`: setting and removing that label is allowed (server-side
+/// apply under the controller's field manager, as the controller writes it), anything else —
+/// another label, an annotation, a label's removal by a plain patch, a delete — is refused by
+/// the API server with the policy's message. The cluster admin is not held to it.
+#[tokio::test]
+async fn the_controller_may_change_only_the_governed_label_of_a_namespace() -> TestResult {
+    use inplace_upgrade::{GOVERNED_LABEL, NAMESPACE_FIELD_MANAGER};
+    let (env, _) = installed()?;
+    let admin = env.client()?;
+    let ns = env.namespace("deploy-vap").await?;
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"owner": "platform"}}})),
+        )
+        .await?;
+    let path = service_account_kubeconfig(env, &admin, NAMESPACE, CONTROLLER_SA).await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let controller = Api::<Namespace>::all(Client::try_from(config)?);
+    let apply = |labels: Value| {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": labels}});
+        (
+            PatchParams::apply(NAMESPACE_FIELD_MANAGER).force(),
+            Patch::Apply(body),
+        )
+    };
+    let refused_by_policy = |outcome: Result<Namespace, kube::Error>| matches!(outcome, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(GOVERNED_LABEL));
+    // The API server loads a new policy asynchronously: wait until it refuses (it is applied
+    // with deploy/ before this test starts; this only absorbs the load delay).
+    let (params, other_label) = apply(json!({"team": "shop"}));
+    let first = tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        loop {
+            let outcome = controller.patch(&ns, &params, &other_label).await;
+            if refused_by_policy(outcome) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the controller's ServiceAccount could still set another label on Namespace {ns}"
+    );
+    // The one change it may make: its label, set and given up by server-side apply.
+    let (params, ours) = apply(json!({GOVERNED_LABEL: "true"}));
+    let labelled = controller.patch(&ns, &params, &ours).await?;
+    assert_eq!(
+        labelled.labels().get(GOVERNED_LABEL).map(String::as_str),
+        Some("true")
+    );
+    for (what, outcome) in [
+        (
+            "another label beside ours",
+            controller
+                .patch(&ns, &params, &apply(json!({GOVERNED_LABEL: "true", "team": "shop"})).1)
+                .await,
+        ),
+        (
+            "an annotation",
+            controller
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {TARGETS_ANNOTATION: "istio-proxy=:2"}}})),
+                )
+                .await,
+        ),
+        (
+            "another label removed",
+            controller
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"owner": null}}})),
+                )
+                .await,
+        ),
+        (
+            "another label changed",
+            controller
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"owner": "me"}}})),
+                )
+                .await,
+        ),
+    ] {
+        assert!(refused_by_policy(outcome), "{what}: not refused by the policy");
+    }
+    match controller.delete(&ns, &Default::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("deleting Namespace {ns}: expected 403, got {other:?}"),
+    }
+    let (params, none) = apply(json!({}));
+    let released = controller.patch(&ns, &params, &none).await?;
+    assert!(
+        !released.labels().contains_key(GOVERNED_LABEL),
+        "server-side apply without the label removes it: {:?}",
+        released.labels()
+    );
+    assert_eq!(
+        released.labels().get("owner").map(String::as_str),
+        Some("platform"),
+        "the other label survives every refused attempt and the apply"
+    );
+    // The cluster admin is not held to it.
+    Api::<Namespace>::all(admin)
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "shop"}}})),
+        )
+        .await?;
+    Ok(())
 }
 
 /// A team that manages the workloads of `own` has no way through our annotations to `other`: it cannot

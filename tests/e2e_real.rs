@@ -99,6 +99,7 @@ impl Stack {
     async fn namespace(&self, prefix: &str, policy: serde_json::Value) -> AnyResult<String> {
         let ns = self.env.namespace(prefix).await?;
         create_policy(&self.client, &ns, policy).await?;
+        await_governed(&self.client, &ns).await?;
         create_istio_ca_configmap(&self.client, &ns).await?;
         Ok(ns)
     }

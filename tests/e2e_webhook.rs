@@ -16,15 +16,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, free_port, install, is_ready, obj,
-    spec_image,
+    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, await_governed, free_port, install,
+    is_ready, obj, spec_image,
 };
 use inplace_upgrade::admission::ClusterView as _;
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
 use inplace_upgrade::controller::Settings;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::serve::{self, LocalOptions};
-use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
+use inplace_upgrade::{GOVERNED_LABEL, READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -210,6 +210,7 @@ async fn setup(prefix: &str, policy: Value, webhook_down: bool) -> AnyResult<(Cl
     Api::<InPlaceUpgradePolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await?;
+    await_governed(&client, &ns).await?;
     Ok((client, ns))
 }
 
@@ -295,14 +296,7 @@ async fn await_pods(
 }
 
 async fn scale(client: &Client, ns: &str, replicas: i32) -> AnyResult<()> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            "hello",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await?;
-    Ok(())
+    common::scale_hello(client, ns, usize::try_from(replicas)?).await
 }
 
 /// The admin endpoint's metrics text (plain HTTP/1.0, so no client library is needed).
@@ -834,11 +828,21 @@ fn the_binary_prints_the_in_cluster_configurations_and_writes_certificates() -> 
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&yaml)
         .map(<Value as serde::Deserialize>::deserialize)
         .collect::<Result<_, _>>()?;
-    assert_eq!(docs.len(), 2);
+    // The two configurations, then the policy that holds the controller to its namespace
+    // label and its binding.
+    assert_eq!(docs.len(), 4);
     assert_eq!(
         docs[0]["webhooks"][0]["clientConfig"]["service"]["name"],
         "iu"
     );
+    assert_eq!(docs[2]["kind"], "ValidatingAdmissionPolicy");
+    assert!(
+        docs[2]["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("system:serviceaccount:ops:inplace-upgrade-controller")),
+        "the policy binds the controller's ServiceAccount of the given namespace"
+    );
+    assert_eq!(docs[3]["kind"], "ValidatingAdmissionPolicyBinding");
     assert_eq!(
         docs[1]["webhooks"][1]["clientConfig"]["service"]["path"],
         "/validate-policies"
@@ -851,6 +855,11 @@ fn the_binary_prints_the_in_cluster_configurations_and_writes_certificates() -> 
     assert_eq!(
         docs[0]["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
         json!(["kube-system", "ops"])
+    );
+    assert_eq!(
+        docs[0]["webhooks"][0]["namespaceSelector"]["matchExpressions"][1],
+        json!({"key": GOVERNED_LABEL, "operator": "In", "values": ["true"]}),
+        "the pod webhook is called in governed namespaces only"
     );
 
     let dir = std::env::temp_dir().join(format!("inplace-upgrade-certs-{}", std::process::id()));

@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, Replica, TestResult, WebhookProcess, create_policy,
-    free_port, install, is_ready, obj, spec_image,
+    AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, Replica, TestResult, WebhookProcess,
+    await_governed, create_policy, free_port, install, is_ready, obj, spec_image,
 };
 use inplace_upgrade::admission::configuration::{self, ConfigurationOptions, Endpoint};
 use inplace_upgrade::serve;
@@ -41,7 +41,7 @@ use inplace_upgrade_webhook::certs::{self, CertificatePem, SubjectAltNames};
 use inplace_upgrade_webhook::{CertificateStore, TlsServer, WebhookMetrics};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -177,13 +177,7 @@ async fn scale_up(
     replicas: usize,
     known: &BTreeMap<String, (Pod, bool)>,
 ) -> AnyResult<Pod> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            "hello",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await?;
+    common::scale_hello(client, ns, replicas).await?;
     let pods = wait_list(
         &Api::<Pod>::namespaced(client.clone(), ns),
         watcher::Config::default().labels("app=hello"),
@@ -248,6 +242,7 @@ async fn pods_are_created_while_the_webhook_is_killed_or_hung_and_the_controller
 
     let ns = env.namespace("outage").await?;
     create_policy(&client, &ns, json!({})).await?;
+    await_governed(&client, &ns).await?;
     let owner = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),

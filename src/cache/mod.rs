@@ -55,6 +55,9 @@ struct Shared {
     /// True once every watch of the role has listed.
     synced: tokio::sync::watch::Sender<bool>,
     policies_seen: Mutex<policy_watch::PolicyWatch>,
+    /// Bumped by every change to a Namespace or a policy: what decides which namespaces are
+    /// governed ([`Cache::governance_changes`]).
+    governance: tokio::sync::watch::Sender<u64>,
 }
 
 /// One table per kind; those the role does not watch stay empty.
@@ -102,6 +105,7 @@ impl Cache {
                 concerned,
                 synced: tokio::sync::watch::Sender::new(false),
                 policies_seen: Mutex::default(),
+                governance: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -282,6 +286,20 @@ impl Cache {
         read(&self.shared.tables.namespaces).get("", name).cloned()
     }
 
+    /// Every Namespace, by name.
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        read(&self.shared.tables.namespaces)
+            .all()
+            .map(|(_, _, ns)| ns.clone())
+            .collect()
+    }
+
+    /// Marks a change each time a Namespace or a policy changes (or their lists complete):
+    /// wait on it with `changed()`, then read [`Cache::namespaces`] and [`Cache::policies`].
+    pub fn governance_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.governance.subscribe()
+    }
+
     /// A ReplicaSet, with what admission reads of it (its name and owner references).
     pub fn replica_set(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
         let table = read(&self.shared.tables.replica_sets);
@@ -338,6 +356,11 @@ impl Cache {
     fn apply<W: watch::Watched>(&self, event: watcher::Event<lean::Decoded<W::Kept>>) {
         let list_done = matches!(event, watcher::Event::InitDone);
         let changes = write(W::table(&self.shared.tables)).apply(event);
+        if (list_done || !changes.is_empty()) && W::GOVERNANCE {
+            self.shared
+                .governance
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
         if list_done && !self.is_synced() && self.shared.role.kinds().iter().all(|k| k.listed(self))
         {
             self.shared.synced.send_replace(true);

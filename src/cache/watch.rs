@@ -144,6 +144,8 @@ impl Kind {
 
 /// A kind as the cache watches it: its table, and the workloads a change concerns.
 pub(super) trait Watched: CacheKind<Kept: Kept> + Clone + std::fmt::Debug {
+    /// Whether a change of this kind can change which namespaces a policy governs.
+    const GOVERNANCE: bool = false;
     fn table(tables: &Tables) -> &RwLock<Table<Self::Kept>>;
     fn concerns(cache: &Cache, change: &Change<Self::Kept>, concerned: &mut dyn FnMut(WorkloadKey));
 }
@@ -152,8 +154,9 @@ type Concerns<T> = fn(&Cache, &Change<T>, &mut dyn FnMut(WorkloadKey));
 
 /// The table: each kind, where it is kept, and what its changes concern.
 macro_rules! watched {
-    ($($kind:ty => $table:ident, $concerns:expr;)*) => {$(
+    ($($kind:ty $([$governance:literal])? => $table:ident, $concerns:expr;)*) => {$(
         impl Watched for $kind {
+            $(const GOVERNANCE: bool = $governance;)?
             fn table(tables: &Tables) -> &RwLock<Table<Self::Kept>> {
                 &tables.$table
             }
@@ -170,12 +173,12 @@ macro_rules! watched {
 }
 
 watched! {
-    Namespace => namespaces, |cache, c, to| namespace(cache, &c.name, to);
+    Namespace [true] => namespaces, |cache, c, to| namespace(cache, &c.name, to);
     Deployment => deployments, |_, c, to| to(own_key(WorkloadKind::Deployment, c));
     StatefulSet => stateful_sets, |_, c, to| to(own_key(WorkloadKind::StatefulSet, c));
     DaemonSet => daemon_sets, |_, c, to| to(own_key(WorkloadKind::DaemonSet, c));
     ReplicaSet => replica_sets, replica_set;
-    InPlaceUpgradePolicy => policies, policy;
+    InPlaceUpgradePolicy [true] => policies, policy;
     Pod => pods, pod;
     EndpointSlice => endpoint_slices, endpoint_slice;
     PodDisruptionBudget => pdbs, |cache, c, to| namespace(cache, &c.namespace, to);

@@ -7,6 +7,7 @@
 mod events;
 mod leader;
 mod metrics;
+mod namespaces;
 pub mod preflight;
 mod queue;
 mod reconcile;
@@ -212,7 +213,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
     tokio::spawn(async move {
         cache.synced().await;
         tracing::info!("caches synced");
-        lead_while_elected(ctx, receiver, leading, stepping_down).await;
+        lead_while_elected(ctx, &cache, receiver, leading, stepping_down).await;
     });
     handle
 }
@@ -222,6 +223,7 @@ pub fn start(client: Client, settings: Settings, registry: &mut Registry) -> Han
 /// reconcile leaves nothing half-done that the next leader cannot finish).
 async fn lead_while_elected(
     ctx: Arc<Context>,
+    cache: &Cache,
     mut receiver: queue::QueueReceiver,
     mut leading: watch::Receiver<bool>,
     stepping_down: watch::Receiver<bool>,
@@ -246,6 +248,7 @@ async fn lead_while_elected(
         tokio::select! {
             _ = work => return,
             _ = report::write_policy_statuses(&ctx) => {}
+            _ = namespaces::keep_governed_labels(&ctx, cache) => {}
             _ = leading.wait_for(|l| !*l) => {}
         }
         ctx.metrics.leader.set(0);

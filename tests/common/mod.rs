@@ -564,6 +564,37 @@ pub async fn create_policy(client: &Client, ns: &str, overrides: Value) -> AnyRe
     Ok(())
 }
 
+/// Scales the `hello` Deployment of `ns` to `replicas` (a merge patch; returns at once).
+pub async fn scale_hello(client: &Client, ns: &str, replicas: usize) -> AnyResult<()> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until the controller has labelled `ns` governed ([`inplace_upgrade::GOVERNED_LABEL`]):
+/// from then on the API server sends the namespace's pod creations to the webhook, whose
+/// configuration selects that label. (A pod created before is not mutated, as during a webhook
+/// outage: the controller converges it.)
+pub async fn await_governed(client: &Client, ns: &str) -> AnyResult<()> {
+    testenv::wait_for(
+        &Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        ns,
+        "the namespace labelled governed by the controller",
+        |n: &k8s_openapi::api::core::v1::Namespace| {
+            n.labels()
+                .get(inplace_upgrade::GOVERNED_LABEL)
+                .is_some_and(|v| v == "true")
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// One `inplace-upgrade controller` process; killed when dropped.
 pub struct Replica {
     pub identity: String,
