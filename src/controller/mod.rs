@@ -8,6 +8,7 @@ mod events;
 mod leader;
 mod metrics;
 pub mod preflight;
+mod pulls;
 mod queue;
 mod reconcile;
 mod report;
@@ -67,6 +68,8 @@ pub struct Context {
     report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
+    /// The pre-pulls of target images, as their pods said (see [`pulls`]).
+    pulls: pulls::KnownPulls,
 }
 
 impl Context {
@@ -94,6 +97,7 @@ impl Context {
             settings,
             slots: Mutex::default(),
             written: written::Written::default(),
+            pulls: pulls::KnownPulls::default(),
         }
     }
 
