@@ -238,7 +238,11 @@ async fn a_tag_missing_from_the_registry_rolls_the_first_pod_back_and_stops() ->
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-missing", json!({})).await?;
+    // Pre-pull off: this is kubelet's failure after the patch (with pre-pull the missing image
+    // stops the rollout before it: `a_missing_tag_stops_the_rollout_at_its_pre_pull`).
+    let ns = stack
+        .namespace("real-missing", json!({"prePull": {"enabled": false}}))
+        .await?;
     let (deployments, name) = stack
         .deploy(&ns, "hello-old-version.yaml.injected", 2)
         .await?;
@@ -299,7 +303,10 @@ async fn a_native_sidecar_failing_without_a_waiting_reason_is_rolled_back_from_e
     };
     let client = stack.client.clone();
     let ns = stack
-        .namespace("real-events", json!({"readyTimeoutSeconds": 300}))
+        .namespace(
+            "real-events",
+            json!({"readyTimeoutSeconds": 300, "prePull": {"enabled": false}}),
+        )
         .await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 2).await?;
     let target = "istio-proxy=proxyv2:1.24.2-fail-pull";

@@ -413,12 +413,7 @@ pub(crate) fn plan_report(
             }
         };
         let next = match steps.get(name.as_str()) {
-            Some(Action::PrePull { node, images }) => {
-                format!(
-                    "pull {} onto node {node}, then drain and upgrade",
-                    images.join(", ")
-                )
-            }
+            Some(Action::PrePull { .. }) => "pull the target image onto its node first".to_string(),
             Some(Action::Drain) => "drain now, then upgrade".to_string(),
             Some(Action::Patch { .. }) => "upgrade now".to_string(),
             Some(Action::Wait { reason }) => format!("in progress: {reason}"),
