@@ -688,12 +688,12 @@ impl TestEnv {
     /// pull-time measurements). An image a node does not have is no error.
     pub async fn remove_image(&self, name: &str) -> Result<()> {
         let nodes = self.real_nodes.clone();
-        let name = name.to_string();
+        let image = name.to_string();
         tokio::task::spawn_blocking(move || {
             for n in &nodes {
                 let have = n.ctr(&["images", "ls", "-q"])?;
-                if have.lines().any(|l| l.trim() == name) {
-                    n.ctr(&["images", "rm", "--sync", &name])?;
+                if have.lines().any(|l| l.trim() == image) {
+                    n.ctr(&["images", "rm", "--sync", &image])?;
                 }
             }
             Ok(())
