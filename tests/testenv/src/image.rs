@@ -136,6 +136,16 @@ impl ImageRef {
     /// images) the image ID `sha256:<config digest>`; for a reference pinned by digest (which
     /// only a pull by digest provides) `<repository>@sha256:<digest>`. A pulled tag would
     /// report `<repository>@sha256:<manifest digest>`; the product compares neither form.
+    /// The fully qualified name containerd reports for an image it holds under this
+    /// reference (`docker.io/library/nginx:1.25` for `nginx:1.25`).
+    pub fn normalised(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (Some(t), _) => format!("{}:{t}", self.repository),
+            (None, Some(d)) => format!("{}@{d}", self.repository),
+            (None, None) => format!("{}:latest", self.repository),
+        }
+    }
+
     pub fn image_id(&self) -> String {
         if let Some(d) = &self.digest {
             return format!("{}@{d}", self.repository);
@@ -255,6 +265,21 @@ mod tests {
         assert_ne!(id("nginx:1"), id("other:1"));
         assert!(id("nginx:1").starts_with("sha256:"));
         assert_eq!(id("nginx:1").len(), "sha256:".len() + 64);
+    }
+
+    #[test]
+    fn normalised_names_are_fully_qualified() {
+        let n = |s: &str| ImageRef::parse(s).unwrap().normalised();
+        assert_eq!(n("nginx:1.25"), "docker.io/library/nginx:1.25");
+        assert_eq!(
+            n("docker.io/library/nginx:1.25"),
+            "docker.io/library/nginx:1.25"
+        );
+        assert_eq!(n("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(
+            n("registry.istio.io/testing/proxyv2:1.24.2"),
+            "registry.istio.io/testing/proxyv2:1.24.2"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //! A changed image on a running container kills that container only (`Killing` event, state
 //! `terminated`, not ready) and after the restart delay starts a new one: new `containerID`,
 //! `restartCount + 1`, `lastState.terminated` with the old containerID, same pod IP and UID.
-//! `image` is the spec string; `imageID` is `sha256:<digest>`, as containerd reports an imported
+//! `image` is the spec reference fully qualified (after a same-digest retag of the container, the
+//! name it ran before), as containerd reports it; `imageID` is `sha256:<digest>`, as containerd reports an imported
 //! image (see [`image`] for the digest rule and the `--` retag convention). The old process's
 //! exit code comes from the image name ([`image::exit_code_on_sigterm`]); a native sidecar
 //! whose old process exited 0 and whose new image cannot start shows no waiting reason, only

@@ -895,6 +895,16 @@ fn start(
         "Started",
         format!("Started container {}", c.name),
     ));
+    let image_id = parsed.image_id();
+    // containerd names the image a container runs by the first name it knows for that image,
+    // fully qualified (`docker.io/library/nginx:1.25` for `nginx:1.25`); after a same-digest
+    // retag that is the tag the container ran before, not the spec string (tests/contract.rs
+    // `retag_…`, on the real kubelet). Status readers that compare names hang here as they do
+    // there (OpenKruise's CloneSet does: docs/comparison.md).
+    let image = match &c.instance {
+        Some(old) if old.image_id == image_id => old.image.clone(),
+        _ => parsed.normalised(),
+    };
     if let Some(old) = c.instance.take() {
         if let Some(t) = old.terminated {
             c.previous = Some((old.id, old.image, old.image_id, t));
@@ -905,7 +915,7 @@ fn start(
     c.instance = Some(Instance {
         id,
         image,
-        image_id: parsed.image_id(),
+        image_id,
         started_at: now.wall,
         ready: false,
         started: !c.startup_probe,
@@ -1251,7 +1261,7 @@ mod tests {
         h.until("Ready", ready);
         let c = cs(&h.status, "containerStatuses", "a");
         assert_eq!(h.status["phase"], "Running");
-        assert_eq!(c["image"], "nginx:1");
+        assert_eq!(c["image"], "docker.io/library/nginx:1");
         // containerd's image ID of an image present without a repository digest.
         assert!(c["imageID"].as_str().unwrap().starts_with("sha256:"));
         assert!(
@@ -1404,7 +1414,7 @@ mod tests {
         h.until("Ready again", ready);
         let a = cs(&h.status, "containerStatuses", "a");
         assert_ne!(a["containerID"], old_a);
-        assert_eq!(a["image"], "nginx:2");
+        assert_eq!(a["image"], "docker.io/library/nginx:2");
         assert_eq!(a["restartCount"], 1);
         assert_eq!(a["lastState"]["terminated"]["containerID"], old_a);
         let b = cs(&h.status, "containerStatuses", "b");
@@ -1423,7 +1433,8 @@ mod tests {
         let after = cs(&h.status, "containerStatuses", "a");
         assert_eq!(after["imageID"], before["imageID"]);
         assert_ne!(after["containerID"], before["containerID"]);
-        assert_eq!(after["image"], "proxy:stable--d1");
+        // The runtime's first name for the image, as containerd reports it: the old tag.
+        assert_eq!(after["image"], "docker.io/library/proxy:1.0--d1");
     }
 
     #[test]

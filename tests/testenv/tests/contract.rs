@@ -919,12 +919,10 @@ async fn retag_to_the_same_digest_still_restarts_the_container(kind: Kind) -> Te
     .await?;
     let app = status_of(&after, "app").ok_or("no app status")?;
     assert_eq!(app.image_id, old.image_id, "a retag keeps the digest");
-    match kind {
-        // containerd reports the first name it knows for the image the container runs, which
-        // after a same-digest retag is the old tag: `image` is not the spec string.
-        Kind::Real => assert_eq!(app.image, RETAG_A),
-        Kind::Simulated => assert_eq!(app.image, RETAG_B),
-    }
+    // containerd reports the first name it knows for the image the container runs, which
+    // after a same-digest retag is the old tag: `image` is not the spec string (the
+    // simulator reports it the same way since OpenKruise's retag hang showed it matters).
+    assert_eq!(app.image, RETAG_A, "{kind:?}");
     assert_eq!(app.restart_count, 1);
     Ok(())
 }
