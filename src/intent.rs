@@ -18,6 +18,7 @@ use crate::policy::{
     Governance, InPlaceUpgradePolicy, InPlaceUpgradePolicySpec, PolicyError, Scope,
     governing_policy,
 };
+use crate::prepull::Pulls;
 use crate::status::{Reported, WorkloadPhase, WorkloadStatus, failure_memory};
 use crate::target::{TargetSource, effective_targets};
 use crate::workload::{WorkloadKey, WorkloadView};
@@ -58,6 +59,9 @@ pub struct Observed<'a> {
     pub drains: &'a BTreeMap<String, DrainRecord>,
     /// kubelet's Warning Events of the pods (none for a dry run).
     pub events: &'a PodEvents,
+    /// What is known of the target images' pulls onto the pods' nodes (none for a dry run:
+    /// it shows the pre-pull a fresh start makes).
+    pub pulls: &'a Pulls,
 }
 
 /// What a workload asks for: its own `inplace-upgrade` annotation, else its Namespace's (the
@@ -279,6 +283,7 @@ impl<'p> Intent<'p> {
             endpoints_drained: seen.endpoints_drained,
             drains: seen.drains,
             events: seen.events,
+            pulls: seen.pulls,
             now,
         }
     }
@@ -358,6 +363,7 @@ mod tests {
         drained: BTreeSet<String>,
         drains: BTreeMap<String, DrainRecord>,
         events: PodEvents,
+        pulls: Pulls,
     }
 
     impl Nothing {
@@ -369,6 +375,7 @@ mod tests {
                 endpoints_drained: &self.drained,
                 drains: &self.drains,
                 events: &self.events,
+                pulls: &self.pulls,
             }
         }
     }
@@ -377,6 +384,7 @@ mod tests {
         FailedTarget {
             container: "istio-proxy".into(),
             image: image.into(),
+            message: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod kubectl;
 pub mod patch;
 pub mod plan;
 pub mod policy;
+pub mod prepull;
 pub mod serve;
 pub mod state;
 pub mod status;

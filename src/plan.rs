@@ -36,6 +36,7 @@ use crate::classify::{ContainerState, Expectation, classify};
 use crate::image::same_image;
 use crate::patch::DRAINING_REASON;
 use crate::policy::{ImageAllowlist, InPlaceUpgradePolicySpec, OnFailure};
+use crate::prepull::{PullKey, PullState, Pulls};
 use crate::state::{Phase, PodUpgradeState};
 use crate::target::{self, ResolvedTarget};
 
@@ -92,6 +93,9 @@ impl DrainRecord {
 pub struct FailedTarget {
     pub container: String,
     pub image: String,
+    /// Why, when the failure left no pod record that says it (a pre-pull that failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl FailedTarget {
@@ -131,6 +135,9 @@ pub struct PlanInput<'a> {
     /// [`crate::classify::ContainerEvent`]): how a native sidecar that shows no waiting reason
     /// is seen failing.
     pub events: &'a PodEvents,
+    /// What is known of the pulls of target images onto the pods' nodes (pre-pull before
+    /// drain, [`crate::prepull`]); empty for a dry run.
+    pub pulls: &'a Pulls,
     pub now: Timestamp,
 }
 
@@ -139,6 +146,9 @@ pub type PodEvents = std::collections::HashMap<String, Vec<crate::classify::Cont
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Create a pre-pull pod on `node` for each of `images` (none of which is known on the
+    /// node yet): the pod is drained or patched once every target image is pulled there.
+    PrePull { node: String, images: Vec<String> },
     /// Set the readiness gate condition False (reason `Draining`).
     Drain,
     /// Apply [`crate::patch::upgrade_patch`] for these targets.
@@ -168,9 +178,16 @@ impl Action {
         matches!(self, Action::Drain | Action::Patch { .. })
     }
 
+    /// Whether this step is the first of a new pod's upgrade: its pre-pull, or the drain or
+    /// patch that follows it. Held back together when no rollout slot is free.
+    pub fn starts_pod(&self) -> bool {
+        self.starts_upgrade() || matches!(self, Action::PrePull { .. })
+    }
+
     /// The step's name, for logs and traces.
     pub fn name(&self) -> &'static str {
         match self {
+            Action::PrePull { .. } => "pre-pull",
             Action::Drain => "drain",
             Action::Patch { .. } => "patch",
             Action::Wait { .. } => "wait",
@@ -221,6 +238,9 @@ pub struct Plan {
     /// With a `Failed` verdict: the targets the failing pod's record shows failed, for the
     /// workload's memory (none when that failure was forgiven by a retry request).
     pub failed_targets: Vec<FailedTarget>,
+    /// The pulls this plan waits for or starts: a pre-pull pod for any other pull (its result
+    /// known, or no pod waiting for it) is deleted.
+    pub pulls_wanted: BTreeSet<PullKey>,
 }
 
 impl Plan {
@@ -228,7 +248,8 @@ impl Plan {
     /// workload's own rollout is not done, or no rollout slot is free); every other step, for
     /// pods in flight or to release, stands.
     pub fn hold_new_pods(&mut self) {
-        self.steps.retain(|s| !s.action.starts_upgrade());
+        self.steps.retain(|s| !s.action.starts_pod());
+        self.pulls_wanted.clear();
     }
 }
 
@@ -251,6 +272,7 @@ pub(crate) struct Gate<'p> {
 
 struct Candidate<'p> {
     name: &'p str,
+    node: Option<&'p str>,
     pending: Vec<ResolvedTarget>,
     ready: bool,
     gated: bool,
@@ -261,6 +283,7 @@ struct Planner<'a> {
     input: &'a PlanInput<'a>,
     steps: Vec<Step>,
     recheck_at: Option<Timestamp>,
+    pulls_wanted: BTreeSet<PullKey>,
 }
 
 impl Planner<'_> {
@@ -270,6 +293,44 @@ impl Planner<'_> {
             action,
             state: None,
         });
+    }
+
+    /// Before a pod on `node` starts: what its target images still need there (a pre-pull
+    /// pod, or waiting for one), or `None` when every one is on the node (or pre-pull is off,
+    /// or the pod has no node: nothing to pull onto).
+    fn pre_pull(&mut self, node: Option<&str>, pending: &[ResolvedTarget]) -> Option<Action> {
+        let node = node.filter(|_| self.input.policy.pre_pull.enabled)?;
+        let mut missing: Vec<String> = Vec::new();
+        let mut pulling: Vec<&str> = Vec::new();
+        for t in pending {
+            let key = PullKey {
+                node: node.to_string(),
+                image: t.image.clone(),
+            };
+            match self.input.pulls.get(&key) {
+                Some(PullState::Pulled) => continue,
+                Some(PullState::Pulling) => pulling.push(&t.image),
+                // Failures stop the workload before any pod starts (`pull_failure`).
+                Some(PullState::Failed { .. }) | None => {
+                    if !missing.contains(&t.image) {
+                        missing.push(t.image.clone());
+                    }
+                }
+            }
+            self.pulls_wanted.insert(key);
+        }
+        if !missing.is_empty() {
+            Some(Action::PrePull {
+                node: node.to_string(),
+                images: missing,
+            })
+        } else if !pulling.is_empty() {
+            Some(Action::Wait {
+                reason: format!("pulling {} onto node {node}", pulling.join(", ")),
+            })
+        } else {
+            None
+        }
     }
 
     fn recheck(&mut self, at: Option<Timestamp>) {
@@ -285,6 +346,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         input,
         steps: Vec::new(),
         recheck_at: None,
+        pulls_wanted: BTreeSet::new(),
     };
     let mut blocked: Vec<String> = Vec::new();
     // The first failure found: the pod, why, and what its record says failed.
@@ -535,6 +597,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             release(&mut p);
             continue;
         }
+        if !drained_by_us
+            && let Some(why) = pull_failure(input, spec.node_name.as_deref(), &pending)
+        {
+            failure.get_or_insert_with(|| (name.to_string(), why.0, why.1));
+            release(&mut p);
+            continue;
+        }
         if drained_by_us {
             let since = gate.as_ref().and_then(|g| g.since);
             let record = input.drains.get(name).filter(|r| r.applies_to(pod));
@@ -545,6 +614,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         candidates.push(Candidate {
             name,
+            node: spec.node_name.as_deref(),
             pending,
             ready,
             gated,
@@ -626,7 +696,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 slots -= 1;
                 started += 1;
-                let action = if c.ready && c.gated {
+                let action = if let Some(pull) = p.pre_pull(c.node, &c.pending) {
+                    pull
+                } else if c.ready && c.gated {
                     Action::Drain
                 } else {
                     Action::Patch { targets: c.pending }
@@ -679,6 +751,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         recheck_at: p.recheck_at,
         counts,
         failed_targets,
+        pulls_wanted: p.pulls_wanted,
     }
 }
 
@@ -703,6 +776,7 @@ fn failed_targets(
         .map(|c| FailedTarget {
             container: c.name.clone(),
             image: c.target_image.clone(),
+            message: None,
         })
         .collect()
 }
@@ -761,9 +835,14 @@ fn known_failure(
     let retried = |s: &PodUpgradeState| input.retry_since.is_some_and(|r| s.patched_at <= r);
     for t in pending {
         let name = &t.location.name;
-        if failed.iter().any(|f| f.is(name, &t.image)) {
+        if let Some(f) = failed.iter().find(|f| f.is(name, &t.image)) {
+            let why = f
+                .message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
             return Some(format!(
-                "target {name}={} failed before; change the annotation or ask for a retry",
+                "target {name}={} failed before{why}; change the annotation or ask for a retry",
                 t.image
             ));
         }
@@ -779,6 +858,40 @@ fn known_failure(
         }
     }
     None
+}
+
+/// A pull of one of the pod's target images onto its node that failed: the reason for the
+/// workload, and the failed targets to remember (with kubelet's message, which no pod record
+/// keeps).
+fn pull_failure(
+    input: &PlanInput<'_>,
+    node: Option<&str>,
+    pending: &[ResolvedTarget],
+) -> Option<(String, Vec<FailedTarget>)> {
+    let node = node.filter(|_| input.policy.pre_pull.enabled)?;
+    pending.iter().find_map(|t| {
+        let key = PullKey {
+            node: node.to_string(),
+            image: t.image.clone(),
+        };
+        let Some(PullState::Failed { reason, message }) = input.pulls.get(&key) else {
+            return None;
+        };
+        let why = format!(
+            "pre-pull of {} onto node {node} failed, no pod was drained: {reason}: {message}",
+            t.image
+        );
+        let failed = pending
+            .iter()
+            .filter(|o| o.image == t.image)
+            .map(|o| FailedTarget {
+                container: o.location.name.clone(),
+                image: o.image.clone(),
+                message: Some(why.clone()),
+            })
+            .collect();
+        Some((why, failed))
+    })
 }
 
 fn policy_denial(

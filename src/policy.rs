@@ -74,6 +74,9 @@ pub struct InPlaceUpgradePolicySpec {
     /// How traffic is taken away from a pod before its container restarts.
     #[serde(default)]
     pub drain: Drain,
+    /// Getting the target image onto a pod's node before the pod is drained.
+    #[serde(default)]
+    pub pre_pull: PrePull,
     /// How long a restarted container may take to run the new image and be Ready before the
     /// upgrade of that pod counts as failed.
     #[serde(default = "default_ready_timeout_seconds")]
@@ -130,6 +133,37 @@ impl Default for Drain {
     }
 }
 
+/// Pre-pull before drain (on by default).
+///
+/// Before a pod is drained (or patched, if it cannot be drained), the controller creates for
+/// each of its target images a short-lived pod pinned to the pod's node, whose only job is to
+/// make kubelet pull the image (its command exists in no image, so nothing of the image runs),
+/// and deletes it once kubelet has pulled. The drained window is then a container start, not
+/// a download. A pull that fails stops the workload before any pod is drained, like any
+/// failed target. Needs `create` and `delete` on pods in the governed namespaces (and `get`,
+/// to copy the pod's imagePullSecrets and tolerations).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrePull {
+    /// Pull the target image onto the node before the drain.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `activeDeadlineSeconds` of the pre-pull pod: a pull that takes longer fails the
+    /// workload.
+    #[serde(default = "default_pre_pull_timeout_seconds")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: i64,
+}
+
+impl Default for PrePull {
+    fn default() -> Self {
+        PrePull {
+            enabled: true,
+            timeout_seconds: default_pre_pull_timeout_seconds(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
 pub enum OnFailure {
     /// Patch the failed pod back to its previous image, wait for it, and stop the workload.
@@ -170,6 +204,9 @@ fn default_ready_timeout_seconds() -> i64 {
 }
 fn default_drain_grace_period_seconds() -> i64 {
     5
+}
+fn default_pre_pull_timeout_seconds() -> i64 {
+    300
 }
 fn default_drain_timeout_seconds() -> i64 {
     60

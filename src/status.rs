@@ -239,6 +239,7 @@ mod tests {
             failed_targets: vec![FailedTarget {
                 container: "istio-proxy".into(),
                 image: "proxyv2:bad".into(),
+                message: None,
             }],
             retry: Some("2026-01-01T00:00:00Z".into()),
             retry_since: Some("2026-01-01T00:00:00Z".parse().expect("time")),
@@ -281,6 +282,7 @@ mod tests {
             failed_targets: vec![FailedTarget {
                 container: "istio-proxy".into(),
                 image: "proxyv2:bad".into(),
+                message: None,
             }],
             ..next.clone()
         };
@@ -311,6 +313,7 @@ mod tests {
                 ungated: 0,
             },
             failed_targets: Vec::new(),
+            pulls_wanted: Default::default(),
         }
     }
 
@@ -330,6 +333,7 @@ mod tests {
         FailedTarget {
             container: "istio-proxy".into(),
             image: "proxyv2:bad".into(),
+            message: None,
         }
     }
 

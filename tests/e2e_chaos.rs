@@ -466,10 +466,12 @@ async fn seeded_sigkills_of_the_leader_never_leave_a_pod_drained_or_exceed_the_b
     let client = env.client()?;
     install(&client).await?;
     let ns = env.namespace("chaos-kill").await?;
+    // Pre-pull off: the kill points are the per-pod steps, and a failing wave must reach a
+    // rollback (pre-pull would stop its missing image before any patch).
     create_policy(
         &client,
         &ns,
-        json!({"drain": {"gracePeriodSeconds": 1, "timeoutSeconds": 60}}),
+        json!({"drain": {"gracePeriodSeconds": 1, "timeoutSeconds": 60}, "prePull": {"enabled": false}}),
     )
     .await?;
     let deployments = create_app(&client, &ns, "hello", replicas, 1000, false).await?;

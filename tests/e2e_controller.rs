@@ -287,8 +287,10 @@ async fn failing_target_rolls_back_one_pod(
     prefix: &str,
     tag: &str,
     reasons: &[&str],
+    pre_pull: bool,
 ) -> TestResult {
-    let (client, ns) = setup(prefix, json!({"readyTimeoutSeconds": 5})).await?;
+    let policy = json!({"readyTimeoutSeconds": 5, "prePull": {"enabled": pre_pull}});
+    let (client, ns) = setup(prefix, policy).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     create_service(&client, &ns, "hello").await?;
     deployments
@@ -367,6 +369,9 @@ async fn fail_pull_target_rolls_back_and_stops() -> TestResult {
         "failpull",
         "1.24.2-fail-pull",
         &["ErrImagePull", "ImagePullBackOff"],
+        // Pre-pull would find the missing image before any patch (see
+        // `a_failed_pre_pull_stops_the_rollout_before_any_drain`): this is the failure after it.
+        false,
     )
     .await
 }
@@ -378,7 +383,12 @@ async fn fail_pull_target_rolls_back_and_stops() -> TestResult {
 /// here): the workload's failure names the Event, not a timeout.
 #[tokio::test]
 async fn a_native_sidecar_failing_without_a_waiting_reason_is_seen_from_events() -> TestResult {
-    let (client, ns) = setup("sidecar-events", json!({"readyTimeoutSeconds": 300})).await?;
+    // Pre-pull off: it would find the missing image before the patch this test is about.
+    let (client, ns) = setup(
+        "sidecar-events",
+        json!({"readyTimeoutSeconds": 300, "prePull": {"enabled": false}}),
+    )
+    .await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     create_service(&client, &ns, "hello").await?;
     deployments
@@ -428,12 +438,15 @@ async fn a_native_sidecar_failing_without_a_waiting_reason_is_seen_from_events()
 
 #[tokio::test]
 async fn crashloop_target_rolls_back_and_stops() -> TestResult {
-    failing_target_rolls_back_one_pod("crashloop", "1.24.2-crashloop", &["CrashLoopBackOff"]).await
+    // Pre-pulled first: the image pulls, so the failure comes after the patch.
+    failing_target_rolls_back_one_pod("crashloop", "1.24.2-crashloop", &["CrashLoopBackOff"], true)
+        .await
 }
 
 #[tokio::test]
 async fn never_ready_target_times_out_rolls_back_and_stops() -> TestResult {
-    failing_target_rolls_back_one_pod("neverready", "1.24.2-never-ready", &["ReadyTimeout"]).await
+    failing_target_rolls_back_one_pod("neverready", "1.24.2-never-ready", &["ReadyTimeout"], true)
+        .await
 }
 
 #[tokio::test]
@@ -495,7 +508,9 @@ async fn namespace_annotation_rolls_workloads_within_the_concurrency_limit() -> 
 async fn failed_namespace_target_does_not_spread_to_other_workloads() -> TestResult {
     let (client, ns) = setup(
         "nsfail",
-        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5}),
+        // Pre-pull off: these follow a bad image patched onto a pod (a pre-pull failure
+        // stops a workload before any patch).
+        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5, "prePull": {"enabled": false}}),
     )
     .await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
@@ -543,7 +558,9 @@ async fn a_freed_rollout_slot_does_not_carry_a_failed_namespace_target_to_the_ne
 -> TestResult {
     let (client, ns) = setup(
         "nsslot",
-        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5}),
+        // Pre-pull off: these follow a bad image patched onto a pod (a pre-pull failure
+        // stops a workload before any patch).
+        json!({"maxConcurrentWorkloads": 1, "readyTimeoutSeconds": 5, "prePull": {"enabled": false}}),
     )
     .await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
@@ -962,5 +979,169 @@ async fn a_malformed_annotation_is_reported_and_never_acted_on() -> TestResult {
             Some("registry.istio.io/testing/proxyv2:latest")
         );
     }
+    Ok(())
+}
+
+/// Pre-pull before drain (issue 16 item 3): before each pod is drained, the target image is
+/// pulled onto its node by a pod that Pod Security `restricted` admits (the namespace
+/// enforces it when the rollout starts), one per node and image, reused by every pod on that
+/// node, and deleted once the pull is known.
+#[tokio::test]
+async fn the_target_image_is_pulled_onto_each_node_before_its_pods_are_drained() -> TestResult {
+    let (client, ns) = setup("prepull", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    create_service(&client, &ns, "hello").await?;
+    // Every pod of the namespace must pass Pod Security `restricted`: the pre-pull pods, and
+    // the app's own pods, whose image patch the API server checks again (an image change is
+    // a significant pod update to Pod Security admission).
+    let restricted = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&restricted),
+        )
+        .await?;
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "hello"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "hello"}},
+            "template": {
+                "metadata": {"labels": {"app": "hello"}},
+                "spec": {
+                    "readinessGates": [{"conditionType": inplace_upgrade::READINESS_GATE}],
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "app",
+                        "image": "registry.inplace.test/testapp:1.0",
+                        "securityContext": {"allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        },
+    }))?;
+    deployments.create(&PostParams::default(), &d).await?;
+    await_deployment_ready(&deployments, "hello", 4).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let nodes: std::collections::BTreeSet<String> = before
+        .values()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let seen = watch_prepulls(&client, &ns).await?;
+    let target = "app=testapp:2.0";
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+    if let Err(e) = await_phase(&deployments, "hello", target, "Completed").await {
+        let d = deployments.get("hello").await?;
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await?;
+        let states: Vec<String> = pods
+            .items
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} gate {:?} state {:?} status {:?}",
+                    p.name_any(),
+                    gate(p),
+                    p.annotations().get(STATE_ANNOTATION),
+                    p.status.as_ref().map(|s| (&s.phase, &s.container_statuses))
+                )
+            })
+            .collect();
+        return Err(format!(
+            "{e}\nstatus {:?}\npods {states:#?}",
+            d.annotations().get(STATUS_ANNOTATION)
+        )
+        .into());
+    }
+    await_no_prepull_pods(&client, &ns).await?;
+
+    let o = seen.lock().unwrap();
+    assert_eq!(o.drained_at.len(), 4, "every pod was drained: {o:?}");
+    for (pod, (node, drained)) in &o.drained_at {
+        let pulled = o.pulled_at.get(node);
+        assert!(
+            pulled.is_some_and(|p| p < drained),
+            "{pod} on {node} was drained at rv {drained}, its image pulled there at {pulled:?}: {o:?}"
+        );
+    }
+    // One pre-pull pod per node, for the resolved target image.
+    let pulled_nodes: std::collections::BTreeSet<String> =
+        o.pods.values().map(|(n, _)| n.clone()).collect();
+    assert_eq!(pulled_nodes, nodes, "{o:?}");
+    assert_eq!(o.pods.len(), nodes.len(), "one per node, reused: {o:?}");
+    assert!(
+        o.pods
+            .values()
+            .all(|(_, image)| image == "registry.inplace.test/testapp:2.0"),
+        "{o:?}"
+    );
+    let first = o.first.clone().ok_or("no pre-pull pod seen")?;
+    let spec = first.spec.as_ref().ok_or("spec")?;
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        spec.containers[0].command.as_deref(),
+        Some(&[inplace_upgrade::prepull::COMMAND.to_string()][..])
+    );
+    let owner = &first.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Deployment", "hello")
+    );
+    assert_eq!(owner.controller, None);
+    Ok(())
+}
+
+/// A target image that cannot be pulled stops the rollout at its pre-pull: no pod is drained
+/// or patched, the workload's status and a Warning Event name the image and kubelet's
+/// message, and the pre-pull pod is gone.
+#[tokio::test]
+async fn a_failed_pre_pull_stops_the_rollout_before_any_drain() -> TestResult {
+    let (client, ns) = setup("prepull-fail", json!({})).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let seen = watch_prepulls(&client, &ns).await?;
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    let image = "registry.istio.io/testing/proxyv2:1.24.2-fail-pull";
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+    let failed = await_phase(&deployments, "hello", target, "Failed").await?;
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pre-pull")
+            && message.contains(image)
+            && message.contains("ErrImagePull")
+            && message.contains("not found"),
+        "the status names the image and kubelet's message: {status}"
+    );
+    assert_eq!(status["failedTargets"][0]["image"], image, "{status}");
+    let event = await_event(&client, &ns, "hello", "Failed").await?;
+    let note = event.message.unwrap_or_default();
+    assert!(
+        note.contains(image) && note.contains("ErrImagePull"),
+        "{note}"
+    );
+    await_no_prepull_pods(&client, &ns).await?;
+
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    for (name, pod) in &after {
+        let (b, a) = (
+            facts(&before[name], "istio-proxy", "hello"),
+            facts(pod, "istio-proxy", "hello"),
+        );
+        assert_eq!(a.proxy_id, b.proxy_id, "{name} untouched");
+        assert!(state_phase(pod).is_none(), "{name} was never patched");
+        assert!(is_ready(pod), "{name} is Ready");
+    }
+    let o = seen.lock().unwrap();
+    assert!(o.drained_at.is_empty(), "nothing was drained: {o:?}");
+    assert_eq!(o.pods.len(), 1, "one pre-pull, then stop: {o:?}");
     Ok(())
 }

@@ -361,7 +361,7 @@ const BASELINE: &[(&str, &str, &str, &str)] = &[
 
 /// The controller, in every namespace (ClusterRole inplace-upgrade-controller).
 const CONTROLLER_CLUSTER: &[(&str, &str, &str, &str)] = &[
-    ("pods", "", "", "list watch patch"),
+    ("pods", "", "", "list watch patch get create delete"),
     ("pods/status", "", "", "patch"),
     ("namespaces", "", "", "list watch patch"),
     ("deployments.apps", "", "", "list watch patch"),

@@ -266,8 +266,12 @@ async fn plan_lists_pods_images_order_budget_and_policy_and_changes_nothing() ->
         assert_eq!(p["changes"][0]["current"], OLD_PROXY);
         assert_eq!(p["changes"][0]["target"], NEW_PROXY);
     }
-    // maxUnavailable 1: the first pod now, the others after it.
-    assert_eq!(planned[0]["next"], "upgrade now");
+    // maxUnavailable 1: the first pod now (its image pulled onto its node first: the
+    // policy's prePull is on by default), the others after it.
+    assert_eq!(
+        planned[0]["next"],
+        "pull the target image onto its node first"
+    );
     assert_eq!(planned[1]["next"], "waits for its turn");
 
     // Unknown workload and a malformed --image are one line each.
@@ -546,7 +550,13 @@ async fn set_pause_watch_status_and_rollback_in_place() -> TestResult {
 
 #[tokio::test]
 async fn watch_exits_non_zero_when_the_rollout_fails_and_retry_tries_again() -> TestResult {
-    let (client, ns) = setup("kc-fail", Some(json!({"readyTimeoutSeconds": 5}))).await?;
+    // Pre-pull off: it would find the missing image before any pod is patched, and this test
+    // follows a pod's rollback.
+    let (client, ns) = setup(
+        "kc-fail",
+        Some(json!({"readyTimeoutSeconds": 5, "prePull": {"enabled": false}})),
+    )
+    .await?;
     let deployments = deploy_hello(&client, &ns, 1, false).await?;
     let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
     let run = kubectl(&["-n", &ns, "set", "deploy/hello", target]).await?;
@@ -691,7 +701,12 @@ async fn errors_are_one_line_with_the_documented_exit_code() -> TestResult {
 
 #[tokio::test]
 async fn retry_of_a_namespace_wide_failure_retries_every_workload_it_blocks() -> TestResult {
-    let (client, ns) = setup("kc-nsretry", Some(json!({"readyTimeoutSeconds": 5}))).await?;
+    // Pre-pull off: this test follows the rollback of the pods patched to a missing image.
+    let (client, ns) = setup(
+        "kc-nsretry",
+        Some(json!({"readyTimeoutSeconds": 5, "prePull": {"enabled": false}})),
+    )
+    .await?;
     let deployments = deploy_hello(&client, &ns, 1, false).await?;
     // A second Deployment of its own pods.
     let mut other = hello_deployment("hello-old-version.yaml.injected", 1, false)?;

@@ -227,6 +227,103 @@ async fn gated_native_sidecar_rollout_keeps_uid_ip_and_node() -> TestResult {
     Ok(())
 }
 
+/// Pre-pull before drain on a real kubelet (issue 16 item 3): the target image, pulled from
+/// the loopback registry, is pulled onto the node by a pre-pull pod before any pod is drained:
+/// kubelet's `Pulled` Event on that pod, then the runtime's refusal of its command (it can run
+/// nothing of the image: `StartError`, exit code 128), then the drain. The pre-pull pod is
+/// gone at the end.
+#[tokio::test]
+async fn the_target_image_is_pulled_onto_the_node_before_the_drain() -> TestResult {
+    let _one = SERIAL.lock().await;
+    let Some(stack) = Stack::start("prepull").await? else {
+        return Ok(());
+    };
+    let client = stack.client.clone();
+    let ns = stack.namespace("real-prepull", json!({})).await?;
+    create_service(&client, &ns, "hello").await?;
+    let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 2).await?;
+    let seen = watch_prepulls(&client, &ns).await?;
+    let target = "istio-proxy=proxyv2:1.26.0";
+    annotate(&deployments, &name, TARGETS_ANNOTATION, target).await?;
+    stack
+        .await_phase(&deployments, &name, target, "Completed")
+        .await?;
+    await_no_prepull_pods(&client, &ns).await?;
+    let o = seen.lock().map_err(|_| "watch poisoned")?.clone();
+    println!("pre-pull on a real kubelet: {:#?}", o.pulled_as);
+    assert_eq!(o.drained_at.len(), 2, "{o:?}");
+    for (pod, (node, drained)) in &o.drained_at {
+        let pulled = o.pulled_at.get(node);
+        assert!(
+            pulled.is_some_and(|p| p < drained),
+            "{pod} on {node} drained at rv {drained}, the image pulled there at {pulled:?}: {o:?}"
+        );
+    }
+    for said in o.pulled_as.values() {
+        assert!(
+            said.starts_with("terminated StartError 128:") && said.contains("no such file"),
+            "what a real kubelet reports after the pull: {said}"
+        );
+    }
+    for pod in o.pods.keys() {
+        let pulled = await_event(&client, &ns, pod, "Pulled").await?;
+        assert!(
+            pulled
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("registry.istio.io/testing/proxyv2:1.26.0")),
+            "{pulled:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A tag the loopback registry does not have, with pre-pull on (the default): the pre-pull
+/// pod's real pull fails (404, `ErrImagePull`) and the rollout stops there — no pod drained
+/// or patched, the status names the image and kubelet's message, nothing left behind.
+#[tokio::test]
+async fn a_missing_tag_stops_the_rollout_at_its_pre_pull() -> TestResult {
+    let _one = SERIAL.lock().await;
+    let Some(stack) = Stack::start("prepull-missing").await? else {
+        return Ok(());
+    };
+    let client = stack.client.clone();
+    let ns = stack.namespace("real-prepull-missing", json!({})).await?;
+    let (deployments, name) = stack
+        .deploy(&ns, "hello-old-version.yaml.injected", 2)
+        .await?;
+    let before = pods_by_name(&client, &ns, "hello").await?;
+    let seen = watch_prepulls(&client, &ns).await?;
+    let target = "istio-proxy=proxyv2:1.24.2-fail-pull";
+    annotate(&deployments, &name, TARGETS_ANNOTATION, target).await?;
+    let failed = stack
+        .await_phase(&deployments, &name, target, "Failed")
+        .await?;
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    println!("the status on a real kubelet: {message}");
+    assert!(
+        message.contains("pre-pull")
+            && message.contains("registry.istio.io/testing/proxyv2:1.24.2-fail-pull")
+            && (message.contains("ErrImagePull") || message.contains("ImagePullBackOff")),
+        "{status}"
+    );
+    await_no_prepull_pods(&client, &ns).await?;
+    let after = pods_by_name(&client, &ns, "hello").await?;
+    for (pod_name, pod) in &after {
+        let (b, a) = (
+            facts(&before[pod_name], "istio-proxy", "hello"),
+            facts(pod, "istio-proxy", "hello"),
+        );
+        assert_eq!(a.proxy_id, b.proxy_id, "{pod_name} untouched");
+        assert!(state_phase(pod).is_none(), "{pod_name} was never patched");
+        assert!(is_ready(pod), "{pod_name} is Ready");
+    }
+    let o = seen.lock().map_err(|_| "watch poisoned")?;
+    assert!(o.drained_at.is_empty(), "no pod was drained: {o:?}");
+    Ok(())
+}
+
 /// A target tag the loopback registry does not have: the real pull fails (404,
 /// `ErrImagePull`), the first pod is rolled back to its previous image, the workload is
 /// `Failed`, and no other pod is touched. (`istio-proxy` as a regular container here: a
@@ -239,7 +336,11 @@ async fn a_tag_missing_from_the_registry_rolls_the_first_pod_back_and_stops() ->
         return Ok(());
     };
     let client = stack.client.clone();
-    let ns = stack.namespace("real-missing", json!({})).await?;
+    // Pre-pull off: this is kubelet's failure after the patch (with pre-pull the missing image
+    // stops the rollout before it: `a_missing_tag_stops_the_rollout_at_its_pre_pull`).
+    let ns = stack
+        .namespace("real-missing", json!({"prePull": {"enabled": false}}))
+        .await?;
     let (deployments, name) = stack
         .deploy(&ns, "hello-old-version.yaml.injected", 2)
         .await?;
@@ -300,7 +401,10 @@ async fn a_native_sidecar_failing_without_a_waiting_reason_is_rolled_back_from_e
     };
     let client = stack.client.clone();
     let ns = stack
-        .namespace("real-events", json!({"readyTimeoutSeconds": 300}))
+        .namespace(
+            "real-events",
+            json!({"readyTimeoutSeconds": 300, "prePull": {"enabled": false}}),
+        )
         .await?;
     let (deployments, name) = stack.deploy(&ns, "frontend.yaml.injected", 2).await?;
     let target = "istio-proxy=proxyv2:1.24.2-fail-pull";

@@ -345,8 +345,9 @@ async fn every_dashboard_and_alert_query_names_what_the_binaries_export() -> Tes
     .await
     .map_err(|_| format!("the controller never led:\n{}", controller.log_tail()))?;
 
-    // A rollout that completes, then a target that fails and is rolled back.
-    create_policy(&client, &done, json!({})).await?;
+    // A rollout that completes, then a target that fails and is rolled back (pre-pull off:
+    // it would stop the missing image before any patch, and nothing would be rolled back).
+    create_policy(&client, &done, json!({"prePull": {"enabled": false}})).await?;
     let deployments = deploy_hello(&client, &done, 2, true).await?;
     let target = format!("istio-proxy={NEW_PROXY}");
     annotate(&deployments, "hello", TARGETS_ANNOTATION, &target).await?;

@@ -555,6 +555,7 @@ fn recorded_failure(source: crate::target::TargetSource, retry: Option<&str>) ->
         failed_targets: vec![crate::plan::FailedTarget {
             container: "istio-proxy".into(),
             image: PROXY_NEW.into(),
+            message: None,
         }],
         retry: retry.map(str::to_string),
         ..Default::default()

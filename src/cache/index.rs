@@ -213,6 +213,9 @@ fn relisted<T: Kept>(mut before: Objects<T>, now: &Objects<T>) -> Vec<Change<T>>
     changes
 }
 
+/// The owner kind pre-pull pods are filed under, by the `<Kind>/<name>` of their workload.
+pub const PREPULL_OWNER: &str = "PrePullFor";
+
 /// Children by their controlling owner, per namespace: `"<kind>/<name>"` → child names.
 #[derive(Default)]
 pub struct Owners {
@@ -267,6 +270,11 @@ impl Kept for CachedPod {
     fn index(index: &mut Owners, namespace: &Arc<str>, name: &Arc<str>, pod: &Self, present: bool) {
         let owner = pod.owner().map(|o| (o.kind.as_str(), o.name.as_str()));
         index.set(namespace, owner, name, present);
+        // A pre-pull pod has no controlling owner: it is filed under the workload it works for.
+        let prepull = pod
+            .annotation(crate::prepull::FOR_ANNOTATION)
+            .map(|w| (PREPULL_OWNER, w));
+        index.set(namespace, prepull, name, present);
     }
 
     fn resource_version(&self) -> Option<&str> {

@@ -142,12 +142,15 @@ pub struct LeanPodSpec {
     /// Every init container, in the pod's order (`None` when the pod has none).
     pub init_containers: Option<Vec<LeanContainer>>,
     pub readiness_gates: Option<Vec<PodReadinessGate>>,
+    /// The node the pod runs on (where its target images are pre-pulled).
+    pub node_name: Option<String>,
 }
 
 wire_struct!(WireSpec, "a Pod's spec", {
     containers: Vec<WireContainer> = "containers",
     init_containers: Vec<WireContainer> = "initContainers",
     readiness_gates: Vec<PodReadinessGate> = "readinessGates",
+    node_name: String = "nodeName",
 });
 
 wire_struct!(WireContainer, "a container", {
@@ -173,6 +176,7 @@ impl From<WireSpec> for LeanPodSpec {
             containers: spec.containers.map(containers).unwrap_or_default(),
             init_containers: spec.init_containers.map(containers),
             readiness_gates: spec.readiness_gates,
+            node_name: spec.node_name,
         }
     }
 }
@@ -216,6 +220,7 @@ impl LeanPodSpec {
             containers: containers(&self.containers),
             init_containers: self.init_containers.as_deref().map(containers),
             readiness_gates: self.readiness_gates.clone(),
+            node_name: self.node_name.clone(),
             ..PodSpec::default()
         }
     }
@@ -404,6 +409,8 @@ pub struct CachedPod {
 struct CachedPodStatus {
     observed_generation: Option<i64>,
     phase: Option<String>,
+    /// `reason` and `message` of a `Failed` pod only (a pre-pull pod whose deadline ran out).
+    failed: Option<Box<(Option<String>, Option<String>)>>,
     pod_ip: Option<String>,
     /// `Ready` and our readiness gate's condition, without `message` and `lastProbeTime`.
     conditions: Vec<PodCondition>,
@@ -457,6 +464,8 @@ wire_struct!(WirePodMeta, "a Pod's metadata", {
 wire_struct!(WirePodStatus, "a Pod's status", {
     observed_generation: i64 = "observedGeneration",
     phase: String = "phase",
+    reason: String = "reason",
+    message: String = "message",
     pod_ip: String = "podIP",
     conditions: Vec<WireCondition> = "conditions",
     container_statuses: Vec<WireContainerStatus> = "containerStatuses",
@@ -585,6 +594,7 @@ impl From<WirePodStatus> for CachedPodStatus {
         let statuses = |list: Vec<WireContainerStatus>| list.into_iter().map(Into::into).collect();
         CachedPodStatus {
             observed_generation: s.observed_generation,
+            failed: (s.phase.as_deref() == Some("Failed")).then(|| Box::new((s.reason, s.message))),
             phase: s.phase,
             pod_ip: s.pod_ip,
             conditions: s
@@ -614,6 +624,8 @@ impl CachedPodStatus {
         PodStatus {
             observed_generation: self.observed_generation,
             phase: self.phase.clone(),
+            reason: self.failed.as_ref().and_then(|f| f.0.clone()),
+            message: self.failed.as_ref().and_then(|f| f.1.clone()),
             pod_ip: self.pod_ip.clone(),
             conditions: (!self.conditions.is_empty()).then(|| self.conditions.clone()),
             container_statuses: self.container_statuses.as_ref().map(statuses),

@@ -230,6 +230,18 @@ impl Cache {
             .collect()
     }
 
+    /// The pre-pull pods working for a workload ([`crate::prepull`]), sorted by name.
+    pub fn prepull_pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
+        let ns = key.namespace.as_str();
+        let pods = read(&self.shared.tables.pods);
+        let owner = format!("{}/{}", key.kind.as_str(), key.name);
+        pods.index
+            .children_of(ns, index::PREPULL_OWNER, &owner)
+            .iter()
+            .filter_map(|name| Some(pods.get(ns, name)?.to_pod(ns, name)))
+            .collect()
+    }
+
     /// The pods (of `pods`, all in `namespace`) that no EndpointSlice lists as ready or
     /// serving, a slice unchanged since we drained a pod counting as serving it: the same
     /// answer as [`crate::plan::inputs::endpoints_drained`] over the namespace's slices,

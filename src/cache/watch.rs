@@ -212,6 +212,13 @@ fn pod(cache: &Cache, change: &Change<CachedPod>, concerned: &mut dyn FnMut(Work
         if let Some(key) = cache.workload_of(&change.namespace, pod.owner()) {
             concerned(key);
         }
+        // A pre-pull pod moves the workload it pulls for on.
+        if let Some(key) = pod
+            .annotation(crate::prepull::FOR_ANNOTATION)
+            .and_then(|w| crate::prepull::workload_of(&change.namespace, w))
+        {
+            concerned(key);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod leader;
 mod metrics;
 mod namespaces;
 pub mod preflight;
+mod pulls;
 mod queue;
 mod reconcile;
 mod report;
@@ -68,6 +69,8 @@ pub struct Context {
     report: Arc<report::PolicyReport>,
     /// Pods as our own last writes returned them, until the cache catches up.
     written: written::Written,
+    /// The pre-pulls of target images, as their pods said (see [`pulls`]).
+    pulls: pulls::KnownPulls,
 }
 
 impl Context {
@@ -95,6 +98,7 @@ impl Context {
             settings,
             slots: Mutex::default(),
             written: written::Written::default(),
+            pulls: pulls::KnownPulls::default(),
         }
     }
 

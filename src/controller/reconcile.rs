@@ -21,7 +21,9 @@ use crate::patch::{
     gate_condition_patch, kubernetes_time, rollback_patch, state_patch, upgrade_patch,
 };
 use crate::plan::inputs::disruption_budgets;
-use crate::plan::{Action, DrainRecord, Plan, Step, plan};
+use crate::plan::{Action, DrainRecord, Plan, Step, Verdict, plan};
+use crate::policy::InPlaceUpgradePolicySpec;
+use crate::prepull::{PrePullPod, PullKey, PullState, prepull_pod};
 use crate::state::Phase;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
 use crate::workload::{WorkloadKey, WorkloadView};
@@ -95,6 +97,7 @@ pub(super) async fn reconcile_workload(
     let Some(workload) = ctx.cache.workload(key) else {
         ctx.written.forget_status(key);
         ctx.written.forget_drains(Some(key));
+        ctx.pulls.forget(key);
         slot.end(None);
         ctx.report.record(key, None);
         return Ok(None);
@@ -138,6 +141,7 @@ pub(super) async fn reconcile_workload(
     let drains = ctx.written.drains(key, &pods);
     let endpoints_drained = ctx.cache.endpoints_drained(&key.namespace, &pods, &drains);
     let events = ctx.cache.pod_events(&pods);
+    let (pulls, prepull_pods) = ctx.pulls.known(key, &ctx.cache.prepull_pods_of(key));
     let seen = Observed {
         pods: &pods,
         desired_replicas: workload.desired_replicas,
@@ -145,6 +149,7 @@ pub(super) async fn reconcile_workload(
         endpoints_drained: &endpoints_drained,
         drains: &drains,
         events: &events,
+        pulls: &pulls,
     };
     let input = intent.plan_input(seen, now);
     let mut plan = plan(&input);
@@ -153,7 +158,7 @@ pub(super) async fn reconcile_workload(
     let results = join_all(
         plan.steps
             .iter()
-            .map(|step| execute(ctx, &workload, &pods, step, now)),
+            .map(|step| execute(ctx, &workload, intent.spec, &pods, step, now)),
     )
     .await;
     for r in results {
@@ -174,6 +179,10 @@ pub(super) async fn reconcile_workload(
         &status,
     )
     .await?;
+    clean_up_prepulls(ctx, key, &prepull_pods, &plan).await?;
+    if plan.verdict == Verdict::Completed {
+        ctx.pulls.forget(key);
+    }
     let rolling = status.policy.as_deref();
     slot.end(rolling.filter(|_| status.phase == WorkloadPhase::Progressing));
     ctx.report.record(
@@ -226,7 +235,7 @@ fn sibling_statuses(ctx: &Context, key: &WorkloadKey) -> Vec<WorkloadStatus> {
 /// rollout must be done, and a rollout slot under its policy ours. When either holds new pods
 /// back, the plan keeps only its other steps, and the reason is returned for the status.
 fn hold_new_pods(intent: &Intent<'_>, slot: &mut SlotTurn<'_>, plan: &mut Plan) -> Option<String> {
-    if !plan.steps.iter().any(|s| s.action.starts_upgrade()) {
+    if !plan.steps.iter().any(|s| s.action.starts_pod()) {
         return None;
     }
     let max = intent.spec.max_concurrent_workloads;
@@ -324,6 +333,7 @@ fn recheck_after(at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
 async fn execute(
     ctx: &Context,
     workload: &WorkloadView,
+    policy: &InPlaceUpgradePolicySpec,
     pods: &[Pod],
     step: &Step,
     now: Timestamp,
@@ -363,6 +373,26 @@ async fn execute(
         Ok::<Pod, ReconcileError>(written)
     };
     match &step.action {
+        Action::PrePull { node, images } => {
+            let spec = match ctx.get_pod(ns, name).await {
+                Ok(full) => full.spec.unwrap_or_default(),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(source) => return Err(kube("reading")(source)),
+            };
+            for image in images {
+                let key = PullKey {
+                    node: node.clone(),
+                    image: image.clone(),
+                };
+                let pod = prepull_pod(&PrePullPod {
+                    workload,
+                    key: &key,
+                    for_pod: &spec,
+                    timeout_seconds: policy.pre_pull.timeout_seconds,
+                });
+                create_prepull(ctx, &workload.key, key, &pod).await?;
+            }
+        }
         Action::Wait { reason } => {
             tracing::debug!(%reason, "waiting");
             return Ok(());
@@ -518,6 +548,66 @@ async fn execute(
     }
     tracing::debug!("written");
     Ok(())
+}
+
+/// Creates one pre-pull pod. One that exists already (an earlier reconcile made it, and the
+/// cache has not shown it yet) is no error. A create the API server refuses for good (RBAC,
+/// Pod Security, a quota, an invalid spec) is a failed pull: the rollout stops with the API
+/// server's words rather than retrying forever; anything else is retried.
+async fn create_prepull(
+    ctx: &Context,
+    workload: &WorkloadKey,
+    key: PullKey,
+    pod: &Pod,
+) -> Result<(), ReconcileError> {
+    match ctx.create_pod(pod).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422) => {
+            tracing::warn!(node = %key.node, image = %key.image, error = %s.message, "pre-pull pod refused");
+            ctx.pulls.remember(
+                workload,
+                key,
+                PullState::Failed {
+                    reason: format!("pre-pull pod refused ({})", s.reason),
+                    message: s.message.clone(),
+                },
+            );
+            ctx.queue.enqueue(workload.clone());
+            Ok(())
+        }
+        Err(source) => Err(ReconcileError::Kube {
+            what: format!(
+                "creating the pre-pull pod of {} on node {} for",
+                key.image, key.node
+            ),
+            source,
+        }),
+    }
+}
+
+/// Deletes the workload's pre-pull pods that are done: their result is known (and now
+/// remembered), or no pod waits for their pull any more (paused, failed, superseded).
+async fn clean_up_prepulls(
+    ctx: &Context,
+    workload: &WorkloadKey,
+    pods: &[super::pulls::SeenPrePull],
+    plan: &Plan,
+) -> Result<(), ReconcileError> {
+    let done = pods.iter().filter(|p| {
+        !p.terminating && (p.state != PullState::Pulling || !plan.pulls_wanted.contains(&p.key))
+    });
+    let results = join_all(done.map(|p| async move {
+        tracing::debug!(pod = %p.name, node = %p.key.node, image = %p.key.image, "deleting pre-pull pod");
+        ctx.delete_pod(&workload.namespace, &p.name)
+            .await
+            .map_err(|source| ReconcileError::Kube {
+                what: format!("deleting pre-pull pod {}/{}", workload.namespace, p.name),
+                source,
+            })
+    }))
+    .await;
+    results.into_iter().collect()
 }
 
 /// An Event on the workload when its phase changes.

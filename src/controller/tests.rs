@@ -499,6 +499,10 @@ impl ControllerView for Api {
     fn pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
         self.world().cached.pods_of(key)
     }
+    /// This suite's pods run on no node: nothing is pre-pulled.
+    fn prepull_pods_of(&self, _: &WorkloadKey) -> Vec<Pod> {
+        Vec::new()
+    }
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
         self.world().policies.clone()
     }

@@ -25,6 +25,8 @@ pub trait ControllerView: Send + Sync {
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
     /// The workload's pods (through its ReplicaSets, old ones included, for a Deployment).
     fn pods_of(&self, key: &WorkloadKey) -> Vec<Pod>;
+    /// The pre-pull pods working for the workload ([`crate::prepull`]).
+    fn prepull_pods_of(&self, key: &WorkloadKey) -> Vec<Pod>;
     fn policies(&self) -> Vec<InPlaceUpgradePolicy>;
     /// The pods (of `pods`, all in `namespace`) that no EndpointSlice serves, as
     /// [`crate::plan::inputs::endpoints_drained`] judges them.
@@ -62,6 +64,9 @@ impl ControllerView for Watched {
     }
     fn pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
         self.cache.pods_of(key)
+    }
+    fn prepull_pods_of(&self, key: &WorkloadKey) -> Vec<Pod> {
+        self.cache.prepull_pods_of(key)
     }
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
         self.cache.policies()

@@ -53,6 +53,45 @@ impl Context {
             .await
     }
 
+    /// Reads one pod from the API server: the rare read that the cache cannot answer (a
+    /// pod's imagePullSecrets and tolerations, which it does not keep, for its pre-pull pod).
+    pub async fn get_pod(&self, namespace: &str, name: &str) -> kube::Result<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await
+    }
+
+    /// Creates a pre-pull pod ([`crate::prepull`]).
+    pub async fn create_pod(&self, pod: &Pod) -> kube::Result<Pod> {
+        self.metrics.write("create", "pods");
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let params = kube::api::PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .create(&params, pod)
+            .await
+    }
+
+    /// Deletes a pre-pull pod at once (it runs nothing, so there is nothing to stop
+    /// gracefully); one that is already gone is no error.
+    pub async fn delete_pod(&self, namespace: &str, name: &str) -> kube::Result<()> {
+        self.metrics.write("delete", "pods");
+        let params = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .delete(name, &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets (or removes, with `None`) one annotation on a workload with a JSON merge patch.
     pub async fn annotate_workload(
         &self,

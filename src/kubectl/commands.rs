@@ -334,6 +334,7 @@ pub(crate) fn plan_report(
         endpoints_drained: &drained,
         drains: &drains,
         events: &events,
+        pulls: &Default::default(),
     };
     let input = intent.plan_input(seen, now);
     let mut planned = plan(&input);
@@ -412,6 +413,7 @@ pub(crate) fn plan_report(
             }
         };
         let next = match steps.get(name.as_str()) {
+            Some(Action::PrePull { .. }) => "pull the target image onto its node first".to_string(),
             Some(Action::Drain) => "drain now, then upgrade".to_string(),
             Some(Action::Patch { .. }) => "upgrade now".to_string(),
             Some(Action::Wait { reason }) => format!("in progress: {reason}"),
@@ -1111,6 +1113,7 @@ mod tests {
             failed_targets: vec![crate::plan::FailedTarget {
                 container: "app".into(),
                 image: "docker.io/library/nginx:2".into(),
+                message: None,
             }],
             ..WorkloadStatus::default()
         }];

@@ -216,6 +216,7 @@ struct World {
     drained: BTreeSet<String>,
     drains: BTreeMap<String, DrainRecord>,
     events: crate::plan::PodEvents,
+    pulls: crate::prepull::Pulls,
     now: Timestamp,
 }
 
@@ -233,6 +234,7 @@ impl World {
             drained: BTreeSet::new(),
             drains: BTreeMap::new(),
             events: Default::default(),
+            pulls: Default::default(),
             now: ts(0),
         }
     }
@@ -256,6 +258,7 @@ impl World {
             endpoints_drained: &self.drained,
             drains: &self.drains,
             events: &self.events,
+            pulls: &self.pulls,
             now: self.now,
         })
     }
@@ -266,6 +269,7 @@ fn summary(plan: &Plan) -> Vec<(String, String)> {
         .iter()
         .map(|s| {
             let a = match &s.action {
+                Action::PrePull { node, images } => format!("PrePull {node} {}", images.join(",")),
                 Action::Drain => "Drain".to_string(),
                 Action::Patch { targets } => format!(
                     "Patch {}",
@@ -793,6 +797,7 @@ fn failed_targets_memory_blocks_every_pod() {
     world.failed = vec![FailedTarget {
         container: "app".into(),
         image: "docker.io/library/nginx:2".into(),
+        message: None,
     }];
     let plan = world.plan();
     assert_eq!(summary(&plan), s(&[]));
@@ -841,6 +846,7 @@ fn steps_carry_the_record_read_and_the_plan_counts_the_pods() {
         [FailedTarget {
             container: "app".into(),
             image: NEW.into(),
+            message: None,
         }]
     );
     // Paused, the failure is not a verdict and nothing is remembered yet.
@@ -1153,4 +1159,152 @@ proptest! {
         world.pods = pods;
         let _ = world.plan();
     }
+}
+
+/// Pods on nodes: `(pod, node)`.
+fn on_nodes(world: &mut World, nodes: &[(&str, &str)]) {
+    for pod in &mut world.pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Some((_, node)) = nodes.iter().find(|(p, _)| *p == name) {
+            pod.spec.as_mut().expect("spec").node_name = Some(node.to_string());
+        }
+    }
+}
+
+fn pull(node: &str) -> crate::prepull::PullKey {
+    crate::prepull::PullKey {
+        node: node.into(),
+        image: NEW.into(),
+    }
+}
+
+#[test]
+fn the_image_is_pulled_onto_the_node_before_the_drain() {
+    use crate::prepull::PullState;
+    let mut world = World::new(&[gated(p("a", OLD, true)), gated(p("b", OLD, true))]);
+    on_nodes(&mut world, &[("a", "n1"), ("b", "n1")]);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "PrePull n1 nginx:2")]));
+    assert_eq!(plan.pulls_wanted, [pull("n1")].into());
+    assert_eq!(plan.verdict, Verdict::Progressing);
+    world.pulls.insert(pull("n1"), PullState::Pulling);
+    let plan = world.plan();
+    assert_eq!(
+        summary(&plan),
+        s(&[("a", "Wait")]),
+        "b waits for the budget"
+    );
+    assert_eq!(
+        plan.pulls_wanted,
+        [pull("n1")].into(),
+        "the pull in flight is kept"
+    );
+    world.pulls.insert(pull("n1"), PullState::Pulled);
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Drain")]));
+    assert!(plan.pulls_wanted.is_empty(), "the done pull's pod goes");
+    // Another pod on the same node reuses the pull; one on another node pulls there.
+    let mut world = World::new(&[gated(p("c", OLD, true)), gated(p("d", OLD, true))]);
+    on_nodes(&mut world, &[("c", "n1"), ("d", "n2")]);
+    world.policy.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2);
+    world.pulls.insert(pull("n1"), PullState::Pulled);
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("c", "Drain"), ("d", "PrePull n2 nginx:2")])
+    );
+}
+
+#[test]
+fn pre_pull_covers_pods_patched_without_a_drain_and_skips_pods_without_a_node() {
+    let mut world = World::new(&[p("a", OLD, false), p("b", OLD, true)]);
+    world.policy.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2);
+    on_nodes(&mut world, &[("a", "n1")]);
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("a", "PrePull n1 nginx:2"), ("b", PATCH)]),
+        "a not-Ready pod pulls first too; an unscheduled one has no node to pull onto"
+    );
+}
+
+#[test]
+fn a_failed_pull_stops_the_workload_before_any_drain() {
+    use crate::prepull::PullState;
+    let mut world = World::new(&[gated(p("a", OLD, true)), gated(p("b", OLD, true))]);
+    on_nodes(&mut world, &[("a", "n1"), ("b", "n2")]);
+    world.pulls.insert(
+        pull("n1"),
+        PullState::Failed {
+            reason: "ErrImagePull".into(),
+            message: "failed to resolve reference \"nginx:2\": not found".into(),
+        },
+    );
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[]), "nothing drained, nothing pulled");
+    let Verdict::Failed { pod, reason } = &plan.verdict else {
+        panic!("{:?}", plan.verdict)
+    };
+    assert_eq!(pod, "a");
+    assert!(
+        reason.contains("nginx:2") && reason.contains("n1") && reason.contains("not found"),
+        "{reason}"
+    );
+    assert_eq!(plan.failed_targets.len(), 1);
+    assert_eq!(plan.failed_targets[0].image, NEW);
+    assert!(plan.failed_targets[0].message.is_some());
+    assert!(plan.pulls_wanted.is_empty());
+    // The memory of it stops the next reconcile the same way, with the same words.
+    world.pulls.clear();
+    world.failed = plan.failed_targets.clone();
+    let again = world.plan();
+    assert_eq!(summary(&again), s(&[]));
+    let Verdict::Failed { reason, .. } = &again.verdict else {
+        panic!("{:?}", again.verdict)
+    };
+    assert!(reason.contains("not found"), "{reason}");
+    // A pod drained before the failure was seen is undrained.
+    let mut drained = gated(p("b", OLD, false));
+    drained.gate = Some((false, DRAINING_REASON, -2));
+    let mut world = World::new(&[gated(p("a", OLD, true)), drained]);
+    on_nodes(&mut world, &[("a", "n1"), ("b", "n2")]);
+    world.pulls.insert(
+        pull("n1"),
+        PullState::Failed {
+            reason: "ErrImagePull".into(),
+            message: "not found".into(),
+        },
+    );
+    assert_eq!(summary(&world.plan()), s(&[("b", "Undrain")]));
+}
+
+#[test]
+fn pre_pull_off_drains_at_once_and_a_denied_image_is_never_pulled() {
+    let mut world = World::new(&[gated(p("a", OLD, true))]);
+    on_nodes(&mut world, &[("a", "n1")]);
+    world.policy.pre_pull.enabled = false;
+    assert_eq!(summary(&world.plan()), s(&[("a", "Drain")]));
+    world.policy.pre_pull.enabled = true;
+    world.policy.allowed_images = vec!["docker.io/library/nginx:1".into()];
+    let plan = world.plan();
+    assert_eq!(
+        summary(&plan),
+        s(&[]),
+        "the allowlist is checked before any pull"
+    );
+    assert!(
+        matches!(plan.verdict, Verdict::Blocked { .. }),
+        "{:?}",
+        plan.verdict
+    );
+    assert!(plan.pulls_wanted.is_empty());
+}
+
+#[test]
+fn held_pods_pull_nothing() {
+    let mut world = World::new(&[gated(p("a", OLD, true))]);
+    on_nodes(&mut world, &[("a", "n1")]);
+    let mut plan = world.plan();
+    plan.hold_new_pods();
+    assert!(plan.steps.is_empty() && plan.pulls_wanted.is_empty());
 }

@@ -1109,3 +1109,114 @@ pub fn tool_path(env_var: &str, script: &str) -> Result<PathBuf, String> {
         )),
     }
 }
+
+/// What a watch of every pod of a namespace showed of pre-pull before drain, in etcd order
+/// (one etcd: resourceVersions of different objects are ordered).
+#[derive(Default, Debug, Clone)]
+pub struct PrePulls {
+    /// Pre-pull pods seen: name → (node, image).
+    pub pods: BTreeMap<String, (String, String)>,
+    /// The first revision at which a pre-pull pod on each node showed its image pulled.
+    pub pulled_at: BTreeMap<String, u64>,
+    /// Per app pod: its node and the revision of its first drain.
+    pub drained_at: BTreeMap<String, (String, u64)>,
+    /// The first pre-pull pod as the API server stored it.
+    pub first: Option<Pod>,
+    /// Per node, the pre-pull container's state when its pod first showed the image pulled
+    /// (`terminated <reason> <exit code>: <message>`, or `waiting`/`running`…).
+    pub pulled_as: BTreeMap<String, String>,
+}
+
+/// Watches every pod of `ns` and records pre-pull pods and drains; returns once listed.
+pub async fn watch_prepulls(client: &Client, ns: &str) -> AnyResult<Arc<Mutex<PrePulls>>> {
+    let seen = Arc::new(Mutex::new(PrePulls::default()));
+    let s = seen.clone();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel::<()>();
+    let mut stream = watcher(
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default(),
+    )
+    .boxed();
+    tokio::spawn(async move {
+        let mut listed_tx = Some(listed_tx);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let mut o = s.lock().unwrap();
+                    let node = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default();
+                    if p.labels().contains_key(inplace_upgrade::prepull::LABEL) {
+                        let image = p.spec.as_ref().map(|s| s.containers[0].image.clone());
+                        o.pods.insert(
+                            p.name_any(),
+                            (node.clone(), image.flatten().unwrap_or_default()),
+                        );
+                        if inplace_upgrade::prepull::pull_state(&p)
+                            == inplace_upgrade::prepull::PullState::Pulled
+                            && !o.pulled_at.contains_key(&node)
+                        {
+                            o.pulled_at.insert(node.clone(), rv(&p));
+                            let state = p
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.container_statuses.as_ref())
+                                .and_then(|c| c.first())
+                                .and_then(|c| c.state.clone())
+                                .unwrap_or_default();
+                            let said = match (&state.terminated, &state.waiting) {
+                                (Some(t), _) => format!(
+                                    "terminated {} {}: {}",
+                                    t.reason.as_deref().unwrap_or_default(),
+                                    t.exit_code,
+                                    t.message.as_deref().unwrap_or_default()
+                                ),
+                                (None, Some(w)) => {
+                                    format!("waiting {}", w.reason.as_deref().unwrap_or_default())
+                                }
+                                (None, None) => "running".to_string(),
+                            };
+                            o.pulled_as.insert(node, said);
+                        }
+                        if o.first.is_none() {
+                            o.first = Some(p);
+                        }
+                    } else if gate(&p).is_some_and(|(s, r)| s == "False" && r == "Draining") {
+                        o.drained_at.entry(p.name_any()).or_insert((node, rv(&p)));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = listed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(testenv::WAIT_LIMIT, listed)
+        .await
+        .map_err(|_| "the pods were not listed")?
+        .map_err(|_| "the pod watch ended")?;
+    Ok(seen)
+}
+
+/// No pre-pull pod is left in `ns`.
+pub async fn await_no_prepull_pods(client: &Client, ns: &str) -> TestResult {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let selector = kube::api::ListParams::default().labels(inplace_upgrade::prepull::LABEL);
+    let deadline = std::time::Instant::now() + testenv::WAIT_LIMIT;
+    loop {
+        let left = pods.list(&selector).await?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let names: Vec<String> = left.items.iter().map(|p| p.name_any()).collect();
+            return Err(format!("pre-pull pods left behind: {names:?}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

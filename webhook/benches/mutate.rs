@@ -780,6 +780,7 @@ fn partial(request: AdmissionRequest<Pod>) -> AdmissionRequest<AdmittedPod> {
                     .collect()
             }),
             readiness_gates: spec.readiness_gates,
+            node_name: spec.node_name,
         }),
     });
     AdmissionRequest {

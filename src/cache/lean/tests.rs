@@ -289,6 +289,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
                 endpoints_drained: &drained,
                 drains: &BTreeMap::new(),
                 events: &by_uid,
+                pulls: &Default::default(),
                 now: at(secs),
             };
             out.push(format!("plan {:?}", plan(&input)));
@@ -432,7 +433,12 @@ fn a_lean_pod_keeps_what_is_read_and_drops_the_rest() {
         lean.spec.as_ref().expect("spec"),
         lean.status.as_ref().expect("status"),
     );
-    assert!(spec.volumes.is_none() && spec.node_name.is_none());
+    assert!(spec.volumes.is_none());
+    // The node is kept: the target images are pre-pulled onto it.
+    assert_eq!(
+        spec.node_name,
+        full.spec.as_ref().and_then(|s| s.node_name.clone())
+    );
     assert!(
         spec.init_containers
             .iter()

@@ -201,6 +201,15 @@ fn spec_for(name: &str) -> Spec {
     }
 }
 
+/// The executables every image holds ([`base_layer`]): what a container's `command` can run.
+/// The simulated kubelet fails any other absolute path as runc does (`StartError`).
+pub const EXECUTABLES: &[&str] = &[
+    "/usr/local/bin/testapp",
+    "/usr/local/bin/pilot-agent",
+    "/usr/sbin/nginx",
+    "/pause",
+];
+
 /// The files every image shares: the binary and the names it answers to.
 pub fn base_layer(testapp: Vec<u8>) -> Result<Layer, oci::Error> {
     Layer::new()

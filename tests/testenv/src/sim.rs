@@ -145,6 +145,8 @@ enum Kind {
 struct Terminated {
     exit_code: i32,
     reason: &'static str,
+    /// The runtime's words, for a container that could not start.
+    message: Option<String>,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
 }
@@ -213,6 +215,8 @@ struct ContainerSim {
     kind: Kind,
     /// The image of the current attempt: what is running, or being pulled.
     target: String,
+    /// `command[0]`, if the spec sets one (immutable, like the rest of the spec but images).
+    command: Option<String>,
     probed: bool,
     startup_probe: bool,
     instance: Option<Instance>,
@@ -232,6 +236,7 @@ impl ContainerSim {
             name: c.name.clone(),
             kind,
             target: c.image.clone().unwrap_or_default(),
+            command: c.command.as_ref().and_then(|c| c.first().cloned()),
             probed: c.readiness_probe.is_some(),
             startup_probe: c.startup_probe.is_some(),
             instance: None,
@@ -512,7 +517,8 @@ impl PodSim {
                 true
             }
             Step::Start(at) if at <= now.mono => {
-                start(c, id, delays, now, out);
+                let restart = restart_on_failure || c.kind == Kind::Sidecar;
+                start(c, id, delays, now, restart, pod_label, out);
                 true
             }
             Step::PullBackOff(at) if at <= now.mono => {
@@ -789,7 +795,18 @@ impl PodSim {
 }
 
 /// Starts the container's target image now, or fails the way the image says.
-fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut Outcome) {
+/// Pulls (the image is known, or a `fail-pull` name fails) and starts the container: as
+/// kubelet does, the pull comes first, then the runtime creates and starts the container,
+/// which fails (`StartError`, exit code 128) when its command is a path the image lacks.
+fn start(
+    c: &mut ContainerSim,
+    id: String,
+    delays: &Delays,
+    now: Now,
+    restart: bool,
+    pod_label: &str,
+    out: &mut Outcome,
+) {
     let image = c.target.clone();
     let parsed = match ImageRef::parse(&image) {
         Ok(p) => p,
@@ -854,6 +871,24 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
         "Created",
         format!("Created container: {}", c.name),
     ));
+    if let Some(missing) = c
+        .command
+        .clone()
+        .filter(|cmd| cmd.starts_with('/') && !crate::images::EXECUTABLES.contains(&cmd.as_str()))
+    {
+        start_error(
+            c,
+            id,
+            parsed.image_id(),
+            &missing,
+            delays,
+            now,
+            restart,
+            pod_label,
+            out,
+        );
+        return;
+    }
     out.events.push(event(
         c,
         "Normal",
@@ -902,6 +937,58 @@ fn start(c: &mut ContainerSim, id: String, delays: &Delays, now: Now, out: &mut 
     };
 }
 
+/// The runtime could not exec the command (containerd 1.6 + runc, as a real node reports it):
+/// a `Failed` Event, the container `terminated` (`StartError`, exit code 128, never started),
+/// then kubelet's restart back-off unless the pod never restarts.
+#[allow(clippy::too_many_arguments)]
+fn start_error(
+    c: &mut ContainerSim,
+    id: String,
+    image_id: String,
+    missing: &str,
+    delays: &Delays,
+    now: Now,
+    restart: bool,
+    pod_label: &str,
+    out: &mut Outcome,
+) {
+    let message = format!(
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"{missing}\": stat {missing}: no such file or directory: unknown"
+    );
+    out.events
+        .push(event(c, "Warning", "Failed", format!("Error: {message}")));
+    if let Some(old) = c.instance.take() {
+        if let Some(t) = old.terminated {
+            c.previous = Some((old.id, old.image, old.image_id, t));
+        }
+        c.restart_count += 1;
+    }
+    c.instance = Some(Instance {
+        id,
+        image: c.target.clone(),
+        image_id,
+        started_at: DateTime::<Utc>::UNIX_EPOCH,
+        ready: false,
+        started: false,
+        terminated: Some(Terminated {
+            exit_code: 128,
+            reason: "StartError",
+            message: Some(message),
+            started_at: DateTime::<Utc>::UNIX_EPOCH,
+            finished_at: now.wall,
+        }),
+    });
+    c.waiting = None;
+    c.failures += 1;
+    if restart {
+        let backoff = delays.backoff(c.failures - 1);
+        restart_back_off(c, backoff, pod_label, out);
+        c.step = Step::Start(now.mono + backoff);
+    } else {
+        c.step = Step::Done;
+    }
+}
+
 /// kubelet's restart back-off: waiting `CrashLoopBackOff` and a `BackOff` Warning Event.
 fn restart_back_off(c: &mut ContainerSim, backoff: Duration, pod_label: &str, out: &mut Outcome) {
     c.waiting = Some((
@@ -934,6 +1021,7 @@ fn terminate(i: &mut Instance, exit_code: i32, reason: &'static str, at: DateTim
     i.terminated = Some(Terminated {
         exit_code,
         reason,
+        message: None,
         started_at: i.started_at,
         finished_at: at,
     });
@@ -946,13 +1034,17 @@ fn container_status(c: &ContainerSim, has_init: bool) -> Value {
         "ContainerCreating"
     };
     let terminated = |id: &str, t: &Terminated| {
-        json!({"terminated": {
+        let mut state = json!({"terminated": {
             "containerID": id,
             "exitCode": t.exit_code,
             "reason": t.reason,
             "startedAt": ts(t.started_at),
             "finishedAt": ts(t.finished_at),
-        }})
+        }});
+        if let Some(m) = &t.message {
+            state["terminated"]["message"] = json!(m);
+        }
+        state
     };
     let mut last_state = match &c.previous {
         Some((id, _, _, t)) => terminated(id, t),
@@ -1182,6 +1274,48 @@ mod tests {
         assert_eq!(h.status["podIP"], "10.128.0.7");
         assert_eq!(h.status["observedGeneration"], 1);
         assert_eq!(h.reasons(), ["Pulling", "Pulled", "Created", "Started"]);
+    }
+
+    /// The pre-pull pod's container (src/prepull.rs): a command the image lacks. Pulled
+    /// first, then the runtime fails to exec it: `StartError`, exit code 128, never started;
+    /// with restartPolicy Never the pod fails; with Always kubelet backs off and retries.
+    #[test]
+    fn a_command_the_image_lacks_fails_to_start_after_the_pull() {
+        let mut c = app("prepull", "registry.inplace.test/testapp:2.0");
+        c["command"] = json!(["/.inplace-upgrade-prepull/does-not-exist"]);
+        let mut h = Harness::new(pod(
+            json!({"containers": [c.clone()], "restartPolicy": "Never"}),
+        ));
+        h.until("Failed", |s| s["phase"] == "Failed");
+        let status = cs(&h.status, "containerStatuses", "prepull");
+        let t = &status["state"]["terminated"];
+        assert_eq!(
+            (t["reason"].as_str(), t["exitCode"].as_i64()),
+            (Some("StartError"), Some(128))
+        );
+        assert_eq!(t["startedAt"], "1970-01-01T00:00:00Z");
+        assert!(
+            t["message"]
+                .as_str()
+                .unwrap()
+                .contains("no such file or directory")
+        );
+        assert!(status["imageID"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(status["started"], false);
+        assert_eq!(h.reasons(), ["Pulling", "Pulled", "Created", "Failed"]);
+        // The image's own entrypoint path exists: it starts.
+        c["command"] = json!(["/usr/local/bin/testapp"]);
+        let mut h = Harness::new(pod(
+            json!({"containers": [c.clone()], "restartPolicy": "Never"}),
+        ));
+        h.until("Running", |s| s["phase"] == "Running");
+        // Restarted with back-off under restartPolicy Always.
+        c["command"] = json!(["/nope"]);
+        let mut h = Harness::new(pod(json!({"containers": [c]})));
+        h.until("CrashLoopBackOff", |s| {
+            cs(s, "containerStatuses", "prepull")["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+        });
     }
 
     #[test]
