@@ -131,6 +131,9 @@ pub struct PlanInput<'a> {
     /// [`crate::classify::ContainerEvent`]): how a native sidecar that shows no waiting reason
     /// is seen failing.
     pub events: &'a PodEvents,
+    /// The Istio revision guard ([`crate::istio`]): the labels of the workload's Namespace
+    /// when it is on, `None` when the policy turns it off.
+    pub istio_guard: Option<&'a BTreeMap<String, String>>,
     pub now: Timestamp,
 }
 
@@ -221,6 +224,9 @@ pub struct Plan {
     /// With a `Failed` verdict: the targets the failing pod's record shows failed, for the
     /// workload's memory (none when that failure was forgiven by a retry request).
     pub failed_targets: Vec<FailedTarget>,
+    /// Pods that need an upgrade the policy or the Istio revision guard holds back, with why
+    /// (the `Blocked` verdict joins these once nothing else moves).
+    pub held: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -287,6 +293,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         recheck_at: None,
     };
     let mut blocked: Vec<String> = Vec::new();
+    let mut held: BTreeMap<String, String> = BTreeMap::new();
     // The first failure found: the pod, why, and what its record says failed.
     let mut failure: Option<(String, String, Vec<FailedTarget>)> = None;
     let limits: Option<(usize, ImageAllowlist)> = match (
@@ -528,10 +535,19 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             release(&mut p);
             continue;
         }
-        if let Some((_, allow)) = &limits
-            && let Some(why) = policy_denial(&pending, policy, allow)
-        {
+        let denial = limits
+            .as_ref()
+            .and_then(|(_, allow)| policy_denial(&pending, policy, allow))
+            .or_else(|| {
+                let containers = pending.iter().map(|t| t.location.name.as_str());
+                input
+                    .istio_guard
+                    .and_then(|ns_labels| crate::istio::check(pod, ns_labels, containers))
+                    .map(|m| m.to_string())
+            });
+        if let Some(why) = denial {
             blocked.push(format!("pod {name}: {why}"));
+            held.insert(name.to_string(), why);
             release(&mut p);
             continue;
         }
@@ -679,6 +695,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         recheck_at: p.recheck_at,
         counts,
         failed_targets,
+        held,
     }
 }
 

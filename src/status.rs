@@ -311,6 +311,7 @@ mod tests {
                 ungated: 0,
             },
             failed_targets: Vec::new(),
+            held: Default::default(),
         }
     }
 

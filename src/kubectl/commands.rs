@@ -419,6 +419,9 @@ pub(crate) fn plan_report(
             Some(Action::Rollback { reason, .. }) => format!("roll back ({reason})"),
             Some(Action::Finish { phase, .. }) => format!("record {phase:?}"),
             Some(Action::MarkReady) | None if changes.is_empty() => "nothing to change".to_string(),
+            Some(Action::MarkReady) | None if planned.held.contains_key(name.as_str()) => {
+                format!("blocked: {}", planned.held[name.as_str()])
+            }
             Some(Action::MarkReady) | None if stopped => "blocked".to_string(),
             Some(Action::MarkReady) | None => "waits for its turn".to_string(),
         };

@@ -289,6 +289,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
                 endpoints_drained: &drained,
                 drains: &BTreeMap::new(),
                 events: &by_uid,
+                istio_guard: None,
                 now: at(secs),
             };
             out.push(format!("plan {:?}", plan(&input)));
