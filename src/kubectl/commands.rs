@@ -1128,6 +1128,35 @@ mod tests {
         );
     }
 
+    /// The Istio revision guard, as the controller applies it: a pod that Istio's revision
+    /// `default` injected, in a namespace that now asks for `canary`, is a blocker with the
+    /// reason; the others are planned; alone, it blocks the workload.
+    #[test]
+    fn plan_names_pods_the_istio_revision_guard_holds() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.namespace
+            .labels_mut()
+            .insert("istio.io/rev".into(), "canary".into());
+        shop.pods[0].annotations_mut().insert(
+            "sidecar.istio.io/status".into(),
+            r#"{"containers":["app"],"revision":"default"}"#.into(),
+        );
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Progressing");
+        let held = "blocked: IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\"; an image-only change keeps the old revision's proxy configuration: re-inject the pod (e.g. kubectl rollout restart), or set istioRevisionGuard: false on the policy";
+        let web1 = report.pods.iter().find(|p| p.name == "web-1").expect("web-1");
+        assert_eq!(web1.next, held);
+        assert!(nexts(&report).contains(&"upgrade now"), "{report:?}");
+
+        shop.pods.truncate(1);
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(
+            report.blockers,
+            [format!("pod web-1: {}", held.trim_start_matches("blocked: "))]
+        );
+    }
+
     /// Before: a broken policy paused the workload in the controller, and `plan` still said
     /// "upgrade now" (verdict Progressing).
     #[test]
