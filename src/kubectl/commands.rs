@@ -1143,7 +1143,7 @@ mod tests {
         );
         let report = shop.plan(false);
         assert_eq!(report.verdict, "Progressing");
-        let held = "blocked: IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\"; an image-only change keeps the old revision's proxy configuration: re-inject the pod (e.g. kubectl rollout restart), or set istioRevisionGuard: false on the policy";
+        let held = "blocked: IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\": an image-only change keeps the old revision's proxy configuration, so re-inject the pod (e.g. kubectl rollout restart) or set istioRevisionGuard: false on the policy";
         let web1 = report.pods.iter().find(|p| p.name == "web-1").expect("web-1");
         assert_eq!(web1.next, held);
         assert!(nexts(&report).contains(&"upgrade now"), "{report:?}");
