@@ -191,7 +191,10 @@ pub enum Mismatch {
         asked: Asked,
     },
     /// The injector's record cannot be read: which containers it added is unknown.
-    Unreadable { container: String, error: StatusError },
+    Unreadable {
+        container: String,
+        error: StatusError,
+    },
 }
 
 impl fmt::Display for Mismatch {
@@ -291,8 +294,14 @@ mod tests {
     #[test]
     fn reads_the_injectors_record() {
         let native = r#"{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}"#;
-        let regular = r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"1-25-0"}"#;
-        let cases: &[(&str, BTreeMap<String, String>, Result<Option<Injected>, StatusError>)] = &[
+        let regular =
+            r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"1-25-0"}"#;
+        type Case = (
+            &'static str,
+            BTreeMap<String, String>,
+            Result<Option<Injected>, StatusError>,
+        );
+        let cases: &[Case] = &[
             ("absent: not injected", BTreeMap::new(), Ok(None)),
             (
                 "native sidecar",
@@ -344,8 +353,14 @@ mod tests {
             .collect();
         assert!(records.len() >= 9);
         records.extend(
-            ["", "{", "[]", r#"{"containers":["istio-proxy"]}"#, r#"{"revision":1}"#]
-                .map(String::from),
+            [
+                "",
+                "{",
+                "[]",
+                r#"{"containers":["istio-proxy"]}"#,
+                r#"{"revision":1}"#,
+            ]
+            .map(String::from),
         );
         for raw in records {
             let lean = lean_status(raw.clone());
@@ -360,7 +375,8 @@ mod tests {
             name: name.into(),
             via,
         };
-        let cases: &[(&str, &[(&str, &str)], &[(&str, &str)], Asked)] = &[
+        type Labels = &'static [(&'static str, &'static str)];
+        let cases: &[(&str, Labels, Labels, Asked)] = &[
             (
                 "istio-injection=enabled: the default revision",
                 &[("istio-injection", "enabled")],
@@ -404,7 +420,10 @@ mod tests {
             (
                 "no Namespace label: the pod's revision",
                 &[],
-                &[("istio.io/rev", "canary"), ("sidecar.istio.io/inject", "true")],
+                &[
+                    ("istio.io/rev", "canary"),
+                    ("sidecar.istio.io/inject", "true"),
+                ],
                 rev("canary", "pod label istio.io/rev"),
             ),
             (
@@ -439,7 +458,11 @@ mod tests {
             let unlabelled = labels(&[("team", "a")]);
             let proxy = || ["istio-proxy"].into_iter();
             assert_eq!(check(pod, &same, proxy()), None, "{file}: same revision");
-            assert_eq!(check(pod, &same_rev, proxy()), None, "{file}: same revision");
+            assert_eq!(
+                check(pod, &same_rev, proxy()),
+                None,
+                "{file}: same revision"
+            );
             let m = check(pod, &moved, proxy()).expect("across revisions");
             assert_eq!(
                 m,
@@ -469,11 +492,19 @@ mod tests {
                 "{file}: injection turned off"
             );
             // Injected by hand (kube-inject) in a namespace that asks nothing: let through.
-            assert_eq!(check(pod, &unlabelled, proxy()), None, "{file}: nothing asked");
+            assert_eq!(
+                check(pod, &unlabelled, proxy()),
+                None,
+                "{file}: nothing asked"
+            );
             // The app container is never Istio's.
             let app = pod.spec.as_ref().unwrap().containers[0].name.clone();
             assert_ne!(app, "istio-proxy", "{file}");
-            assert_eq!(check(pod, &moved, [app.as_str()].into_iter()), None, "{file}");
+            assert_eq!(
+                check(pod, &moved, [app.as_str()].into_iter()),
+                None,
+                "{file}"
+            );
             // A target list that includes the proxy is held back for the proxy.
             assert!(
                 check(pod, &moved, [app.as_str(), "istio-proxy"].into_iter()).is_some(),
@@ -494,7 +525,9 @@ mod tests {
             .get_or_insert_default()
             .insert(STATUS_ANNOTATION.into(), "{".into());
         let m = check(&pod, &moved, ["hello"].into_iter()).expect("unreadable");
-        assert!(matches!(&m, Mismatch::Unreadable { container, error: StatusError::Malformed(_) } if container == "hello"));
+        assert!(
+            matches!(&m, Mismatch::Unreadable { container, error: StatusError::Malformed(_) } if container == "hello")
+        );
         assert!(m.to_string().starts_with("IstioRevisionMismatch: hello: annotation sidecar.istio.io/status is not the injector's JSON"), "{m}");
         // No pending target: nothing to hold back.
         assert_eq!(check(&pod, &moved, std::iter::empty()), None);

@@ -575,9 +575,8 @@ async fn a_target_across_istio_revisions_is_warned_about_at_annotation_time() ->
     let (client, ns) = setup("istiorev", json!({}), false).await?;
     let env = shared()?.env;
     let namespaces = Api::<Namespace>::all(client.clone());
-    let label = |revision: &str| {
-        Patch::Merge(json!({"metadata": {"labels": {"istio.io/rev": revision}}}))
-    };
+    let label =
+        |revision: &str| Patch::Merge(json!({"metadata": {"labels": {"istio.io/rev": revision}}}));
     namespaces
         .patch(&ns, &PatchParams::default(), &label("canary"))
         .await?;

@@ -1179,11 +1179,19 @@ fn a_target_across_istio_revisions_is_warned_about() {
     }
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": canary,
         "annotations": {TARGETS_ANNOTATION: "istio-proxy=proxyv2:1.24.2"}}});
-    let response = validate(&view_with(canary.clone(), true), "Namespace", "CREATE", &ns, None);
+    let response = validate(
+        &view_with(canary.clone(), true),
+        "Namespace",
+        "CREATE",
+        &ns,
+        None,
+    );
     assert!(response.allowed);
     assert_eq!(
         response.warnings.unwrap_or_default(),
-        ["inplace-upgrade: pods whose containers Istio's injector added with a revision other than \"canary\" (what the Namespace label istio.io/rev asks for) are held back (IstioRevisionMismatch): they need re-injection"]
+        [
+            "inplace-upgrade: pods whose containers Istio's injector added with a revision other than \"canary\" (what the Namespace label istio.io/rev asks for) are held back (IstioRevisionMismatch): they need re-injection"
+        ]
     );
     let response = validate(&view_with(canary, false), "Namespace", "CREATE", &ns, None);
     assert_eq!(response.warnings, None, "guard off");

@@ -203,7 +203,7 @@ pub fn check_workload_or_namespace(
     }
     let guard = governance
         .as_ref()
-        .map_or(true, |g| g.policy.spec.istio_revision_guard);
+        .is_none_or(|g| g.policy.spec.istio_revision_guard);
     let template_pod = Pod {
         metadata: pod_template
             .as_ref()
@@ -240,11 +240,15 @@ pub fn check_workload_or_namespace(
         // carry that record, so the guard's verdict is known now.
         if guard
             && location.is_some()
-            && let Some(m) = istio::check(&template_pod, ns_labels, [target.container.as_str()].into_iter())
+            && let Some(m) = istio::check(
+                &template_pod,
+                ns_labels,
+                [target.container.as_str()].into_iter(),
+            )
         {
-            verdict
-                .warnings
-                .push(warning(format!("{m}; its pods will not be upgraded in place")));
+            verdict.warnings.push(warning(format!(
+                "{m}; its pods will not be upgraded in place"
+            )));
         }
         let Some(g) = &governance else { continue };
         let name = g.policy.name_any();
@@ -314,12 +318,15 @@ fn check_namespace(
         ))),
         Err(e) => verdict.warnings.push(warning(e)),
     }
-    let guarded = view.policies().iter().any(|p| {
-        scope_matches(p, name, labels, settings) && p.spec.istio_revision_guard
-    });
+    let guarded = view
+        .policies()
+        .iter()
+        .any(|p| scope_matches(p, name, labels, settings) && p.spec.istio_revision_guard);
     if guarded
-        && let istio::Asked::Revision { name: revision, via } =
-            istio::asked(labels, &BTreeMap::new())
+        && let istio::Asked::Revision {
+            name: revision,
+            via,
+        } = istio::asked(labels, &BTreeMap::new())
     {
         verdict.warnings.push(warning(format!(
             "pods whose containers Istio's injector added with a revision other than {revision:?} (what the {via} asks for) are held back ({}): they need re-injection",

@@ -1144,7 +1144,11 @@ mod tests {
         let report = shop.plan(false);
         assert_eq!(report.verdict, "Progressing");
         let held = "blocked: IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\": an image-only change keeps the old revision's proxy configuration, so re-inject the pod (e.g. kubectl rollout restart) or set istioRevisionGuard: false on the policy";
-        let web1 = report.pods.iter().find(|p| p.name == "web-1").expect("web-1");
+        let web1 = report
+            .pods
+            .iter()
+            .find(|p| p.name == "web-1")
+            .expect("web-1");
         assert_eq!(web1.next, held);
         assert!(nexts(&report).contains(&"upgrade now"), "{report:?}");
 
@@ -1153,7 +1157,10 @@ mod tests {
         assert_eq!(report.verdict, "Blocked");
         assert_eq!(
             report.blockers,
-            [format!("pod web-1: {}", held.trim_start_matches("blocked: "))]
+            [format!(
+                "pod web-1: {}",
+                held.trim_start_matches("blocked: ")
+            )]
         );
     }
 

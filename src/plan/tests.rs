@@ -1179,7 +1179,10 @@ fn istio_revision_guard_holds_pods_injected_by_another_revision() {
     let plan = world.plan();
     assert_eq!(
         summary(&plan),
-        s(&[("a", &format!("Patch app={NEW}")), ("c", &format!("Patch app={NEW}"))])
+        s(&[
+            ("a", &format!("Patch app={NEW}")),
+            ("c", &format!("Patch app={NEW}"))
+        ])
     );
     assert_eq!(plan.verdict, Verdict::Progressing);
     let why = plan.held.get("b").expect("b is held");
@@ -1200,10 +1203,19 @@ fn istio_revision_guard_holds_pods_injected_by_another_revision() {
         }
     );
     // Back within one revision: it rolls.
-    world.istio_guard = Some(BTreeMap::from([("istio-injection".into(), "enabled".into())]));
-    assert_eq!(summary(&world.plan()), s(&[("b", &format!("Patch app={NEW}"))]));
+    world.istio_guard = Some(BTreeMap::from([(
+        "istio-injection".into(),
+        "enabled".into(),
+    )]));
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("b", &format!("Patch app={NEW}"))])
+    );
     // Guard off: it rolls across revisions too.
     world.istio_guard = None;
-    assert_eq!(summary(&world.plan()), s(&[("b", &format!("Patch app={NEW}"))]));
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("b", &format!("Patch app={NEW}"))])
+    );
     assert!(world.plan().held.is_empty());
 }
