@@ -164,6 +164,42 @@ pub fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|c| c.name == name)
 }
 
+/// Whether container `name` of `pod` runs `image`, as its status shows. A simulated kubelet
+/// reports the spec's string; containerd reports one of the names the image was imported under,
+/// and the test image set imports aliases (`registry.istio.io/testing/proxyv2:1.24.2` and
+/// `docker.io/istio/proxyv2:1.24.2`) as one image. On a real node the container therefore runs
+/// `image` when its `imageID` is the one the test image set built under that name: the image
+/// ID (`sha256:<config digest>`) of an imported image, or `<repository>@<manifest digest>` of
+/// one pulled from the loopback registry. A different image under any name still fails.
+pub fn runs_image(env: &TestEnv, pod: &Pod, name: &str, image: &str) -> AnyResult<bool> {
+    let Some(status) = status_of(pod, name) else {
+        return Ok(false);
+    };
+    if status.image == image {
+        return Ok(true);
+    }
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if node.is_none_or(|n| env.simulated_nodes().iter().any(|s| s == n)) {
+        return Ok(false);
+    }
+    static SET: OnceLock<testenv::images::ImageSet> = OnceLock::new();
+    let set = match SET.get() {
+        Some(set) => set,
+        None => {
+            let built = testenv::images::build(&testenv::images::default_dir())?;
+            SET.get_or_init(|| built)
+        }
+    };
+    let expected = set
+        .get(image)
+        .ok_or_else(|| format!("{image} is not in the test image set"))?;
+    Ok(status.image_id == expected.id
+        || status
+            .image_id
+            .strip_suffix(&expected.digest)
+            .is_some_and(|repo| repo.ends_with('@')))
+}
+
 pub fn spec_image(pod: &Pod, name: &str) -> Option<String> {
     let s = pod.spec.as_ref()?;
     s.containers
