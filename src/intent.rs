@@ -144,6 +144,9 @@ pub struct Intent<'p> {
     /// controller is mid-rollout (a template change). (The controller also holds them for a
     /// rollout slot; the admission webhook sets the target on new pods regardless.)
     pub hold: Option<String>,
+    /// The Istio revision guard ([`crate::istio`]): the Namespace's labels, what it asks,
+    /// when the governing policy keeps the guard on (its default), `None` when it turns it off.
+    pub istio_guard: Option<&'p BTreeMap<String, String>>,
 }
 
 /// Whether the targets in force come from the Namespace's annotation: only then do the
@@ -180,6 +183,9 @@ pub fn decide<'p>(
     let empty = BTreeMap::new();
     let ns_labels = subject.namespace.map_or(&empty, |n| n.labels());
     let ns_annotations = subject.namespace.map_or(&empty, |n| n.annotations());
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let namespace_labels: &'p BTreeMap<String, String> =
+        subject.namespace.map_or(&NO_LABELS, |n| n.labels());
 
     let asked = asked(&workload.annotations, ns_annotations);
     let governance = governing_policy(
@@ -235,6 +241,7 @@ pub fn decide<'p>(
         failed,
         retry,
         retry_since,
+        istio_guard: spec.istio_revision_guard.then_some(namespace_labels),
         hold: (!workload.settled).then(|| {
             format!(
                 "waiting for the {}'s own rollout to finish",
@@ -284,6 +291,7 @@ impl<'p> Intent<'p> {
             drains: seen.drains,
             events: seen.events,
             pulls: seen.pulls,
+            istio_guard: self.istio_guard,
             now,
         }
     }

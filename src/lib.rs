@@ -30,6 +30,7 @@ pub mod classify;
 pub mod controller;
 pub mod image;
 pub mod intent;
+pub mod istio;
 pub mod kubectl;
 pub mod patch;
 pub mod plan;

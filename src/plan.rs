@@ -138,6 +138,9 @@ pub struct PlanInput<'a> {
     /// What is known of the pulls of target images onto the pods' nodes (pre-pull before
     /// drain, [`crate::prepull`]); empty for a dry run.
     pub pulls: &'a Pulls,
+    /// The Istio revision guard ([`crate::istio`]): the labels of the workload's Namespace
+    /// when it is on, `None` when the policy turns it off.
+    pub istio_guard: Option<&'a BTreeMap<String, String>>,
     pub now: Timestamp,
 }
 
@@ -241,6 +244,9 @@ pub struct Plan {
     /// The pulls this plan waits for or starts: a pre-pull pod for any other pull (its result
     /// known, or no pod waiting for it) is deleted.
     pub pulls_wanted: BTreeSet<PullKey>,
+    /// Pods that need an upgrade the policy or the Istio revision guard holds back, with why
+    /// (the `Blocked` verdict joins these once nothing else moves).
+    pub held: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -349,6 +355,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         pulls_wanted: BTreeSet::new(),
     };
     let mut blocked: Vec<String> = Vec::new();
+    let mut held: BTreeMap<String, String> = BTreeMap::new();
     // The first failure found: the pod, why, and what its record says failed.
     let mut failure: Option<(String, String, Vec<FailedTarget>)> = None;
     let limits: Option<(usize, ImageAllowlist)> = match (
@@ -590,10 +597,19 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             release(&mut p);
             continue;
         }
-        if let Some((_, allow)) = &limits
-            && let Some(why) = policy_denial(&pending, policy, allow)
-        {
+        let denial = limits
+            .as_ref()
+            .and_then(|(_, allow)| policy_denial(&pending, policy, allow))
+            .or_else(|| {
+                let containers = pending.iter().map(|t| t.location.name.as_str());
+                input
+                    .istio_guard
+                    .and_then(|ns_labels| crate::istio::check(pod, ns_labels, containers))
+                    .map(|m| m.to_string())
+            });
+        if let Some(why) = denial {
             blocked.push(format!("pod {name}: {why}"));
+            held.insert(name.to_string(), why);
             release(&mut p);
             continue;
         }
@@ -752,6 +768,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         counts,
         failed_targets,
         pulls_wanted: p.pulls_wanted,
+        held,
     }
 }
 

@@ -98,6 +98,14 @@ pub struct InPlaceUpgradePolicySpec {
     /// lexicographically smallest name).
     #[serde(default)]
     pub priority: i32,
+    /// Hold back an in-place change of a container Istio injected (named in the pod's
+    /// `sidecar.istio.io/status`) when the pod's injected revision differs from the one its
+    /// Namespace now asks for (`istio.io/rev`, or `default` under `istio-injection=enabled`):
+    /// the proxy's configuration is frozen at injection, so across revisions the pod needs
+    /// re-injection, not a new image. `false` turns the guard off (e.g. revision tags whose
+    /// names differ from the revision they point at).
+    #[serde(default = "default_true")]
+    pub istio_revision_guard: bool,
 }
 
 /// How a pod is drained before the patch.

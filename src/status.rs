@@ -314,6 +314,7 @@ mod tests {
             },
             failed_targets: Vec::new(),
             pulls_wanted: Default::default(),
+            held: Default::default(),
         }
     }
 

@@ -1145,3 +1145,109 @@ async fn a_failed_pre_pull_stops_the_rollout_before_any_drain() -> TestResult {
     assert_eq!(o.pods.len(), 1, "one pre-pull, then stop: {o:?}");
     Ok(())
 }
+
+/// The Istio revision guard (issue 16 item 5): the namespace moves to Istio revision `canary`
+/// (label `istio.io/rev`) in the same write that asks for a new proxy. Pods injected by the
+/// fixtures' revision `default` are not started — nothing drained, nothing patched — and the
+/// workload's status and an Event say why; a workload whose pods `canary` injected rolls. With
+/// the policy's `istioRevisionGuard: false`, the held workload rolls too.
+#[tokio::test]
+async fn pods_injected_by_another_istio_revision_are_held_until_the_guard_is_off() -> TestResult {
+    let (client, ns) = setup("istiorev", json!({})).await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let hello = hello_deployment("hello-old-version.yaml.injected", 2, true)?;
+    deployments.create(&PostParams::default(), &hello).await?;
+    // The frontend's template as revision `canary` injected it.
+    let mut frontend: Value = serde_json::to_value(fixture_workload::<Deployment>(
+        "frontend.yaml.injected",
+        "Deployment",
+        Some(1),
+        true,
+    )?)?;
+    let status_path = "/spec/template/metadata/annotations/sidecar.istio.io~1status";
+    let record = frontend
+        .pointer(status_path)
+        .and_then(Value::as_str)
+        .ok_or("the frontend fixture has Istio's record")?
+        .replace("\"revision\":\"default\"", "\"revision\":\"canary\"");
+    *frontend.pointer_mut(status_path).ok_or("record")? = json!(record);
+    deployments
+        .create(&PostParams::default(), &obj(frontend))
+        .await?;
+    await_deployment_ready(&deployments, "hello", 2).await?;
+    await_deployment_ready(&deployments, "frontend", 1).await?;
+    // `app=hello` lists the frontend's pods too: hello's are `tier=backend`.
+    let backend = async || -> AnyResult<BTreeMap<String, Pod>> {
+        let mut pods = pods_by_name(&client, &ns, "hello").await?;
+        pods.retain(|_, p| p.labels().get("tier").map(String::as_str) == Some("backend"));
+        Ok(pods)
+    };
+    let before = backend().await?;
+    assert_eq!(before.len(), 2);
+
+    let target = "istio-proxy=proxyv2:1.24.2";
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {
+                "labels": {"istio.io/rev": "canary"},
+                "annotations": {TARGETS_ANNOTATION: target},
+            }})),
+        )
+        .await?;
+    await_phase(&deployments, "frontend", target, "Completed").await?;
+    let blocked = await_phase(&deployments, "hello", target, "Blocked").await?;
+    let status = workload_status(blocked.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "IstioRevisionMismatch: istio-proxy was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\""
+        ),
+        "{status}"
+    );
+    let event = await_event(&client, &ns, "hello", "Blocked").await?;
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("IstioRevisionMismatch")),
+        "{event:?}"
+    );
+    for (name, pod) in backend().await? {
+        let was = &before[&name];
+        assert_eq!(pod.uid(), was.uid(), "{name} kept");
+        assert_eq!(
+            spec_image(&pod, "istio-proxy"),
+            spec_image(was, "istio-proxy"),
+            "{name} not patched"
+        );
+        assert!(
+            !pod.annotations().contains_key(STATE_ANNOTATION),
+            "{name} never started"
+        );
+        assert_ne!(
+            gate(&pod).map(|(_, reason)| reason).as_deref(),
+            Some("Draining"),
+            "{name} never drained"
+        );
+        assert_eq!(
+            gate(&pod).map(|(status, _)| status).as_deref(),
+            Some("True")
+        );
+    }
+
+    // For people who know better: the guard off, the rollout proceeds.
+    Api::<InPlaceUpgradePolicy>::all(client.clone())
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"istioRevisionGuard": false}})),
+        )
+        .await?;
+    await_phase(&deployments, "hello", target, "Completed").await?;
+    for pod in backend().await?.values() {
+        assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+    }
+    Ok(())
+}

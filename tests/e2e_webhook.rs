@@ -477,10 +477,20 @@ async fn await_webhook_knows(client: &Client, ns: &str, sts: &StatefulSet) -> An
 }
 
 fn kubectl_apply(env: &TestEnv, ns: &str, object: &Value) -> AnyResult<std::process::Output> {
+    kubectl_apply_with(env, ns, object, &[])
+}
+
+fn kubectl_apply_with(
+    env: &TestEnv,
+    ns: &str,
+    object: &Value,
+    flags: &[&str],
+) -> AnyResult<std::process::Output> {
     use std::io::Write as _;
     let mut child = env
         .kubectl()
         .args(["apply", "-n", ns, "-f", "-"])
+        .args(flags)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -547,6 +557,66 @@ async fn kubectl_apply_of_a_bad_annotation_is_refused_and_warnings_reach_kubectl
             .contains("Warning: inplace-upgrade: container \"sidecar\" is not in the pod template"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// The Istio revision guard at annotation time: in a namespace that asks for Istio revision
+/// `canary`, annotating a workload whose template revision `default` injected (the fixture, as
+/// `istioctl kube-inject` writes it) is admitted with a warning kubectl prints, naming both
+/// revisions; within one revision there is none.
+#[tokio::test]
+async fn a_target_across_istio_revisions_is_warned_about_at_annotation_time() -> TestResult {
+    let (client, ns) = setup("istiorev", json!({}), false).await?;
+    let env = shared()?.env;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let label =
+        |revision: &str| Patch::Merge(json!({"metadata": {"labels": {"istio.io/rev": revision}}}));
+    namespaces
+        .patch(&ns, &PatchParams::default(), &label("canary"))
+        .await?;
+    let deployment = fixture_workload(
+        "hello-old-version.yaml.injected",
+        "Deployment",
+        0,
+        Some("istio-proxy=:1.24.2"),
+    )?;
+    let warned = "Warning: inplace-upgrade: IstioRevisionMismatch: istio-proxy was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\"";
+    // Server-side dry runs (validated like the real request) until the webhook's watch has
+    // delivered the label.
+    let dry_run_until = async |object: &Value, warning: bool| -> AnyResult<String> {
+        let deadline = std::time::Instant::now() + testenv::WAIT_LIMIT;
+        loop {
+            let out = kubectl_apply_with(env, &ns, object, &["--dry-run=server"])?;
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "admitted: {stderr}");
+            if stderr.contains(warned) == warning {
+                return Ok(stderr);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("no {warning} warning: {stderr}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    dry_run_until(&deployment, true).await?;
+    let out = kubectl_apply(env, &ns, &deployment)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(warned), "{stderr}");
+    assert!(
+        stderr.contains("istioRevisionGuard: false"),
+        "the way out is named: {stderr}"
+    );
+
+    // Back on the revision that injected it: no warning (a changed target, which validation
+    // reads again; an unchanged one was checked when written).
+    namespaces
+        .patch(&ns, &PatchParams::default(), &label("default"))
+        .await?;
+    let mut retarget = deployment.clone();
+    retarget["metadata"]["annotations"][TARGETS_ANNOTATION] = json!("istio-proxy=:1.24.3");
+    let stderr = dry_run_until(&retarget, false).await?;
+    assert!(!stderr.contains("IstioRevisionMismatch"), "{stderr}");
     Ok(())
 }
 

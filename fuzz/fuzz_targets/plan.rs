@@ -4,14 +4,19 @@
 //! Pods are consistent with kubelet's rule (Ready = every container ready and the gate True),
 //! the rest is arbitrary.
 //!
+//! Pods may carry Istio's `sidecar.istio.io/status` (the injector's record, or garbage) and
+//! Istio labels, and the Namespace Istio labels, for the revision guard.
+//!
 //! Invariants: no panic; the same input gives the same plan (level-triggered); at most one
 //! step per pod, ordered by name, only for pods of the input; a paused workload starts no
 //! upgrade; starting upgrades never takes more pods out of service than `maxUnavailable`; a
-//! `Completed` verdict comes with no upgrade or rollback step.
+//! `Completed` verdict comes with no upgrade or rollback step; a pod the revision guard holds
+//! back gets no step that starts an upgrade, and one whose record is unreadable is held back.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use inplace_upgrade::istio;
 use inplace_upgrade::plan::{Action, PlanInput, PodEvents, Verdict, plan};
 use inplace_upgrade::policy::InPlaceUpgradePolicySpec;
 use inplace_upgrade::state::PodUpgradeState;
@@ -66,6 +71,32 @@ const TIMES: &[&str] = &[
     "2026-01-01T00:20:00Z",
 ];
 const NOW: &str = "2026-01-01T00:10:00Z";
+const ISTIO_STATUS: &[&str] = &[
+    r#"{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}"#,
+    r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"canary"}"#,
+    r#"{"initContainers":null,"containers":["istio-proxy","app"],"revision":"1-25-0"}"#,
+    r#"{"containers":["istio-proxy"]}"#,
+    r#"{"containers":["istio-proxy"],"revision":""}"#,
+    r#"{"containers":"istio-proxy","revision":"default"}"#,
+];
+const ISTIO_LABELS: &[(&str, &str)] = &[
+    ("istio.io/rev", "default"),
+    ("istio.io/rev", "canary"),
+    ("istio-injection", "enabled"),
+    ("istio-injection", "disabled"),
+    ("sidecar.istio.io/inject", "true"),
+    ("sidecar.istio.io/inject", "false"),
+    ("app", "x"),
+];
+
+fn istio_labels(u: &mut Unstructured<'_>) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        let (k, v) = *u.choose(ISTIO_LABELS)?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
 
 fn pick<'a>(u: &mut Unstructured<'_>, from: &[&'a str]) -> Result<&'a str> {
     u.choose(from).copied()
@@ -164,9 +195,19 @@ fn pod(u: &mut Unstructured<'_>, i: usize) -> Result<Pod> {
     } else {
         status["containerStatuses"] = json!([app_status, proxy_status]);
     }
-    let mut metadata = json!({"name": format!("pod-{i}"), "uid": format!("uid-{i}")});
+    let mut metadata = json!({"name": format!("pod-{i}"), "uid": format!("uid-{i}"),
+                              "labels": istio_labels(u)?, "annotations": {}});
     if u.ratio(1, 3)? {
-        metadata["annotations"] = json!({STATE_ANNOTATION: state_record(u, sidecar)?});
+        metadata["annotations"][STATE_ANNOTATION] = json!(state_record(u, sidecar)?);
+    }
+    if u.ratio(1, 2)? {
+        let record = if u.ratio(1, 6)? {
+            let len = u.int_in_range(0..=32)?;
+            String::from_utf8_lossy(u.bytes(len)?).into_owned()
+        } else {
+            pick(u, ISTIO_STATUS)?.to_string()
+        };
+        metadata["annotations"][istio::STATUS_ANNOTATION] = json!(record);
     }
     if u.ratio(1, 10)? {
         metadata["deletionTimestamp"] = json!(pick(u, TIMES)?);
@@ -265,6 +306,8 @@ fn run(data: &[u8]) -> Result<()> {
     let desired_replicas = i32::try_from(count).unwrap_or(0);
     let paused = u.ratio(1, 6)?;
     let now: Timestamp = NOW.parse().expect("a valid timestamp literal");
+    let namespace_labels = istio_labels(&mut u)?;
+    let guard = u.arbitrary::<bool>()?;
     let input = PlanInput {
         targets: &targets,
         pods: &pods,
@@ -277,6 +320,7 @@ fn run(data: &[u8]) -> Result<()> {
         endpoints_drained: &drained,
         drains: &BTreeMap::new(),
         events: &PodEvents::new(),
+        istio_guard: guard.then_some(&namespace_labels),
         now,
     };
     let out = plan(&input);
@@ -347,6 +391,19 @@ fn run(data: &[u8]) -> Result<()> {
                 ready_started += 1;
             }
         }
+        if step.action.starts_upgrade() && !in_progress(p) && guard {
+            let pending: Vec<String> = p
+                .spec
+                .as_ref()
+                .and_then(|spec| inplace_upgrade::target::resolve(spec, &targets).ok())
+                .map(|r| r.pending().map(|t| t.location.name.clone()).collect())
+                .unwrap_or_default();
+            assert!(
+                istio::check(p, &namespace_labels, pending.iter().map(String::as_str)).is_none(),
+                "the revision guard holds {} back, yet {step:?}",
+                step.pod
+            );
+        }
         if out.verdict == Verdict::Completed {
             assert!(
                 !step.action.starts_upgrade() && !matches!(step.action, Action::Rollback { .. }),
@@ -385,6 +442,10 @@ fn run(data: &[u8]) -> Result<()> {
             out.steps,
             pods.iter().map(summary).collect::<Vec<_>>()
         );
+    }
+    for (pod, why) in &out.held {
+        assert!(names.contains(pod.as_str()), "held unknown pod {pod}");
+        assert!(!why.is_empty(), "{pod} held without a reason");
     }
     Ok(())
 }

@@ -1128,3 +1128,72 @@ fn pods_of_a_governed_workload_get_the_gate_before_any_annotation() {
         );
     }
 }
+
+/// The Istio revision guard at annotation time. A template Istio's record is in (the fixtures,
+/// revision `default`): a warning naming both revisions when the Namespace asks for another,
+/// none within one revision or with the guard off. A Namespace annotation in a namespace that
+/// asks for a revision says what the guard will hold back.
+#[test]
+fn a_target_across_istio_revisions_is_warned_about() {
+    let view_with = |labels: Value, guard: bool| Fake {
+        namespaces: vec![obj(json!({"metadata": {"name": NS, "labels": labels}}))],
+        policies: vec![policy("mesh", json!({"istioRevisionGuard": guard}))],
+        ..base_view()
+    };
+    let with_ns_name = |mut labels: Value| {
+        labels["kubernetes.io/metadata.name"] = json!(NS);
+        labels
+    };
+    let canary = with_ns_name(json!({"istio.io/rev": "canary"}));
+    let default = with_ns_name(json!({"istio-injection": "enabled"}));
+    let mismatch = "inplace-upgrade: IstioRevisionMismatch: istio-proxy was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\"";
+    for (file, kind) in [
+        ("hello-multi.yaml.injected", "Deployment"),
+        ("hello-old-version.yaml.injected", "Deployment"),
+        ("statefulset.yaml.injected", "StatefulSet"),
+        ("daemonset-old-version.yaml.injected", "DaemonSet"),
+    ] {
+        let w = workload(file, kind, Some("istio-proxy=:1.24.2"));
+        let response = validate(&view_with(canary.clone(), true), kind, "CREATE", &w, None);
+        assert!(response.allowed, "{file}: a warning, not a denial");
+        let warnings = response.warnings.unwrap_or_default();
+        assert!(
+            warnings.iter().any(|w| w.starts_with(mismatch)),
+            "{file}: {warnings:?}"
+        );
+        for (labels, guard) in [(default.clone(), true), (canary.clone(), false)] {
+            let response = validate(&view_with(labels, guard), kind, "CREATE", &w, None);
+            assert!(response.allowed);
+            assert_eq!(response.warnings, None, "{file}");
+        }
+        // Only Istio's container: a target on the app container is not warned about.
+        let app = workload(file, kind, Some("hello=nginx:2"));
+        let response = validate(&view_with(canary.clone(), true), kind, "CREATE", &app, None);
+        assert!(
+            !response
+                .warnings
+                .unwrap_or_default()
+                .iter()
+                .any(|w| w.contains("IstioRevisionMismatch")),
+            "{file}"
+        );
+    }
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": canary,
+        "annotations": {TARGETS_ANNOTATION: "istio-proxy=proxyv2:1.24.2"}}});
+    let response = validate(
+        &view_with(canary.clone(), true),
+        "Namespace",
+        "CREATE",
+        &ns,
+        None,
+    );
+    assert!(response.allowed);
+    assert_eq!(
+        response.warnings.unwrap_or_default(),
+        [
+            "inplace-upgrade: pods whose containers Istio's injector added with a revision other than \"canary\" (what the Namespace label istio.io/rev asks for) are held back (IstioRevisionMismatch): they need re-injection"
+        ]
+    );
+    let response = validate(&view_with(canary, false), "Namespace", "CREATE", &ns, None);
+    assert_eq!(response.warnings, None, "guard off");
+}

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Resource};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::{ClusterView, Settings, typed, warning};
 use crate::TARGETS_ANNOTATION;
 use crate::annotation::{self, Target};
+use crate::istio;
 use crate::policy::{InPlaceUpgradePolicy, PolicyError, Scope, governing_policy, selector_matches};
 use crate::target::{TargetError, locate};
 use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Operation};
@@ -59,18 +60,19 @@ pub struct WorkloadObject {
 }
 
 impl WorkloadObject {
-    /// The pod template's spec, if the object has one that reads as a `PodSpec`.
-    pub fn pod_template_spec(&self) -> Option<PodSpec> {
+    /// The pod template, if the object has one that reads as a `PodTemplateSpec`.
+    pub fn pod_template(&self) -> Option<PodTemplateSpec> {
         #[derive(Deserialize)]
         struct Spec {
-            template: Option<Template>,
-        }
-        #[derive(Deserialize)]
-        struct Template {
-            spec: Option<PodSpec>,
+            template: Option<PodTemplateSpec>,
         }
         let spec: Spec = serde_json::from_str(self.spec.as_ref()?.get()).ok()?;
-        spec.template?.spec
+        spec.template
+    }
+
+    /// The pod template's spec, if the object has one that reads as a `PodSpec`.
+    pub fn pod_template_spec(&self) -> Option<PodSpec> {
+        self.pod_template()?.spec
     }
 }
 
@@ -173,7 +175,8 @@ pub fn check_workload_or_namespace(
         .namespace()
         .or_else(|| request_namespace.map(str::to_owned))
         .unwrap_or_default();
-    let template = object.pod_template_spec();
+    let pod_template = object.pod_template();
+    let template = pod_template.as_ref().and_then(|t| t.spec.clone());
     let ns = view.namespace(&namespace);
     let ns_labels = ns.as_ref().map(|n| n.labels()).unwrap_or(&empty);
     let policies = view.policies();
@@ -198,6 +201,16 @@ pub fn check_workload_or_namespace(
             "no InPlaceUpgradePolicy enables namespace {namespace:?} for this {kind}; nothing is upgraded until one does"
         )));
     }
+    let guard = governance
+        .as_ref()
+        .is_none_or(|g| g.policy.spec.istio_revision_guard);
+    let template_pod = Pod {
+        metadata: pod_template
+            .as_ref()
+            .and_then(|t| t.metadata.clone())
+            .unwrap_or_default(),
+        ..Pod::default()
+    };
     for target in &targets {
         let location = match template
             .as_ref()
@@ -205,8 +218,15 @@ pub fn check_workload_or_namespace(
         {
             Some(Ok(Some(location))) => Some(location),
             Some(Ok(None)) | None => {
+                let istio = match istio::asked(ns_labels, template_pod.labels()) {
+                    istio::Asked::Revision { name, via } if guard => format!(
+                        "; where Istio's injector adds it, pods injected by a revision other than {name:?} (what the {via} asks for) are held back ({}): they need re-injection",
+                        istio::REASON
+                    ),
+                    _ => String::new(),
+                };
                 verdict.warnings.push(warning(format!(
-                    "container {:?} is not in the pod template; the target applies once it is there (e.g. istio-proxy added by Istio's injector at pod creation)",
+                    "container {:?} is not in the pod template; the target applies once it is there (e.g. istio-proxy added by Istio's injector at pod creation){istio}",
                     target.container
                 )));
                 None
@@ -216,6 +236,20 @@ pub fn check_workload_or_namespace(
             }
             Some(Err(e)) => return Verdict::deny(format!("annotation {TARGETS_ANNOTATION}: {e}")),
         };
+        // A template Istio's record is already in (`istioctl kube-inject` output): its pods
+        // carry that record, so the guard's verdict is known now.
+        if guard
+            && location.is_some()
+            && let Some(m) = istio::check(
+                &template_pod,
+                ns_labels,
+                [target.container.as_str()].into_iter(),
+            )
+        {
+            verdict.warnings.push(warning(format!(
+                "{m}; its pods will not be upgraded in place"
+            )));
+        }
         let Some(g) = &governance else { continue };
         let name = g.policy.name_any();
         if let Some(message) = policy_denial(&g.policy.spec, &name, target, location.as_ref()) {
@@ -283,6 +317,21 @@ fn check_namespace(
             "no InPlaceUpgradePolicy enables namespace {name:?}; nothing is upgraded until one does"
         ))),
         Err(e) => verdict.warnings.push(warning(e)),
+    }
+    let guarded = view
+        .policies()
+        .iter()
+        .any(|p| scope_matches(p, name, labels, settings) && p.spec.istio_revision_guard);
+    if guarded
+        && let istio::Asked::Revision {
+            name: revision,
+            via,
+        } = istio::asked(labels, &BTreeMap::new())
+    {
+        verdict.warnings.push(warning(format!(
+            "pods whose containers Istio's injector added with a revision other than {revision:?} (what the {via} asks for) are held back ({}): they need re-injection",
+            istio::REASON
+        )));
     }
     for target in targets {
         for p in view.policies() {

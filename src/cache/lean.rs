@@ -5,7 +5,8 @@
 //!
 //! What is kept, kind by kind:
 //! - **Pods** ([`CachedPod`]): name, namespace, uid, resourceVersion, labels (PodDisruptionBudget
-//!   selectors), our own annotations, the controlling owner, deletionTimestamp; of the spec each
+//!   selectors), our own annotations and Istio's injection record (only the containers and the
+//!   revision: the revision guard), the controlling owner, deletionTimestamp; of the spec each
 //!   container's and init container's name, image and restartPolicy (the index in its list is
 //!   the patch path) and the readiness gates; of the status the phase, podIP, the `Ready` and
 //!   `inplace-upgrade.io/ready` conditions, and per container status what the classifier reads
@@ -252,12 +253,24 @@ pub fn is_ours(annotation: &str) -> bool {
     annotation == TARGETS_ANNOTATION || annotation.starts_with("inplace-upgrade.io/")
 }
 
-/// Our annotations out of `annotations`. A pod that had others keeps an empty map rather than
-/// none: a JSON patch adds to `metadata.annotations` when it exists and creates it otherwise.
-fn our_annotations(
+/// What a pod keeps of its annotations: ours, and Istio's injection record in its lean form
+/// ([`crate::istio::lean_status`]) for the revision guard. A pod that had others keeps an
+/// empty map rather than none: a JSON patch adds to `metadata.annotations` when it exists and
+/// creates it otherwise.
+fn pod_annotations(
     annotations: Option<BTreeMap<String, String>>,
 ) -> Option<BTreeMap<String, String>> {
-    annotations.map(|a| a.into_iter().filter(|(k, _)| is_ours(k)).collect())
+    annotations.map(|a| {
+        a.into_iter()
+            .filter_map(|(k, v)| {
+                if k == crate::istio::STATUS_ANNOTATION {
+                    Some((k, crate::istio::lean_status(v)))
+                } else {
+                    is_ours(&k).then_some((k, v))
+                }
+            })
+            .collect()
+    })
 }
 
 /// `ObjectMeta` without `managedFields` (every other field kept).
@@ -396,7 +409,7 @@ pub struct CachedPod {
     /// patched spec.
     generation: Option<i64>,
     labels: Option<BTreeMap<String, String>>,
-    /// Only ours (see [`our_annotations`]).
+    /// Ours and Istio's record (see [`pod_annotations`]).
     annotations: Option<BTreeMap<String, String>>,
     /// The controlling owner reference (the only one anything reads).
     owner: Option<OwnerReference>,
@@ -689,7 +702,7 @@ fn decode_pod<'de, D: Deserializer<'de>>(d: D) -> Result<Decoded<CachedPod>, D::
         resource_version: meta.resource_version,
         generation: meta.generation,
         labels: meta.labels,
-        annotations: our_annotations(meta.annotations),
+        annotations: pod_annotations(meta.annotations),
         owner: meta
             .owner_references
             .and_then(|o| o.into_iter().find(|o| o.controller == Some(true))),

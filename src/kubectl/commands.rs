@@ -421,6 +421,9 @@ pub(crate) fn plan_report(
             Some(Action::Rollback { reason, .. }) => format!("roll back ({reason})"),
             Some(Action::Finish { phase, .. }) => format!("record {phase:?}"),
             Some(Action::MarkReady) | None if changes.is_empty() => "nothing to change".to_string(),
+            Some(Action::MarkReady) | None if planned.held.contains_key(name.as_str()) => {
+                format!("blocked: {}", planned.held[name.as_str()])
+            }
             Some(Action::MarkReady) | None if stopped => "blocked".to_string(),
             Some(Action::MarkReady) | None => "waits for its turn".to_string(),
         };
@@ -1125,6 +1128,42 @@ mod tests {
             report.blockers.iter().any(|b| b.contains("failed before")),
             "{:?}",
             report.blockers
+        );
+    }
+
+    /// The Istio revision guard, as the controller applies it: a pod that Istio's revision
+    /// `default` injected, in a namespace that now asks for `canary`, is a blocker with the
+    /// reason; the others are planned; alone, it blocks the workload.
+    #[test]
+    fn plan_names_pods_the_istio_revision_guard_holds() {
+        let mut shop = Shop::new(json!({TARGETS_ANNOTATION: "app=nginx:2"}), json!({}));
+        shop.namespace
+            .labels_mut()
+            .insert("istio.io/rev".into(), "canary".into());
+        shop.pods[0].annotations_mut().insert(
+            "sidecar.istio.io/status".into(),
+            r#"{"containers":["app"],"revision":"default"}"#.into(),
+        );
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Progressing");
+        let held = "blocked: IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\": an image-only change keeps the old revision's proxy configuration, so re-inject the pod (e.g. kubectl rollout restart) or set istioRevisionGuard: false on the policy";
+        let web1 = report
+            .pods
+            .iter()
+            .find(|p| p.name == "web-1")
+            .expect("web-1");
+        assert_eq!(web1.next, held);
+        assert!(nexts(&report).contains(&"upgrade now"), "{report:?}");
+
+        shop.pods.truncate(1);
+        let report = shop.plan(false);
+        assert_eq!(report.verdict, "Blocked");
+        assert_eq!(
+            report.blockers,
+            [format!(
+                "pod web-1: {}",
+                held.trim_start_matches("blocked: ")
+            )]
         );
     }
 

@@ -217,6 +217,7 @@ struct World {
     drains: BTreeMap<String, DrainRecord>,
     events: crate::plan::PodEvents,
     pulls: crate::prepull::Pulls,
+    istio_guard: Option<BTreeMap<String, String>>,
     now: Timestamp,
 }
 
@@ -235,6 +236,7 @@ impl World {
             drains: BTreeMap::new(),
             events: Default::default(),
             pulls: Default::default(),
+            istio_guard: None,
             now: ts(0),
         }
     }
@@ -259,6 +261,7 @@ impl World {
             drains: &self.drains,
             events: &self.events,
             pulls: &self.pulls,
+            istio_guard: self.istio_guard.as_ref(),
             now: self.now,
         })
     }
@@ -1307,4 +1310,66 @@ fn held_pods_pull_nothing() {
     let mut plan = world.plan();
     plan.hold_new_pods();
     assert!(plan.steps.is_empty() && plan.pulls_wanted.is_empty());
+}
+
+/// The Istio revision guard (crate::istio) in the planner: a pod whose injected container
+/// (here `app`, as its `sidecar.istio.io/status` says) was injected by another revision than
+/// its Namespace asks for is held back with the reason, the others roll; alone it blocks the
+/// workload; with the guard off (the policy's `istioRevisionGuard: false`) it rolls too.
+#[test]
+fn istio_revision_guard_holds_pods_injected_by_another_revision() {
+    let injected_by = |pod: &mut Pod, revision: &str| {
+        pod.metadata.annotations.get_or_insert_default().insert(
+            crate::istio::STATUS_ANNOTATION.into(),
+            format!(r#"{{"initContainers":null,"containers":["app"],"revision":"{revision}"}}"#),
+        );
+    };
+    let pods: Vec<P> = ["a", "b", "c"].iter().map(|n| p(n, OLD, true)).collect();
+    let mut world = World::new(&pods).max_unavailable(3);
+    injected_by(&mut world.pods[0], "canary");
+    injected_by(&mut world.pods[1], "default");
+    // c: not injected by Istio, nothing to guard.
+    world.istio_guard = Some(BTreeMap::from([("istio.io/rev".into(), "canary".into())]));
+    let plan = world.plan();
+    assert_eq!(
+        summary(&plan),
+        s(&[
+            ("a", &format!("Patch app={NEW}")),
+            ("c", &format!("Patch app={NEW}"))
+        ])
+    );
+    assert_eq!(plan.verdict, Verdict::Progressing);
+    let why = plan.held.get("b").expect("b is held");
+    assert!(
+        why.starts_with("IstioRevisionMismatch: app was injected by Istio revision \"default\" but the Namespace label istio.io/rev asks for \"canary\""),
+        "{why}"
+    );
+
+    // Alone, the held pod blocks the workload, with the reason.
+    world.pods.remove(2);
+    world.pods.remove(0);
+    let plan = world.plan();
+    assert!(plan.steps.is_empty(), "{:?}", plan.steps);
+    assert_eq!(
+        plan.verdict,
+        Verdict::Blocked {
+            reason: format!("pod b: {why}")
+        }
+    );
+    // Back within one revision: it rolls.
+    world.istio_guard = Some(BTreeMap::from([(
+        "istio-injection".into(),
+        "enabled".into(),
+    )]));
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("b", &format!("Patch app={NEW}"))])
+    );
+    // Guard off: it rolls across revisions too.
+    world.istio_guard = None;
+    assert_eq!(
+        summary(&world.plan()),
+        s(&[("b", &format!("Patch app={NEW}"))])
+    );
+    assert!(world.plan().held.is_empty());
 }

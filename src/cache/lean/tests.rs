@@ -290,6 +290,7 @@ fn decisions(pod: &Pod) -> Vec<String> {
                 drains: &BTreeMap::new(),
                 events: &by_uid,
                 pulls: &Default::default(),
+                istio_guard: None,
                 now: at(secs),
             };
             out.push(format!("plan {:?}", plan(&input)));
@@ -426,8 +427,14 @@ fn a_lean_pod_keeps_what_is_read_and_drops_the_rest() {
         lean.metadata.owner_references,
         full.metadata.owner_references
     );
-    // Only our annotations; an empty map, not none, since the pod has annotations.
-    assert_eq!(lean.metadata.annotations, Some(BTreeMap::new()));
+    // Only ours and Istio's record (what the revision guard reads of it).
+    assert_eq!(
+        lean.metadata.annotations,
+        Some(BTreeMap::from([(
+            "sidecar.istio.io/status".to_string(),
+            r#"{"initContainers":["istio-init"],"containers":["istio-proxy"]}"#.to_string()
+        )]))
+    );
     assert!(lean.metadata.managed_fields.is_none());
     let (spec, status) = (
         lean.spec.as_ref().expect("spec"),
