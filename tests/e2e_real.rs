@@ -424,7 +424,21 @@ async fn a_native_sidecar_failing_without_a_waiting_reason_is_rolled_back_from_e
         "the failure names kubelet's Event: {status}"
     );
     assert!(!message.contains("ReadyTimeout"), "not a timeout: {status}");
-    await_deployment_ready(&deployments, &name, 2).await?;
+    // The Deployment's status can still count both pods Ready from before the drain when the
+    // workload turns Failed: wait on the pods themselves, until the rollback has finished.
+    wait_list(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("app=hello"),
+        "both pods Ready and no rollback in progress",
+        |ps: &[Pod]| {
+            ps.len() == 2
+                && ps.iter().all(is_ready)
+                && ps
+                    .iter()
+                    .all(|p| state_phase(p).as_deref() != Some("RollingBack"))
+        },
+    )
+    .await?;
     let tried: Vec<String> = pods_by_name(&client, &ns, "hello")
         .await?
         .into_iter()
