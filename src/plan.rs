@@ -316,8 +316,9 @@ impl Planner<'_> {
             match self.input.pulls.get(&key) {
                 Some(PullState::Pulled) => continue,
                 Some(PullState::Pulling) => pulling.push(&t.image),
-                // Failures stop the workload before any pod starts (`pull_failure`).
-                Some(PullState::Failed { .. }) | None => {
+                // Failures stop the workload before any pod starts (`pull_failure`,
+                // `patch_refusal`).
+                Some(PullState::Failed { .. } | PullState::Refused { .. }) | None => {
                     if !missing.contains(&t.image) {
                         missing.push(t.image.clone());
                     }
@@ -613,6 +614,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             release(&mut p);
             continue;
         }
+        // Also for a pod we drained: it is undrained, never left waiting for a patch that the
+        // API server refuses each time.
+        if let Some(why) = patch_refusal(input, &pending) {
+            failure.get_or_insert_with(|| (name.to_string(), why.0, why.1));
+            release(&mut p);
+            continue;
+        }
         if !drained_by_us
             && let Some(why) = pull_failure(input, spec.node_name.as_deref(), &pending)
         {
@@ -896,6 +904,35 @@ fn pull_failure(
         };
         let why = format!(
             "pre-pull of {} onto node {node} failed, no pod was drained: {reason}: {message}",
+            t.image
+        );
+        let failed = pending
+            .iter()
+            .filter(|o| o.image == t.image)
+            .map(|o| FailedTarget {
+                container: o.location.name.clone(),
+                image: o.image.clone(),
+                message: Some(why.clone()),
+            })
+            .collect();
+        Some((why, failed))
+    })
+}
+
+/// An image patch of one of the pod's targets that the API server refused (admission, e.g. Pod
+/// Security): the reason for the workload, and the failed targets to remember.
+fn patch_refusal(
+    input: &PlanInput<'_>,
+    pending: &[ResolvedTarget],
+) -> Option<(String, Vec<FailedTarget>)> {
+    pending.iter().find_map(|t| {
+        let Some(PullState::Refused { reason, message }) =
+            input.pulls.get(&crate::prepull::refusal_key(&t.image))
+        else {
+            return None;
+        };
+        let why = format!(
+            "the API server refused to patch {} into the pod ({reason}): {message}",
             t.image
         );
         let failed = pending

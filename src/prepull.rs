@@ -65,6 +65,20 @@ pub enum PullState {
     /// kubelet could not pull it (`reason`: its waiting reason), or the pre-pull pod could not
     /// be created or run.
     Failed { reason: String, message: String },
+    /// The API server refused the image patch itself (`reason`: its status reason, e.g.
+    /// `Forbidden` from Pod Security admission, which checks an image change again): no pull
+    /// can help, and every pod of the workload would be refused alike. Kept under
+    /// [`refusal_key`], not per node.
+    Refused { reason: String, message: String },
+}
+
+/// Where a refused image patch is remembered among a workload's [`Pulls`]: under the image, for
+/// every node (admission refuses a pod for its namespace and spec, not for its node).
+pub fn refusal_key(image: &str) -> PullKey {
+    PullKey {
+        node: String::new(),
+        image: image.to_string(),
+    }
 }
 
 /// Pulls known for a workload's pods.

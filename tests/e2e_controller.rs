@@ -14,7 +14,7 @@ use inplace_upgrade::policy::InPlaceUpgradePolicy;
 use inplace_upgrade::{STATE_ANNOTATION, STATUS_ANNOTATION, TARGETS_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1248,6 +1248,55 @@ async fn pods_injected_by_another_istio_revision_are_held_until_the_guard_is_off
     await_phase(&deployments, "hello", target, "Completed").await?;
     for pod in backend().await?.values() {
         assert_eq!(spec_image(pod, "istio-proxy").as_deref(), Some(NEW_PROXY));
+    }
+    Ok(())
+}
+
+/// An image patch that admission refuses (found with pre-pull's test): Pod Security `restricted`,
+/// enforced on the namespace after its Istio-injected pods started (their `istio-init` needs
+/// NET_ADMIN), checks an image change again and refuses it. The controller must not retry the
+/// patch forever on a drained pod: the workload fails with the API server's words and every pod
+/// is back in load balancing on its old image.
+#[tokio::test]
+async fn an_image_patch_admission_refuses_fails_the_rollout_and_leaves_no_pod_drained() -> TestResult
+{
+    let (client, ns) = setup("refused", json!({})).await?;
+    let deployments = deploy_hello(&client, &ns, 2, true).await?;
+    let restricted = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&restricted))
+        .await?;
+    let target = "istio-proxy=proxyv2:1.24.2";
+    annotate(&deployments, "hello", TARGETS_ANNOTATION, target).await?;
+    let failed = await_phase(&deployments, "hello", target, "Failed").await?;
+    let status = workload_status(failed.annotations()).ok_or("no status")?;
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("refused to patch") && message.contains("PodSecurity"),
+        "the API server's words: {status}"
+    );
+    let pods = testenv::wait_list(
+        &Api::<Pod>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels("app=hello"),
+        "both pods undrained and Ready",
+        |pods: &[Pod]| {
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| is_ready(p) && gate(p).is_some_and(|(status, _)| status == "True"))
+        },
+    )
+    .await?;
+    for pod in &pods {
+        assert_eq!(
+            spec_image(pod, "istio-proxy").as_deref(),
+            Some("registry.istio.io/testing/proxyv2:latest"),
+            "{}: the old image stays",
+            pod.name_any()
+        );
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ impl KnownPulls {
             });
         }
         memory.retain(|key, state| {
-            let failed = matches!(state, PullState::Failed { .. });
+            let failed = matches!(state, PullState::Failed { .. } | PullState::Refused { .. });
             if failed || !pulls.contains_key(key) {
                 pulls.insert(key.clone(), state.clone());
             }

@@ -23,7 +23,7 @@ use crate::patch::{
 use crate::plan::inputs::disruption_budgets;
 use crate::plan::{Action, DrainRecord, Plan, Step, Verdict, plan};
 use crate::policy::InPlaceUpgradePolicySpec;
-use crate::prepull::{PrePullPod, PullKey, PullState, prepull_pod};
+use crate::prepull::{PrePullPod, PullKey, PullState, prepull_pod, refusal_key};
 use crate::state::Phase;
 use crate::status::{WorkloadPhase, WorkloadStatus, progress};
 use crate::workload::{WorkloadKey, WorkloadView};
@@ -440,10 +440,30 @@ async fn execute(
                         source,
                     }
                 })?;
-            let written = ctx
-                .patch_pod(ns, name, patch)
-                .await
-                .map_err(kube("upgrading"))?;
+            let written = match ctx.patch_pod(ns, name, patch).await {
+                Ok(written) => written,
+                // Admission refused the image change (Pod Security checks it again, a
+                // validating webhook or policy may deny it): asking again cannot help. The next
+                // plan fails the target with the API server's words and undrains the pod. (A
+                // failed `test` op is a conflict: re-read, not refused.)
+                Err(kube::Error::Api(s))
+                    if matches!(s.code, 400 | 403 | 422)
+                        && !is_conflict(&kube::Error::Api(s.clone())) =>
+                {
+                    tracing::warn!(error = %s.message, "image patch refused");
+                    for t in targets {
+                        let refused = PullState::Refused {
+                            reason: s.reason.clone(),
+                            message: s.message.clone(),
+                        };
+                        ctx.pulls
+                            .remember(&workload.key, refusal_key(&t.image), refused);
+                    }
+                    ctx.queue.enqueue(workload.key.clone());
+                    return Ok(());
+                }
+                Err(source) => return Err(kube("upgrading")(source)),
+            };
             // No Event here: the pod's one Event is `Upgraded` (or a warning), naming the
             // images, when it is done; the workload's status shows the pods in flight.
             ctx.written.remember(&workload.key, &written);

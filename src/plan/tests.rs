@@ -1373,3 +1373,45 @@ fn istio_revision_guard_holds_pods_injected_by_another_revision() {
     );
     assert!(world.plan().held.is_empty());
 }
+
+/// An image patch the API server refused (Pod Security admission checks an image change
+/// again): the workload fails with the API server's words, the pod that was drained for it is
+/// undrained, and no other pod starts — on any node, with or without pre-pull.
+#[test]
+fn a_refused_image_patch_fails_the_workload_and_undrains_the_pod() {
+    use crate::prepull::{PullState, refusal_key};
+    let mut drained = gated(p("a", OLD, false));
+    drained.gate = Some((false, DRAINING_REASON, -2));
+    let mut world = World::new(&[drained, gated(p("b", OLD, true))]);
+    on_nodes(&mut world, &[("a", "n1"), ("b", "n2")]);
+    world.policy.pre_pull.enabled = false;
+    world.pulls.insert(
+        refusal_key(NEW),
+        PullState::Refused {
+            reason: "Forbidden".into(),
+            message: "violates PodSecurity \"restricted:latest\"".into(),
+        },
+    );
+    let plan = world.plan();
+    assert_eq!(summary(&plan), s(&[("a", "Undrain")]), "b never starts");
+    let Verdict::Failed { pod, reason } = &plan.verdict else {
+        panic!("{:?}", plan.verdict)
+    };
+    assert_eq!(pod, "a");
+    assert!(
+        reason.contains(NEW) && reason.contains("Forbidden") && reason.contains("PodSecurity"),
+        "{reason}"
+    );
+    assert_eq!(plan.failed_targets.len(), 1);
+    assert_eq!(plan.failed_targets[0].image, NEW);
+    // Remembered in the status from then on: the next plan stops the same way.
+    world.pulls.clear();
+    world.failed = plan.failed_targets.clone();
+    let again = world.plan();
+    assert_eq!(summary(&again), s(&[("a", "Undrain")]));
+    assert!(
+        matches!(again.verdict, Verdict::Failed { .. }),
+        "{:?}",
+        again.verdict
+    );
+}
