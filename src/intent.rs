@@ -180,12 +180,10 @@ pub fn decide<'p>(
     siblings: impl FnOnce() -> Vec<WorkloadStatus>,
 ) -> Intent<'p> {
     let workload = subject.workload;
-    let empty = BTreeMap::new();
-    let ns_labels = subject.namespace.map_or(&empty, |n| n.labels());
-    let ns_annotations = subject.namespace.map_or(&empty, |n| n.annotations());
-    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-    let namespace_labels: &'p BTreeMap<String, String> =
-        subject.namespace.map_or(&NO_LABELS, |n| n.labels());
+    // Borrowed for 'p: the Istio guard hands the Namespace's labels on to the plan.
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    let ns_labels: &'p BTreeMap<String, String> = subject.namespace.map_or(&NONE, |n| n.labels());
+    let ns_annotations = subject.namespace.map_or(&NONE, |n| n.annotations());
 
     let asked = asked(&workload.annotations, ns_annotations);
     let governance = governing_policy(
@@ -241,7 +239,7 @@ pub fn decide<'p>(
         failed,
         retry,
         retry_since,
-        istio_guard: spec.istio_revision_guard.then_some(namespace_labels),
+        istio_guard: spec.istio_revision_guard.then_some(ns_labels),
         hold: (!workload.settled).then(|| {
             format!(
                 "waiting for the {}'s own rollout to finish",
