@@ -15,7 +15,7 @@ use common::{
     AnyResult, CONTROLLER_NAMESPACE, NEW_PROXY, TestResult, await_governed, create_policy,
     fixture_workload, free_port, install, spec_image,
 };
-use inplace_upgrade::admission::ClusterView as _;
+use inplace_upgrade::admission::ClusterView;
 use inplace_upgrade::admission::configuration::MUTATE_PODS_WEBHOOK;
 use inplace_upgrade::controller::Settings;
 use inplace_upgrade::policy::InPlaceUpgradePolicy;
@@ -79,8 +79,9 @@ async fn await_pod_count(client: &Client, ns: &str, count: i32) -> AnyResult<Vec
     let count = usize::try_from(count)?;
     Ok(wait_list(
         &Api::<Pod>::namespaced(client.clone(), ns),
-        kube::runtime::watcher::Config::default(),
-        &format!("{count} pods in {ns}"),
+        // The workload's pods only: a rollout's pre-pull pods live in the namespace too.
+        kube::runtime::watcher::Config::default().labels("app=hello"),
+        &format!("{count} hello pods in {ns}"),
         |pods: &[Pod]| pods.len() == count,
     )
     .await?)
@@ -110,6 +111,30 @@ async fn label(client: &Client, ns: &str, key: &str, value: Option<&str>) -> Any
             &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
         )
         .await?;
+    Ok(())
+}
+
+/// Waits until the webhook's own caches show `ns` governed and every policy the API server
+/// holds. The webhook decides from them, and they may trail the controller that labelled the
+/// namespace: a pod created in between is not gated at birth (the controller converges it, as
+/// README says), so a test asserting the gate at creation waits for this first.
+async fn await_webhook_view(client: &Client, view: &impl ClusterView, ns: &str) -> AnyResult<()> {
+    let policies = Api::<InPlaceUpgradePolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .len();
+    tokio::time::timeout(testenv::WAIT_LIMIT, async {
+        while !(view
+            .namespace(ns)
+            .is_some_and(|n| n.labels().contains_key(GOVERNED_LABEL))
+            && view.policies().len() == policies)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .map_err(|_| format!("the webhook's caches never showed {ns} governed"))?;
     Ok(())
 }
 
@@ -173,6 +198,7 @@ async fn pods_outside_governed_namespaces_never_reach_the_webhook() -> TestResul
     // as before (target image and readiness gate at creation), one call each.
     create_policy(&client, &governed, json!({})).await?;
     await_governed(&client, &governed).await?;
+    await_webhook_view(&client, view.as_ref(), &governed).await?;
     let pods = deploy(&client, &governed, 3).await?;
     let after_governed = pod_webhook_calls(&client).await?;
     for pod in &pods {
@@ -242,6 +268,7 @@ async fn pods_outside_governed_namespaces_never_reach_the_webhook() -> TestResul
         .await?;
     label(&client, &free, "team", Some("shop")).await?;
     await_governed(&client, &free).await?;
+    await_webhook_view(&client, view.as_ref(), &free).await?;
     let before = pod_webhook_calls(&client).await?;
     let pods = scale(&client, &free, 4).await?;
     assert!(pod_webhook_calls(&client).await? >= before + 1.0);
