@@ -11,14 +11,18 @@
 //! step per pod, ordered by name, only for pods of the input; a paused workload starts no
 //! upgrade; starting upgrades never takes more pods out of service than `maxUnavailable`; a
 //! `Completed` verdict comes with no upgrade or rollback step; a pod the revision guard holds
-//! back gets no step that starts an upgrade, and one whose record is unreadable is held back.
+//! back gets no step that starts an upgrade, and one whose record is unreadable is held back;
+//! with pre-pull on, a pod starts only once its pending images are pulled onto its node, and
+//! never with an image whose patch the API server refused.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use inplace_upgrade::annotation::Target;
 use inplace_upgrade::istio;
 use inplace_upgrade::plan::{Action, PlanInput, PodEvents, Verdict, plan};
 use inplace_upgrade::policy::InPlaceUpgradePolicySpec;
+use inplace_upgrade::prepull::{self, PullKey, PullState, Pulls};
 use inplace_upgrade::state::PodUpgradeState;
 use inplace_upgrade::{READINESS_GATE, STATE_ANNOTATION};
 use k8s_openapi::api::core::v1::Pod;
@@ -195,6 +199,10 @@ fn pod(u: &mut Unstructured<'_>, i: usize) -> Result<Pod> {
     } else {
         status["containerStatuses"] = json!([app_status, proxy_status]);
     }
+    let node = pick(u, &["node-a", "node-b", ""])?;
+    if !node.is_empty() {
+        spec["nodeName"] = json!(node);
+    }
     let mut metadata = json!({"name": format!("pod-{i}"), "uid": format!("uid-{i}"),
                               "labels": istio_labels(u)?, "annotations": {}});
     if u.ratio(1, 3)? {
@@ -266,6 +274,45 @@ fn summary(p: &Pod) -> String {
     )
 }
 
+/// What is known of the pulls of the pods' pending target images, on their nodes and as a
+/// refusal of the patch (any state, or nothing).
+fn pulls(u: &mut Unstructured<'_>, pods: &[Pod], targets: &[Target]) -> Result<Pulls> {
+    let mut pulls = Pulls::new();
+    for p in pods {
+        let Some(spec) = p.spec.as_ref() else { continue };
+        let Ok(resolved) = inplace_upgrade::target::resolve(spec, targets) else {
+            continue;
+        };
+        let node = spec.node_name.clone().unwrap_or_default();
+        for t in resolved.pending() {
+            for key in [
+                PullKey {
+                    node: node.clone(),
+                    image: t.image.clone(),
+                },
+                prepull::refusal_key(&t.image),
+            ] {
+                let failure = |reason: &str| (reason.to_string(), "fuzzed".to_string());
+                let state = match u.int_in_range(0..=5)? {
+                    0 => PullState::Pulling,
+                    1 => PullState::Pulled,
+                    2 => {
+                        let (reason, message) = failure("ErrImagePull");
+                        PullState::Failed { reason, message }
+                    }
+                    3 if u.ratio(1, 4)? => {
+                        let (reason, message) = failure("Forbidden");
+                        PullState::Refused { reason, message }
+                    }
+                    _ => continue,
+                };
+                pulls.insert(key, state);
+            }
+        }
+    }
+    Ok(pulls)
+}
+
 fn run(data: &[u8]) -> Result<()> {
     let mut u = Unstructured::new(data);
     let annotation = if u.ratio(1, 10)? {
@@ -290,6 +337,7 @@ fn run(data: &[u8]) -> Result<()> {
         "drain": {"gracePeriodSeconds": u.int_in_range(0..=30)?, "timeoutSeconds": 60,
                   "waitForEndpoints": u.arbitrary::<bool>()?},
         "allowedImages": if u.ratio(1, 4)? { json!(["docker.io/istio/**"]) } else { json!([]) },
+        "prePull": {"enabled": u.arbitrary::<bool>()?},
     })) {
         Ok(p) => p,
         Err(_) => return Ok(()),
@@ -308,6 +356,7 @@ fn run(data: &[u8]) -> Result<()> {
     let now: Timestamp = NOW.parse().expect("a valid timestamp literal");
     let namespace_labels = istio_labels(&mut u)?;
     let guard = u.arbitrary::<bool>()?;
+    let pulls = pulls(&mut u, &pods, &targets)?;
     let input = PlanInput {
         targets: &targets,
         pods: &pods,
@@ -321,6 +370,7 @@ fn run(data: &[u8]) -> Result<()> {
         drains: &BTreeMap::new(),
         events: &PodEvents::new(),
         istio_guard: guard.then_some(&namespace_labels),
+        pulls: &pulls,
         now,
     };
     let out = plan(&input);
@@ -389,6 +439,36 @@ fn run(data: &[u8]) -> Result<()> {
             );
             if ready(p) {
                 ready_started += 1;
+            }
+        }
+        if step.action.starts_upgrade() && !in_progress(p) {
+            // Pre-pull before drain: a pod starts only with each pending image on its node,
+            // and never with a patch the API server refused.
+            let spec = p.spec.as_ref();
+            let pending: Vec<String> = spec
+                .and_then(|spec| inplace_upgrade::target::resolve(spec, &targets).ok())
+                .map(|r| r.pending().map(|t| t.image.clone()).collect())
+                .unwrap_or_default();
+            let node = spec.and_then(|s| s.node_name.clone());
+            for image in &pending {
+                assert!(
+                    !matches!(
+                        pulls.get(&prepull::refusal_key(image)),
+                        Some(PullState::Refused { .. })
+                    ),
+                    "{image} was refused, yet {step:?}"
+                );
+                if let Some(node) = node.clone().filter(|_| policy.pre_pull.enabled) {
+                    let key = PullKey {
+                        node,
+                        image: image.clone(),
+                    };
+                    assert_eq!(
+                        pulls.get(&key),
+                        Some(&PullState::Pulled),
+                        "{image} not pulled onto the node, yet {step:?}"
+                    );
+                }
             }
         }
         if step.action.starts_upgrade() && !in_progress(p) && guard {
