@@ -279,7 +279,9 @@ fn summary(p: &Pod) -> String {
 fn pulls(u: &mut Unstructured<'_>, pods: &[Pod], targets: &[Target]) -> Result<Pulls> {
     let mut pulls = Pulls::new();
     for p in pods {
-        let Some(spec) = p.spec.as_ref() else { continue };
+        let Some(spec) = p.spec.as_ref() else {
+            continue;
+        };
         let Ok(resolved) = inplace_upgrade::target::resolve(spec, targets) else {
             continue;
         };
