@@ -1217,25 +1217,20 @@ mod tests {
 
     impl Harness {
         fn new(pod: Value) -> Self {
-            let pod: Pod = serde_json::from_value(pod).unwrap();
-            let mut h = Self {
-                sim: PodSim::new(&pod, "10.128.0.7".into(), "172.20.0.2".into()),
-                pod,
-                now: Now::current(),
-                delays: Delays::default(),
-                events: Vec::new(),
-                status: Value::Null,
-                deleted: false,
-            };
-            h.pass();
-            h
+            Self::start(pod, None)
         }
 
         /// A pod on a node that keeps its images in `images`.
         fn on_node(pod: Value, images: &NodeImages) -> Self {
+            Self::start(pod, Some(images.clone()))
+        }
+
+        fn start(pod: Value, images: Option<NodeImages>) -> Self {
             let pod: Pod = serde_json::from_value(pod).unwrap();
-            let sim = PodSim::new(&pod, "10.128.0.8".into(), "172.20.0.2".into())
-                .on_node_with_images(images.clone());
+            let mut sim = PodSim::new(&pod, "10.128.0.7".into(), "172.20.0.2".into());
+            if let Some(images) = images {
+                sim = sim.on_node_with_images(images);
+            }
             let mut h = Self {
                 sim,
                 pod,
