@@ -276,6 +276,7 @@ pub(crate) struct Gate<'p> {
     pub(crate) since: Option<Timestamp>,
 }
 
+/// A pod that may start an upgrade, waiting for a rollout slot.
 struct Candidate<'p> {
     name: &'p str,
     node: Option<&'p str>,
@@ -285,20 +286,492 @@ struct Candidate<'p> {
     gate_missing: bool,
 }
 
+/// Our readiness gate on one pod, as the steps that open it need it.
+#[derive(Clone, Copy)]
+struct GateState {
+    gated: bool,
+    /// Gated, and the condition was never written (a new pod).
+    missing: bool,
+    /// Gated, and the condition is not True. Only we write it: any gate that is not True
+    /// when we are done with the pod is set True (Undrain), or created True (MarkReady).
+    not_true: bool,
+    /// The condition is False with our `Draining` reason.
+    drained_by_us: bool,
+}
+
+impl GateState {
+    fn of(pod: &Pod, gated: bool) -> Self {
+        let gate = gate_condition(pod);
+        GateState {
+            gated,
+            missing: gated && gate.is_none(),
+            not_true: gated && !gate.as_ref().is_some_and(|g| g.ready),
+            drained_by_us: gate
+                .as_ref()
+                .is_some_and(|g| !g.ready && g.reason == Some(DRAINING_REASON)),
+        }
+    }
+
+    /// Whether the gate must be opened when we are done with the pod.
+    fn to_open(self) -> bool {
+        self.not_true || self.drained_by_us
+    }
+
+    /// The step that opens the gate, when it must be opened.
+    fn open(self) -> Option<Action> {
+        let open = if self.missing {
+            Action::MarkReady
+        } else {
+            Action::Undrain
+        };
+        self.to_open().then_some(open)
+    }
+}
+
+/// The planner's state while it walks a workload's pods once, in name order, then decides
+/// which of them start.
 struct Planner<'a> {
     input: &'a PlanInput<'a>,
+    ready_timeout: Duration,
+    /// `maxUnavailable` as a pod count and the image allowlist; `None` when the policy's
+    /// values are unusable (the workload is then blocked).
+    limits: Option<(usize, ImageAllowlist)>,
     steps: Vec<Step>,
     recheck_at: Option<Timestamp>,
     pulls_wanted: BTreeSet<PullKey>,
+    /// Why pods cannot go on (the `Blocked` verdict's reasons).
+    blocked: Vec<String>,
+    held: BTreeMap<String, String>,
+    /// The first failure found: the pod, why, and what to remember as failed.
+    failure: Option<(String, String, Vec<FailedTarget>)>,
+    /// Pods taken by an upgrade (a record in progress, or drained by us).
+    in_progress: usize,
+    /// Pods not available: not Ready, or taken by an upgrade.
+    unavailable: usize,
+    /// Pods that still need an upgrade (in progress included).
+    pending_pods: usize,
+    counts: Counts,
+    /// In-flight pods whose annotation moved on: patched again toward the newer targets.
+    replans: Vec<(&'a str, Vec<ResolvedTarget>)>,
+    /// Pods we drained and have not patched yet, with whether their drain is done.
+    drained: Vec<(&'a str, Vec<ResolvedTarget>, bool)>,
+    candidates: Vec<Candidate<'a>>,
+    /// Every record read, handed to the steps at the end (execution does not parse them again).
+    states: HashMap<&'a str, PodUpgradeState>,
 }
 
-impl Planner<'_> {
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut p = Planner::new(input);
+    let mut pods: Vec<(&str, &Pod)> = input
+        .pods
+        .iter()
+        .filter_map(|pod| pod.metadata.name.as_deref().map(|n| (n, pod)))
+        .collect();
+    pods.sort_by_key(|(name, _)| *name);
+    let mut seen = HashSet::new();
+    for (name, pod) in pods {
+        // A duplicated name would get two steps; the first copy wins.
+        if seen.insert(name) && pod.metadata.deletion_timestamp.is_none() {
+            p.visit(name, pod);
+        }
+    }
+    let stop = input.paused || p.failure.is_some() || p.limits.is_none();
+    p.go_on(stop);
+    let (started, pdb_blocked) = if stop {
+        (0, BTreeSet::new())
+    } else {
+        p.start_pods()
+    };
+    for c in std::mem::take(&mut p.candidates) {
+        if c.gate_missing {
+            p.step(c.name, Action::MarkReady);
+        }
+    }
+    p.finish(started, pdb_blocked)
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: &'a PlanInput<'a>) -> Self {
+        let policy = input.policy;
+        let mut blocked = Vec::new();
+        let limits = match (
+            policy.max_unavailable_pods(input.desired_replicas),
+            policy.image_allowlist(),
+        ) {
+            (Ok(max), Ok(allow)) => Some((usize::try_from(max).unwrap_or(usize::MAX), allow)),
+            (Err(e), _) | (_, Err(e)) => {
+                blocked.push(e.to_string());
+                None
+            }
+        };
+        Planner {
+            input,
+            ready_timeout: Duration::from_secs(
+                u64::try_from(policy.ready_timeout_seconds)
+                    .unwrap_or(1)
+                    .max(1),
+            ),
+            limits,
+            steps: Vec::new(),
+            recheck_at: None,
+            pulls_wanted: BTreeSet::new(),
+            blocked,
+            held: BTreeMap::new(),
+            failure: None,
+            in_progress: 0,
+            unavailable: 0,
+            pending_pods: 0,
+            counts: Counts::default(),
+            replans: Vec::new(),
+            drained: Vec::new(),
+            candidates: Vec::new(),
+            states: HashMap::new(),
+        }
+    }
+
     fn step(&mut self, pod: &str, action: Action) {
         self.steps.push(Step {
             pod: pod.to_string(),
             action,
             state: None,
         });
+    }
+
+    fn recheck(&mut self, at: Option<Timestamp>) {
+        if let Some(at) = at.filter(|at| *at > self.input.now) {
+            self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
+        }
+    }
+
+    /// Remembers the first failure of the workload.
+    fn fail(&mut self, pod: &str, reason: String, remember: Vec<FailedTarget>) {
+        if self.failure.is_none() {
+            self.failure = Some((pod.to_string(), reason, remember));
+        }
+    }
+
+    /// Remembers the first failure of the workload, found on a pod with this record.
+    fn fail_pod(&mut self, pod: &str, state: Option<&PodUpgradeState>, reason: String) {
+        if self.failure.is_none() {
+            let remember = failed_targets(state, self.input.retry_since);
+            self.fail(pod, reason, remember);
+        }
+    }
+
+    /// A pod that no longer needs us: undrain what we drained, admit a new gated pod.
+    fn release(&mut self, pod: &str, gate: GateState) {
+        if let Some(open) = gate.open() {
+            self.step(pod, open);
+        }
+    }
+
+    /// One live pod: counted, and followed if its upgrade is in flight, or else weighed as a
+    /// pod that may start.
+    fn visit(&mut self, name: &'a str, pod: &'a Pod) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let gated = spec
+            .readiness_gates
+            .iter()
+            .flatten()
+            .any(|g| g.condition_type == READINESS_GATE);
+        let gate = GateState::of(pod, gated);
+        // A malformed or newer record is foreign: re-derive from the pod itself.
+        let state = PodUpgradeState::from_pod(pod).ok().flatten();
+        let active = state.as_ref().filter(|s| s.phase.in_progress());
+        let ready = pod_ready(pod);
+        if !ready || gate.drained_by_us || active.is_some() {
+            self.unavailable += 1;
+        }
+        if gate.drained_by_us || active.is_some() {
+            self.in_progress += 1;
+        }
+        let resolved = target::resolve(spec, self.input.targets);
+        if let Ok(r) = &resolved
+            && !r.resolved.is_empty()
+        {
+            self.counts.targeted += 1;
+            self.counts.upgraded += u32::from(active.is_none() && r.pending().next().is_none());
+            self.counts.ungated += u32::from(!gated);
+        }
+        if let Some(st) = active {
+            self.pending_pods += 1;
+            self.follow(name, pod, st, gate);
+        } else {
+            match resolved {
+                Ok(resolved) => {
+                    let pending = resolved.pending().cloned().collect();
+                    self.weigh(name, pod, state.as_ref(), pending, gate, ready);
+                }
+                Err(e) => {
+                    self.blocked.push(format!("pod {name}: {e}"));
+                    self.release(name, gate);
+                }
+            }
+        }
+        if let Some(state) = state {
+            self.states.insert(name, state);
+        }
+    }
+
+    /// A pod whose upgrade is in flight: finished, rolled back, re-planned or waited for, by
+    /// what its containers show.
+    fn follow(&mut self, name: &'a str, pod: &Pod, st: &PodUpgradeState, gate: GateState) {
+        let input = self.input;
+        let events = pod
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|uid| input.events.get(uid))
+            .map_or(&[][..], Vec::as_slice);
+        let states = st.containers.iter().map(|c| {
+            let expect = Expectation {
+                baseline: c,
+                image: c.expected_image(st.phase),
+                patched_at: st.patched_at,
+                ready_timeout: self.ready_timeout,
+                events,
+            };
+            classify(pod, &expect, input.now)
+        });
+        let newer = || {
+            pod.spec
+                .as_ref()
+                .map(|spec| newer_targets(spec, input.targets))
+                .unwrap_or_default()
+        };
+        // Only a pod that ends well (upgraded, or back on its old image) has its gate opened;
+        // a failed or superseded one is left as it is.
+        let finish = |phase: Phase, reason: Option<String>, message: Option<String>| {
+            let open_gate = matches!(phase, Phase::Succeeded | Phase::RolledBack) && gate.to_open();
+            Action::Finish {
+                phase,
+                reason,
+                message,
+                open_gate,
+            }
+        };
+        match (st.phase, ContainerState::worst(states)) {
+            (_, ContainerState::Superseded { spec_image }) => {
+                // Not ours any more: what happens to the pod next is planned afresh.
+                let message = format!(
+                    "the image was changed to {spec_image:?} by someone else during the upgrade"
+                );
+                let action = finish(Phase::Superseded, Some("Superseded".into()), Some(message));
+                self.step(name, action);
+            }
+            (Phase::Patched, ContainerState::Upgraded) => match newer() {
+                newer if newer.is_empty() => self.step(name, finish(Phase::Succeeded, None, None)),
+                newer => self.replans.push((name, newer)),
+            },
+            (_, ContainerState::Upgraded) => {
+                self.fail_pod(name, Some(st), rolled_back_reason(st));
+                self.step(name, finish(Phase::RolledBack, None, None));
+            }
+            (Phase::Patched, ContainerState::Failed { reason, message }) => {
+                let why = format!("{}: {message}", reason.as_str());
+                self.fail_pod(name, Some(st), why);
+                let reason = reason.as_str();
+                let action = match input.policy.on_failure {
+                    // An emergency stop changes no image, not even back: the rollback happens
+                    // when the workload is unpaused.
+                    OnFailure::Rollback if input.paused => Action::Wait {
+                        reason: format!(
+                            "failed ({reason}); the rollback waits until the workload is unpaused"
+                        ),
+                    },
+                    OnFailure::Rollback => Action::Rollback {
+                        reason: reason.into(),
+                        message,
+                    },
+                    OnFailure::Pause => finish(Phase::Failed, Some(reason.into()), Some(message)),
+                };
+                self.step(name, action);
+            }
+            (_, ContainerState::Failed { reason, message }) => {
+                let message = format!("the rollback failed too: {}: {message}", reason.as_str());
+                self.fail_pod(name, Some(st), message.clone());
+                let action = finish(Phase::Failed, Some("RollbackFailed".into()), Some(message));
+                self.step(name, action);
+            }
+            (phase, waiting) => {
+                let newer = if phase == Phase::Patched {
+                    newer()
+                } else {
+                    Vec::new()
+                };
+                if newer.is_empty() {
+                    let reason = waiting.describe();
+                    self.step(name, Action::Wait { reason });
+                    self.recheck(timeout_at(st.patched_at, self.ready_timeout));
+                } else {
+                    self.replans.push((name, newer));
+                }
+            }
+        }
+    }
+
+    /// A pod with no upgrade in flight: released when it needs nothing or may not go on,
+    /// followed through its drain, or else a candidate to start.
+    fn weigh(
+        &mut self,
+        name: &'a str,
+        pod: &'a Pod,
+        state: Option<&PodUpgradeState>,
+        pending: Vec<ResolvedTarget>,
+        gate: GateState,
+        ready: bool,
+    ) {
+        let input = self.input;
+        if pending.is_empty() {
+            self.release(name, gate);
+            return;
+        }
+        self.pending_pods += 1;
+        if let Some(why) = known_failure(&pending, input, state) {
+            self.fail_pod(name, state, why);
+            self.release(name, gate);
+            return;
+        }
+        let denial = self
+            .limits
+            .as_ref()
+            .and_then(|(_, allow)| policy_denial(&pending, input.policy, allow))
+            .or_else(|| {
+                let containers = pending.iter().map(|t| t.location.name.as_str());
+                input
+                    .istio_guard
+                    .and_then(|ns_labels| crate::istio::check(pod, ns_labels, containers))
+                    .map(|m| m.to_string())
+            });
+        if let Some(why) = denial {
+            self.blocked.push(format!("pod {name}: {why}"));
+            self.held.insert(name.to_string(), why);
+            self.release(name, gate);
+            return;
+        }
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        // Also for a pod we drained: it is undrained, never left waiting for a patch that the
+        // API server refuses each time.
+        let refused = patch_refusal(input, &pending).or_else(|| {
+            if gate.drained_by_us {
+                None
+            } else {
+                pull_failure(input, node, &pending)
+            }
+        });
+        if let Some((why, remember)) = refused {
+            self.fail(name, why, remember);
+            self.release(name, gate);
+            return;
+        }
+        if gate.drained_by_us {
+            let since = gate_condition(pod).and_then(|g| g.since);
+            let record = input.drains.get(name).filter(|r| r.applies_to(pod));
+            let (done, next) = drain_done(input, name, drain_time(since, record));
+            self.recheck(next);
+            self.drained.push((name, pending, done));
+            return;
+        }
+        self.candidates.push(Candidate {
+            name,
+            node,
+            pending,
+            ready,
+            gated: gate.gated,
+            gate_missing: gate.missing,
+        });
+    }
+
+    /// Pods already taken go on (re-patched toward a newer target, patched once drained), or
+    /// are let go when the workload stops.
+    fn go_on(&mut self, stop: bool) {
+        for (name, newer) in std::mem::take(&mut self.replans) {
+            let action = if stop {
+                Action::Wait {
+                    reason: "the annotation changed; the new target waits until the workload may continue".into(),
+                }
+            } else {
+                Action::Patch { targets: newer }
+            };
+            self.step(name, action);
+        }
+        for (name, pending, done) in std::mem::take(&mut self.drained) {
+            let action = if stop {
+                Action::Undrain
+            } else if done {
+                Action::Patch { targets: pending }
+            } else {
+                Action::Wait {
+                    reason: "draining: waiting for the grace period and the EndpointSlices".into(),
+                }
+            };
+            self.step(name, action);
+        }
+    }
+
+    /// Starts the candidates the budgets allow: not Ready pods first, never more in progress
+    /// than `maxUnavailable`, never more unavailable, and a Ready pod only while every
+    /// PodDisruptionBudget selecting it allows a disruption. Returns how many started and the
+    /// budgets that held a pod back; the candidates left stay in `self.candidates`.
+    fn start_pods(&mut self) -> (usize, BTreeSet<String>) {
+        let input = self.input;
+        let Some(max) = self.limits.as_ref().map(|(max, _)| *max) else {
+            return (0, BTreeSet::new());
+        };
+        let mut slots = max.saturating_sub(self.in_progress);
+        let mut room = max.saturating_sub(self.unavailable);
+        let mut pdb_left: Vec<i32> = input
+            .disruption_budgets
+            .iter()
+            .map(|b| b.disruptions_allowed)
+            .collect();
+        let mut pdb_blocked = BTreeSet::new();
+        let mut started = 0;
+        let mut candidates = std::mem::take(&mut self.candidates);
+        // Not Ready pods first; the sort is stable, so by name within each group.
+        candidates.sort_by_key(|c| c.ready);
+        for c in candidates {
+            if slots == 0 || (c.ready && room == 0) {
+                self.candidates.push(c);
+                continue;
+            }
+            if c.ready {
+                let selecting: Vec<usize> = input
+                    .disruption_budgets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.pods.contains(c.name))
+                    .map(|(i, _)| i)
+                    .collect();
+                let exhausted: Vec<&String> = selecting
+                    .iter()
+                    .filter(|&&i| pdb_left[i] <= 0)
+                    .map(|&i| &input.disruption_budgets[i].name)
+                    .collect();
+                if !exhausted.is_empty() {
+                    pdb_blocked.extend(exhausted.into_iter().cloned());
+                    self.candidates.push(c);
+                    continue;
+                }
+                for i in selecting {
+                    pdb_left[i] -= 1;
+                }
+                room -= 1;
+            }
+            slots -= 1;
+            started += 1;
+            let action = if let Some(pull) = self.pre_pull(c.node, &c.pending) {
+                pull
+            } else if c.ready && c.gated {
+                Action::Drain
+            } else {
+                Action::Patch { targets: c.pending }
+            };
+            self.step(c.name, action);
+        }
+        (started, pdb_blocked)
     }
 
     /// Before a pod on `node` starts: what its target images still need there (a pre-pull
@@ -340,443 +813,50 @@ impl Planner<'_> {
         }
     }
 
-    fn recheck(&mut self, at: Option<Timestamp>) {
-        if let Some(at) = at.filter(|at| *at > self.input.now) {
-            self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
-        }
-    }
-}
-
-pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let policy = input.policy;
-    let mut p = Planner {
-        input,
-        steps: Vec::new(),
-        recheck_at: None,
-        pulls_wanted: BTreeSet::new(),
-    };
-    let mut blocked: Vec<String> = Vec::new();
-    let mut held: BTreeMap<String, String> = BTreeMap::new();
-    // The first failure found: the pod, why, and what its record says failed.
-    let mut failure: Option<(String, String, Vec<FailedTarget>)> = None;
-    let limits: Option<(usize, ImageAllowlist)> = match (
-        policy.max_unavailable_pods(input.desired_replicas),
-        policy.image_allowlist(),
-    ) {
-        (Ok(max), Ok(allow)) => Some((usize::try_from(max).unwrap_or(usize::MAX), allow)),
-        (Err(e), _) | (_, Err(e)) => {
-            blocked.push(e.to_string());
-            None
-        }
-    };
-    let ready_timeout = Duration::from_secs(
-        u64::try_from(policy.ready_timeout_seconds)
-            .unwrap_or(1)
-            .max(1),
-    );
-
-    let mut in_progress = 0usize;
-    let mut unavailable = 0usize;
-    let mut pending_pods = 0usize;
-    let mut replans: Vec<(&str, Vec<ResolvedTarget>)> = Vec::new();
-    let mut drained: Vec<(&str, Vec<ResolvedTarget>, bool)> = Vec::new();
-    let mut candidates: Vec<Candidate<'_>> = Vec::new();
-    let mut counts = Counts::default();
-    // Every record read, handed to the steps at the end (execution does not parse them again).
-    let mut states: HashMap<&str, PodUpgradeState> = HashMap::new();
-
-    let mut pods: Vec<(&str, &Pod)> = input
-        .pods
-        .iter()
-        .filter_map(|pod| pod.metadata.name.as_deref().map(|n| (n, pod)))
-        .collect();
-    pods.sort_by_key(|(name, _)| *name);
-    let mut seen = HashSet::new();
-
-    for (name, pod) in pods {
-        // A duplicated name would get two steps; the first copy wins.
-        if !seen.insert(name) || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let Some(spec) = pod.spec.as_ref() else {
-            continue;
-        };
-        let ready = pod_ready(pod);
-        let gated = spec
-            .readiness_gates
-            .iter()
-            .flatten()
-            .any(|g| g.condition_type == READINESS_GATE);
-        let gate = gate_condition(pod);
-        let drained_by_us = gate
-            .as_ref()
-            .is_some_and(|g| !g.ready && g.reason == Some(DRAINING_REASON));
-        let gate_missing = gated && gate.is_none();
-        // Only we write this condition: any gate that is not True when we are done with the
-        // pod is set True (Undrain), or created True on a new pod (MarkReady).
-        let gate_not_true = gated && !gate.as_ref().is_some_and(|g| g.ready);
-        let open_gate = if gate_missing {
-            Action::MarkReady
-        } else {
-            Action::Undrain
-        };
-        // A malformed or newer record is foreign: re-derive from the pod itself.
-        let state: Option<&PodUpgradeState> = PodUpgradeState::from_pod(pod)
-            .ok()
-            .flatten()
-            .map(|s| &*states.entry(name).or_insert(s));
-        let active = state.filter(|s| s.phase.in_progress());
-        if !ready || drained_by_us || active.is_some() {
-            unavailable += 1;
-        }
-        if drained_by_us || active.is_some() {
-            in_progress += 1;
-        }
-        let resolved = target::resolve(spec, input.targets);
-        if let Ok(r) = &resolved
-            && !r.resolved.is_empty()
+    /// The verdict, and the plan with each step carrying its pod's parsed record.
+    fn finish(mut self, started: usize, pdb_blocked: BTreeSet<String>) -> Plan {
+        let mut failed_targets = Vec::new();
+        let verdict = if self.input.paused {
+            Verdict::Paused
+        } else if let Some((pod, reason, remember)) = self.failure {
+            failed_targets = remember;
+            Verdict::Failed { pod, reason }
+        } else if self.limits.is_none() {
+            Verdict::Blocked {
+                reason: self.blocked.join("; "),
+            }
+        } else if self.pending_pods == 0 && self.blocked.is_empty() {
+            Verdict::Completed
+        } else if started == 0
+            && self.in_progress == 0
+            && (!self.blocked.is_empty() || !pdb_blocked.is_empty())
         {
-            counts.targeted += 1;
-            counts.upgraded += u32::from(active.is_none() && r.pending().next().is_none());
-            counts.ungated += u32::from(!gated);
-        }
-        let failing = |reason: String| {
-            let remember = failed_targets(state, input.retry_since);
-            (name.to_string(), reason, remember)
-        };
-        // Pods that no longer need us: undrain what we drained, admit new gated pods.
-        let release = |p: &mut Planner<'_>| {
-            if gate_not_true || drained_by_us {
-                p.step(name, open_gate.clone());
+            let mut reasons = self.blocked;
+            if !pdb_blocked.is_empty() {
+                reasons.push(format!(
+                    "PodDisruptionBudget {} allows no disruption now",
+                    pdb_blocked.into_iter().collect::<Vec<_>>().join(", ")
+                ));
             }
-        };
-
-        if let Some(st) = active {
-            pending_pods += 1;
-            let states = st.containers.iter().map(|c| {
-                let expect = Expectation {
-                    baseline: c,
-                    image: c.expected_image(st.phase),
-                    patched_at: st.patched_at,
-                    ready_timeout,
-                    events: pod
-                        .metadata
-                        .uid
-                        .as_ref()
-                        .and_then(|uid| input.events.get(uid))
-                        .map_or(&[], Vec::as_slice),
-                };
-                classify(pod, &expect, input.now)
-            });
-            match (st.phase, ContainerState::worst(states)) {
-                (_, ContainerState::Superseded { spec_image }) => p.step(
-                    name,
-                    Action::Finish {
-                        phase: Phase::Superseded,
-                        reason: Some("Superseded".into()),
-                        message: Some(format!(
-                            "the image was changed to {spec_image:?} by someone else during the upgrade"
-                        )),
-                        // Not ours any more: what happens to the pod next is planned afresh.
-                        open_gate: false,
-                    },
-                ),
-                (Phase::Patched, ContainerState::Upgraded) => {
-                    let newer = newer_targets(spec, input.targets);
-                    if !newer.is_empty() {
-                        replans.push((name, newer));
-                    } else {
-                        p.step(
-                            name,
-                            Action::Finish {
-                                phase: Phase::Succeeded,
-                                reason: None,
-                                message: None,
-                                open_gate: gate_not_true || drained_by_us,
-                            },
-                        );
-                    }
-                }
-                (_, ContainerState::Upgraded) => {
-                    failure.get_or_insert_with(|| failing(rolled_back_reason(st)));
-                    p.step(
-                        name,
-                        Action::Finish {
-                            phase: Phase::RolledBack,
-                            reason: None,
-                            message: None,
-                            open_gate: gate_not_true || drained_by_us,
-                        },
-                    );
-                }
-                (Phase::Patched, ContainerState::Failed { reason, message }) => {
-                    failure
-                        .get_or_insert_with(|| failing(format!("{}: {message}", reason.as_str())));
-                    if policy.on_failure == OnFailure::Rollback && input.paused {
-                        // An emergency stop changes no image, not even back: the rollback
-                        // happens when the workload is unpaused.
-                        p.step(
-                            name,
-                            Action::Wait {
-                                reason: format!(
-                                    "failed ({}); the rollback waits until the workload is unpaused",
-                                    reason.as_str()
-                                ),
-                            },
-                        );
-                    } else if policy.on_failure == OnFailure::Rollback {
-                        p.step(
-                            name,
-                            Action::Rollback {
-                                reason: reason.as_str().into(),
-                                message,
-                            },
-                        );
-                    } else {
-                        p.step(
-                            name,
-                            Action::Finish {
-                                phase: Phase::Failed,
-                                reason: Some(reason.as_str().into()),
-                                message: Some(message),
-                                open_gate: false,
-                            },
-                        );
-                    }
-                }
-                (_, ContainerState::Failed { reason, message }) => {
-                    let message = format!("the rollback failed too: {}: {message}", reason.as_str());
-                    failure.get_or_insert_with(|| failing(message.clone()));
-                    p.step(
-                        name,
-                        Action::Finish {
-                            phase: Phase::Failed,
-                            reason: Some("RollbackFailed".into()),
-                            message: Some(message),
-                            open_gate: false,
-                        },
-                    );
-                }
-                (phase, waiting) => {
-                    let newer = if phase == Phase::Patched {
-                        newer_targets(spec, input.targets)
-                    } else {
-                        Vec::new()
-                    };
-                    if newer.is_empty() {
-                        p.step(
-                            name,
-                            Action::Wait {
-                                reason: waiting.describe(),
-                            },
-                        );
-                        p.recheck(timeout_at(st.patched_at, ready_timeout));
-                    } else {
-                        replans.push((name, newer));
-                    }
-                }
+            Verdict::Blocked {
+                reason: reasons.join("; "),
             }
-            continue;
-        }
-
-        let resolved = match resolved {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                blocked.push(format!("pod {name}: {e}"));
-                release(&mut p);
-                continue;
-            }
-        };
-        let pending: Vec<ResolvedTarget> = resolved.pending().cloned().collect();
-        if pending.is_empty() {
-            release(&mut p);
-            continue;
-        }
-        pending_pods += 1;
-        if let Some(why) = known_failure(&pending, input, state) {
-            failure.get_or_insert_with(|| failing(why));
-            release(&mut p);
-            continue;
-        }
-        let denial = limits
-            .as_ref()
-            .and_then(|(_, allow)| policy_denial(&pending, policy, allow))
-            .or_else(|| {
-                let containers = pending.iter().map(|t| t.location.name.as_str());
-                input
-                    .istio_guard
-                    .and_then(|ns_labels| crate::istio::check(pod, ns_labels, containers))
-                    .map(|m| m.to_string())
-            });
-        if let Some(why) = denial {
-            blocked.push(format!("pod {name}: {why}"));
-            held.insert(name.to_string(), why);
-            release(&mut p);
-            continue;
-        }
-        // Also for a pod we drained: it is undrained, never left waiting for a patch that the
-        // API server refuses each time.
-        if let Some(why) = patch_refusal(input, &pending) {
-            failure.get_or_insert_with(|| (name.to_string(), why.0, why.1));
-            release(&mut p);
-            continue;
-        }
-        if !drained_by_us
-            && let Some(why) = pull_failure(input, spec.node_name.as_deref(), &pending)
-        {
-            failure.get_or_insert_with(|| (name.to_string(), why.0, why.1));
-            release(&mut p);
-            continue;
-        }
-        if drained_by_us {
-            let since = gate.as_ref().and_then(|g| g.since);
-            let record = input.drains.get(name).filter(|r| r.applies_to(pod));
-            let (done, next) = drain_done(input, name, drain_time(since, record));
-            p.recheck(next);
-            drained.push((name, pending, done));
-            continue;
-        }
-        candidates.push(Candidate {
-            name,
-            node: spec.node_name.as_deref(),
-            pending,
-            ready,
-            gated,
-            gate_missing,
-        });
-    }
-
-    let stop = input.paused || failure.is_some() || limits.is_none();
-    for (name, newer) in replans {
-        if stop {
-            p.step(
-                name,
-                Action::Wait {
-                    reason: "the annotation changed; the new target waits until the workload may continue".into(),
-                },
-            );
         } else {
-            p.step(name, Action::Patch { targets: newer });
+            Verdict::Progressing
+        };
+        self.steps.sort_by(|a, b| a.pod.cmp(&b.pod));
+        for step in &mut self.steps {
+            step.state = self.states.remove(step.pod.as_str());
         }
-    }
-    for (name, pending, done) in drained {
-        if stop {
-            p.step(name, Action::Undrain);
-        } else if done {
-            p.step(name, Action::Patch { targets: pending });
-        } else {
-            p.step(
-                name,
-                Action::Wait {
-                    reason: "draining: waiting for the grace period and the EndpointSlices".into(),
-                },
-            );
+        Plan {
+            steps: self.steps,
+            verdict,
+            recheck_at: self.recheck_at,
+            counts: self.counts,
+            failed_targets,
+            pulls_wanted: self.pulls_wanted,
+            held: self.held,
         }
-    }
-
-    let mut started = 0usize;
-    let mut pdb_blocked: BTreeSet<String> = BTreeSet::new();
-    let mut leftover: Vec<Candidate<'_>> = Vec::new();
-    match &limits {
-        Some((max, _)) if !stop => {
-            let mut slots = max.saturating_sub(in_progress);
-            let mut room = max.saturating_sub(unavailable);
-            let mut pdb_left: Vec<i32> = input
-                .disruption_budgets
-                .iter()
-                .map(|b| b.disruptions_allowed)
-                .collect();
-            // Not Ready pods first; the sort is stable, so by name within each group.
-            candidates.sort_by_key(|c| c.ready);
-            for c in candidates {
-                if slots == 0 || (c.ready && room == 0) {
-                    leftover.push(c);
-                    continue;
-                }
-                if c.ready {
-                    let selecting: Vec<usize> = input
-                        .disruption_budgets
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, b)| b.pods.contains(c.name))
-                        .map(|(i, _)| i)
-                        .collect();
-                    let exhausted: Vec<usize> = selecting
-                        .iter()
-                        .copied()
-                        .filter(|&i| pdb_left[i] <= 0)
-                        .collect();
-                    if !exhausted.is_empty() {
-                        for i in exhausted {
-                            pdb_blocked.insert(input.disruption_budgets[i].name.clone());
-                        }
-                        leftover.push(c);
-                        continue;
-                    }
-                    for i in selecting {
-                        pdb_left[i] -= 1;
-                    }
-                    room -= 1;
-                }
-                slots -= 1;
-                started += 1;
-                let action = if let Some(pull) = p.pre_pull(c.node, &c.pending) {
-                    pull
-                } else if c.ready && c.gated {
-                    Action::Drain
-                } else {
-                    Action::Patch { targets: c.pending }
-                };
-                p.step(c.name, action);
-            }
-        }
-        _ => leftover = candidates,
-    }
-    for c in leftover {
-        if c.gate_missing {
-            p.step(c.name, Action::MarkReady);
-        }
-    }
-
-    let mut failed_targets = Vec::new();
-    let verdict = if input.paused {
-        Verdict::Paused
-    } else if let Some((pod, reason, remember)) = failure {
-        failed_targets = remember;
-        Verdict::Failed { pod, reason }
-    } else if limits.is_none() {
-        Verdict::Blocked {
-            reason: blocked.join("; "),
-        }
-    } else if pending_pods == 0 && blocked.is_empty() {
-        Verdict::Completed
-    } else if started == 0 && in_progress == 0 && (!blocked.is_empty() || !pdb_blocked.is_empty()) {
-        let mut reasons = blocked;
-        if !pdb_blocked.is_empty() {
-            reasons.push(format!(
-                "PodDisruptionBudget {} allows no disruption now",
-                pdb_blocked.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        Verdict::Blocked {
-            reason: reasons.join("; "),
-        }
-    } else {
-        Verdict::Progressing
-    };
-    let mut steps = p.steps;
-    steps.sort_by(|a, b| a.pod.cmp(&b.pod));
-    for step in &mut steps {
-        step.state = states.remove(step.pod.as_str());
-    }
-    Plan {
-        steps,
-        verdict,
-        recheck_at: p.recheck_at,
-        counts,
-        failed_targets,
-        pulls_wanted: p.pulls_wanted,
-        held,
     }
 }
 
