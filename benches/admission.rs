@@ -32,7 +32,8 @@
 //!
 //! Knobs: BENCH_PODS (300), BENCH_CONCURRENCY (16), BENCH_UPDATES (100), BENCH_ROUNDS (2);
 //! BENCH_PPROF_DIR=<dir> also saves a 10 s kube-apiserver CPU profile per mode (read with
-//! `go tool pprof -top <file>`).
+//! `go tool pprof -top <file>`); BENCH_CONTROLLER (the `inplace-upgrade` binary to run as
+//! controller and webhook, e.g. a release build while this bench runs as `--profile dev`).
 //! Run: `cargo bench -p inplace-upgrade --bench admission`.
 
 #[path = "../tests/common/mod.rs"]
@@ -169,6 +170,7 @@ async fn run() -> AnyResult<()> {
     // The controller runs for its Lease only: the webhook injects the readiness gate only
     // while the controller is alive.
     let kubeconfig = bench.controller_kubeconfig().await?;
+    await_binary().await?;
     let mut controller = Controller::start(
         &kubeconfig,
         bench.env.dir().join("logs/controller.log"),
@@ -189,11 +191,9 @@ async fn run() -> AnyResult<()> {
         ],
     )?;
     let port = free_port()?;
-    // A private copy of the binary, as `Bench::start` makes for the controller.
-    let binary = bench.env.dir().join("inplace-upgrade-webhook");
-    std::fs::copy(env!("CARGO_BIN_EXE_inplace-upgrade"), &binary)?;
+    // The controller's binary (`BENCH_CONTROLLER` or this build), privately copied.
     let mut webhook = WebhookProcess::start(
-        &binary,
+        &controller_binary()?,
         bench.env.kubeconfig_path(),
         &cert_dir,
         port,

@@ -222,16 +222,9 @@ async fn run() -> AnyResult<()> {
     }
     let client = bench.client.clone();
     common::install(&client).await?;
-    // BENCH_CONTROLLER: another build of ours (e.g. a release build when this bench runs
-    // under `cargo test --bench kruise`, whose own build is a debug one).
-    let variant = std::env::var("BENCH_CONTROLLER").ok().map(|b| Variant {
-        label: "BENCH_CONTROLLER".into(),
-        binary: Some(PathBuf::from(b)),
-        env: Vec::new(),
-    });
-    let mut controller = bench
-        .spawn_controller("controller.log", variant.as_ref())
-        .await?;
+    // Ours: BENCH_CONTROLLER (e.g. a release build when this bench runs as `--profile dev`)
+    // or this build; see `support::binary_under_test`.
+    let mut controller = bench.spawn_controller("controller.log", None).await?;
     let our_sync = controller.await_synced(Duration::from_secs(600)).await?;
     let mut kruise = Kruise::start(&bench, &kruise_dir).await?;
     let kruise_sync = kruise.await_ready(Duration::from_secs(600)).await?;
@@ -367,7 +360,6 @@ async fn run() -> AnyResult<()> {
             &kruise_dir,
             &mut kruise,
             &mut controller,
-            variant.as_ref(),
             &sizes,
             per,
         )
@@ -1389,16 +1381,9 @@ async fn webhook_cost(
         ],
     )?;
     let port = common::free_port()?;
-    // BENCH_CONTROLLER names our binary for the webhook too (a release build when this bench
-    // runs as a debug build): a private copy, as `Bench::start` makes for the controller.
-    let binary = bench.env.dir().join("inplace-upgrade-webhook");
-    std::fs::copy(
-        std::env::var("BENCH_CONTROLLER")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_inplace-upgrade").to_string()),
-        &binary,
-    )?;
+    // The controller's binary (`BENCH_CONTROLLER` or this build), privately copied.
     let mut webhook = common::WebhookProcess::start(
-        &binary,
+        &controller_binary()?,
         controller_kubeconfig,
         &cert_dir,
         port,
@@ -1535,7 +1520,6 @@ async fn scale(
     kruise_dir: &Path,
     kruise: &mut Kruise,
     controller: &mut Controller,
-    variant: Option<&Variant>,
     sizes: &[u64],
     per: u64,
 ) -> AnyResult<Vec<ScaleSample>> {
@@ -1619,7 +1603,7 @@ async fn scale(
         stamp(&format!("scale: {pods} pods in place; restarting ours"));
         controller.stop();
         *controller = bench
-            .spawn_controller(&format!("controller-{pods}.log"), variant)
+            .spawn_controller(&format!("controller-{pods}.log"), None)
             .await?;
         let sync = controller.await_synced(Duration::from_secs(600)).await?;
         let (cpu_at_sync, rss_at_sync) = (controller.cpu_seconds(), controller.rss_mib());

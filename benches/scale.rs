@@ -3,7 +3,9 @@
 //! 1. Grows the cluster in steps (BENCH_SIZES pods; Deployments of `hello`, each with
 //!    BENCH_PODS/BENCH_WORKLOADS replicas, 100 per namespace, each behind a Service) and at
 //!    each step, once every pod is Ready, starts a fresh controller and measures its initial
-//!    sync time (process start to `/readyz`), RSS and CPU after sync and over the next 10 s;
+//!    sync time (process start to `/readyz`), RSS, CPU to sync, CPU in the 5 s after it (the
+//!    controller's first term reconciles every workload once: an upper bound of the CPU per
+//!    reconcile of an idle workload) and over the next 10 s;
 //!    then a fresh `inplace-upgrade webhook` (its own caches, registered nowhere) and its sync
 //!    time and RSS. Memory per cached pod is the RSS slope between steps (it includes each
 //!    pod's share of its ReplicaSet, Deployment and EndpointSlice).
@@ -18,7 +20,9 @@
 //! profiles of each controller), BENCH_COMPARE (other controllers measured in the same
 //! cluster right before this build, at every step, controller and webhook: `label=TOKENS;…`,
 //! each token a binary path — e.g. main's build, or this one built with `--features
-//! jemalloc` — or a `KEY=VALUE` for its environment).
+//! jemalloc` — or a `KEY=VALUE` for its environment), BENCH_CONTROLLER (the build under
+//! test: an `inplace-upgrade` binary, e.g. `cargo build --release`'s while this bench runs as
+//! `--profile dev`; default: the one cargo built for this bench).
 //! Run: `cargo bench -p inplace-upgrade --bench scale` (long: tens of minutes at full size).
 
 #[path = "../tests/common/mod.rs"]
@@ -59,6 +63,8 @@ struct Sample {
     rss: f64,
     peak_rss: f64,
     cpu_sync: f64,
+    /// CPU in the 5 s after sync: the controller's first term reconciles every workload once.
+    cpu_first_term: f64,
     cpu_idle: f64,
 }
 
@@ -245,18 +251,24 @@ async fn measure(
         rss: c.rss_mib(),
         peak_rss: c.peak_rss_mib(),
         cpu_sync,
+        cpu_first_term: before - cpu_sync,
         cpu_idle,
     };
     println!(
-        "# {role}, {}, {pods} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, then {:.1}% of a core (load average {})",
+        "# {role}, {}, {pods} pods: sync {:.2} s, RSS {:.1} MiB (peak {:.1}), CPU to sync {:.2} s, {:.2} s in the 5 s after ({:.2} ms per Deployment), then {:.1}% of a core (load average {})",
         s.controller,
         s.sync.as_secs_f64(),
         s.rss,
         s.peak_rss,
         s.cpu_sync,
+        s.cpu_first_term,
+        s.cpu_first_term * 1e3 / workloads as f64,
         s.cpu_idle * 100.0,
         load_average()
     );
+    // SIGTERM: a controller releases its Lease, so the next one leads (and starts its first
+    // term) at once instead of after the Lease expires.
+    c.stop();
     Ok(s)
 }
 
@@ -284,17 +296,18 @@ fn print_scale(samples: &[Sample]) {
         println!();
         println!("## Scale: {role}");
         println!(
-            "| build | pods | Deployments | initial sync s | CPU to sync s | RSS MiB after sync | peak RSS MiB | idle CPU after sync |"
+            "| build | pods | Deployments | initial sync s | CPU to sync s | CPU, 5 s after sync, ms per Deployment | RSS MiB after sync | peak RSS MiB | idle CPU after sync |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for s in &samples {
             println!(
-                "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1}% |",
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1}% |",
                 s.controller,
                 s.pods,
                 s.workloads,
                 s.sync.as_secs_f64(),
                 s.cpu_sync,
+                s.cpu_first_term * 1e3 / s.workloads as f64,
                 s.rss,
                 s.peak_rss,
                 s.cpu_idle * 100.0

@@ -140,6 +140,7 @@ impl Bench {
         log: &str,
         variant: Option<&Variant>,
     ) -> AnyResult<Controller> {
+        await_binary().await?;
         let kubeconfig = self.controller_kubeconfig().await?;
         let binary = variant_binary(variant)?;
         let env = variant.map(|v| v.env.as_slice()).unwrap_or_default();
@@ -161,6 +162,7 @@ impl Bench {
         log: &str,
         variant: Option<&Variant>,
     ) -> AnyResult<Controller> {
+        await_binary().await?;
         let kubeconfig = self.controller_kubeconfig().await?;
         let certs = self.env.dir().join("webhook-tls");
         if !certs.join("tls.key").exists() {
@@ -280,19 +282,65 @@ pub fn variants(spec: &str) -> AnyResult<Vec<Variant>> {
     Ok(out)
 }
 
-/// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary cargo built
-/// for this run: the target directory is shared, and a later build must not change the code
-/// under test between the phases of a long run. The copy lives in the bench's directory and
-/// goes with it.
+/// Where [`Bench::start`] put its private copy of the `inplace-upgrade` binary under test:
+/// the target directory is shared, and a later build must not change the code under test
+/// between the phases of a long run. The copy lives in the bench's directory and goes with it.
 static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
+/// The `inplace-upgrade` binary under test: `BENCH_CONTROLLER` when set (e.g. a
+/// `cargo build --release` binary while the bench itself runs as `--profile dev`, whose own
+/// build of the crate is unoptimised), else the one cargo built beside this bench.
+fn binary_under_test() -> PathBuf {
+    match std::env::var_os("BENCH_CONTROLLER") {
+        Some(b) if !b.is_empty() => PathBuf::from(b),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_inplace-upgrade")),
+    }
+}
+
+/// A `BENCH_CONTROLLER` that did not exist yet when the bench started (a release build still
+/// linking): where it will be, and where its copy goes.
+static PENDING: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+
 fn copy_binary(dir: &Path) -> AnyResult<()> {
-    let built = Path::new(env!("CARGO_BIN_EXE_inplace-upgrade"));
+    let built = binary_under_test();
     let copy = dir.join("inplace-upgrade");
+    if !built.exists() && std::env::var_os("BENCH_CONTROLLER").is_some() {
+        // The cluster can grow while the build finishes: the first controller or webhook
+        // started through `Bench` waits for it ([`await_binary`]).
+        println!(
+            "# BENCH_CONTROLLER {} does not exist yet: waiting for it before the first controller",
+            built.display()
+        );
+        let _ = PENDING.set((built, copy));
+        return Ok(());
+    }
+    install_binary(&built, copy)
+}
+
+fn install_binary(built: &Path, copy: PathBuf) -> AnyResult<()> {
     std::fs::copy(built, &copy)
         .map_err(|e| format!("cannot copy the controller binary {}: {e}", built.display()))?;
+    println!(
+        "# inplace-upgrade under test: {} ({})",
+        built.display(),
+        now_utc()
+    );
     let _ = BINARY.set(copy);
     Ok(())
+}
+
+/// Waits until the binary under test exists (see [`PENDING`]) and copies it; at once when
+/// it already did.
+pub async fn await_binary() -> AnyResult<PathBuf> {
+    if let Some((built, copy)) = PENDING.get()
+        && BINARY.get().is_none()
+    {
+        while !built.exists() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        install_binary(built, copy.clone())?;
+    }
+    controller_binary()
 }
 
 /// The variant's binary, or the build under test.
@@ -303,11 +351,18 @@ fn variant_binary(variant: Option<&Variant>) -> AnyResult<PathBuf> {
     }
 }
 
-fn controller_binary() -> AnyResult<PathBuf> {
-    BINARY
-        .get()
-        .cloned()
-        .ok_or_else(|| "start a Bench before a Controller".into())
+/// The private copy of the binary under test (controller and webhook); after [`Bench::start`].
+pub fn controller_binary() -> AnyResult<PathBuf> {
+    BINARY.get().cloned().ok_or_else(|| {
+        match PENDING.get() {
+            Some((built, _)) => format!(
+                "BENCH_CONTROLLER {} is not built yet (await_binary waits for it)",
+                built.display()
+            ),
+            None => "start a Bench before a Controller".to_string(),
+        }
+        .into()
+    })
 }
 
 /// One `inplace-upgrade controller` (or `webhook`) process (release build); killed when

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::sim::{Delays, Now, PodSim, SimEvent, ts};
+use crate::sim::{Delays, NodeImages, Now, PodSim, SimEvent, ts};
 use crate::{Error, Result};
 
 /// The field manager of everything the simulated kubelet writes with server-side apply.
@@ -47,6 +47,11 @@ pub struct KubeletOptions {
     pub delays: Delays,
     /// Record Kubernetes Events like kubelet (a benchmark may turn them off).
     pub events: bool,
+    /// Each node keeps the images it pulled: a container whose image is already on its node
+    /// starts without the `pull` delay, and an in-place image change to an image not on the
+    /// node takes `restart` plus `pull` (kubelet's `IfNotPresent`). Off: every first start of
+    /// a container pulls and an image change takes `restart`, wherever the image is.
+    pub image_cache: bool,
 }
 
 impl Default for KubeletOptions {
@@ -57,6 +62,7 @@ impl Default for KubeletOptions {
             node_labels: BTreeMap::new(),
             delays: Delays::default(),
             events: true,
+            image_cache: false,
         }
     }
 }
@@ -69,6 +75,8 @@ pub(crate) struct SimNode {
     pub labels: BTreeMap<String, String>,
     /// Pod IPs in use on this node, from 10.<128+index>.0.0/16.
     ips: Mutex<IpPool>,
+    /// The images pulled onto this node (used with [`KubeletOptions::image_cache`]).
+    images: NodeImages,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +102,7 @@ impl SimNode {
             index,
             labels,
             ips: Mutex::new(IpPool::default()),
+            images: NodeImages::default(),
         }
     }
 
@@ -238,6 +247,7 @@ pub(crate) fn spawn(
             client,
             nodes,
             delays: opts.delays,
+            image_cache: opts.image_cache,
             events,
             workers: HashMap::new(),
             binding: Arc::new(Mutex::new(HashSet::new())),
@@ -351,6 +361,7 @@ struct Dispatcher {
     client: Client,
     nodes: Vec<Arc<SimNode>>,
     delays: Delays,
+    image_cache: bool,
     events: Option<mpsc::Sender<EventRequest>>,
     /// One task per pod on our nodes, by UID.
     workers: HashMap<String, mpsc::UnboundedSender<Arc<Pod>>>,
@@ -429,6 +440,7 @@ impl Dispatcher {
                     self.client.clone(),
                     node,
                     self.delays,
+                    self.image_cache,
                     self.events.clone(),
                     self.writes.clone(),
                     rx,
@@ -675,6 +687,7 @@ async fn run_pod(
     client: Client,
     node: Arc<SimNode>,
     delays: Delays,
+    image_cache: bool,
     events: Option<mpsc::Sender<EventRequest>>,
     writes: Arc<Semaphore>,
     mut rx: mpsc::UnboundedReceiver<Arc<Pod>>,
@@ -689,6 +702,9 @@ async fn run_pod(
         return;
     };
     let mut sim = PodSim::new(&pod, ip, node.host_ip.clone());
+    if image_cache {
+        sim = sim.on_node_with_images(node.images.clone());
+    }
     let mut written: Option<Value> = None;
     let mut retry_at: Option<Instant> = None;
     let mut deleting = false;

@@ -72,7 +72,7 @@ use tokio::task::JoinHandle;
 pub use kubelet::KubeletOptions;
 pub use node::{NODE_KIND_LABEL, RealNodeOptions};
 pub use sim::{ANNOTATION_PREFIX, Delays};
-pub use wait::{WAIT_LIMIT, summary, wait_deleted, wait_for, wait_list};
+pub use wait::{WAIT_LIMIT, summary, wait_deleted, wait_for, wait_for_within, wait_list};
 
 use process::Child;
 

@@ -6,7 +6,8 @@
 //! the kubelet-owned part of `status`; [`PodSim::next_deadline`] says when to call again.
 //! The I/O loop in `kubelet.rs` does nothing else than feed it and write what it returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -21,7 +22,9 @@ pub const ANNOTATION_PREFIX: &str = "sim.inplace-upgrade.io/";
 
 /// How long the simulated runtime takes for each step. Every one can be overridden per pod by
 /// an annotation `sim.inplace-upgrade.io/<name>-delay-ms` (milliseconds), where `<name>` is
-/// `pull`, `restart`, `readiness`, `termination`, `crash`, `init` or `backoff`.
+/// `pull`, `restart`, `readiness`, `termination`, `crash`, `init` or `backoff`, and per
+/// container by `sim.inplace-upgrade.io/<container>.<name>-delay-ms` (an app that takes 20 s
+/// to become ready beside a proxy that takes 1 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delays {
     /// Image pull before a container's first start (`pull`).
@@ -62,13 +65,23 @@ impl Delays {
     /// These delays with the pod's `sim.inplace-upgrade.io/*-delay-ms` annotations applied.
     /// Unparsable values are ignored (a pod must not break the simulated node).
     pub fn for_pod(&self, pod: &Pod) -> Self {
+        self.overridden(pod, ANNOTATION_PREFIX)
+    }
+
+    /// These delays with the pod's `sim.inplace-upgrade.io/<container>.*-delay-ms`
+    /// annotations applied (after [`for_pod`](Self::for_pod)'s).
+    pub fn for_container(&self, pod: &Pod, container: &str) -> Self {
+        self.overridden(pod, &format!("{ANNOTATION_PREFIX}{container}."))
+    }
+
+    fn overridden(&self, pod: &Pod, prefix: &str) -> Self {
         let mut d = *self;
         let Some(annotations) = pod.metadata.annotations.as_ref() else {
             return d;
         };
         for (key, value) in annotations {
             let Some(name) = key
-                .strip_prefix(ANNOTATION_PREFIX)
+                .strip_prefix(prefix)
                 .and_then(|k| k.strip_suffix("-delay-ms"))
             else {
                 continue;
@@ -232,6 +245,8 @@ struct ContainerSim {
     /// start succeeds or the spec changes.
     waiting: Option<(&'static str, String)>,
     failures: u32,
+    /// The node had `target` when this attempt began: no pull (`already present on machine`).
+    present: bool,
 }
 
 impl ContainerSim {
@@ -249,6 +264,7 @@ impl ContainerSim {
             step: Step::Idle,
             waiting: None,
             failures: 0,
+            present: false,
         }
     }
 
@@ -306,7 +322,14 @@ pub struct PodSim {
     killed: bool,
     terminated: bool,
     next_instance: u64,
+    /// The node's images, when the node keeps them ([`PodSim::on_node_with_images`]).
+    images: Option<NodeImages>,
 }
+
+/// The images a simulated node has pulled, shared by the pods on it. With it, a container
+/// whose image is already on the node starts without a pull, as kubelet's default
+/// `imagePullPolicy: IfNotPresent` does for a tagged image; without it every first start pulls.
+pub type NodeImages = Arc<Mutex<BTreeSet<String>>>;
 
 const OWNED_CONDITIONS: [&str; 4] = [
     "PodReadyToStartContainers",
@@ -346,7 +369,21 @@ impl PodSim {
             killed: false,
             terminated: false,
             next_instance: 0,
+            images: None,
         }
+    }
+
+    /// The pod runs on a node that keeps the images it pulled (shared with its other pods).
+    pub fn on_node_with_images(mut self, images: NodeImages) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// Whether the node already has `image` (always false when it keeps no images).
+    fn has_image(&self, image: &str) -> bool {
+        self.images
+            .as_ref()
+            .is_some_and(|i| i.lock().is_ok_and(|i| i.contains(image)))
     }
 
     pub fn pod_ip(&self) -> &str {
@@ -447,6 +484,15 @@ impl PodSim {
         let Some(spec) = pod.spec.as_ref() else {
             return;
         };
+        let keeps_images = self.images.is_some();
+        let present: BTreeSet<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter_map(|c| c.image.clone())
+            .filter(|i| self.has_image(i))
+            .collect();
         let images = spec
             .init_containers
             .iter()
@@ -467,6 +513,8 @@ impl PodSim {
             c.target = image.to_owned();
             c.waiting = None;
             c.failures = 0;
+            c.present = present.contains(image);
+            let delays = &delays.for_container(pod, name);
             match c.step {
                 Step::Idle => {}
                 _ => {
@@ -482,10 +530,17 @@ impl PodSim {
                         let code = exit_code_on_sigterm(&i.image);
                         terminate(i, code, exit_reason(code), now.wall);
                     }
-                    let wait = if c.instance.is_some() {
-                        delays.restart
+                    // `restart` is kill and start with the image at hand; a node that keeps
+                    // its images adds the pull when the new image is not there yet.
+                    let pull = if c.present {
+                        Duration::ZERO
                     } else {
                         delays.pull
+                    };
+                    let wait = match (c.instance.is_some(), keeps_images) {
+                        (true, false) => delays.restart,
+                        (true, true) => delays.restart + pull,
+                        (false, _) => pull,
                     };
                     c.step = Step::Start(now.mono + wait);
                 }
@@ -508,21 +563,36 @@ impl PodSim {
         let restart_on_failure =
             pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
         let id = self.container_id(idx);
+        let present = self.has_image(&self.containers[idx].target);
+        let images = self.images.clone();
         let c = &mut self.containers[idx];
+        let delays = &delays.for_container(pod, &c.name);
         match c.step {
             Step::Idle if allowed => {
-                out.events.push(event(
-                    c,
-                    "Normal",
-                    "Pulling",
-                    format!("Pulling image \"{}\"", c.target),
-                ));
-                c.step = Step::Start(now.mono + delays.pull);
+                c.present = present;
+                if present {
+                    c.step = Step::Start(now.mono);
+                } else {
+                    out.events.push(event(
+                        c,
+                        "Normal",
+                        "Pulling",
+                        format!("Pulling image \"{}\"", c.target),
+                    ));
+                    c.step = Step::Start(now.mono + delays.pull);
+                }
                 true
             }
             Step::Start(at) if at <= now.mono => {
                 let restart = restart_on_failure || c.kind == Kind::Sidecar;
                 start(c, id, delays, now, restart, pod_label, out);
+                // The pull succeeded unless the name was bad or the pull failed.
+                let pulled = !matches!(c.waiting, Some(("ErrImagePull" | "InvalidImageName", _)));
+                if let Some(images) = images.filter(|_| pulled)
+                    && let Ok(mut images) = images.lock()
+                {
+                    images.insert(c.target.clone());
+                }
                 true
             }
             Step::PullBackOff(at) if at <= now.mono => {
@@ -872,15 +942,15 @@ fn start(
         };
         return;
     }
-    out.events.push(event(
-        c,
-        "Normal",
-        "Pulled",
+    let pulled = if c.present {
+        format!("Container image \"{image}\" already present on machine")
+    } else {
         format!(
             "Successfully pulled image \"{image}\" in {}",
             human(delays.pull)
-        ),
-    ));
+        )
+    };
+    out.events.push(event(c, "Normal", "Pulled", pulled));
     out.events.push(event(
         c,
         "Normal",
@@ -1170,9 +1240,22 @@ mod tests {
 
     impl Harness {
         fn new(pod: Value) -> Self {
+            Self::start(pod, None)
+        }
+
+        /// A pod on a node that keeps its images in `images`.
+        fn on_node(pod: Value, images: &NodeImages) -> Self {
+            Self::start(pod, Some(images.clone()))
+        }
+
+        fn start(pod: Value, images: Option<NodeImages>) -> Self {
             let pod: Pod = serde_json::from_value(pod).unwrap();
+            let mut sim = PodSim::new(&pod, "10.128.0.7".into(), "172.20.0.2".into());
+            if let Some(images) = images {
+                sim = sim.on_node_with_images(images);
+            }
             let mut h = Self {
-                sim: PodSim::new(&pod, "10.128.0.7".into(), "172.20.0.2".into()),
+                sim,
                 pod,
                 now: Now::current(),
                 delays: Delays::default(),
@@ -1182,6 +1265,13 @@ mod tests {
             };
             h.pass();
             h
+        }
+
+        /// Ticks until `f` holds and returns the simulated time it took.
+        fn time_until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Duration {
+            let t0 = self.now.mono;
+            self.until(what, f);
+            self.now.mono - t0
         }
 
         fn pass(&mut self) {
@@ -1784,5 +1874,94 @@ mod tests {
         let d = Delays::default().for_pod(&p);
         assert_eq!(d.restart, Duration::from_millis(2500));
         assert_eq!(d.readiness, Delays::default().readiness);
+    }
+
+    fn runs(image: &'static str) -> impl Fn(&Value) -> bool {
+        move |s: &Value| {
+            let c = cs(s, "containerStatuses", "a");
+            c["state"]["running"].is_object() && c["image"].as_str().unwrap().ends_with(image)
+        }
+    }
+
+    #[test]
+    fn a_node_that_keeps_images_pulls_each_image_once() {
+        let images = NodeImages::default();
+        let d = Delays::default();
+        let mut first =
+            Harness::on_node(pod(json!({"containers": [app("a", "nginx:1")]})), &images);
+        assert_eq!(first.time_until("running", runs("nginx:1")), d.pull);
+        assert!(first.reasons().contains(&"Pulling"));
+        assert!(images.lock().unwrap().contains("nginx:1"));
+
+        let mut second =
+            Harness::on_node(pod(json!({"containers": [app("a", "nginx:1")]})), &images);
+        assert_eq!(
+            second.time_until("running", runs("nginx:1")),
+            Duration::ZERO
+        );
+        assert!(!second.reasons().contains(&"Pulling"));
+        assert!(second.events.iter().any(|e| e.reason == "Pulled"
+            && e.message == "Container image \"nginx:1\" already present on machine"));
+
+        // A failed pull leaves nothing on the node.
+        let mut failed = Harness::on_node(
+            pod(json!({"containers": [app("a", "nginx:fail-pull")]})),
+            &images,
+        );
+        failed.until("ErrImagePull", |s| {
+            cs(s, "containerStatuses", "a")["state"]["waiting"]["reason"] == "ErrImagePull"
+        });
+        assert!(!images.lock().unwrap().contains("nginx:fail-pull"));
+    }
+
+    #[test]
+    fn an_image_change_pulls_only_what_the_node_lacks() {
+        let images = NodeImages::default();
+        let d = Delays::default();
+        let mut h = Harness::on_node(pod(json!({"containers": [app("a", "nginx:1")]})), &images);
+        h.until("running", runs("nginx:1"));
+        h.set_image("containers", 0, "nginx:2");
+        assert_eq!(
+            h.time_until("nginx:2 runs", runs("nginx:2")),
+            d.restart + d.pull
+        );
+        // nginx:1 is still on the node (kubelet's image GC is not simulated): going back
+        // costs the restart only.
+        h.set_image("containers", 0, "nginx:1");
+        assert_eq!(h.time_until("nginx:1 runs", runs("nginx:1")), d.restart);
+
+        // Without a node that keeps images, an image change takes `restart`, as before.
+        let mut plain = Harness::new(pod(json!({"containers": [app("a", "nginx:1")]})));
+        plain.until("running", runs("nginx:1"));
+        plain.set_image("containers", 0, "nginx:2");
+        assert_eq!(plain.time_until("nginx:2 runs", runs("nginx:2")), d.restart);
+    }
+
+    #[test]
+    fn a_container_scoped_delay_overrides_the_pods() {
+        let probe = json!({"httpGet": {"port": 80}});
+        let mut slow = app("slow", "nginx:1");
+        slow["readinessProbe"] = probe.clone();
+        let mut fast = app("fast", "nginx:1");
+        fast["readinessProbe"] = probe;
+        let mut p = pod(json!({"containers": [slow, fast]}));
+        p["metadata"]["annotations"] = json!({
+            "sim.inplace-upgrade.io/readiness-delay-ms": "1000",
+            "sim.inplace-upgrade.io/slow.readiness-delay-ms": "20000",
+        });
+        let mut h = Harness::new(p);
+        let is_ready =
+            |name: &'static str| move |s: &Value| cs(s, "containerStatuses", name)["ready"] == true;
+        let pull = Delays::default().pull;
+        assert_eq!(
+            h.time_until("fast ready", is_ready("fast")),
+            pull + Duration::from_secs(1)
+        );
+        assert!(!ready(&h.status));
+        assert_eq!(
+            h.time_until("slow ready", is_ready("slow")),
+            Duration::from_secs(19)
+        );
+        assert!(ready(&h.status));
     }
 }

@@ -29,9 +29,25 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
     K::DynamicType: Default,
 {
+    wait_for_within(api, name, what, WAIT_LIMIT, condition).await
+}
+
+/// [`wait_for`] with another bound than [`WAIT_LIMIT`]: for benchmarks whose rollouts take
+/// minutes by design (an app that needs 20 s to become Ready, one pod at a time).
+pub async fn wait_for_within<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    condition: impl Fn(&K) -> bool,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut last: Option<K> = None;
-    let found = tokio::time::timeout(WAIT_LIMIT, async {
+    let found = tokio::time::timeout(limit, async {
         let mut stream = watcher(api.clone(), config).boxed();
         while let Some(event) = stream.next().await {
             match event {
