@@ -7,16 +7,23 @@
 //! target is `testapp:big` (the app plus a 50 MiB incompressible layer), which the node does
 //! not have. For each variant, in turn and in the same run, a fresh Deployment of
 //! `BENCH_REPLICAS` (2) gated pods (`app` = `testapp:1.0`, imported) in its own namespace is
-//! moved to the big image by the controller (one pod at a time, default drain: the
-//! EndpointSlices and at least 5 s):
+//! moved to the big image by the controller (one pod at a time; the suites' policy: drain
+//! grace 0 s, no Service, so the patch follows the drain write at once and the window is the
+//! restart alone, pull included or not):
 //! - **pre-pull off** (`prePull.enabled: false`): kubelet kills the old container, then pulls;
 //! - **pre-pull on** (the default): the image is pulled onto the node before the first drain.
 //!
-//! Between the two the image is removed from the node (`ctr images rm --sync`), so each
-//! variant pulls it once. Per pod, the drained window: from the watch seeing our readiness
-//! gate go False (`Draining`) to seeing it True again (the pod is back in its Services).
-//! Printed per variant: each window, the median, the wall time (annotation → Completed) and
-//! the bytes the registry served.
+//! Before each, the image is removed from the node for good ([`testenv::TestEnv::remove_image`]:
+//! every name containerd holds for it, once no container uses its layers), so each variant
+//! pulls it; a variant for which the registry served less than the 50 MiB layer only this
+//! image has makes the run fail as invalid.
+//!
+//! The drained window, per pod, from kube-apiserver's audit log (microseconds, one clock; the
+//! gate condition's `lastTransitionTime` has seconds only): from the `stageTimestamp` of the
+//! controller's `pods/status` patch that set our readiness gate False (`Draining`) to that of
+//! its patch setting it True again (undrained), and on to the real kubelet's patch setting
+//! `Ready` True (when the pod is back in its Services). Printed per variant: each window, the
+//! median, the wall time (annotation → Completed) and the bytes the registry served.
 //!
 //! Run: `sudo cargo bench -p inplace-upgrade --bench prepull`.
 
@@ -25,16 +32,13 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 const OLD: &str = "registry.inplace.test/testapp:1.0";
@@ -66,7 +70,7 @@ struct Variant {
     name: &'static str,
     pre_pull: bool,
     /// Per pod, the drained window.
-    windows: Vec<(String, Duration)>,
+    windows: Vec<Window>,
     wall: Duration,
     served: u64,
 }
@@ -81,7 +85,7 @@ async fn run() -> AnyResult<()> {
     options.kubelet.nodes = 0;
     options.real.registry = true;
     stamp("prepull bench start");
-    let bench = Bench::start(options, false).await?;
+    let bench = Bench::start(options, true).await?;
     let client = bench.client.clone();
     common::install(&client).await?;
     let registry = bench.env.registry().ok_or("no registry")?;
@@ -124,8 +128,8 @@ async fn run() -> AnyResult<()> {
             .create(&PostParams::default(), &deployment(replicas)?)
             .await?;
         common::await_deployment_ready(&deployments, NAME, replicas).await?;
-        let windows = watch_drains(&client, &ns).await?;
         let served = registry.bytes_served();
+        let mark = bench.audit.mark();
         stamp(v.name);
         let target = format!("app={}", testenv::images::BIG);
         let start = Instant::now();
@@ -139,17 +143,28 @@ async fn run() -> AnyResult<()> {
         common::await_phase(&deployments, NAME, &target, "Completed").await?;
         v.wall = start.elapsed();
         v.served = registry.bytes_served() - served;
-        // The last undrain may reach the watch just after the status.
+        // kubelet's Ready write follows the last undrain.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while windows.lock().map_err(|_| "poisoned")?.closed.len() < replicas as usize
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            v.windows = drained_windows(&bench.audit.since(mark)?, &ns);
+            let done = v.windows.iter().filter(|w| w.ready.is_some()).count();
+            if done >= replicas as usize || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        v.windows = windows.lock().map_err(|_| "poisoned")?.closed.clone();
         registry.set_rate_limit(None);
-        for (pod, w) in &v.windows {
-            println!("{}: {pod} drained for {:.1} s", v.name, w.as_secs_f64());
+        for w in &v.windows {
+            println!(
+                "{}: {} drained {} → undrained {} ({:.2} s) → Ready {} ({:.2} s)",
+                v.name,
+                w.pod,
+                w.drained,
+                w.undrained,
+                w.undrain_secs(),
+                w.ready.map_or("never".into(), |t| t.to_string()),
+                w.ready_secs(),
+            );
         }
         // The pods of this variant go before the image is removed for the next.
         kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
@@ -165,31 +180,54 @@ async fn run() -> AnyResult<()> {
 
     println!();
     println!(
-        "## Drained window with and without pre-pull ({replicas} replicas one at a time, 1 real node, target {} ({:.0} MiB of layers) from the loopback registry at {:.1} MB/s)",
+        "## Drained window with and without pre-pull ({replicas} replicas one at a time, 1 real node, target {} ({:.0} MiB of layers) from the loopback registry at {:.1} MB/s; windows from the audit log)",
         testenv::images::BIG,
         big.layers_size as f64 / (1 << 20) as f64,
         rate as f64 / 1e6,
     );
     println!(
-        "| variant | drained window per pod, s | median s | wall s (annotation → Completed) | MiB served by the registry |"
+        "| variant | drain → undrain per pod, s | median s | drain → Ready per pod, s | median s | wall s (annotation → Completed) | MiB served by the registry |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
+    let mut invalid = Vec::new();
     for v in &variants {
-        let mut secs: Vec<f64> = v.windows.iter().map(|(_, w)| w.as_secs_f64()).collect();
-        let each: Vec<String> = secs.iter().map(|s| format!("{s:.1}")).collect();
-        secs.sort_by(f64::total_cmp);
-        let median = if secs.is_empty() {
-            f64::NAN
-        } else {
-            secs[secs.len() / 2]
+        let undrain: Vec<f64> = v.windows.iter().map(Window::undrain_secs).collect();
+        let ready: Vec<f64> = v.windows.iter().map(Window::ready_secs).collect();
+        let each = |xs: &[f64]| {
+            xs.iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         println!(
-            "| {} | {} | {median:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.2} | {} | {:.2} | {:.1} | {:.1} |",
             v.name,
-            each.join(", "),
+            each(&undrain),
+            percentile(&undrain, 50.0),
+            each(&ready),
+            percentile(&ready, 50.0),
             v.wall.as_secs_f64(),
             v.served as f64 / (1 << 20) as f64
         );
+        // One pull of the padding layer per variant (the others are testapp:1.0's, on the
+        // node already), or the variant measured nothing.
+        let padding = testenv::images::BIG_PADDING as u64;
+        if v.served < padding {
+            invalid.push(format!(
+                "{}: the registry served {} bytes, less than the {padding}-byte layer only this image has (the node did not pull it)",
+                v.name, v.served
+            ));
+        }
+        if v.windows.len() != replicas as usize || ready.iter().any(|s| s.is_nan()) {
+            invalid.push(format!(
+                "{}: {} complete windows of {replicas} in the audit log",
+                v.name,
+                v.windows.iter().filter(|w| w.ready.is_some()).count()
+            ));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(format!("INVALID measurement:\n{}", invalid.join("\n")).into());
     }
     Ok(())
 }
@@ -213,54 +251,82 @@ fn deployment(replicas: i32) -> AnyResult<Deployment> {
     }))?)
 }
 
-#[derive(Default)]
-struct Drains {
-    open: BTreeMap<String, Instant>,
-    closed: Vec<(String, Duration)>,
+/// One pod's drained window, from the audit log.
+struct Window {
+    pod: String,
+    /// The controller's write of our gate False (`Draining`).
+    drained: Timestamp,
+    /// Its write of the gate True again.
+    undrained: Timestamp,
+    /// The real kubelet's first write of `Ready` True after that.
+    ready: Option<Timestamp>,
 }
 
-/// Watches the namespace's pods: when each one's gate goes False (`Draining`) and True again.
-async fn watch_drains(client: &kube::Client, ns: &str) -> AnyResult<Arc<Mutex<Drains>>> {
-    let seen = Arc::new(Mutex::new(Drains::default()));
-    let s = seen.clone();
-    let (listed_tx, listed) = tokio::sync::oneshot::channel::<()>();
-    let mut stream = watcher(
-        Api::<Pod>::namespaced(client.clone(), ns),
-        watcher::Config::default(),
-    )
-    .boxed();
-    tokio::spawn(async move {
-        let mut listed_tx = Some(listed_tx);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    let now = Instant::now();
-                    let Ok(mut o) = s.lock() else { return };
-                    let name = p.name_any();
-                    match common::gate(&p) {
-                        Some((status, reason)) if status == "False" && reason == "Draining" => {
-                            o.open.entry(name).or_insert(now);
-                        }
-                        Some((status, _)) if status == "True" => {
-                            if let Some(at) = o.open.remove(&name) {
-                                o.closed.push((name, now - at));
-                            }
-                        }
-                        _ => {}
-                    }
+impl Window {
+    fn undrain_secs(&self) -> f64 {
+        ms_between(self.drained, self.undrained) / 1000.0
+    }
+
+    fn ready_secs(&self) -> f64 {
+        self.ready
+            .map_or(f64::NAN, |r| ms_between(self.drained, r) / 1000.0)
+    }
+}
+
+/// The status of condition `type_` in a logged `pods/status` patch body (with its reason).
+fn condition<'a>(body: &'a Value, type_: &str) -> Option<(&'a str, &'a str)> {
+    let c = body
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((c["status"].as_str()?, c["reason"].as_str().unwrap_or("")))
+}
+
+/// Per pod of `ns`, in the order drained: the controller's drain and undrain writes and the
+/// real kubelet's `Ready` write after the undrain, from the logged `pods/status` patches that
+/// succeeded. A pod still drained, or not yet Ready, is left out or has no `ready`.
+fn drained_windows(events: &[AuditEvent], ns: &str) -> Vec<Window> {
+    let mut open: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let mut windows: Vec<Window> = Vec::new();
+    for e in events {
+        let ok = e
+            .response_status
+            .as_ref()
+            .is_some_and(|s| (200..300).contains(&s.code));
+        let Some(body) = e.request_object.as_ref() else {
+            continue;
+        };
+        if !ok || e.namespace() != ns || e.what() != "patch pods/status" {
+            continue;
+        }
+        let pod = e.name().to_string();
+        if e.user.username == CONTROLLER_USER {
+            match condition(body, inplace_upgrade::READINESS_GATE) {
+                Some(("False", "Draining")) => {
+                    open.entry(pod).or_insert(e.stage_timestamp);
                 }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = listed_tx.take() {
-                        let _ = tx.send(());
+                Some(("True", _)) => {
+                    if let Some(drained) = open.remove(&pod) {
+                        windows.push(Window {
+                            pod,
+                            drained,
+                            undrained: e.stage_timestamp,
+                            ready: None,
+                        });
                     }
                 }
                 _ => {}
             }
+        } else if e.user.username.starts_with("system:node:")
+            && condition(body, "Ready").is_some_and(|(s, _)| s == "True")
+            && let Some(w) = windows
+                .iter_mut()
+                .find(|w| w.pod == pod && w.ready.is_none())
+        {
+            w.ready = Some(e.stage_timestamp);
         }
-    });
-    tokio::time::timeout(Duration::from_secs(60), listed)
-        .await
-        .map_err(|_| "the pods were not listed")?
-        .map_err(|_| "the pod watch ended")?;
-    Ok(seen)
+    }
+    windows.sort_by_key(|w| w.drained);
+    windows
 }

@@ -281,15 +281,25 @@ async fn native_sidecar_tag_form_upgrades_ungated_pods_and_leaves_istio_init_alo
     Ok(())
 }
 
+/// A `readyTimeoutSeconds` no failure test waits for: the failure must be kubelet's report.
+const NOT_THE_TIMEOUT: u64 = 300;
+
 /// A target that cannot come up stops the rollout at the first pod, which is rolled back;
 /// no other replica is touched, and the failure is reported on the workload.
+///
+/// `ready_timeout` is the policy's `readyTimeoutSeconds`: short where the timeout is what is
+/// tested, otherwise longer than any wait of the suite, so that only kubelet's own report can
+/// end the attempt. (A real kubelet reports a crash loop when it next syncs the pod: 3 s
+/// after the patch on a pod with probes, ~13 s on one without — the status says `terminated`
+/// through the first 10 s back-off; a 5 s timeout raced it and lost on a loaded machine.)
 async fn failing_target_rolls_back_one_pod(
     prefix: &str,
     tag: &str,
     reasons: &[&str],
     pre_pull: bool,
+    ready_timeout: u64,
 ) -> TestResult {
-    let policy = json!({"readyTimeoutSeconds": 5, "prePull": {"enabled": pre_pull}});
+    let policy = json!({"readyTimeoutSeconds": ready_timeout, "prePull": {"enabled": pre_pull}});
     let (client, ns) = setup(prefix, policy).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     create_service(&client, &ns, "hello").await?;
@@ -372,6 +382,7 @@ async fn fail_pull_target_rolls_back_and_stops() -> TestResult {
         // Pre-pull would find the missing image before any patch (see
         // `a_failed_pre_pull_stops_the_rollout_before_any_drain`): this is the failure after it.
         false,
+        NOT_THE_TIMEOUT,
     )
     .await
 }
@@ -439,14 +450,26 @@ async fn a_native_sidecar_failing_without_a_waiting_reason_is_seen_from_events()
 #[tokio::test]
 async fn crashloop_target_rolls_back_and_stops() -> TestResult {
     // Pre-pulled first: the image pulls, so the failure comes after the patch.
-    failing_target_rolls_back_one_pod("crashloop", "1.24.2-crashloop", &["CrashLoopBackOff"], true)
-        .await
+    failing_target_rolls_back_one_pod(
+        "crashloop",
+        "1.24.2-crashloop",
+        &["CrashLoopBackOff"],
+        true,
+        NOT_THE_TIMEOUT,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn never_ready_target_times_out_rolls_back_and_stops() -> TestResult {
-    failing_target_rolls_back_one_pod("neverready", "1.24.2-never-ready", &["ReadyTimeout"], true)
-        .await
+    failing_target_rolls_back_one_pod(
+        "neverready",
+        "1.24.2-never-ready",
+        &["ReadyTimeout"],
+        true,
+        5,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -946,7 +969,7 @@ async fn a_malformed_annotation_is_reported_and_never_acted_on() -> TestResult {
     let bad = "istio-proxy=proxyv2:1.24.2,istio-proxy=proxyv2:1.25.0";
     let annotated = annotate(&deployments, "hello", TARGETS_ANNOTATION, bad).await;
     let env = shared_controller("e2e-controller")?;
-    if let Some(holder) = in_cluster_controller(env, &client).await {
+    if let Some(holder) = in_cluster_controller(env, &client, "e2e-controller").await {
         // The product is installed in this cluster (INPLACE_E2E_KUBECONFIG): its webhook is
         // registered and refuses the annotation, so the controller's own check is not reached.
         let refusal = annotated

@@ -7,7 +7,8 @@
 //! has no user label) cannot tell them apart. The controller therefore runs as a
 //! ServiceAccount of its own (`bench-controller`, bound to cluster-admin, token from the
 //! TokenRequest API), and kube-apiserver writes an audit log (level Metadata, one line per
-//! request) naming the user, the user agent, the verb and the object of every request. The
+//! request; level Request, with the body, for the controller's and real kubelets' `pods/status`
+//! patches) naming the user, the user agent, the verb and the object of every request. The
 //! benchmark's own client sends the user agent [`BENCH_AGENT`]; kube-controller-manager's
 //! controllers name themselves in theirs; what remains under the admin user is the simulated
 //! kubelet and binder.
@@ -79,10 +80,17 @@ impl Bench {
         let audit_log = dir.join("audit.log");
         if audit {
             let policy = dir.join("audit-policy.yaml");
-            // Metadata for everything; RequestReceived would double every line.
+            // Metadata for everything (RequestReceived would double every line), except the
+            // body of the controller's and real kubelets' `pods/status` patches: which
+            // condition each one wrote (the drained window, `--bench prepull`).
             std::fs::write(
                 &policy,
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+                format!(
+                    "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+                     - level: Request\n  users: [\"{CONTROLLER_USER}\"]\n  verbs: [patch]\n  resources: [{{group: \"\", resources: [pods/status]}}]\n\
+                     - level: Request\n  userGroups: [system:nodes]\n  verbs: [patch]\n  resources: [{{group: \"\", resources: [pods/status]}}]\n\
+                     - level: Metadata\n"
+                ),
             )?;
             options.apiserver_args.extend([
                 format!("--audit-policy-file={}", policy.display()),
@@ -547,6 +555,12 @@ pub struct AuditEvent {
     #[serde(default)]
     pub object_ref: Option<ObjectRef>,
     pub request_received_timestamp: Timestamp,
+    /// When this stage was reached (for a write: ResponseComplete, after etcd stored it), to
+    /// the microsecond.
+    pub stage_timestamp: Timestamp,
+    /// The request body, where the policy logs it (level Request).
+    #[serde(default)]
+    pub request_object: Option<serde_json::Value>,
     #[serde(default)]
     pub response_status: Option<ResponseStatus>,
     #[serde(rename = "requestURI")]

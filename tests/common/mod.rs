@@ -732,8 +732,10 @@ pub fn gate(pod: &Pod) -> Option<(String, String)> {
 }
 
 /// On an external cluster ([`TestEnv::is_external`]), the identity holding a live controller
-/// Lease: the product runs in-cluster.
-pub async fn in_cluster_controller(env: &TestEnv, client: &Client) -> Option<String> {
+/// Lease: the product runs in-cluster. A Lease held by `ours` (the suite's in-process
+/// controller's identity) is not the product: it is this run's controller, or an earlier
+/// run's that exited within the lease's 15 s (ours takes that over at once: same identity).
+pub async fn in_cluster_controller(env: &TestEnv, client: &Client, ours: &str) -> Option<String> {
     if !env.is_external() {
         return None;
     }
@@ -744,6 +746,7 @@ pub async fn in_cluster_controller(env: &TestEnv, client: &Client) -> Option<Str
     controller::lease_is_live(&lease, k8s_openapi::jiff::Timestamp::now())
         .then(|| lease.spec?.holder_identity)
         .flatten()
+        .filter(|holder| holder != ours)
 }
 
 /// Installs the CRD and starts one in-process controller (identity `identity`) for the whole
@@ -768,7 +771,7 @@ pub fn shared_controller(identity: &'static str) -> AnyResult<&'static TestEnv> 
                 let started = runtime.block_on(async move {
                     let client = env.client().map_err(|e| e.to_string())?;
                     install(&client).await.map_err(|e| e.to_string())?;
-                    if let Some(holder) = in_cluster_controller(env, &client).await {
+                    if let Some(holder) = in_cluster_controller(env, &client, identity).await {
                         // Two controllers would both act: the suite uses the installed one.
                         eprintln!(
                             "using the controller running in the cluster (Lease {CONTROLLER_NAMESPACE}/{} held by {holder}); not starting {identity}",

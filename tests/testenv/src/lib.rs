@@ -706,18 +706,16 @@ impl TestEnv {
         .map_err(|e| Error::Host(format!("importing images: {e}")))?
     }
 
-    /// Removes an image from every real node's containerd and waits for its content to be
-    /// collected (`ctr images rm --sync`): the next pod that needs it pulls it again (for
-    /// pull-time measurements). An image a node does not have is no error.
+    /// Removes an image from every real node for good ([`node::RealNode::remove_image`]): the
+    /// next pod that needs it pulls it again (pull-time measurements). Waits up to two minutes
+    /// for kubelet to remove the containers of deleted pods that still hold its layers. An
+    /// image a node does not have is no error.
     pub async fn remove_image(&self, name: &str) -> Result<()> {
         let nodes = self.real_nodes.clone();
         let image = name.to_string();
         tokio::task::spawn_blocking(move || {
             for n in &nodes {
-                let have = n.ctr(&["images", "ls", "-q"])?;
-                if have.lines().any(|l| l.trim() == image) {
-                    n.ctr(&["images", "rm", "--sync", &image])?;
-                }
+                n.remove_image(&image, Duration::from_secs(120))?;
             }
             Ok(())
         })

@@ -312,6 +312,131 @@ impl RealNode {
         host::run("ctr", &all)
     }
 
+    /// Removes an image from this node for good, so the next pod that needs it pulls every
+    /// layer only it has (pull-time measurements). Three things each keep it, and a pull after
+    /// removing only the tag fetches the manifest and nothing else:
+    /// - CRI's other names for what it pulled (`repo@sha256:<manifest>`, `sha256:<config>`):
+    ///   every name with the tag's target digest goes;
+    /// - containers on its layers: containerd 1.6 fetches no layer whose snapshot exists, and a
+    ///   container's snapshot holds its image's. kubelet removes the containers of deleted pods
+    ///   in its container GC (every minute), so this waits, up to `limit`, until no snapshot
+    ///   has the image's top layer as parent (pods still using it make this fail, naming them);
+    /// - content, until a garbage collection: `images rm --sync` runs one.
+    ///
+    /// Then the top layer's snapshot must be gone, or this fails. An image the node does not
+    /// have is no error.
+    pub fn remove_image(&self, name: &str, limit: Duration) -> Result<()> {
+        let fail =
+            |what: String| Error::Host(format!("removing {name} from {}: {what}", self.name));
+        let images = self.ctr(&["images", "ls"])?;
+        // REF TYPE DIGEST SIZE PLATFORMS LABELS
+        let rows: Vec<Vec<&str>> = images
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .filter(|r: &Vec<&str>| r.len() >= 3)
+            .collect();
+        let Some(digest) = rows.iter().find(|r| r[0] == name).map(|r| r[2]) else {
+            return Ok(());
+        };
+        let names: Vec<&str> = rows
+            .iter()
+            .filter(|r| r[2] == digest)
+            .map(|r| r[0])
+            .collect();
+        let top = self
+            .top_layer_snapshot(digest)
+            .map_err(|e| fail(e.to_string()))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let users: Vec<String> = self
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, parent)| *parent == top)
+                .map(|(key, _)| key)
+                .collect();
+            if users.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "containers {users:?} still use its layers after {}s",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let mut rm = vec!["images", "rm", "--sync"];
+        rm.extend(&names);
+        self.ctr(&rm)?;
+        if self.snapshots()?.iter().any(|(key, _)| *key == top) {
+            return Err(fail(format!(
+                "its top layer's snapshot {top} is still there"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The snapshot of an image's top layer (its chain ID), from the label containerd puts on
+    /// the config blob when it unpacks the image (`containerd.io/gc.ref.snapshot.<name>`).
+    fn top_layer_snapshot(&self, manifest_digest: &str) -> Result<String> {
+        let parse = |what: &str, text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| Error::Host(format!("{what} is not JSON: {e}")))
+        };
+        let mut manifest = parse(
+            manifest_digest,
+            &self.ctr(&["content", "get", manifest_digest])?,
+        )?;
+        // An index: the first manifest (the test images have one platform).
+        if let Some(first) = manifest
+            .pointer("/manifests/0/digest")
+            .and_then(|d| d.as_str())
+        {
+            let first = first.to_owned();
+            manifest = parse(&first, &self.ctr(&["content", "get", &first])?)?;
+        }
+        let config = manifest
+            .pointer("/config/digest")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| Error::Host(format!("manifest {manifest_digest} names no config")))?;
+        // DIGEST SIZE AGE LABELS: AGE has spaces ("2 minutes"), LABELS none (`k=v,k=v`).
+        let content = self.ctr(&["content", "ls"])?;
+        content
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(config))
+            .flat_map(|l| l.split_whitespace().flat_map(|w| w.split(',')))
+            .find_map(|label| {
+                label
+                    .strip_prefix("containerd.io/gc.ref.snapshot.")
+                    .and_then(|kv| kv.split_once('='))
+                    .map(|(_, chain)| chain.to_owned())
+            })
+            .ok_or_else(|| {
+                Error::Host(format!(
+                    "config {config} is not unpacked (no snapshot label)"
+                ))
+            })
+    }
+
+    /// `(key, parent)` of every snapshot (`ctr snapshots ls`: KEY PARENT KIND).
+    fn snapshots(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .ctr(&["snapshots", "ls"])?
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // A layer without a parent has two columns: KEY KIND.
+                match cols.as_slice() {
+                    [key, parent, _kind] => Some((key.to_string(), parent.to_string())),
+                    [key, _kind] => Some((key.to_string(), String::new())),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     /// Imports an image archive (OCI layout or docker-archive tar).
     pub fn import(&self, archive: &Path) -> Result<()> {
         let a = archive.display().to_string();

@@ -201,6 +201,9 @@ enum Step {
     Unready(Instant),
     /// Exits 1 at the deadline.
     Crash(Instant),
+    /// A crashed container in its restart back-off: its status says `terminated` until the
+    /// deadline, when it says `CrashLoopBackOff` (kubelet's next sync of the pod) and restarts.
+    CrashLoopShown(Instant),
     /// Exits 0 at the deadline (run-to-completion init container).
     Complete(Instant),
     /// Nothing scheduled.
@@ -216,6 +219,7 @@ impl Step {
             | Step::Ready(t)
             | Step::Unready(t)
             | Step::Crash(t)
+            | Step::CrashLoopShown(t)
             | Step::Complete(t) => Some(t),
             Step::Idle | Step::Done => None,
         }
@@ -642,13 +646,25 @@ impl PodSim {
                 }
                 c.failures += 1;
                 // Sidecars restart whatever the pod's restartPolicy (they have their own: Always).
-                if restart_on_failure || c.kind == Kind::Sidecar {
-                    let backoff = delays.backoff(c.failures - 1);
-                    restart_back_off(c, backoff, pod_label, out);
-                    c.step = Step::Start(now.mono + backoff);
-                } else {
+                // As a real kubelet (1.35): the first exit of a container (per spec) restarts it
+                // at once, its back-off starting there; at the next exit kubelet backs off (the
+                // `BackOff` Event comes then) while the status keeps saying `terminated` until
+                // it next syncs the pod — with nothing else to wake it, when the back-off ends.
+                if !(restart_on_failure || c.kind == Kind::Sidecar) {
                     c.step = Step::Done;
+                } else if c.failures == 1 {
+                    c.step = Step::Start(now.mono + delays.restart);
+                } else {
+                    let backoff = delays.backoff(c.failures - 2);
+                    out.events.push(back_off_event(c, pod_label));
+                    c.step = Step::CrashLoopShown(now.mono + backoff);
                 }
+                true
+            }
+            Step::CrashLoopShown(at) if at <= now.mono => {
+                let backoff = delays.backoff(c.failures - 2);
+                c.waiting = Some(("CrashLoopBackOff", back_off_message(c, backoff, pod_label)));
+                c.step = Step::Start(now.mono + delays.restart);
                 true
             }
             Step::Complete(at) if at <= now.mono => {
@@ -1061,15 +1077,22 @@ fn start_error(
 
 /// kubelet's restart back-off: waiting `CrashLoopBackOff` and a `BackOff` Warning Event.
 fn restart_back_off(c: &mut ContainerSim, backoff: Duration, pod_label: &str, out: &mut Outcome) {
-    c.waiting = Some((
-        "CrashLoopBackOff",
-        format!(
-            "back-off {} restarting failed container={} pod={pod_label}",
-            human(backoff),
-            c.name
-        ),
-    ));
-    out.events.push(event(
+    c.waiting = Some(("CrashLoopBackOff", back_off_message(c, backoff, pod_label)));
+    out.events.push(back_off_event(c, pod_label));
+}
+
+/// The waiting message of `CrashLoopBackOff`, as kubelet words it.
+fn back_off_message(c: &ContainerSim, backoff: Duration, pod_label: &str) -> String {
+    format!(
+        "back-off {} restarting failed container={} pod={pod_label}",
+        human(backoff),
+        c.name
+    )
+}
+
+/// kubelet's `BackOff` Warning Event for a container it will not restart yet.
+fn back_off_event(c: &ContainerSim, pod_label: &str) -> SimEvent {
+    event(
         c,
         "Warning",
         "BackOff",
@@ -1077,7 +1100,7 @@ fn restart_back_off(c: &mut ContainerSim, backoff: Duration, pod_label: &str, ou
             "Back-off restarting failed container {} in pod {pod_label}",
             c.name
         ),
-    ));
+    )
 }
 
 /// kubelet's `terminated.reason` for an exit code.
@@ -1732,6 +1755,36 @@ mod tests {
         h.until("restartCount 2", |s| c(s)["restartCount"] == 2);
         assert!(h.reasons().contains(&"BackOff"));
         assert!(!ready(&h.status));
+    }
+
+    /// As a real kubelet showed it (an image patched to `testapp:2.0-crashloop`, no probes; a
+    /// fresh pod counts one restart less): terminated (restartCount 1), restarted at once,
+    /// terminated again (2) and so for the 10 s back-off, `CrashLoopBackOff` only at its end,
+    /// then restarted (3).
+    #[test]
+    fn a_crash_loop_restarts_once_at_once_then_backs_off_still_terminated() {
+        let mut h = Harness::new(pod(json!({"containers": [app("a", "app:crashloop")]})));
+        let c = |s: &Value| cs(s, "containerStatuses", "a").clone();
+        h.until("terminated", |s| c(s)["state"]["terminated"].is_object());
+        assert_eq!(c(&h.status)["restartCount"], 0);
+        h.until("restartCount 1", |s| c(s)["restartCount"] == 1);
+        assert!(
+            !h.reasons().contains(&"BackOff"),
+            "the first restart is at once"
+        );
+        h.until("terminated again", |s| {
+            c(s)["state"]["terminated"]["exitCode"] == 1 && c(s)["restartCount"] == 1
+        });
+        assert!(
+            h.reasons().contains(&"BackOff"),
+            "backing off from the second exit"
+        );
+        h.until("CrashLoopBackOff", |s| {
+            c(s)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        });
+        assert_eq!(c(&h.status)["restartCount"], 1);
+        assert_eq!(c(&h.status)["lastState"]["terminated"]["exitCode"], 1);
+        h.until("restartCount 2", |s| c(s)["restartCount"] == 2);
     }
 
     #[test]
