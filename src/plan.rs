@@ -986,17 +986,23 @@ fn pull_failure(
             "pre-pull of {} onto node {node} failed, no pod was drained: {reason}: {message}",
             t.image
         );
-        let failed = pending
-            .iter()
-            .filter(|o| o.image == t.image)
-            .map(|o| FailedTarget {
-                container: o.location.name.clone(),
-                image: o.image.clone(),
-                message: Some(why.clone()),
-            })
-            .collect();
+        let failed = failed_with_image(pending, &t.image, &why);
         Some((why, failed))
     })
+}
+
+/// The pending targets that move to `image`, remembered as failed with `why`: one failed pull
+/// or refused patch of an image fails every container that was to run it.
+fn failed_with_image(pending: &[ResolvedTarget], image: &str, why: &str) -> Vec<FailedTarget> {
+    pending
+        .iter()
+        .filter(|o| o.image == image)
+        .map(|o| FailedTarget {
+            container: o.location.name.clone(),
+            image: o.image.clone(),
+            message: Some(why.to_string()),
+        })
+        .collect()
 }
 
 /// An image patch of one of the pod's targets that the API server refused (admission, e.g. Pod
@@ -1015,15 +1021,7 @@ fn patch_refusal(
             "the API server refused to patch {} into the pod ({reason}): {message}",
             t.image
         );
-        let failed = pending
-            .iter()
-            .filter(|o| o.image == t.image)
-            .map(|o| FailedTarget {
-                container: o.location.name.clone(),
-                image: o.image.clone(),
-                message: Some(why.clone()),
-            })
-            .collect();
+        let failed = failed_with_image(pending, &t.image, &why);
         Some((why, failed))
     })
 }
