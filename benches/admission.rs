@@ -53,12 +53,10 @@ use inplace_upgrade::admission::configuration::{
 use inplace_upgrade::serve;
 use inplace_upgrade::{READINESS_GATE, TARGETS_ANNOTATION};
 use inplace_upgrade_webhook::certs::{self, SubjectAltNames};
-use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
+use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::*;
@@ -397,23 +395,7 @@ async fn set_mode(
 ) -> AnyResult<()> {
     // Always through "none": a probe cannot tell the two webhook modes apart, but it can
     // tell none from some.
-    let params = DeleteParams::default();
-    for deleted in [
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .delete(CONFIGURATION_NAME, &params)
-            .await
-            .map(|_| ()),
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .delete(CONFIGURATION_NAME, &params)
-            .await
-            .map(|_| ()),
-    ] {
-        match deleted {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    delete_configurations(client, CONFIGURATION_NAME).await?;
     await_probe(pods, template, false).await?;
     if !mode.calls_webhook() {
         return Ok(());

@@ -1164,27 +1164,6 @@ fn fresh<K: kube::Resource>(mut object: K) -> K {
     object
 }
 
-async fn delete_configurations(client: &Client, name: &str) -> AnyResult<()> {
-    let params = DeleteParams::default();
-    for deleted in [
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-    ] {
-        match deleted {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Admission webhook calls so far, by whose webhook: (Kruise's `*.kb.io`, ours
 /// `*.inplace-upgrade.io`), from kube-apiserver's metrics.
 fn webhook_calls(metrics: &str) -> (f64, f64) {

@@ -20,11 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Client, Config};
 use serde::Deserialize;
@@ -767,4 +770,27 @@ impl Drop for Perf {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Deletes the mutating and the validating webhook configuration named `name`; either may be
+/// absent.
+pub async fn delete_configurations(client: &Client, name: &str) -> AnyResult<()> {
+    let params = DeleteParams::default();
+    for deleted in [
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+    ] {
+        match deleted {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
