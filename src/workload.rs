@@ -255,16 +255,32 @@ pub fn template_digest(template: &PodTemplateSpec) -> PodTemplateSpec {
         &mut hashing,
         &(without_hash(template.metadata.as_ref()), &template.spec),
     );
+    digest_template(format!("{:016x}", hashing.0.finish()))
+}
+
+/// The template [`template_digest`] makes of a template whose digest is `digest`.
+pub fn digest_template(digest: String) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             annotations: Some(BTreeMap::from([(
                 TEMPLATE_DIGEST_ANNOTATION.to_string(),
-                format!("{:016x}", hashing.0.finish()),
+                digest,
             )])),
             ..ObjectMeta::default()
         }),
         spec: None,
     }
+}
+
+/// The digest a [`template_digest`] template carries (what a cache keeps of it).
+pub fn digest_of(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_DIGEST_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// A template's metadata without the `pod-template-hash` label the Deployment controller adds
