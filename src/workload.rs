@@ -201,32 +201,55 @@ pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool 
     let Some(spec) = d.spec.as_ref() else {
         return false;
     };
-    let desired = spec.replicas.unwrap_or(1);
+    replica_sets_settled(
+        spec.replicas.unwrap_or(1),
+        &spec.template,
+        replica_sets.iter().map(|rs| ReplicaSetShape {
+            template: rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+            replicas: rs.spec.as_ref().and_then(|s| s.replicas),
+            status_replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
+        }),
+    )
+}
+
+/// What [`deployment_settled`] reads of one ReplicaSet, borrowed from wherever it is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaSetShape<'a> {
+    pub template: Option<&'a PodTemplateSpec>,
+    /// `spec.replicas` (absent: 1).
+    pub replicas: Option<i32>,
+    /// `status.replicas`.
+    pub status_replicas: i32,
+}
+
+/// [`deployment_settled`] for a Deployment that wants `desired` replicas of `wanted`, on its
+/// ReplicaSets as they are kept (the controller's and the webhook's cache read their lean
+/// records in place, without building objects per call).
+pub fn replica_sets_settled<'a>(
+    desired: i32,
+    wanted: &PodTemplateSpec,
+    replica_sets: impl IntoIterator<Item = ReplicaSetShape<'a>>,
+) -> bool {
     // Compared in place (every reconcile of a Deployment runs this; serialising two Istio
     // pod templates per ReplicaSet was a tenth of the controller's CPU at sync): the specs
     // as they are, the metadata without the hash label. (Works alike on full templates and
     // on the digests the controller's cache keeps instead: [`template_digest`].)
-    let wanted = &spec.template;
     let wanted_meta = without_hash(wanted.metadata.as_ref());
-    let same = |rs: &ReplicaSet| {
-        rs.spec
-            .as_ref()
-            .and_then(|s| s.template.as_ref())
-            .is_some_and(|t| {
-                t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
-            })
-    };
-    let (current, old): (Vec<&&ReplicaSet>, Vec<&&ReplicaSet>) =
-        replica_sets.iter().partition(|rs| same(rs));
-    let replicas = |rs: &ReplicaSet| {
-        (
-            rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            rs.status.as_ref().map_or(0, |s| s.replicas),
-        )
-    };
-    current.len() == 1
-        && replicas(current[0]) == (desired, desired)
-        && old.iter().all(|rs| replicas(rs) == (0, 0))
+    let mut current = 0;
+    for rs in replica_sets {
+        let same = rs.template.is_some_and(|t| {
+            t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
+        });
+        let replicas = (rs.replicas.unwrap_or(1), rs.status_replicas);
+        // The current one wants every desired replica; every other is scaled to zero with
+        // no pods left.
+        let wants = if same { (desired, desired) } else { (0, 0) };
+        if replicas != wants {
+            return false;
+        }
+        current += usize::from(same);
+    }
+    current == 1
 }
 
 /// What a cached Deployment or ReplicaSet keeps of its pod template (an Istio-injected

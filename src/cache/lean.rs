@@ -763,20 +763,8 @@ impl CachedWorkload {
         }
     }
 
-    /// The Deployment's fields [`crate::controller::deployment_settled`] reads.
-    pub fn as_deployment(&self) -> Deployment {
-        Deployment {
-            spec: Some(DeploymentSpec {
-                replicas: self.replicas,
-                template: self.template.clone().unwrap_or_default(),
-                ..DeploymentSpec::default()
-            }),
-            ..Deployment::default()
-        }
-    }
-
-    /// The ReplicaSet's fields [`crate::controller::deployment_settled`] and the webhook's
-    /// owner chain read.
+    /// The ReplicaSet's fields the webhook's owner chain reads, and its replica counts (not
+    /// its template digest: nothing reads it from here, and the webhook asks for every pod).
     pub fn as_replica_set(&self, namespace: &str, name: &str) -> ReplicaSet {
         ReplicaSet {
             metadata: ObjectMeta {
@@ -787,7 +775,6 @@ impl CachedWorkload {
             },
             spec: Some(ReplicaSetSpec {
                 replicas: self.replicas,
-                template: self.template.clone(),
                 ..ReplicaSetSpec::default()
             }),
             status: Some(ReplicaSetStatus {
