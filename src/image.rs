@@ -349,6 +349,12 @@ fn with_version(name: &str, tag: Option<&str>, digest: Option<&str>) -> String {
 /// one bound the name, tag and digest).
 const GRAMMAR_VERDICTS: usize = 4096;
 
+/// Builds oci-spec's reference regex now: it is compiled on first use, tens of milliseconds
+/// of CPU that would otherwise land on the first pod a webhook admits (or on a reconcile).
+pub fn compile_grammar() {
+    let _ = Reference::try_from("docker.io/library/busybox:latest");
+}
+
 /// oci-spec's verdict on `image` (the authority on the grammar), remembered per string: its
 /// regex is the costliest step of a parse by far, and the webhook parses the same few images
 /// (a workload's annotation, its pods' current images) for every pod it admits.
