@@ -337,10 +337,15 @@ async fn review(
         .get(header::CONTENT_TYPE)
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let blocking = route.clone();
+    // The request's span is made on the blocking thread: under the caller's subscriber, which
+    // may be a thread's own default rather than the global one.
+    let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
     tokio::task::spawn_blocking(move || {
-        blocking
-            .handler
-            .decide(&blocking.path, content_type.as_deref(), &bytes)
+        tracing::dispatcher::with_default(&dispatch, || {
+            blocking
+                .handler
+                .decide(&blocking.path, content_type.as_deref(), &bytes)
+        })
     })
     .await
     .unwrap_or_else(|_| {
