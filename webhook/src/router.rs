@@ -73,15 +73,14 @@ where
     }
 }
 
+/// What deciding one request gives: its operation label, its span (see [`admission_span`]),
+/// and either the encoded response with its `allowed` flag or the error to answer with.
+type Decision = (&'static str, tracing::Span, Result<(Vec<u8>, bool), Error>);
+
 /// A handler with its object type, behind one object-safe interface for the router.
 trait Decide: Send + Sync {
     /// The operation label, the request's span (see [`admission_span`]) and the outcome.
-    fn decide(
-        &self,
-        route: &str,
-        content_type: Option<&str>,
-        bytes: &[u8],
-    ) -> (&'static str, tracing::Span, Result<(Vec<u8>, bool), Error>);
+    fn decide(&self, route: &str, content_type: Option<&str>, bytes: &[u8]) -> Decision;
 }
 
 struct Typed<K, H> {
@@ -95,12 +94,7 @@ where
     K: Resource + DeserializeOwned + 'static,
     H: AdmissionHandler<K>,
 {
-    fn decide(
-        &self,
-        route: &str,
-        content_type: Option<&str>,
-        bytes: &[u8],
-    ) -> (&'static str, tracing::Span, Result<(Vec<u8>, bool), Error>) {
+    fn decide(&self, route: &str, content_type: Option<&str>, bytes: &[u8]) -> Decision {
         let (request, unreadable) = match decode_review_as::<K>(content_type, bytes) {
             Ok(Decoded::Request(request)) => (request, None),
             Ok(Decoded::UnreadableObject { request, error }) => (request, Some(error)),
@@ -310,11 +304,7 @@ const BLOCKING_DECODE_THRESHOLD: usize = 256 * 1024;
 
 /// Returns the operation label, the request's span and either the encoded response with its
 /// `allowed` flag or the error to answer with.
-async fn review(
-    route: &Arc<Route>,
-    headers: &HeaderMap,
-    body: Body,
-) -> (&'static str, tracing::Span, Result<(Vec<u8>, bool), Error>) {
+async fn review(route: &Arc<Route>, headers: &HeaderMap, body: Body) -> Decision {
     let bytes = match read_body(headers, body, route.body_limit).await {
         Ok(bytes) => bytes,
         Err(err) => {
