@@ -201,53 +201,58 @@ pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool 
     let Some(spec) = d.spec.as_ref() else {
         return false;
     };
+    // Compared in place (every reconcile of a Deployment runs this; serialising two Istio
+    // pod templates per ReplicaSet was a tenth of the controller's CPU at sync): the specs
+    // as they are, the metadata without the hash label. (Works alike on full templates and
+    // on the digests the controller's cache keeps instead: [`template_digest`].)
+    let wanted = &spec.template;
+    let wanted_meta = without_hash(wanted.metadata.as_ref());
     replica_sets_settled(
         spec.replicas.unwrap_or(1),
-        &spec.template,
         replica_sets.iter().map(|rs| ReplicaSetShape {
-            template: rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+            current: rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .is_some_and(|t| {
+                    t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
+                }),
             replicas: rs.spec.as_ref().and_then(|s| s.replicas),
             status_replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
         }),
     )
 }
 
-/// What [`deployment_settled`] reads of one ReplicaSet, borrowed from wherever it is kept.
+/// What [`deployment_settled`] reads of one ReplicaSet.
 #[derive(Clone, Copy, Debug)]
-pub struct ReplicaSetShape<'a> {
-    pub template: Option<&'a PodTemplateSpec>,
+pub struct ReplicaSetShape {
+    /// Its pod template is the Deployment's (`pod-template-hash` aside).
+    pub current: bool,
     /// `spec.replicas` (absent: 1).
     pub replicas: Option<i32>,
     /// `status.replicas`.
     pub status_replicas: i32,
 }
 
-/// [`deployment_settled`] for a Deployment that wants `desired` replicas of `wanted`, on its
-/// ReplicaSets as they are kept (the controller's and the webhook's cache read their lean
-/// records in place, without building objects per call).
-pub fn replica_sets_settled<'a>(
+/// [`deployment_settled`]'s rule for a Deployment that wants `desired` replicas, on its
+/// ReplicaSets as the caller keeps them (the caches compare their template digests in place,
+/// without building objects per call): the current one wants every desired replica, and every
+/// other is scaled to zero with no pods left.
+pub fn replica_sets_settled(
     desired: i32,
-    wanted: &PodTemplateSpec,
-    replica_sets: impl IntoIterator<Item = ReplicaSetShape<'a>>,
+    replica_sets: impl IntoIterator<Item = ReplicaSetShape>,
 ) -> bool {
-    // Compared in place (every reconcile of a Deployment runs this; serialising two Istio
-    // pod templates per ReplicaSet was a tenth of the controller's CPU at sync): the specs
-    // as they are, the metadata without the hash label. (Works alike on full templates and
-    // on the digests the controller's cache keeps instead: [`template_digest`].)
-    let wanted_meta = without_hash(wanted.metadata.as_ref());
     let mut current = 0;
     for rs in replica_sets {
-        let same = rs.template.is_some_and(|t| {
-            t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
-        });
-        let replicas = (rs.replicas.unwrap_or(1), rs.status_replicas);
-        // The current one wants every desired replica; every other is scaled to zero with
-        // no pods left.
-        let wants = if same { (desired, desired) } else { (0, 0) };
-        if replicas != wants {
+        let wants = if rs.current {
+            (desired, desired)
+        } else {
+            (0, 0)
+        };
+        if (rs.replicas.unwrap_or(1), rs.status_replicas) != wants {
             return false;
         }
-        current += usize::from(same);
+        current += usize::from(rs.current);
     }
     current == 1
 }
@@ -278,16 +283,32 @@ pub fn template_digest(template: &PodTemplateSpec) -> PodTemplateSpec {
         &mut hashing,
         &(without_hash(template.metadata.as_ref()), &template.spec),
     );
+    digest_template(format!("{:016x}", hashing.0.finish()))
+}
+
+/// The template [`template_digest`] makes of a template whose digest is `digest`.
+pub fn digest_template(digest: String) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             annotations: Some(BTreeMap::from([(
                 TEMPLATE_DIGEST_ANNOTATION.to_string(),
-                format!("{:016x}", hashing.0.finish()),
+                digest,
             )])),
             ..ObjectMeta::default()
         }),
         spec: None,
     }
+}
+
+/// The digest a [`template_digest`] template carries (what a cache keeps of it).
+pub fn digest_of(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_DIGEST_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// A template's metadata without the `pod-template-hash` label the Deployment controller adds

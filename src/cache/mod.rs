@@ -145,22 +145,23 @@ impl Cache {
         let cached = table.get(ns, name)?;
         let mut view = cached.view.clone()?;
         if key.kind == WorkloadKind::Deployment {
-            // Read in place (the webhook asks for every pod it admits): only the Deployment's
-            // template digest is copied, to hold one table's lock at a time.
+            // Read in place (the webhook asks for every pod it admits): the template digests
+            // compared as strings, which is what `deployment_settled` compares on the
+            // templates they stand for. Only the Deployment's digest is copied, to hold one
+            // table's lock at a time.
             let desired = cached.replicas.unwrap_or(1);
-            let wanted = cached.template.clone().unwrap_or_default();
+            let wanted = cached.template.clone();
             drop(table);
             let replica_sets = read(&self.shared.tables.replica_sets);
             view.settled = replica_sets_settled(
                 desired,
-                &wanted,
                 replica_sets
                     .index
                     .children_of(ns, "Deployment", name)
                     .iter()
                     .filter_map(|n| replica_sets.get(ns, n))
                     .map(|rs| ReplicaSetShape {
-                        template: rs.template.as_ref(),
+                        current: rs.template.is_some() && rs.template == wanted,
                         replicas: rs.replicas,
                         status_replicas: rs.status_replicas,
                     }),

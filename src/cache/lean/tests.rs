@@ -646,3 +646,29 @@ fn a_lean_pod_classifies_an_alias_named_restart_as_upgraded() {
         (Some(2), Some(1), crate::classify::ContainerState::Upgraded)
     );
 }
+
+/// A shared string is one allocation for every holder, and the set forgets the strings no
+/// holder keeps once it has grown to its sweep size.
+#[test]
+fn shared_strings_are_kept_once_and_forgotten_when_unheld() {
+    let mut strings = SharedStrings::default();
+    let a = strings.get("proxyv2:1.24.2".to_string());
+    let b = strings.get("proxyv2:1.24.2".to_string());
+    assert!(Arc::ptr_eq(&a, &b), "the same string is shared");
+    drop(strings.get("held by no one".to_string()));
+    for n in 0..1024 {
+        strings.get(format!("old-{n}"));
+    }
+    assert!(
+        strings.set.len() < 1024,
+        "the sweep forgot the unheld strings ({} kept)",
+        strings.set.len()
+    );
+    assert!(
+        strings.set.contains("proxyv2:1.24.2"),
+        "a held string stays"
+    );
+    assert!(!strings.set.contains("held by no one"));
+    let c = strings.get("proxyv2:1.24.2".to_string());
+    assert!(Arc::ptr_eq(&a, &c), "and is still the one shared");
+}
