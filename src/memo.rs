@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn an_error_is_returned_and_not_remembered() {
         static MEMO: Memo<Vec<String>, u8> = Memo::new(8);
-        let key = vec!["x".to_owned()];
+        let key = ["x".to_owned()];
         assert_eq!(MEMO.get_or_try(&key[..], || Err("bad")), Err("bad"));
         assert_eq!(MEMO.get_or_try(&key[..], || Ok::<_, &str>(7)), Ok(7));
         assert_eq!(MEMO.get_or_try(&key[..], || Err("not called")), Ok(7));

@@ -820,11 +820,12 @@ fn handler_cost(
 
 /// The fields the mutation reads, moved out of a whole `Pod` (the "before" decode).
 fn partial(request: AdmissionRequest<Pod>) -> AdmissionRequest<AdmittedPod> {
-    let container = |name, image, restart_policy| LeanContainer {
-        name,
-        image,
-        restart_policy,
-    };
+    let container =
+        |name: String, image: Option<String>, restart_policy: Option<String>| LeanContainer {
+            name: name.into(),
+            image: image.map(Into::into),
+            restart_policy: restart_policy.map(Into::into),
+        };
     let object = request.object.map(|pod| AdmittedPod {
         metadata: pod.metadata,
         spec: pod.spec.map(|spec| LeanPodSpec {
