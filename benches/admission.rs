@@ -5,7 +5,8 @@
 //! What is sent: pods built from the pod template of Istio's injected `hello` Deployment
 //! (`hello-old-version.yaml.injected`, `istio-proxy` as a regular container), owned by the
 //! ReplicaSet of that Deployment, which carries `inplace-upgrade: istio-proxy=proxyv2:1.24.2`
-//! — exactly what the ReplicaSet controller sends on a scale-up. They are created with
+//! — exactly what the ReplicaSet controller sends on a scale-up — in a namespace whose policy
+//! has an `allowedImages` list that allows the targets. They are created with
 //! `dryRun=All`: the request runs the whole admission chain, our webhook included, and is not
 //! stored, so the ReplicaSet controller never sees (and deletes) the extra pods and every
 //! round starts from the same cluster. Before each round a probe checks that the webhook
@@ -206,7 +207,10 @@ async fn run() -> AnyResult<()> {
     };
 
     let ns = bench.env.namespace("admission").await?;
-    common::create_policy(&client, &ns, json!({})).await?;
+    // With an image allowlist, as a production policy has: the webhook checks every target
+    // it sets against it.
+    let allowed = json!({"allowedImages": ["registry.istio.io/testing/proxyv2:*", "docker.io/istio/proxyv2:*"]});
+    common::create_policy(&client, &ns, allowed).await?;
     // The controller labels the namespace governed: from then on its pods reach the webhook.
     common::await_governed(&client, &ns).await?;
     let free = bench.env.namespace("admission-free").await?;

@@ -9,11 +9,11 @@
 //! which treats an upper-case first component as a registry host) so that an upper-case
 //! repository is reported as such instead of as a generic format error.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{LazyLock, Mutex, PoisonError};
 
 use oci_spec::distribution::Reference;
+
+use crate::memo::Memo;
 
 const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_LEGACY: &str = "index.docker.io";
@@ -349,25 +349,22 @@ fn with_version(name: &str, tag: Option<&str>, digest: Option<&str>) -> String {
 /// one bound the name, tag and digest).
 const GRAMMAR_VERDICTS: usize = 4096;
 
+/// Builds oci-spec's reference regex now: it is compiled on first use, tens of milliseconds
+/// of CPU that would otherwise land on the first pod a webhook admits (or on a reconcile).
+pub fn compile_grammar() {
+    let _ = Reference::try_from("docker.io/library/busybox:latest");
+}
+
 /// oci-spec's verdict on `image` (the authority on the grammar), remembered per string: its
 /// regex is the costliest step of a parse by far, and the webhook parses the same few images
 /// (a workload's annotation, its pods' current images) for every pod it admits.
 fn docker_grammar_accepts(image: &str) -> bool {
-    static VERDICTS: LazyLock<Mutex<HashMap<Box<str>, bool>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
-    // A panic while the lock was held cannot leave a wrong verdict: entries are whole.
-    let lock = || VERDICTS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(verdict) = lock().get(image) {
-        return *verdict;
-    }
-    // Outside the lock: the regex takes microseconds, and concurrent callers may run it twice.
-    let verdict = Reference::try_from(image).is_ok();
-    let mut verdicts = lock();
-    if verdicts.len() >= GRAMMAR_VERDICTS {
-        verdicts.clear();
-    }
-    verdicts.insert(image.into(), verdict);
-    verdict
+    static VERDICTS: Memo<Box<str>, bool> = Memo::new(GRAMMAR_VERDICTS);
+    // The regex takes microseconds; concurrent callers may run it twice.
+    let verdict = VERDICTS.get_or_try(image, || {
+        Ok::<_, std::convert::Infallible>(Reference::try_from(image).is_ok())
+    });
+    verdict.unwrap_or_else(|never| match never {})
 }
 
 fn check_characters(image: &str) -> Result<(), ImageError> {

@@ -32,6 +32,7 @@ pub mod image;
 pub mod intent;
 pub mod istio;
 pub mod kubectl;
+mod memo;
 pub mod patch;
 pub mod plan;
 pub mod policy;

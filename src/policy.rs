@@ -2,6 +2,7 @@
 //! workload, which containers and images it allows, and how many pods may be unavailable.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use globset::{GlobSet, GlobSetBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -11,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImageRef;
+use crate::memo::Memo;
 
 /// What cluster admins enable: which namespaces and workloads may be upgraded in place, and how.
 ///
@@ -355,13 +357,28 @@ impl InPlaceUpgradePolicySpec {
 /// pattern means the same thing however the user spelled the image, and a short form can never
 /// slip past a pattern written for the full name. An image that does not parse is not allowed.
 #[derive(Debug, Clone)]
-pub struct ImageAllowlist {
+pub struct ImageAllowlist(Arc<CompiledAllowlist>);
+
+#[derive(Debug)]
+struct CompiledAllowlist {
     patterns: Vec<String>,
     set: GlobSet,
 }
 
+/// How many compiled allowlists are remembered (see [`ImageAllowlist::new`]) before the memory
+/// is emptied: a cluster has a handful of policies, and each edit of `allowedImages` adds one.
+const COMPILED_ALLOWLISTS: usize = 64;
+
 impl ImageAllowlist {
+    /// The allowlist of `patterns`, compiled once per distinct list and then shared: the
+    /// webhook checks the governing policy's list for every pod it admits, and compiling the
+    /// globs (a regex set) costs far more than the check.
     pub fn new(patterns: &[String]) -> Result<Self, PolicyError> {
+        static COMPILED: Memo<Vec<String>, ImageAllowlist> = Memo::new(COMPILED_ALLOWLISTS);
+        COMPILED.get_or_try(patterns, || Self::compile(patterns))
+    }
+
+    fn compile(patterns: &[String]) -> Result<Self, PolicyError> {
         let mut builder = GlobSetBuilder::new();
         for pattern in patterns {
             let glob = globset::GlobBuilder::new(pattern)
@@ -377,26 +394,27 @@ impl ImageAllowlist {
             pattern: patterns.join(","),
             reason: e.to_string(),
         })?;
-        Ok(ImageAllowlist {
+        Ok(ImageAllowlist(Arc::new(CompiledAllowlist {
             patterns: patterns.to_vec(),
             set,
-        })
+        })))
     }
 
     pub fn check(&self, image: &str) -> Result<(), PolicyError> {
-        if self.patterns.is_empty() {
+        let CompiledAllowlist { patterns, set } = &*self.0;
+        if patterns.is_empty() {
             return Ok(());
         }
         let normalized = ImageRef::parse(image)
             .map(|r| r.normalized())
             .unwrap_or_default();
-        if !normalized.is_empty() && self.set.is_match(&normalized) {
+        if !normalized.is_empty() && set.is_match(&normalized) {
             return Ok(());
         }
         Err(PolicyError::ImageNotAllowed {
             image: image.into(),
             normalized,
-            patterns: self.patterns.clone(),
+            patterns: patterns.clone(),
         })
     }
 }

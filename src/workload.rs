@@ -201,32 +201,60 @@ pub fn deployment_settled(d: &Deployment, replica_sets: &[&ReplicaSet]) -> bool 
     let Some(spec) = d.spec.as_ref() else {
         return false;
     };
-    let desired = spec.replicas.unwrap_or(1);
     // Compared in place (every reconcile of a Deployment runs this; serialising two Istio
     // pod templates per ReplicaSet was a tenth of the controller's CPU at sync): the specs
     // as they are, the metadata without the hash label. (Works alike on full templates and
     // on the digests the controller's cache keeps instead: [`template_digest`].)
     let wanted = &spec.template;
     let wanted_meta = without_hash(wanted.metadata.as_ref());
-    let same = |rs: &ReplicaSet| {
-        rs.spec
-            .as_ref()
-            .and_then(|s| s.template.as_ref())
-            .is_some_and(|t| {
-                t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
-            })
-    };
-    let (current, old): (Vec<&&ReplicaSet>, Vec<&&ReplicaSet>) =
-        replica_sets.iter().partition(|rs| same(rs));
-    let replicas = |rs: &ReplicaSet| {
-        (
-            rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            rs.status.as_ref().map_or(0, |s| s.replicas),
-        )
-    };
-    current.len() == 1
-        && replicas(current[0]) == (desired, desired)
-        && old.iter().all(|rs| replicas(rs) == (0, 0))
+    replica_sets_settled(
+        spec.replicas.unwrap_or(1),
+        replica_sets.iter().map(|rs| ReplicaSetShape {
+            current: rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .is_some_and(|t| {
+                    t.spec == wanted.spec && without_hash(t.metadata.as_ref()) == wanted_meta
+                }),
+            replicas: rs.spec.as_ref().and_then(|s| s.replicas),
+            status_replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
+        }),
+    )
+}
+
+/// What [`deployment_settled`] reads of one ReplicaSet.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaSetShape {
+    /// Its pod template is the Deployment's (`pod-template-hash` aside).
+    pub current: bool,
+    /// `spec.replicas` (absent: 1).
+    pub replicas: Option<i32>,
+    /// `status.replicas`.
+    pub status_replicas: i32,
+}
+
+/// [`deployment_settled`]'s rule for a Deployment that wants `desired` replicas, on its
+/// ReplicaSets as the caller keeps them (the caches compare their template digests in place,
+/// without building objects per call): the current one wants every desired replica, and every
+/// other is scaled to zero with no pods left.
+pub fn replica_sets_settled(
+    desired: i32,
+    replica_sets: impl IntoIterator<Item = ReplicaSetShape>,
+) -> bool {
+    let mut current = 0;
+    for rs in replica_sets {
+        let wants = if rs.current {
+            (desired, desired)
+        } else {
+            (0, 0)
+        };
+        if (rs.replicas.unwrap_or(1), rs.status_replicas) != wants {
+            return false;
+        }
+        current += usize::from(rs.current);
+    }
+    current == 1
 }
 
 /// What a cached Deployment or ReplicaSet keeps of its pod template (an Istio-injected

@@ -68,6 +68,8 @@ pub fn router<V: ClusterView + Send + Sync + 'static>(
     settings: Settings,
     metrics: WebhookMetrics,
 ) -> axum::Router {
+    // Before the first review, not during it.
+    crate::image::compile_grammar();
     let settings = Arc::new(settings);
     let (v1, s1) = (view.clone(), settings.clone());
     let (v2, s2) = (view, settings);

@@ -56,7 +56,7 @@ use serde::{Deserialize, Deserializer};
 use crate::plan::inputs::{endpoint_pod, serving_pod};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::target::{ContainerRef, PodContainers};
-use crate::workload::{WorkloadView, controller_of, digest_of, digest_template, template_digest};
+use crate::workload::{WorkloadView, controller_of, digest_of, template_digest};
 use crate::{READINESS_GATE, TARGETS_ANNOTATION};
 
 /// Generates a struct of optional fields and a `Deserialize` for it that reads a JSON object
@@ -858,24 +858,8 @@ impl CachedWorkload {
         }
     }
 
-    /// The Deployment's fields [`crate::controller::deployment_settled`] reads.
-    pub fn as_deployment(&self) -> Deployment {
-        Deployment {
-            spec: Some(DeploymentSpec {
-                replicas: self.replicas,
-                template: self
-                    .template
-                    .clone()
-                    .map(digest_template)
-                    .unwrap_or_default(),
-                ..DeploymentSpec::default()
-            }),
-            ..Deployment::default()
-        }
-    }
-
-    /// The ReplicaSet's fields [`crate::controller::deployment_settled`] and the webhook's
-    /// owner chain read.
+    /// The ReplicaSet's fields the webhook's owner chain reads, and its replica counts (not
+    /// its template digest: nothing reads it from here, and the webhook asks for every pod).
     pub fn as_replica_set(&self, namespace: &str, name: &str) -> ReplicaSet {
         ReplicaSet {
             metadata: ObjectMeta {
@@ -886,7 +870,6 @@ impl CachedWorkload {
             },
             spec: Some(ReplicaSetSpec {
                 replicas: self.replicas,
-                template: self.template.clone().map(digest_template),
                 ..ReplicaSetSpec::default()
             }),
             status: Some(ReplicaSetStatus {

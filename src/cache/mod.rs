@@ -33,7 +33,8 @@ use crate::plan::inputs::{not_serving, unchanged_since_drain};
 use crate::policy::InPlaceUpgradePolicy;
 use crate::state::PodUpgradeState;
 use crate::workload::{
-    Owner, WorkloadKey, WorkloadKind, WorkloadView, deployment_settled, owning_workload,
+    Owner, ReplicaSetShape, WorkloadKey, WorkloadKind, WorkloadView, owning_workload,
+    replica_sets_settled,
 };
 use index::Table;
 use lean::{CachedPod, CachedSlice, CachedWorkload};
@@ -140,19 +141,31 @@ impl Cache {
     /// controlled by a Deployment is part of that Deployment).
     pub fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
         let (ns, name) = (key.namespace.as_str(), key.name.as_str());
-        let cached = read(self.workloads(key.kind)).get(ns, name)?.clone();
+        let table = read(self.workloads(key.kind));
+        let cached = table.get(ns, name)?;
         let mut view = cached.view.clone()?;
         if key.kind == WorkloadKind::Deployment {
+            // Read in place (the webhook asks for every pod it admits): the template digests
+            // compared as strings, which is what `deployment_settled` compares on the
+            // templates they stand for. Only the Deployment's digest is copied, to hold one
+            // table's lock at a time.
+            let desired = cached.replicas.unwrap_or(1);
+            let wanted = cached.template.clone();
+            drop(table);
             let replica_sets = read(&self.shared.tables.replica_sets);
-            let owned: Vec<ReplicaSet> = replica_sets
-                .index
-                .children_of(ns, "Deployment", name)
-                .iter()
-                .filter_map(|n| Some(replica_sets.get(ns, n)?.as_replica_set(ns, n)))
-                .collect();
-            drop(replica_sets);
-            view.settled =
-                deployment_settled(&cached.as_deployment(), &owned.iter().collect::<Vec<_>>());
+            view.settled = replica_sets_settled(
+                desired,
+                replica_sets
+                    .index
+                    .children_of(ns, "Deployment", name)
+                    .iter()
+                    .filter_map(|n| replica_sets.get(ns, n))
+                    .map(|rs| ReplicaSetShape {
+                        current: rs.template.is_some() && rs.template == wanted,
+                        replicas: rs.replicas,
+                        status_replicas: rs.status_replicas,
+                    }),
+            );
         }
         Some(view)
     }

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::workload::deployment_settled;
 
 fn obj<K: DeserializeOwned>(v: Value) -> K {
     serde_json::from_value(v).expect("object literal")

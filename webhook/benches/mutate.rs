@@ -52,6 +52,8 @@ use inplace_upgrade::{
         pod::{AdmittedPod, LeanContainer, LeanPodSpec},
         validate::{WorkloadObject, validate_workload_or_namespace},
     },
+    cache::{Cache, FeedError, Role},
+    controller,
     policy::InPlaceUpgradePolicy,
     workload::{WorkloadKey, WorkloadView},
 };
@@ -62,10 +64,13 @@ use inplace_upgrade_webhook::{
     decode_review, decode_review_as, encode_response,
 };
 use k8s_openapi::api::{
-    apps::v1::ReplicaSet,
+    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+    coordination::v1::Lease,
     core::v1::{Namespace, Pod},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::watcher::Event;
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use rustls::{
     ClientConfig, RootCertStore,
@@ -94,7 +99,9 @@ const VALIDATE_PATH: &str = "/validate-workloads";
 /// that reads nothing of the pod and answers the patch the mutation answered.
 const FLOOR_PATH: &str = "/floor-mutate-pods";
 const NAMESPACE: &str = "bench";
+const DEPLOYMENT: &str = "hello";
 const REPLICA_SET: &str = "hello-rs";
+const CONTROLLER_NAMESPACE: &str = "inplace-upgrade-system";
 const PROXY_NEW: &str = "registry.istio.io/testing/proxyv2:1.99.0";
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -124,41 +131,46 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `mutate_pod` reads: one Namespace, one standalone ReplicaSet annotated to move
-/// `istio-proxy` to a new image, one policy, a live controller. Clones per call, like the
-/// live view's caches do.
+/// What `mutate_pod` reads, as the webhook process reads it: the same [`Cache`] (its webhook
+/// role), fed as its watches would be, read the way the live view (`serve::view::LiveView`)
+/// reads it, and the controller's Lease checked per call as the live view does. The cluster:
+/// one Namespace; a Deployment annotated to move `istio-proxy` to a new image, with its
+/// current ReplicaSet (the pod's owner) and [`OLD_REPLICA_SETS`] older ones, as a Deployment
+/// that rolled out a few times keeps them; one policy selecting the Namespace with an
+/// `allowedImages` list, as a production policy has.
 struct BenchView {
-    namespace: Arc<Namespace>,
-    replica_set: Arc<ReplicaSet>,
-    workload: WorkloadView,
-    policies: Vec<InPlaceUpgradePolicy>,
+    cache: Cache,
+    lease: Lease,
 }
+
+/// Older ReplicaSets the Deployment keeps (its `revisionHistoryLimit` is 10 by default).
+const OLD_REPLICA_SETS: usize = 4;
 
 impl ClusterView for BenchView {
     fn synced(&self) -> bool {
-        true
+        self.cache.is_synced()
     }
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
-        (name == NAMESPACE).then(|| self.namespace.clone())
+        self.cache.namespace(name)
     }
     fn replica_set(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
-        (namespace == NAMESPACE && name == REPLICA_SET).then(|| self.replica_set.clone())
+        self.cache.replica_set(namespace, name)
     }
     fn workload(&self, key: &WorkloadKey) -> Option<WorkloadView> {
-        (key == &self.workload.key).then(|| self.workload.clone())
+        self.cache.workload(key)
     }
     fn workloads_in(&self, namespace: &str) -> Vec<WorkloadView> {
-        if namespace == NAMESPACE {
-            vec![self.workload.clone()]
-        } else {
-            Vec::new()
-        }
+        self.cache
+            .workloads_in(Some(namespace))
+            .iter()
+            .filter_map(|k| self.cache.workload(k))
+            .collect()
     }
     fn policies(&self) -> Vec<InPlaceUpgradePolicy> {
-        self.policies.clone()
+        self.cache.policies()
     }
     fn controller_alive(&self) -> bool {
-        true
+        controller::lease_is_live(&self.lease, Timestamp::now())
     }
 }
 
@@ -187,31 +199,78 @@ fn scenario() -> Result<(Value, BenchView), BoxError> {
     metadata.insert(
         "ownerReferences".into(),
         json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": REPLICA_SET,
-                "uid": "uid-rs", "controller": true, "blockOwnerDeletion": true}]),
+                "uid": format!("uid-{REPLICA_SET}"), "controller": true, "blockOwnerDeletion": true}]),
     );
     let labels = pod["metadata"]["labels"].clone();
-    let replica_set: ReplicaSet = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": REPLICA_SET, "namespace": NAMESPACE, "uid": "uid-rs",
+    let template = json!({"metadata": {"labels": labels}, "spec": pod["spec"]});
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": DEPLOYMENT, "namespace": NAMESPACE, "uid": "uid-deploy",
+                     "generation": 5, "labels": labels,
                      "annotations": {TARGETS_ANNOTATION: format!("istio-proxy={PROXY_NEW}")}},
-        "spec": {"replicas": 3, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": pod["spec"]}},
-        "status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3},
+        "spec": {"replicas": 3, "selector": {"matchLabels": labels}, "template": template},
+        "status": {"observedGeneration": 5, "replicas": 3, "updatedReplicas": 3,
+                   "readyReplicas": 3, "availableReplicas": 3},
     }))?;
+    let replica_set = |name: String, replicas: i32| -> Result<ReplicaSet, BoxError> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": NAMESPACE, "uid": format!("uid-{name}"),
+                         "labels": labels,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": DEPLOYMENT, "uid": "uid-deploy", "controller": true,
+                             "blockOwnerDeletion": true}]},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": template},
+            "status": {"replicas": replicas, "readyReplicas": replicas,
+                       "availableReplicas": replicas, "observedGeneration": 1},
+        }))?)
+    };
     let namespace: Namespace = serde_json::from_value(json!({
         "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}
     }))?;
     let policy: InPlaceUpgradePolicy = serde_json::from_value(json!({
         "apiVersion": "inplace-upgrade.io/v1alpha1", "kind": "InPlaceUpgradePolicy",
         "metadata": {"name": "mesh"},
-        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}},
+        "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                 "allowedImages": ["registry.istio.io/testing/proxyv2:*",
+                                   "docker.io/istio/proxyv2:*"]},
     }))?;
-    let view = BenchView {
-        workload: WorkloadView::from_replica_set(&replica_set),
-        namespace: Arc::new(namespace),
-        replica_set: Arc::new(replica_set),
-        policies: vec![policy],
-    };
+    let cache = Cache::new(Role::Webhook);
+    let fed = |result: Result<(), FeedError>| result.map_err(|err| err.to_string());
+    // Every kind the webhook's cache watches has listed (an empty list), then the objects
+    // arrive as watch events.
+    fed(cache.feed(Event::<Namespace>::InitDone))?;
+    fed(cache.feed(Event::<Deployment>::InitDone))?;
+    fed(cache.feed(Event::<ReplicaSet>::InitDone))?;
+    fed(cache.feed(Event::<StatefulSet>::InitDone))?;
+    fed(cache.feed(Event::<DaemonSet>::InitDone))?;
+    fed(cache.feed(Event::<InPlaceUpgradePolicy>::InitDone))?;
+    fed(cache.feed(Event::Apply(namespace)))?;
+    fed(cache.feed(Event::Apply(deployment)))?;
+    fed(cache.feed(Event::Apply(replica_set(REPLICA_SET.into(), 3)?)))?;
+    for old in 0..OLD_REPLICA_SETS {
+        fed(cache.feed(Event::Apply(replica_set(
+            format!("{DEPLOYMENT}-old{old}"),
+            0,
+        )?)))?;
+    }
+    fed(cache.feed(Event::Apply(policy)))?;
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": controller::LEASE_NAME, "namespace": CONTROLLER_NAMESPACE},
+        "spec": {"holderIdentity": "controller-0", "leaseDurationSeconds": 15,
+                 "renewTime": Timestamp::now().to_string()},
+    }))?;
+    // The bench runs for minutes: a lease renewed "now" would expire in it, so renew it far
+    // ahead (the check reads the same fields either way).
+    let mut lease = lease;
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.lease_duration_seconds = Some(24 * 60 * 60);
+    }
+    let view = BenchView { cache, lease };
+    if !view.synced() {
+        return Err("the bench cache did not report synced after every kind listed".into());
+    }
     Ok((pod, view))
 }
 
@@ -761,11 +820,12 @@ fn handler_cost(
 
 /// The fields the mutation reads, moved out of a whole `Pod` (the "before" decode).
 fn partial(request: AdmissionRequest<Pod>) -> AdmissionRequest<AdmittedPod> {
-    let container = |name, image, restart_policy| LeanContainer {
-        name,
-        image,
-        restart_policy,
-    };
+    let container =
+        |name: String, image: Option<String>, restart_policy: Option<String>| LeanContainer {
+            name: name.into(),
+            image: image.map(Into::into),
+            restart_policy: restart_policy.map(Into::into),
+        };
     let object = request.object.map(|pod| AdmittedPod {
         metadata: pod.metadata,
         spec: pod.spec.map(|spec| LeanPodSpec {
@@ -871,6 +931,80 @@ fn times(ours: Duration, echo: Duration) -> String {
     }
 }
 
+/// utime + stime of the servers' threads (the server runtime's workers and blocking threads,
+/// all named `server`), from /proc/self/task (10 ms resolution).
+fn server_cpu_time() -> Option<Duration> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(server") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        ticks += utime + stime;
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// How kube-apiserver calls the pod webhook when pods are created one after another: one
+/// request at a time on one long-lived h2 connection. Prints, for ours and echo, the client's
+/// latency and the CPU of the servers' threads alone per request (no client in it).
+fn one_at_a_time(
+    client_runtime: &tokio::runtime::Runtime,
+    ours: SocketAddr,
+    echo: SocketAddr,
+    client_config: &Arc<ClientConfig>,
+    body: &Bytes,
+) -> Result<(), BoxError> {
+    const SEQUENTIAL: Duration = Duration::from_secs(4);
+    let mut rows = Vec::new();
+    for (server, addr) in [("ours", ours), ("echo", echo)] {
+        let (outcome, cpu) = client_runtime.block_on(async {
+            let senders = open(addr, Protocol::H2, client_config, 1).await?;
+            let warm = drive(senders, PATH, body.clone(), Load::Saturation, WARM_UP).await;
+            if warm.errors > 0 {
+                return Err(BoxError::from(format!(
+                    "{server} failed during warm-up: {}",
+                    warm.first_error.unwrap_or_default()
+                )));
+            }
+            let senders = open(addr, Protocol::H2, client_config, 1).await?;
+            let before = server_cpu_time();
+            let outcome = drive(senders, PATH, body.clone(), Load::Saturation, SEQUENTIAL).await;
+            let cpu = match (before, server_cpu_time()) {
+                (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+                _ => None,
+            };
+            Ok::<_, BoxError>((outcome, cpu))
+        })?;
+        rows.push((server, outcome, cpu));
+    }
+    println!(
+        "  mutate, one request at a time on one h2 connection (as kube-apiserver sends pods created one by one; {} s each):",
+        SEQUENTIAL.as_secs()
+    );
+    for (server, outcome, cpu) in &rows {
+        let done = outcome.latencies.len();
+        let cpu_per = cpu.filter(|_| done > 0).map_or("-".into(), |cpu| {
+            format!("{:.0}", cpu.as_secs_f64() * 1e6 / done as f64)
+        });
+        println!(
+            "    {server}: {done} requests, p50 {} ms, p99 {} ms, servers' threads' CPU {cpu_per} us/request, errors {}",
+            ms(percentile(&outcome.latencies, 50.0)),
+            ms(percentile(&outcome.latencies, 99.0)),
+            outcome.errors
+        );
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), BoxError> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("webhook bench: nproc {cores}, load average {}", loadavg());
@@ -878,6 +1012,15 @@ fn run() -> Result<(), BoxError> {
         "  servers: one tokio runtime ({cores} workers); load generator: a second runtime \
          ({cores} workers) in the same process, on the same cores"
     );
+    // The webhook process's subscriber as deployed (`telemetry::init` at its default level,
+    // JSON lines as deploy/ sets them): the router's per-request span is enabled and its
+    // fields formatted, as in production. Nothing is written.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .json()
+        .try_init()
+        .map_err(|err| format!("cannot install the tracing subscriber: {err}"))?;
     let (pod, view) = scenario()?;
     handler_cost(
         &[
@@ -886,7 +1029,7 @@ fn run() -> Result<(), BoxError> {
         ],
         &view,
         &Settings {
-            controller_namespace: "inplace-upgrade-system".into(),
+            controller_namespace: CONTROLLER_NAMESPACE.into(),
         },
     )?;
     let view = Arc::new(view);
@@ -897,19 +1040,25 @@ fn run() -> Result<(), BoxError> {
     ];
     // The patch the mutation answers, for the floor route to answer without deciding.
     let patch = match decode_review_as::<AdmittedPod>(Some("application/json"), &bodies[0].2)? {
-        Decoded::Request(request) => mutate_pod(
-            &request,
-            &*view,
-            &Settings {
-                controller_namespace: "inplace-upgrade-system".into(),
-            },
-        )
-        .patch
-        .ok_or("the mutation gave no patch")?,
+        Decoded::Request(request) => {
+            let response = mutate_pod(
+                &request,
+                &*view,
+                &Settings {
+                    controller_namespace: CONTROLLER_NAMESPACE.into(),
+                },
+            );
+            response.patch.ok_or_else(|| {
+                format!(
+                    "the mutation gave no patch (warnings: {:?})",
+                    response.warnings.unwrap_or_default()
+                )
+            })?
+        }
         Decoded::UnreadableObject { error, .. } => return Err(error.into()),
     };
     let settings = Arc::new(Settings {
-        controller_namespace: "inplace-upgrade-system".into(),
+        controller_namespace: CONTROLLER_NAMESPACE.into(),
     });
 
     let ca = certs::generate_ca("bench webhook CA", 30 * DAY)?;
@@ -1009,6 +1158,7 @@ fn run() -> Result<(), BoxError> {
     }
     server_runtime.spawn(serve_echo(echo_listener, server_config, answers));
     println!("  fixtures: {FIXTURE} (pod), {DEPLOYMENT_FIXTURE} (Deployment)");
+    one_at_a_time(&client_runtime, ours, echo, &client_config, &bodies[0].2)?;
     println!(
         "  phases of {} s after {} ms warm-up; fixed rates over {RATE_CONCURRENCY} HTTP/1.1 \
          connections or {RATE_CONCURRENCY} streams on {H2_CONNECTIONS} h2 connections",

@@ -23,7 +23,6 @@ use kube::core::{
 };
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, field::Empty};
 
 use crate::{
     AdmissionRequest, Error, WebhookMetrics,
@@ -74,14 +73,14 @@ where
     }
 }
 
+/// What deciding one request gives: its operation label, its span (see [`admission_span`]),
+/// and either the encoded response with its `allowed` flag or the error to answer with.
+type Decision = (&'static str, tracing::Span, Result<(Vec<u8>, bool), Error>);
+
 /// A handler with its object type, behind one object-safe interface for the router.
 trait Decide: Send + Sync {
-    fn decide(
-        &self,
-        span: &tracing::Span,
-        content_type: Option<&str>,
-        bytes: &[u8],
-    ) -> (&'static str, Result<(Vec<u8>, bool), Error>);
+    /// The operation label, the request's span (see [`admission_span`]) and the outcome.
+    fn decide(&self, route: &str, content_type: Option<&str>, bytes: &[u8]) -> Decision;
 }
 
 struct Typed<K, H> {
@@ -95,24 +94,15 @@ where
     K: Resource + DeserializeOwned + 'static,
     H: AdmissionHandler<K>,
 {
-    fn decide(
-        &self,
-        span: &tracing::Span,
-        content_type: Option<&str>,
-        bytes: &[u8],
-    ) -> (&'static str, Result<(Vec<u8>, bool), Error>) {
+    fn decide(&self, route: &str, content_type: Option<&str>, bytes: &[u8]) -> Decision {
         let (request, unreadable) = match decode_review_as::<K>(content_type, bytes) {
             Ok(Decoded::Request(request)) => (request, None),
             Ok(Decoded::UnreadableObject { request, error }) => (request, Some(error)),
-            Err(err) => return ("unknown", Err(err)),
+            Err(err) => return ("unknown", admission_span::<K>(route, None), Err(err)),
         };
         let operation = operation_label(&request.operation);
-        span.record("uid", request.uid.as_str());
-        span.record("kind", request.kind.kind.as_str());
-        span.record("namespace", request.namespace.as_deref().unwrap_or(""));
-        span.record("name", request.name.as_str());
-        span.record("operation", operation);
-        span.record("dry_run", request.dry_run);
+        let span = admission_span(route, Some((&request, operation)));
+        let _entered = span.enter();
 
         let outcome = catch_unwind(AssertUnwindSafe(|| match &unreadable {
             None => Ok(self.handler.review(&request)),
@@ -131,8 +121,30 @@ where
             let allowed = response.allowed;
             encode_response(&response).map(|body| (body, allowed))
         });
-        (operation, outcome)
+        drop(_entered);
+        (operation, span, outcome)
     }
+}
+
+/// The span of one admission request: every event of the request carries it. Made once the
+/// review is decoded, with every field at once, so the subscriber formats the fields once
+/// (recorded one by one into a span made before, they were formatted once per field, the
+/// JSON formatter re-reading what it had written each time). Before the review is decoded
+/// (an unreadable body) it names the route only.
+fn admission_span<K: Resource>(
+    route: &str,
+    request: Option<(&AdmissionRequest<K>, &'static str)>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "admission",
+        route = %route,
+        uid = request.map(|(r, _)| r.uid.as_str()),
+        kind = request.map(|(r, _)| r.kind.kind.as_str()),
+        namespace = request.map(|(r, _)| r.namespace.as_deref().unwrap_or("")),
+        name = request.map(|(r, _)| r.name.as_str()),
+        operation = request.map(|(_, operation)| operation),
+        dry_run = request.map(|(r, _)| r.dry_run),
+    )
 }
 
 struct Route {
@@ -261,19 +273,7 @@ impl AdmissionRouter {
 
 async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!(
-        "admission",
-        route = %route.path,
-        uid = Empty,
-        kind = Empty,
-        namespace = Empty,
-        name = Empty,
-        operation = Empty,
-        dry_run = Empty,
-    );
-    let (operation, outcome) = review(&route, &headers, body)
-        .instrument(span.clone())
-        .await;
+    let (operation, span, outcome) = review(&route, &headers, body).await;
     let elapsed = started.elapsed();
     let _entered = span.enter();
     let result = match &outcome {
@@ -302,37 +302,47 @@ async fn admit(route: Arc<Route>, headers: HeaderMap, body: Body) -> Response {
 /// milliseconds to parse, which must not stall the small pod mutations sharing a worker.
 const BLOCKING_DECODE_THRESHOLD: usize = 256 * 1024;
 
-/// Returns the operation label and either the encoded response with its `allowed` flag or the
-/// error to answer with.
-async fn review(
-    route: &Arc<Route>,
-    headers: &HeaderMap,
-    body: Body,
-) -> (&'static str, Result<(Vec<u8>, bool), Error>) {
+/// Returns the operation label, the request's span and either the encoded response with its
+/// `allowed` flag or the error to answer with.
+async fn review(route: &Arc<Route>, headers: &HeaderMap, body: Body) -> Decision {
     let bytes = match read_body(headers, body, route.body_limit).await {
         Ok(bytes) => bytes,
-        Err(err) => return ("unknown", Err(err)),
+        Err(err) => {
+            return (
+                "unknown",
+                admission_span::<DynamicObject>(&route.path, None),
+                Err(err),
+            );
+        }
     };
-    // The admission span, passed along explicitly: on the blocking pool no span is current.
-    let span = tracing::Span::current();
     if bytes.len() <= BLOCKING_DECODE_THRESHOLD {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .map(|value| String::from_utf8_lossy(value.as_bytes()));
-        return route.handler.decide(&span, content_type.as_deref(), &bytes);
+        return route
+            .handler
+            .decide(&route.path, content_type.as_deref(), &bytes);
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    let route = route.clone();
+    let blocking = route.clone();
+    // The request's span is made on the blocking thread: under the caller's subscriber, which
+    // may be a thread's own default rather than the global one.
+    let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
     tokio::task::spawn_blocking(move || {
-        span.in_scope(|| route.handler.decide(&span, content_type.as_deref(), &bytes))
+        tracing::dispatcher::with_default(&dispatch, || {
+            blocking
+                .handler
+                .decide(&blocking.path, content_type.as_deref(), &bytes)
+        })
     })
     .await
     .unwrap_or_else(|_| {
         // `decide` catches the handler's panics; this is the runtime shutting down.
         let uid = "(unknown)".to_owned();
-        ("unknown", Err(Error::HandlerPanicked { uid }))
+        let span = admission_span::<DynamicObject>(&route.path, None);
+        ("unknown", span, Err(Error::HandlerPanicked { uid }))
     })
 }
 
