@@ -62,7 +62,9 @@ fn run() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     #[cfg(feature = "demo")]
     let default_level = if matches!(cli.command, cli::Command::Demo(_)) {
-        "warn"
+        // kube's client logs every 5xx answer at ERROR, and the embedded control plane
+        // answers the demo's /readyz polls with 500 until it is up: not the user's concern.
+        "warn,kube_client::client::builder=off"
     } else {
         "info"
     };
