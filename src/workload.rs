@@ -28,7 +28,8 @@ impl WorkloadKind {
         }
     }
 
-    fn from_owner_kind(kind: &str) -> Option<Self> {
+    /// The workload kind named `kind` (an owner reference's, an object's), if it is one.
+    pub fn from_kind(kind: &str) -> Option<Self> {
         match kind {
             "Deployment" => Some(WorkloadKind::Deployment),
             "StatefulSet" => Some(WorkloadKind::StatefulSet),
@@ -365,7 +366,7 @@ pub fn owning_workload(
             name: name.to_owned(),
         })
     };
-    match WorkloadKind::from_owner_kind(&owner.kind) {
+    match WorkloadKind::from_kind(&owner.kind) {
         Some(WorkloadKind::ReplicaSet) => match replica_set(&owner.name) {
             Some(Some(rs_owner)) if rs_owner.kind == "Deployment" => {
                 key(WorkloadKind::Deployment, &rs_owner.name)

@@ -19,6 +19,7 @@ use crate::annotation::{self, Target};
 use crate::istio;
 use crate::policy::{InPlaceUpgradePolicy, PolicyError, Scope, governing_policy, selector_matches};
 use crate::target::{TargetError, locate};
+use crate::workload::WorkloadKind;
 use inplace_upgrade_webhook::{AdmissionRequest, AdmissionResponse, Operation};
 
 /// What validation concluded.
@@ -140,10 +141,7 @@ pub fn check_workload_or_namespace(
     if old_object.and_then(value).as_deref() == Some(written.as_str()) {
         return Verdict::default(); // unchanged: it was checked when written
     }
-    let is_workload = matches!(
-        kind,
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
-    );
+    let is_workload = WorkloadKind::from_kind(kind).is_some();
     if !is_workload && kind != "Namespace" {
         return Verdict::default();
     }

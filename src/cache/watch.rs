@@ -355,9 +355,10 @@ impl<'de, W: CacheKind> Deserialize<'de> for Wire<W> {
 /// pods"). Pods keep more of what they carry and list 500 at a time: pages of 100 saved the
 /// controller no settled memory and cost its initial sync about a second at 10,000 pods.
 fn page_size<W: Watched>() -> u32 {
-    match W::kind(&()).as_ref() {
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => 100,
-        _ => 500,
+    if WorkloadKind::from_kind(&W::kind(&())).is_some() {
+        100
+    } else {
+        500
     }
 }
 
