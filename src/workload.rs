@@ -284,16 +284,11 @@ pub fn template_digest(template: &PodTemplateSpec) -> PodTemplateSpec {
         &mut hashing,
         &(without_hash(template.metadata.as_ref()), &template.spec),
     );
-    digest_template(format!("{:016x}", hashing.0.finish()))
-}
-
-/// The template [`template_digest`] makes of a template whose digest is `digest`.
-pub fn digest_template(digest: String) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             annotations: Some(BTreeMap::from([(
                 TEMPLATE_DIGEST_ANNOTATION.to_string(),
-                digest,
+                format!("{:016x}", hashing.0.finish()),
             )])),
             ..ObjectMeta::default()
         }),
